@@ -1,0 +1,89 @@
+//! What every example server shares: the common flags, logging, and the start-up line.
+//! Copy this file along with the example you start from.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use clap::Args;
+use ringport::{BackendKind, Engine, Server, ServerHandle};
+
+/// The flags every example server takes.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// auto | uring | epoll (auto: io_uring when available, else epoll with a warning)
+    #[arg(long, env = "RINGPORT_BACKEND", default_value = "auto")]
+    pub backend: BackendKind,
+    /// IO threads [default: available parallelism]
+    #[arg(long)]
+    pub io_threads: Option<usize>,
+    /// Open connections allowed; more are accepted and closed at once
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Close connections that receive nothing for this many seconds [default: off]
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// On SIGINT/SIGTERM, seconds to flush queued replies before resetting what is left
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub drain_timeout: u64,
+}
+
+impl CommonArgs {
+    /// The engine these flags ask for; exits with a one-line error if it cannot be built
+    /// (e.g. `--backend uring` where io_uring is unavailable).
+    pub fn engine(&self, recv_buffer_size: Option<usize>) -> Engine {
+        init_logging();
+        let mut b = Engine::builder()
+            .backend(self.backend)
+            .drain_timeout(Duration::from_secs(self.drain_timeout));
+        if let Some(n) = self.io_threads {
+            b = b.io_threads(n);
+        }
+        if let Some(n) = recv_buffer_size {
+            b = b.recv_buffer_size(n);
+        }
+        b.build().unwrap_or_else(|e| fail(e))
+    }
+
+    /// Applies the connection limits to `server` and adds it to `engine`.
+    pub fn add(&self, engine: &mut Engine, server: Server) -> ServerHandle {
+        let server = server
+            .max_connections(self.max_connections)
+            .idle_timeout(self.idle_timeout.map(Duration::from_secs));
+        engine.add_server(server).unwrap_or_else(|e| fail(e))
+    }
+}
+
+/// Prints the one line tests and tools wait for, then runs until SIGINT/SIGTERM.
+pub fn run(engine: Engine, servers: &[&ServerHandle]) {
+    for s in servers {
+        println!(
+            "listening on {} (backend: {})",
+            s.local_addr(),
+            engine.backend_name()
+        );
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Err(e) = engine.run() {
+        fail(e);
+    }
+    for s in servers {
+        tracing::info!(addr = %s.local_addr(), stats = ?s.stats().snapshot(), "stopped");
+    }
+}
+
+/// `RUST_LOG`-filtered logs on stderr (default: info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Exits with a one-line error.
+pub fn fail(e: impl std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(1);
+}

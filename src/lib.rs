@@ -1,0 +1,108 @@
+//! # ringport
+//!
+//! A TCP server framework in the tradition of the asynchronous IOCP socket-server frameworks —
+//! a pool of IO threads servicing completions, engine-owned buffers, connection callbacks —
+//! rebuilt for Linux on io_uring (the kernel's completion port), with epoll as the fallback.
+//!
+//! ## The layers
+//! ```text
+//!  your Handler (callbacks, &mut per-connection state)      examples/*.rs
+//!  ─────────────────────────────────────────────────────────
+//!  codec      sans-IO framing: Raw, LengthDelimited, Lines   src/codec/
+//!  engine     IO threads, connection table, write queues,    src/engine.rs, src/conn.rs
+//!             limits, timers, shutdown, ConnectionHandle     src/handle.rs
+//!  pool       worker pool for blocking work                  src/pool.rs
+//!  sys        Backend trait: io_uring | epoll (mio)          src/sys/  (the only unsafe code)
+//! ```
+//!
+//! ## The data path
+//! ```text
+//! listener ─accept─▶ IO thread k (owns the connection for life)
+//!   recv completion ─▶ bytes ─▶ decoder ─▶ Handler::on_frame ─▶ write queue
+//!   write queue ─▶ one send per connection per loop turn ─▶ send completion ─▶ more / close
+//! ```
+//!
+//! A minimal echo server:
+//! ```no_run
+//! use ringport::{codec::Raw, Conn, Engine, Frame, Handler, Server};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+//!         conn.write(frame.raw());
+//!     }
+//! }
+//!
+//! let mut engine = Engine::builder().build()?;
+//! let server = engine.add_server(Server::new("127.0.0.1:5001".parse()?, Raw, |_| Echo))?;
+//! println!("listening on {} (backend: {})", server.local_addr(), engine.backend_name());
+//! engine.run()?; // until SIGINT/SIGTERM, then a graceful drain
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod conn;
+mod engine;
+mod error;
+mod handle;
+mod stats;
+#[allow(unsafe_code)]
+mod sys;
+
+pub use conn::{CloseReason, Conn, ConnInfo, Frame, Handler};
+pub use engine::{Engine, EngineBuilder, Server, ServerHandle, ShutdownHandle};
+pub use error::Error;
+pub use handle::{ConnectionHandle, HandleError};
+pub use stats::{ServerStats, StatsSnapshot};
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Which kernel interface the IO threads use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// io_uring when the kernel offers it (probed at start), else epoll with one warning.
+    #[default]
+    Auto,
+    /// io_uring; starting fails with a one-line error where it is unavailable.
+    Uring,
+    /// epoll (through `mio`).
+    Epoll,
+}
+
+impl BackendKind {
+    /// The backend named by the `RINGPORT_BACKEND` environment variable (`auto`, `uring`,
+    /// `epoll`), or `None` when it is unset. An unparsable value is an error.
+    pub fn from_env() -> Result<Option<BackendKind>, Error> {
+        match std::env::var("RINGPORT_BACKEND") {
+            Ok(v) if !v.is_empty() => v.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendKind::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(BackendKind::Uring),
+            "epoll" => Ok(BackendKind::Epoll),
+            other => Err(Error::Config(format!(
+                "unknown backend {other:?} (expected auto, uring or epoll)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Uring => "uring",
+            BackendKind::Epoll => "epoll",
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! Per-server counters, readable from the running server's [`ServerHandle`](crate::ServerHandle).
+//!
+//! Each IO thread owns one [`ThreadStats`] per server and is its only writer, so a counter is
+//! bumped with a plain load + store (no locked read-modify-write on the data path); readers sum
+//! the threads. `active` is the exception: it is shared (the max-connections limit needs one
+//! number), updated with atomic read-modify-writes on accept and close only.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::CloseReason;
+
+/// A counter with a single writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        // Single writer: load + store is exact and avoids a locked instruction.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One IO thread's counters for one server (cache-line aligned: no false sharing).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct ThreadStats {
+    pub accepted: Counter,
+    pub rejected: Counter,
+    pub accept_errors: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub frames_in: Counter,
+    pub backpressure_pauses: Counter,
+    pub closed: [Counter; CloseReason::COUNT],
+}
+
+/// All counters of one server, shared by its IO threads and its handle.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub(crate) threads: Vec<ThreadStats>,
+    pub(crate) active: AtomicUsize,
+}
+
+impl ServerStats {
+    pub(crate) fn new(threads: usize) -> Arc<Self> {
+        Arc::new(ServerStats {
+            threads: (0..threads).map(|_| ThreadStats::default()).collect(),
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    /// A consistent-enough copy of every counter (each summed over the IO threads).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let sum = |f: &dyn Fn(&ThreadStats) -> &Counter| -> u64 {
+            self.threads.iter().map(|t| f(t).get()).sum()
+        };
+        let mut closed = [0u64; CloseReason::COUNT];
+        for (i, c) in closed.iter_mut().enumerate() {
+            *c = sum(&|t| &t.closed[i]);
+        }
+        StatsSnapshot {
+            accepted: sum(&|t| &t.accepted),
+            active: self.active.load(Relaxed) as u64,
+            rejected: sum(&|t| &t.rejected),
+            accept_errors: sum(&|t| &t.accept_errors),
+            bytes_in: sum(&|t| &t.bytes_in),
+            bytes_out: sum(&|t| &t.bytes_out),
+            frames_in: sum(&|t| &t.frames_in),
+            backpressure_pauses: sum(&|t| &t.backpressure_pauses),
+            closed,
+        }
+    }
+}
+
+/// A copy of a server's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Connections accepted (including those then rejected by the connection limit).
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections closed at once because `max_connections` was reached.
+    pub rejected: u64,
+    /// Failed accept calls (EMFILE, ENFILE, ...), each followed by a back-off.
+    pub accept_errors: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Frames decoded and handed to the handler.
+    pub frames_in: u64,
+    /// Times a connection stopped reading because its write queue passed the high watermark.
+    pub backpressure_pauses: u64,
+    /// Connections closed, indexed by [`CloseReason::index`].
+    pub closed: [u64; CloseReason::COUNT],
+}
+
+impl StatsSnapshot {
+    /// Connections closed for this kind of reason.
+    pub fn closed_by(&self, reason: &CloseReason) -> u64 {
+        self.closed[reason.index()]
+    }
+}

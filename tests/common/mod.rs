@@ -1,0 +1,1074 @@
+//! Shared harness for the process-level integration tests.
+//!
+//! The example servers are driven as separate processes through their CLI contract:
+//! `--listen 127.0.0.1:0 --backend <b>`, one `listening on IP:PORT (backend: NAME)` line on
+//! stdout, logs on stderr. [`Server`] spawns one, waits (bounded) for that line, drains stderr
+//! into a shared buffer and kills the process on drop (printing its stderr if the test failed).
+//!
+//! [`backend_tests!`] generates one `#[test]` per backend for each test body, like monoio's
+//! `test_all`: `body::epoll` and `body::uring`. The uring variant is skipped (with a printed
+//! `skipped: io_uring unavailable: <reason>`) when the server refuses `--backend uring` with its
+//! one-line error; set `RINGPORT_TEST_REQUIRE_URING=1` to turn that skip into a failure.
+//!
+//! Randomised tests take their seed from `RINGPORT_TEST_SEED` (default fixed), printed so that a
+//! failure can be replayed.
+
+#![allow(dead_code)]
+
+pub mod line;
+pub mod packet;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default socket read/write timeout for test clients.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client keeps retrying to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Per-backend test generation
+// ---------------------------------------------------------------------------------------------
+
+/// `backend_tests!("server_name"; body_a, body_b);` generates, for each body
+/// `fn body(backend: Backend)`, a module `body` with the tests `epoll` and `uring`.
+///
+/// `backend_tests!(optional "server_name"; ...)` does the same but skips (with a printed message)
+/// when the example binary has not been built, instead of failing.
+macro_rules! backend_tests {
+    (@gen $server:literal, $optional:expr; $($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn epoll() {
+                    if let Some(b) = $crate::common::prepare(
+                        $server,
+                        $crate::common::Backend::Epoll,
+                        $optional,
+                    ) {
+                        super::$name(b)
+                    }
+                }
+
+                #[test]
+                fn uring() {
+                    if let Some(b) = $crate::common::prepare(
+                        $server,
+                        $crate::common::Backend::Uring,
+                        $optional,
+                    ) {
+                        super::$name(b)
+                    }
+                }
+            }
+        )+
+    };
+    (optional $server:literal; $($name:ident),+ $(,)?) => {
+        backend_tests!(@gen $server, true; $($name),+);
+    };
+    ($server:literal; $($name:ident),+ $(,)?) => {
+        backend_tests!(@gen $server, false; $($name),+);
+    };
+}
+
+/// The IO backend a server is asked to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Epoll,
+    Uring,
+    Auto,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Epoll => "epoll",
+            Backend::Uring => "uring",
+            Backend::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Path of a built example, found next to the test binary (`target/<profile>/deps/..`).
+pub fn example_path(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    let candidates = [
+        deps.parent()?.join("examples").join(name),
+        deps.join("examples").join(name),
+    ];
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Like [`example_path`] but panics with a hint when the binary is missing.
+pub fn require_example(name: &str) -> PathBuf {
+    example_path(name).unwrap_or_else(|| {
+        panic!(
+            "example binary `{name}` not found next to {:?} (expected target/<profile>/examples/{name}); \
+             run `cargo build --examples`",
+            std::env::current_exe().ok()
+        )
+    })
+}
+
+/// Called by every generated test before running its body: checks the binary exists (or skips
+/// when `optional`), and for io_uring checks that the backend is available (or skips).
+pub fn prepare(server: &str, backend: Backend, optional: bool) -> Option<Backend> {
+    if example_path(server).is_none() {
+        if optional {
+            println!("skipped: example `{server}` is not built (run `cargo build --examples`)");
+            return None;
+        }
+        require_example(server);
+    }
+    if backend == Backend::Uring {
+        if let Err(reason) = uring_availability(server) {
+            if std::env::var_os("RINGPORT_TEST_REQUIRE_URING").is_some_and(|v| v != "0") {
+                panic!("io_uring required (RINGPORT_TEST_REQUIRE_URING) but unavailable: {reason}");
+            }
+            println!("skipped: io_uring unavailable: {reason}");
+            return None;
+        }
+    }
+    Some(backend)
+}
+
+/// Starts `server --backend uring` once (per binary, cached) to find out whether io_uring works.
+/// `Err(reason)` only for the documented refusal: a non-zero exit whose stderr mentions
+/// `io_uring` or `unavailable`. Anything else unexpected panics: that is a bug, not a skip.
+pub fn uring_availability(server: &str) -> Result<(), String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Result<(), String>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache.get(server) {
+        return r.clone();
+    }
+    let result = match ServerBuilder::new(server).backend(Backend::Uring).spawn() {
+        Ok(s) => {
+            drop(s);
+            Ok(())
+        }
+        Err(StartError::Exited { status, stderr, .. })
+            if !status.success() && is_uring_refusal(&stderr) =>
+        {
+            Err(stderr.trim().lines().last().unwrap_or("").to_string())
+        }
+        Err(e) => panic!("probing `{server} --backend uring` failed unexpectedly: {e}"),
+    };
+    cache.insert(server.to_string(), result.clone());
+    result
+}
+
+/// Whether a server's stderr looks like the documented "io_uring unavailable" refusal.
+pub fn is_uring_refusal(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("io_uring") || s.contains("unavailable")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server processes
+// ---------------------------------------------------------------------------------------------
+
+/// Output of a child stream, collected by a background thread.
+#[derive(Default)]
+struct Collected {
+    state: Mutex<(Vec<u8>, bool)>, // (bytes, stream closed)
+    cond: Condvar,
+}
+
+impl Collected {
+    fn push(&self, bytes: &[u8]) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0.extend_from_slice(bytes);
+        self.cond.notify_all();
+    }
+    fn close(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1 = true;
+        self.cond.notify_all();
+    }
+    fn text(&self) -> String {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&st.0).into_owned()
+    }
+    fn len(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+    }
+    /// Waits until `pred(text)` holds, the stream closes, or `timeout` passes.
+    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if pred(&String::from_utf8_lossy(&st.0)) {
+                return true;
+            }
+            let now = Instant::now();
+            if st.1 || now >= deadline {
+                return false;
+            }
+            st = self
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+    fn wait_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.1 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            st = self
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Why a server did not come up.
+#[derive(Debug)]
+pub enum StartError {
+    Spawn(io::Error),
+    /// The process exited before printing its listening line.
+    Exited {
+        status: ExitStatus,
+        stdout: String,
+        stderr: String,
+    },
+    /// No listening line within [`START_TIMEOUT`].
+    Timeout {
+        stdout: String,
+        stderr: String,
+    },
+    /// A listening line that does not follow the contract.
+    BadLine {
+        line: String,
+        stderr: String,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Spawn(e) => write!(f, "spawn failed: {e}"),
+            StartError::Exited {
+                status,
+                stdout,
+                stderr,
+            } => write!(
+                f,
+                "exited ({status}) before listening\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+            ),
+            StartError::Timeout { stdout, stderr } => write!(
+                f,
+                "no `listening on` line within {START_TIMEOUT:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+            ),
+            StartError::BadLine { line, stderr } => {
+                write!(f, "bad listening line {line:?}\n--- stderr ---\n{stderr}")
+            }
+        }
+    }
+}
+
+/// Parses `listening on IP:PORT (backend: NAME)`.
+pub fn parse_listening_line(line: &str) -> Option<(SocketAddr, String)> {
+    let rest = line.trim_end().strip_prefix("listening on ")?;
+    let (addr, rest) = rest.split_once(" (backend: ")?;
+    let backend = rest.strip_suffix(')')?;
+    let addr: SocketAddr = addr.parse().ok()?;
+    if backend != "epoll" && backend != "uring" {
+        return None;
+    }
+    Some((addr, backend.to_string()))
+}
+
+/// Configures a server process before starting it.
+pub struct ServerBuilder {
+    name: String,
+    backend: Option<Backend>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    nofile: Option<u64>,
+    deny_uring: Option<i32>,
+}
+
+impl ServerBuilder {
+    pub fn new(name: &str) -> Self {
+        ServerBuilder {
+            name: name.to_string(),
+            backend: None,
+            args: Vec::new(),
+            env: vec![("RUST_LOG".into(), "info".into())],
+            nofile: None,
+            deny_uring: None,
+        }
+    }
+    /// Passes `--backend <b>` (without it the server chooses, e.g. from `RINGPORT_BACKEND`).
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = Some(b);
+        self
+    }
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<S: AsRef<str>>(mut self, a: &[S]) -> Self {
+        self.args.extend(a.iter().map(|s| s.as_ref().to_string()));
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    /// Runs the server under `RLIMIT_NOFILE = n` (soft and hard).
+    pub fn nofile_limit(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+    /// Installs a seccomp filter in the child that makes `io_uring_setup` fail with `errno`
+    /// (ENOSYS: kernel without io_uring; EPERM: io_uring disabled by policy).
+    pub fn deny_io_uring(mut self, errno: i32) -> Self {
+        self.deny_uring = Some(errno);
+        self
+    }
+
+    pub fn spawn(self) -> Result<Server, StartError> {
+        let exe = require_example(&self.name);
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--listen").arg("127.0.0.1:0");
+        if let Some(b) = self.backend {
+            cmd.arg("--backend").arg(b.name());
+        }
+        cmd.args(&self.args);
+        cmd.env_remove("RINGPORT_BACKEND");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let nofile = self.nofile;
+        let deny = self.deny_uring;
+        if nofile.is_some() || deny.is_some() {
+            // SAFETY: only async-signal-safe syscalls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if let Some(n) = nofile {
+                        let lim = libc::rlimit {
+                            rlim_cur: n as libc::rlim_t,
+                            rlim_max: n as libc::rlim_t,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    if let Some(errno) = deny {
+                        deny_io_uring_setup(errno)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().map_err(StartError::Spawn)?;
+
+        let stderr = Arc::new(Collected::default());
+        let stdout = Arc::new(Collected::default());
+        {
+            let mut pipe = child.stderr.take().expect("stderr piped");
+            let sink = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => sink.push(&buf[..n]),
+                    }
+                }
+                sink.close();
+            });
+        }
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let pipe = child.stdout.take().expect("stdout piped");
+            let sink = Arc::clone(&stdout);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(pipe);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            sink.push(&line);
+                            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                        }
+                    }
+                }
+                sink.close();
+            });
+        }
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let fail = |child: &mut Child, err: StartError| -> StartError {
+            let _ = child.kill();
+            let _ = child.wait();
+            err
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let e = StartError::Timeout {
+                    stdout: stdout.text(),
+                    stderr: stderr.text(),
+                };
+                return Err(fail(&mut child, e));
+            }
+            match rx.recv_timeout(deadline - now) {
+                Ok(line) => {
+                    if !line.starts_with("listening on ") {
+                        continue;
+                    }
+                    let Some((addr, named)) = parse_listening_line(&line) else {
+                        let e = StartError::BadLine {
+                            line,
+                            stderr: stderr.text(),
+                        };
+                        return Err(fail(&mut child, e));
+                    };
+                    if let Some(b) = self.backend {
+                        if b != Backend::Auto && named != b.name() {
+                            let e = StartError::BadLine {
+                                line: format!("{} (asked for --backend {b})", line.trim_end()),
+                                stderr: stderr.text(),
+                            };
+                            return Err(fail(&mut child, e));
+                        }
+                    }
+                    return Ok(Server {
+                        name: self.name,
+                        child,
+                        addr,
+                        backend: named,
+                        stderr,
+                        stdout,
+                        exit: None,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed: the process is exiting. Collect its status and stderr.
+                    let status = wait_child(&mut child, Duration::from_secs(10));
+                    let Some(status) = status else {
+                        let e = StartError::Timeout {
+                            stdout: stdout.text(),
+                            stderr: stderr.text(),
+                        };
+                        return Err(fail(&mut child, e));
+                    };
+                    stderr.wait_closed(Duration::from_secs(5));
+                    return Err(StartError::Exited {
+                        status,
+                        stdout: stdout.text(),
+                        stderr: stderr.text(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Like [`spawn`](Self::spawn), panicking with the collected output on failure.
+    pub fn start(self) -> Server {
+        let desc = format!("{} {:?} {:?}", self.name, self.backend, self.args);
+        self.spawn()
+            .unwrap_or_else(|e| panic!("server `{desc}` did not start: {e}"))
+    }
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// seccomp-bpf: `io_uring_setup` fails with `errno`, everything else allowed.
+fn deny_io_uring_setup(errno: i32) -> io::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7;
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    compile_error!("deny_io_uring_setup: add the AUDIT_ARCH of this architecture");
+    const IO_URING_SETUP: u32 = 425;
+
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let mut filter = [
+        stmt(load, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(load, 0), // seccomp_data.nr
+        jump(IO_URING_SETUP, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | (errno as u32 & 0xffff)),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls with a valid, live filter program.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A running example server. Killed (SIGKILL) on drop; its stderr is printed if the test panics.
+pub struct Server {
+    name: String,
+    child: Child,
+    /// The address from the listening line.
+    pub addr: SocketAddr,
+    /// The backend named in the listening line.
+    pub backend: String,
+    stderr: Arc<Collected>,
+    stdout: Arc<Collected>,
+    exit: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Starts `name --listen 127.0.0.1:0 --backend <backend> <extra_args>` with `RUST_LOG=info`.
+    pub fn start(name: &str, backend: Backend, extra_args: &[&str]) -> Server {
+        ServerBuilder::new(name)
+            .backend(backend)
+            .args(extra_args)
+            .start()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.text()
+    }
+
+    pub fn stderr_len(&self) -> usize {
+        self.stderr.len()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout.text()
+    }
+
+    /// Waits until the stderr collected so far satisfies `pred`.
+    pub fn wait_for_stderr(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        self.stderr.wait_for(timeout, pred)
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}): {}",
+            self.pid(),
+            io::Error::last_os_error()
+        );
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = wait_child(&mut self.child, timeout);
+        }
+        self.exit
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(st)) => {
+                self.exit = Some(st);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Panics (with the stderr) if the process has exited.
+    pub fn assert_alive(&mut self, context: &str) {
+        if !self.is_alive() {
+            self.stderr.wait_closed(Duration::from_secs(2));
+            panic!(
+                "{}: server `{}` died ({:?})\n--- stderr ---\n{}",
+                context,
+                self.name,
+                self.exit,
+                tail(&self.stderr.text(), 8000)
+            );
+        }
+    }
+
+    /// Resident set size in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// CPU time (user + system) consumed so far, from /proc/<pid>/stat.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/<pid>/stat");
+        // Fields after the `(comm)` which may contain spaces.
+        let after = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // After comm: state is field 3 (index 0 here); utime is field 14, stime 15.
+        let utime: u64 = fields[11].parse().expect("utime");
+        let stime: u64 = fields[12].parse().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_secs_f64((utime + stime) as f64 / hz as f64)
+    }
+
+    /// Number of open descriptors of the server process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// What the server's descriptors point to (`socket`, `anon_inode:[eventpoll]`, ...), with
+    /// counts; for diagnostics.
+    pub fn fd_summary(&self) -> String {
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for e in dir.flatten() {
+                let target = std::fs::read_link(e.path())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "?".into());
+                let kind = match target.split_once(":[") {
+                    Some((k, rest)) if k == "socket" || k == "pipe" => {
+                        let _ = rest;
+                        k.to_string()
+                    }
+                    _ => target,
+                };
+                *kinds.entry(kind).or_default() += 1;
+            }
+        }
+        format!("{kinds:?}")
+    }
+
+    /// Connects a new client (retrying while refused), with [`IO_TIMEOUT`] socket timeouts.
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            self.stderr.wait_closed(Duration::from_secs(2));
+            eprintln!(
+                "--- stderr of `{}` (pid {}, backend {}) ---\n{}\n--- end of stderr ---",
+                self.name,
+                self.child.id(),
+                self.backend,
+                tail(&self.stderr.text(), 16000)
+            );
+        }
+    }
+}
+
+/// The last `max` bytes of `s` (on a char boundary).
+pub fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+/// Connects to `addr`, retrying (connection refused, ...) for [`CONNECT_TIMEOUT`]; sets
+/// `TCP_NODELAY` and [`IO_TIMEOUT`] read/write timeouts.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => {
+                s.set_nodelay(true).unwrap();
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                return s;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connect to {addr} failed for {CONNECT_TIMEOUT:?}: {e}"),
+        }
+    }
+}
+
+/// Reads exactly `n` bytes within `timeout`.
+pub fn read_exact_timeout(s: &mut TcpStream, n: usize, timeout: Duration) -> io::Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {got}/{n} bytes"),
+            ));
+        }
+        s.set_read_timeout(Some(deadline - now))?;
+        match s.read(&mut out[got..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF after {got}/{n} bytes"),
+                ))
+            }
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("after {got}/{n} bytes: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+pub fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    Eof,
+    Reset,
+}
+
+/// Reads until EOF or reset within `timeout`; returns the bytes read and how it ended, or an
+/// error (with the bytes read so far in the message) on timeout.
+pub fn read_until_close(s: &mut TcpStream, timeout: Duration) -> io::Result<(Vec<u8>, Closed)> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "connection still open after {timeout:?} ({} bytes read: {:?})",
+                    out.len(),
+                    String::from_utf8_lossy(&out[..out.len().min(200)])
+                ),
+            ));
+        }
+        s.set_read_timeout(Some(deadline - now))?;
+        match s.read(&mut buf) {
+            Ok(0) => return Ok((out, Closed::Eof)),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
+            Err(e) if is_reset(&e) => return Ok((out, Closed::Reset)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads until EOF (a reset is an error) within `timeout`.
+pub fn read_until_eof(s: &mut TcpStream, timeout: Duration) -> io::Result<Vec<u8>> {
+    match read_until_close(s, timeout)? {
+        (data, Closed::Eof) => Ok(data),
+        (data, Closed::Reset) => Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("reset (instead of EOF) after {} bytes", data.len()),
+        )),
+    }
+}
+
+/// Asserts the server closes the connection (EOF or reset) within `timeout`; returns what was
+/// read before.
+pub fn expect_closed(s: &mut TcpStream, timeout: Duration, context: &str) -> (Vec<u8>, Closed) {
+    read_until_close(s, timeout)
+        .unwrap_or_else(|e| panic!("{context}: expected the server to close the connection: {e}"))
+}
+
+/// Closes the socket with a reset (SO_LINGER 0).
+pub fn reset_close(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+    drop(s);
+}
+
+/// Writes `data` and expects exactly the same bytes back.
+pub fn echo_round_trip(s: &mut TcpStream, data: &[u8], context: &str) {
+    s.write_all(data)
+        .unwrap_or_else(|e| panic!("{context}: write {} bytes: {e}", data.len()));
+    let back = read_exact_timeout(s, data.len(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{context}: reading the echo of {} bytes: {e}", data.len()));
+    assert_bytes_eq(&back, data, context);
+}
+
+/// `assert_eq!` for byte buffers with a compact message (first differing offset).
+pub fn assert_bytes_eq(got: &[u8], want: &[u8], context: &str) {
+    if got == want {
+        return;
+    }
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let show = |b: &[u8]| {
+        let end = (first + 16).min(b.len());
+        format!("{:02x?}", &b[first.min(b.len())..end])
+    };
+    panic!(
+        "{context}: bytes differ: got {} bytes, want {}; first difference at offset {first}: got {} want {}",
+        got.len(),
+        want.len(),
+        show(got),
+        show(want)
+    );
+}
+
+/// Writes `chunks` from a second thread (one `write_all` each, `TCP_NODELAY`) while reading
+/// `expected_len` bytes back in this one; returns them. Never deadlocks on full buffers.
+pub fn exchange(
+    s: &mut TcpStream,
+    chunks: Vec<Vec<u8>>,
+    expected_len: usize,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    let mut w = s.try_clone()?;
+    let writer = thread::spawn(move || -> io::Result<()> {
+        for c in &chunks {
+            w.write_all(c)?;
+        }
+        w.flush()
+    });
+    let res = read_exact_timeout(s, expected_len, timeout);
+    if res.is_err() {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let wres = writer.join().expect("writer thread panicked");
+    let data = res?;
+    wres.map_err(|e| io::Error::new(e.kind(), format!("writer: {e}")))?;
+    Ok(data)
+}
+
+/// Splits `data` into consecutive chunks of random sizes in `1..=max_chunk`.
+pub fn split_random(data: &[u8], rng: &mut Rng, max_chunk: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        let n = (1 + rng.below(max_chunk as u64) as usize).min(data.len() - i);
+        out.push(data[i..i + n].to_vec());
+        i += n;
+    }
+    out
+}
+
+/// Splits `data` cycling through the given chunk sizes (each clamped to at least 1).
+pub fn split_by_sizes(data: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut k = 0;
+    while i < data.len() {
+        let n = sizes[k % sizes.len()].max(1).min(data.len() - i);
+        out.push(data[i..i + n].to_vec());
+        i += n;
+        k += 1;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness
+// ---------------------------------------------------------------------------------------------
+
+/// The seed for randomised tests: `RINGPORT_TEST_SEED` or a fixed default; printed.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("RINGPORT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_2024_0001);
+    println!("seed: {seed} (set RINGPORT_TEST_SEED to replay)");
+    seed
+}
+
+/// xorshift64* — small, seeded, reproducible.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // splitmix64 to spread small seeds; never zero.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        Rng(if z == 0 { 1 } else { z })
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// In `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// A proptest runner with a fixed seed (from [`test_seed`]), no regression files, bounded
+/// shrinking (each case talks to a live server).
+pub fn proptest_runner(cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    TestRunner::new(Config {
+        cases,
+        rng_seed: RngSeed::Fixed(test_seed()),
+        failure_persistence: None,
+        max_shrink_iters: 200,
+        ..Config::default()
+    })
+}
+
+/// Runs `body` in a thread and panics if it does not finish within `timeout` (the thread is
+/// left behind; the process-level servers are killed by their guards when the test ends).
+pub fn within<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: did not finish within {timeout:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
+}
+
+/// Waits until `f` returns true (polling; for things with no signal), or panics at the deadline.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
