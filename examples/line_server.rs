@@ -15,7 +15,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::Parser;
 use ringport::codec::{DecodeError, Lines};
@@ -34,38 +33,6 @@ struct Args {
     common: common::CommonArgs,
 }
 
-/// The reply to one command line, and whether the connection ends after it.
-/// Kept free of IO so the pooled variant can run the very same function on a worker.
-pub fn execute(line: &[u8]) -> (Vec<u8>, bool) {
-    let text = match std::str::from_utf8(line) {
-        Ok(t) => t,
-        Err(_) => return (b"-ERR unknown command\r\n".to_vec(), false),
-    };
-    let (verb, arg) = match text.split_once(' ') {
-        Some((v, a)) => (v, Some(a)),
-        None => (text, None),
-    };
-    let reply = match (verb.to_ascii_uppercase().as_str(), arg) {
-        ("", None) => "-ERR empty command".to_string(),
-        ("PING", None) => "+PONG".to_string(),
-        ("ECHO", Some(text)) => format!("+{text}"),
-        ("ECHO", None) => "+".to_string(),
-        ("SLEEP", Some(ms)) => match ms.trim().parse::<u64>() {
-            Ok(ms) if ms <= 10_000 => {
-                // Stands for a blocking call (a database query): it stalls this IO thread.
-                std::thread::sleep(Duration::from_millis(ms));
-                format!("+SLEPT {ms}")
-            }
-            _ => "-ERR bad sleep (0 to 10000 ms)".to_string(),
-        },
-        ("QUIT", None) => return (b"+BYE\r\n".to_vec(), true),
-        _ => "-ERR unknown command".to_string(),
-    };
-    let mut out = reply.into_bytes();
-    out.extend_from_slice(b"\r\n");
-    (out, false)
-}
-
 struct Session;
 
 impl Handler for Session {
@@ -75,7 +42,7 @@ impl Handler for Session {
 
     // One call per line, in order, pipelined or not; the `Lines` codec strips the terminator.
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        let (reply, quit) = execute(frame.payload());
+        let (reply, quit) = common::line_protocol::execute(frame.payload());
         conn.write(&reply);
         if quit {
             conn.close(); // after `+BYE` is flushed
@@ -85,6 +52,7 @@ impl Handler for Session {
     // The codec refused the input (a line longer than --max-line): answer, then close.
     fn on_decode_error(&mut self, conn: &mut Conn<'_>, _error: &DecodeError) {
         conn.write(b"-ERR line too long\r\n");
+        conn.close();
     }
 
     fn on_close(&mut self, info: &ringport::ConnInfo, reason: &CloseReason) {

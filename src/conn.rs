@@ -36,11 +36,27 @@ pub trait Handler: 'static {
         conn.close();
     }
 
+    /// A [`ConnectionHandle::notify`] arrived (e.g. a worker finished a job; its writes, made
+    /// before the notify, are already queued).
+    fn on_notify(&mut self, conn: &mut Conn<'_>, value: u64) {
+        let _ = (conn, value);
+    }
+
+    /// The engine is shutting down. Default: flush what is queued, then close. Override to
+    /// wait for work in progress (e.g. close once the last job has answered); connections still
+    /// open at the drain deadline are reset.
+    fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
+        conn.close_with(CloseReason::Shutdown);
+    }
+
     /// The decoder rejected the input (frame or line too long, bad length). The stream cannot
-    /// be decoded further: the connection closes after flushing. Default: nothing more to do;
-    /// override to send a last reply (e.g. `-ERR line too long`).
+    /// be decoded further: no more frames come and reading stops. Default: flush what is
+    /// queued, then close. Override to send a last reply first (e.g. `-ERR line too long`), or
+    /// to close later, once work in progress has answered; the close reason stays
+    /// [`CloseReason::Protocol`].
     fn on_decode_error(&mut self, conn: &mut Conn<'_>, error: &DecodeError) {
-        let _ = (conn, error);
+        let _ = error;
+        conn.close();
     }
 
     /// The connection is closed; called exactly once per connection, after every operation on
@@ -186,6 +202,8 @@ pub(crate) struct ConnCore {
     pub reading: bool,
     /// The handler held the current frame back ([`Conn::hold_frame`]).
     pub held: bool,
+    /// The decoder failed: no more frames, no more reading (until a lingering close).
+    pub decode_failed: bool,
     /// EOF arrived while frames were held back; `on_read_closed` waits until they are delivered.
     pub eof_pending: bool,
     pub dirty: bool,
@@ -210,6 +228,7 @@ impl ConnCore {
             reading: true,
             held: false,
             eof_pending: false,
+            decode_failed: false,
             dirty: false,
             last_active: now,
             alive: None,
@@ -255,7 +274,7 @@ impl ConnCore {
 
     /// Frames may be delivered to the handler now.
     pub(crate) fn wants_frames(&self) -> bool {
-        self.phase == Phase::Open && !self.user_paused && !self.held
+        self.phase == Phase::Open && !self.user_paused && !self.held && !self.decode_failed
     }
 }
 
@@ -359,6 +378,8 @@ pub(crate) trait DynConn {
     /// decode error the connection is set closing and everything is consumed.
     fn data(&mut self, conn: &mut Conn<'_>, data: &[u8]) -> usize;
     fn read_closed(&mut self, conn: &mut Conn<'_>);
+    fn notify(&mut self, conn: &mut Conn<'_>, value: u64);
+    fn shutdown(&mut self, conn: &mut Conn<'_>);
     fn closed(&mut self, info: &ConnInfo, reason: &CloseReason);
 }
 
@@ -380,8 +401,10 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
                 Ok(None) => break,
                 Err(error) => {
                     tracing::warn!(peer = %conn.core.info.peer, %error, "closing connection: protocol error");
+                    conn.core.decode_failed = true;
+                    conn.core
+                        .set_reason(CloseReason::Protocol(error.to_string()));
                     self.handler.on_decode_error(conn, &error);
-                    conn.close_with(CloseReason::Protocol(error.to_string()));
                     return data.len();
                 }
             };
@@ -404,6 +427,14 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
 
     fn read_closed(&mut self, conn: &mut Conn<'_>) {
         self.handler.on_read_closed(conn);
+    }
+
+    fn notify(&mut self, conn: &mut Conn<'_>, value: u64) {
+        self.handler.on_notify(conn, value);
+    }
+
+    fn shutdown(&mut self, conn: &mut Conn<'_>) {
+        self.handler.on_shutdown(conn);
     }
 
     fn closed(&mut self, info: &ConnInfo, reason: &CloseReason) {

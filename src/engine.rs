@@ -756,6 +756,17 @@ impl IoThread {
                         self.st.ctx.mark_dirty(token, &mut e.core);
                     }
                 }
+                Msg::Notify { token, gen, value } => {
+                    if let Some(e) = entry_gen(&mut self.st.slots, token, gen) {
+                        let mut conn = Conn {
+                            core: &mut e.core,
+                            ctx: &mut self.st.ctx,
+                            token,
+                        };
+                        e.app.notify(&mut conn, value);
+                        self.st.ctx.mark_dirty(token, &mut e.core);
+                    }
+                }
                 Msg::Resume { token, gen } => {
                     if let Some(e) = entry_gen(&mut self.st.slots, token, gen) {
                         e.core.user_paused = false;
@@ -779,7 +790,15 @@ impl IoThread {
         self.backend.close_listeners();
         for (token, slot) in self.st.slots.iter_mut().enumerate() {
             if let Some(e) = slot.entry.as_mut() {
-                e.core.begin_close(CloseReason::Shutdown);
+                if e.core.phase == Phase::Open {
+                    let mut conn = Conn {
+                        core: &mut e.core,
+                        ctx: &mut self.st.ctx,
+                        token,
+                    };
+                    e.app.shutdown(&mut conn);
+                }
+                e.core.set_reason(CloseReason::Shutdown);
                 self.st.ctx.mark_dirty(token, &mut e.core);
             }
         }
@@ -914,7 +933,9 @@ impl IoThread {
             return;
         }
         let want_read = match c.phase {
-            Phase::Open => !c.user_paused && !c.bp_paused && !c.held && !c.read_closed,
+            Phase::Open => {
+                !c.user_paused && !c.bp_paused && !c.held && !c.read_closed && !c.decode_failed
+            }
             Phase::Lingering(_) => !c.read_closed,
             _ => false,
         };
@@ -967,8 +988,8 @@ impl State {
             .bytes_in
             .add(data.len() as u64);
         c.last_active = self.ctx.now;
-        if c.phase != Phase::Open {
-            return; // closing: input is read and discarded
+        if c.phase != Phase::Open || c.decode_failed {
+            return; // closing, or past a decode error: input is read and discarded
         }
         if c.rbuf.is_empty() {
             let mut conn = Conn {

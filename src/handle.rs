@@ -28,6 +28,11 @@ pub(crate) enum Msg {
         token: usize,
         gen: u64,
     },
+    Notify {
+        token: usize,
+        gen: u64,
+        value: u64,
+    },
     Shutdown,
 }
 
@@ -127,6 +132,17 @@ impl ConnectionHandle {
             token: self.token,
             gen: self.gen,
             abort: true,
+        })
+    }
+
+    /// Calls the connection's [`Handler::on_notify`](crate::Handler::on_notify) with `value` on
+    /// its IO thread, after everything this thread wrote through the connection's handles
+    /// before (one FIFO inbox): e.g. "job done, its reply is queued".
+    pub fn notify(&self, value: u64) -> Result<(), HandleError> {
+        self.post(Msg::Notify {
+            token: self.token,
+            gen: self.gen,
+            value,
         })
     }
 

@@ -47,6 +47,7 @@ mod conn;
 mod engine;
 mod error;
 mod handle;
+pub mod pool;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;

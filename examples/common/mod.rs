@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod line_protocol;
+
 use clap::Args;
 use ringport::{BackendKind, Engine, Server, ServerHandle};
 

@@ -1,0 +1,150 @@
+//! large_packet_echo_server: small IO buffers; frames larger than one buffer are assembled into
+//! transfer buffers and echoed by a worker pool. (Use this design almost never: it exists to
+//! show how to keep big, rare frames off the IO threads with bounded memory.)
+//!
+//! Framing and flags are packet_echo_server's, plus `--io-buffer` (the receive size the IO
+//! threads use, default 1024). A frame that fits in one IO buffer is echoed on the IO thread.
+//! A larger one is assembled by the engine in the connection's input buffer, copied into a
+//! transfer buffer from a bounded [`BufferPool`], and echoed by a worker. Echo order per
+//! connection holds across both paths: while a connection has a job in flight, its small frames
+//! queue behind it on the same [`Ordered`] queue. No transfer buffer, or no room in the worker
+//! queue, means backpressure: the connection stops reading until there is.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ringport::codec::{Endian, LengthDelimited};
+use ringport::pool::{BufferPool, Ordered, WorkerPool};
+use ringport::{CloseReason, Conn, ConnectionHandle, Frame, Handler, Server};
+
+#[derive(Parser, Debug)]
+#[command(about = "ringport large packet echo server: big frames echoed by a worker pool")]
+struct Args {
+    /// Address to listen on (port 0: any free port)
+    #[arg(long, default_value = "127.0.0.1:5005")]
+    listen: SocketAddr,
+    /// Receive size of the IO threads, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    io_buffer: usize,
+    /// Largest payload accepted, in bytes; a bigger announced length closes the connection
+    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    max_frame: usize,
+    /// Bytes in the length field: 1, 2, 4 or 8
+    #[arg(long, default_value_t = 4)]
+    length_width: u8,
+    /// The length field is little-endian (default: big-endian)
+    #[arg(long)]
+    little_endian: bool,
+    /// The length counts the header too (default: the payload only)
+    #[arg(long)]
+    length_includes_header: bool,
+    /// Worker threads echoing large frames
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Transfer buffers (each max-frame + header bytes); all in use means backpressure
+    #[arg(long, default_value_t = 256)]
+    transfer_buffers: usize,
+    #[command(flatten)]
+    common: common::CommonArgs,
+}
+
+struct Session {
+    pool: WorkerPool,
+    buffers: BufferPool,
+    jobs: Ordered,
+    handle: Option<ConnectionHandle>,
+    io_buffer: usize,
+    /// Jobs submitted and not yet reported done (see `on_notify`).
+    in_flight: u64,
+    close_when_done: bool,
+}
+
+impl Handler for Session {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        self.handle = Some(conn.handle());
+    }
+
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        let raw = frame.raw();
+        if raw.len() <= self.io_buffer && self.in_flight == 0 {
+            conn.write(raw); // small, and nothing ahead of it: echo on the IO thread
+            return;
+        }
+        // Large (or queued behind a large one): a transfer buffer, then a worker.
+        let Some(mut buf) = self.buffers.try_get() else {
+            conn.hold_frame(); // every transfer buffer is in use: stop reading for now
+            return;
+        };
+        buf.extend_from_slice(raw);
+        let Some(h) = self.handle.clone() else { return };
+        let job = move || {
+            let _ = h.write(&buf[..]); // the echo; `buf` returns to its pool when dropped
+            let _ = h.notify(0);
+        };
+        if self.jobs.submit(&self.pool, job).is_err() {
+            conn.hold_frame(); // worker queue full (the buffer went back with the job)
+            return;
+        }
+        self.in_flight += 1;
+    }
+
+    fn on_notify(&mut self, conn: &mut Conn<'_>, _job: u64) {
+        self.in_flight -= 1;
+        if self.in_flight == 0 && self.close_when_done {
+            conn.close();
+        }
+    }
+
+    fn on_read_closed(&mut self, conn: &mut Conn<'_>) {
+        if self.in_flight == 0 {
+            conn.close();
+        } else {
+            self.close_when_done = true;
+        }
+    }
+
+    fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
+        conn.pause_reading();
+        if self.in_flight == 0 {
+            conn.close_with(CloseReason::Shutdown);
+        } else {
+            self.close_when_done = true;
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let endian = if args.little_endian {
+        Endian::Little
+    } else {
+        Endian::Big
+    };
+    let codec =
+        LengthDelimited::with_layout(args.length_width, endian, args.length_includes_header)
+            .unwrap_or_else(|e| common::fail(e))
+            .max_frame(args.max_frame);
+    let frame_bytes = args.max_frame + codec.header_len();
+    let mut engine = args.common.engine(Some(args.io_buffer));
+    let pool =
+        WorkerPool::new("ringport-worker", args.workers, 1024).unwrap_or_else(|e| common::fail(e));
+    let buffers = BufferPool::new(args.transfer_buffers, frame_bytes);
+    let (p, b, io_buffer) = (pool.clone(), buffers.clone(), args.io_buffer);
+    let server = Server::new(args.listen, codec, move |_| Session {
+        pool: p.clone(),
+        buffers: b.clone(),
+        jobs: Ordered::new(64),
+        handle: None,
+        io_buffer,
+        in_flight: 0,
+        close_when_done: false,
+    })
+    // A frame is assembled in the connection's input buffer: bound it to one frame + one read.
+    .max_buffered_input(frame_bytes + args.io_buffer);
+    let server = args.common.add(&mut engine, server);
+    common::run(engine, &[&server]);
+    pool.shutdown(Duration::from_millis(200));
+}
