@@ -202,6 +202,10 @@ pub(crate) struct ConnCore {
     pub reading: bool,
     /// The handler held the current frame back ([`Conn::hold_frame`]).
     pub held: bool,
+    /// Outgoing connection not yet established: nothing is sent or read.
+    pub connecting: bool,
+    /// When an outgoing connect gives up.
+    pub connect_deadline: Option<Instant>,
     /// The decoder failed: no more frames, no more reading (until a lingering close).
     pub decode_failed: bool,
     /// EOF arrived while frames were held back; `on_read_closed` waits until they are delivered.
@@ -229,6 +233,8 @@ impl ConnCore {
             held: false,
             eof_pending: false,
             decode_failed: false,
+            connecting: false,
+            connect_deadline: None,
             dirty: false,
             last_active: now,
             alive: None,

@@ -308,11 +308,18 @@ impl Engine {
                 specs[si][t] = Some(l);
             }
             servers.push(Arc::new(SharedServer {
-                factory: spec.factory,
+                factory: Some(spec.factory),
                 limits: spec.limits,
                 stats: spec.stats,
             }));
         }
+        // Outgoing connections count under one more "server" of their own.
+        let client_stats = ServerStats::new(n);
+        servers.push(Arc::new(SharedServer {
+            factory: None,
+            limits: Server::new(([0, 0, 0, 0], 0).into(), crate::codec::Raw, |_| NoHandler).limits,
+            stats: client_stats.clone(),
+        }));
         let mut inboxes = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), io::Error>>(n);
@@ -374,6 +381,11 @@ impl Engine {
         }
         let running = RunningEngine {
             threads,
+            connector: Connector {
+                threads: shareds.clone(),
+                next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                stats: client_stats,
+            },
             shutdown: ShutdownHandle { threads: shareds },
         };
         if let Some(e) = failure {
@@ -413,9 +425,14 @@ impl Engine {
 pub struct RunningEngine {
     threads: Vec<JoinHandle<()>>,
     shutdown: ShutdownHandle,
+    connector: Connector,
 }
 
 impl RunningEngine {
+    /// Opens outgoing connections through the engine's IO threads.
+    pub fn connector(&self) -> Connector {
+        self.connector.clone()
+    }
     /// A handle that shuts the engine down from any thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
@@ -426,6 +443,58 @@ impl RunningEngine {
             let _ = t.join();
         }
     }
+}
+
+/// Opens outgoing connections, served by the engine's IO threads and backend exactly like
+/// accepted ones (same handler API, same limits machinery). Cheap to clone, usable from any
+/// thread.
+#[derive(Clone)]
+pub struct Connector {
+    threads: Vec<Arc<ThreadShared>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+    stats: Arc<ServerStats>,
+}
+
+impl Connector {
+    /// Connects to `addr` on the next IO thread (round robin). When connected, `handler`'s
+    /// `on_open` runs; if the connect fails (refused, unreachable) or `timeout` passes first,
+    /// only `on_close` runs, with [`CloseReason::Io`] saying why. Fails only if the engine has
+    /// stopped.
+    pub fn connect<D, H>(
+        &self,
+        addr: SocketAddr,
+        codec: D,
+        handler: H,
+        timeout: Option<Duration>,
+    ) -> Result<(), crate::HandleError>
+    where
+        D: Decoder,
+        H: Handler + Send,
+    {
+        let make: crate::handle::ConnMaker =
+            Box::new(move |_| Box::new(Typed { handler, codec }) as Box<dyn DynConn>);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len().max(1);
+        let msg = Msg::Connect {
+            addr,
+            make,
+            timeout,
+        };
+        match self.threads.get(i) {
+            Some(t) if t.send(msg) => Ok(()),
+            _ => Err(crate::HandleError::Closed),
+        }
+    }
+
+    /// Counters of the outgoing connections (`accepted` counts connections opened).
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+}
+
+/// The handler type of the outgoing-connection pseudo-server's defaults (never called).
+struct NoHandler;
+impl Handler for NoHandler {
+    fn on_frame(&mut self, _: &mut Conn<'_>, _: crate::Frame<'_>) {}
 }
 
 /// Starts a graceful shutdown of an engine from any thread.
@@ -459,7 +528,8 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 
 /// What every IO thread knows of a server.
 struct SharedServer {
-    factory: Factory,
+    /// `None` for the outgoing-connection pseudo-server (its handlers come with each connect).
+    factory: Option<Factory>,
     limits: Limits,
     stats: Arc<ServerStats>,
 }
@@ -651,11 +721,10 @@ impl IoThread {
                     self.st.ctx.bufs.put(buf);
                     self.st.on_io_error(token, &error);
                 }
-                Some(Event::Connected { token, result }) => {
-                    if let Err(e) = result {
-                        self.st.on_io_error(token, &e);
-                    }
-                }
+                Some(Event::Connected { token, result }) => match result {
+                    Ok(()) => self.st.on_connected(token),
+                    Err(e) => self.st.on_io_error(token, &e),
+                },
                 Some(Event::Closed { token }) => self.st.on_closed(token),
                 Some(Event::Wake) => {}
             }
@@ -716,7 +785,10 @@ impl IoThread {
             id: ((st.index as u64) << 48) | st.next_id,
         };
         let slot = &mut st.slots[token];
-        let app = (server.factory)(&info);
+        let Some(factory) = server.factory.as_ref() else {
+            return;
+        };
+        let app = factory(&info);
         let core = ConnCore::new(listener, slot.gen, info, st.ctx.now);
         let entry = slot.entry.insert(Entry { core, app });
         st.live += 1;
@@ -734,6 +806,11 @@ impl IoThread {
             let Ok(msg) = self.rx.try_recv() else { break };
             match msg {
                 Msg::Shutdown => self.begin_shutdown(),
+                Msg::Connect {
+                    addr,
+                    make,
+                    timeout,
+                } => self.start_connect(addr, make, timeout),
                 Msg::Write { token, gen, data } => {
                     if let Some(e) = entry_gen(&mut self.st.slots, token, gen) {
                         if matches!(e.core.phase, Phase::Open | Phase::Closing) {
@@ -775,6 +852,53 @@ impl IoThread {
                 }
             }
         }
+    }
+
+    fn start_connect(
+        &mut self,
+        addr: SocketAddr,
+        make: crate::handle::ConnMaker,
+        timeout: Option<Duration>,
+    ) {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let st = &mut self.st;
+        let server = st.servers.len() - 1;
+        st.next_id += 1;
+        let info = ConnInfo {
+            peer: addr,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            id: ((st.index as u64) << 48) | st.next_id,
+        };
+        let mut app = make(&info);
+        st.ctx.stats(server).accepted.add(1);
+        if st.shutdown_deadline.is_some() {
+            app.closed(&info, &CloseReason::Shutdown);
+            return;
+        }
+        let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = CloseReason::from_io(&e);
+                st.ctx.stats(server).closed[reason.index()].add(1);
+                app.closed(&info, &reason);
+                return;
+            }
+        };
+        let _ = socket.set_tcp_nodelay(true);
+        st.servers[server]
+            .stats
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        let token = st.alloc_slot();
+        let slot = &mut st.slots[token];
+        let mut core = ConnCore::new(server, slot.gen, info, st.ctx.now);
+        core.connecting = true;
+        core.reading = false;
+        core.connect_deadline = timeout.map(|t| st.ctx.now + t);
+        slot.entry = Some(Entry { core, app });
+        st.live += 1;
+        self.backend.connect(token, socket, addr);
     }
 
     fn begin_shutdown(&mut self) {
@@ -832,6 +956,14 @@ impl IoThread {
                 continue;
             };
             let c = &mut e.core;
+            if c.connecting && c.connect_deadline.is_some_and(|d| d <= now) {
+                c.begin_abort(CloseReason::Io(
+                    io::ErrorKind::TimedOut,
+                    "connect timed out".into(),
+                ));
+                self.st.ctx.mark_dirty(token, c);
+                continue;
+            }
             let idle = self.st.servers[c.server].limits.idle_timeout;
             match c.phase {
                 Phase::Open if idle.is_some_and(|t| now.duration_since(c.last_active) >= t) => {
@@ -895,6 +1027,14 @@ impl IoThread {
         if c.phase == Phase::Closed {
             return;
         }
+        if c.connecting {
+            if c.phase != Phase::Open {
+                // Closed before it connected: nothing to flush.
+                c.set_phase(Phase::Closed);
+                self.backend.close(token, false);
+            }
+            return; // nothing is sent or read before the connect completes
+        }
         // One send in flight per connection; everything queued meanwhile goes in the next.
         if c.inflight == 0 && !c.out.is_empty() && matches!(c.phase, Phase::Open | Phase::Closing) {
             let buf = std::mem::take(&mut c.out);
@@ -956,6 +1096,36 @@ fn entry_gen(slots: &mut [Slot], token: Token, gen: u64) -> Option<&mut Entry> {
 }
 
 impl State {
+    fn alloc_slot(&mut self) -> Token {
+        match self.free.pop() {
+            Some(t) => t,
+            None => {
+                self.slots.push(Slot {
+                    gen: 0,
+                    entry: None,
+                });
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn on_connected(&mut self, token: Token) {
+        let Some(e) = self.slots.get_mut(token).and_then(|s| s.entry.as_mut()) else {
+            return;
+        };
+        e.core.connecting = false;
+        e.core.connect_deadline = None;
+        e.core.reading = true; // the backend reads once connected
+        if e.core.phase == Phase::Open {
+            let mut conn = Conn {
+                core: &mut e.core,
+                ctx: &mut self.ctx,
+                token,
+            };
+            e.app.open(&mut conn);
+        }
+        self.ctx.mark_dirty(token, &mut e.core);
+    }
     fn next_timeout(&self) -> Option<Duration> {
         if !self.ctx.dirty.is_empty() {
             return Some(Duration::ZERO);

@@ -33,8 +33,17 @@ pub(crate) enum Msg {
         gen: u64,
         value: u64,
     },
+    Connect {
+        addr: std::net::SocketAddr,
+        make: ConnMaker,
+        timeout: Option<std::time::Duration>,
+    },
     Shutdown,
 }
+
+/// Makes an outgoing connection's handler on its IO thread.
+pub(crate) type ConnMaker =
+    Box<dyn FnOnce(&crate::ConnInfo) -> Box<dyn crate::conn::DynConn> + Send>;
 
 /// The sending side of one IO thread's inbox.
 pub(crate) struct ThreadShared {

@@ -53,7 +53,9 @@ mod stats;
 mod sys;
 
 pub use conn::{CloseReason, Conn, ConnInfo, Frame, Handler};
-pub use engine::{Engine, EngineBuilder, Server, ServerHandle, ShutdownHandle};
+pub use engine::{
+    Connector, Engine, EngineBuilder, RunningEngine, Server, ServerHandle, ShutdownHandle,
+};
 pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError};
 pub use stats::{ServerStats, StatsSnapshot};

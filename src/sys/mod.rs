@@ -86,7 +86,6 @@ pub(crate) trait Backend {
     /// Takes ownership of an accepted connection and starts reading from it.
     fn register(&mut self, token: Token, stream: TcpStream) -> io::Result<()>;
     /// Starts a non-blocking connect of `socket` (created by the engine) to `addr`.
-    #[allow(dead_code)] // wired to the engine's outgoing connections in the load-client issue
     fn connect(&mut self, token: Token, socket: socket2::Socket, addr: SocketAddr);
     /// Pauses (`false`) or resumes (`true`) reading. Data already read may still be delivered.
     fn set_reading(&mut self, token: Token, on: bool);

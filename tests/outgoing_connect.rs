@@ -1,0 +1,170 @@
+//! Outgoing connections (`Connector::connect`) on every backend: a connect that succeeds and
+//! echoes, a refused connect, and a connect timeout. All on loopback, bounded in time.
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ringport::codec::Raw;
+use ringport::{BackendKind, CloseReason, Conn, ConnInfo, Engine, Frame, Handler, Server};
+
+struct Echo;
+impl Handler for Echo {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        conn.write(frame.raw());
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Opened,
+    Echoed(Vec<u8>),
+    Closed(CloseReason),
+}
+
+/// Sends "hello", waits for it to come back, then closes; reports what happened.
+struct Client {
+    tx: mpsc::Sender<Seen>,
+    got: Vec<u8>,
+}
+
+impl Handler for Client {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let _ = self.tx.send(Seen::Opened);
+        conn.write(b"hello");
+    }
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        self.got.extend_from_slice(frame.raw());
+        if self.got.len() >= 5 {
+            let _ = self.tx.send(Seen::Echoed(self.got.clone()));
+            conn.close();
+        }
+    }
+    fn on_close(&mut self, _info: &ConnInfo, reason: &CloseReason) {
+        let _ = self.tx.send(Seen::Closed(reason.clone()));
+    }
+}
+
+fn engine(kind: BackendKind) -> Option<Engine> {
+    match Engine::builder().backend(kind).io_threads(2).build() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            println!("skipped: {e}");
+            None
+        }
+    }
+}
+
+fn recv(rx: &mpsc::Receiver<Seen>) -> Seen {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("no event within 10 s")
+}
+
+fn connect_echo_and_close(kind: BackendKind) {
+    let Some(mut engine) = engine(kind) else {
+        return;
+    };
+    let server = engine
+        .add_server(Server::new("127.0.0.1:0".parse().unwrap(), Raw, |_| Echo))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let client = Client {
+        tx,
+        got: Vec::new(),
+    };
+    running
+        .connector()
+        .connect(
+            server.local_addr(),
+            Raw,
+            client,
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
+    assert_eq!(recv(&rx), Seen::Opened);
+    assert_eq!(recv(&rx), Seen::Echoed(b"hello".to_vec()));
+    assert_eq!(recv(&rx), Seen::Closed(CloseReason::Local));
+    assert_eq!(running.connector().stats().snapshot().accepted, 1);
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+fn refused_connect_reports_on_close_only(kind: BackendKind) {
+    let Some(engine) = engine(kind) else { return };
+    // A port that was just free: bind without listening, so a connect is refused.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let running = engine.start().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let client = Client {
+        tx,
+        got: Vec::new(),
+    };
+    running
+        .connector()
+        .connect(addr, Raw, client, Some(Duration::from_secs(5)))
+        .unwrap();
+    match recv(&rx) {
+        Seen::Closed(CloseReason::Io(kind, _)) => {
+            assert_eq!(kind, std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("expected a refused connect, got {other:?}"),
+    }
+    drop(s);
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+fn connect_timeout_closes_with_timed_out(kind: BackendKind) {
+    let Some(engine) = engine(kind) else { return };
+    // A listener that never accepts, its backlog filled: further SYNs are dropped, so a
+    // connect neither succeeds nor fails until our timeout.
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    let running = engine.start().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let client = Client {
+        tx,
+        got: Vec::new(),
+    };
+    running
+        .connector()
+        .connect(addr, Raw, client, Some(Duration::from_millis(300)))
+        .unwrap();
+    match recv(&rx) {
+        Seen::Closed(CloseReason::Io(kind, _)) => assert_eq!(kind, std::io::ErrorKind::TimedOut),
+        other => panic!("expected a connect timeout, got {other:?}"),
+    }
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+macro_rules! on_every_backend {
+    ($($name:ident),*) => {
+        mod epoll {
+            $(#[test] fn $name() { super::$name(ringport::BackendKind::Epoll) })*
+        }
+        mod uring {
+            $(#[test] fn $name() { super::$name(ringport::BackendKind::Uring) })*
+        }
+    };
+}
+
+on_every_backend!(
+    connect_echo_and_close,
+    refused_connect_reports_on_close_only,
+    connect_timeout_closes_with_timed_out
+);
