@@ -238,6 +238,7 @@ impl EngineBuilder {
             kind,
             bcfg,
             servers: Vec::new(),
+            signals: None,
         })
     }
 }
@@ -256,6 +257,7 @@ pub struct Engine {
     kind: BackendKind,
     bcfg: BackendConfig,
     servers: Vec<ServerSpec>,
+    signals: Option<signal_hook::iterator::Signals>,
 }
 
 impl Engine {
@@ -292,6 +294,19 @@ impl Engine {
             listeners,
         });
         Ok(ServerHandle { addr, stats })
+    }
+
+    /// Registers the SIGINT/SIGTERM handlers that [`Engine::run`] waits on, now rather than
+    /// when `run` starts: call it before announcing the server (a signal that arrives after the
+    /// announcement must find the handler in place), and before descriptors may run out.
+    pub fn catch_signals(&mut self) -> Result<(), Error> {
+        if self.signals.is_none() {
+            self.signals = Some(signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?);
+        }
+        Ok(())
     }
 
     /// Starts the IO threads; returns at once.
@@ -398,12 +413,10 @@ impl Engine {
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully: stops accepting, flushes and
     /// closes connections (resetting what is left at the drain deadline), joins the threads.
-    pub fn run(self) -> Result<(), Error> {
+    pub fn run(mut self) -> Result<(), Error> {
+        self.catch_signals()?;
+        let mut signals = self.signals.take().expect("signals registered");
         let running = self.start()?;
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
         let handle = signals.handle();
         let shutdown = running.shutdown_handle();
         let waiter = std::thread::Builder::new()
@@ -1209,7 +1222,9 @@ impl State {
         };
         let c = &mut e.core;
         let limit = self.servers[c.server].limits.max_buffered_input;
-        if c.rbuf.len() > limit {
+        // Held-back input (paused, held frame) is bounded by what the backend had in flight
+        // when reading stopped; the limit is for input the decoder could not use.
+        if c.rbuf.len() > limit && c.wants_frames() {
             warn!(peer = %c.info.peer, buffered = c.rbuf.len(), limit, "closing connection: too much undecoded input");
             c.rbuf = Vec::new();
             c.begin_close(CloseReason::Protocol(format!(

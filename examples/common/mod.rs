@@ -43,7 +43,10 @@ impl CommonArgs {
         if let Some(n) = recv_buffer_size {
             b = b.recv_buffer_size(n);
         }
-        b.build().unwrap_or_else(|e| fail(e))
+        let mut engine = b.build().unwrap_or_else(|e| fail(e));
+        // Before the `listening on` line: a signal sent right after it must find the handler.
+        engine.catch_signals().unwrap_or_else(|e| fail(e));
+        engine
     }
 
     /// Applies the connection limits to `server` and adds it to `engine`.

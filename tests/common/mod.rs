@@ -744,6 +744,22 @@ impl Drop for Server {
     }
 }
 
+/// Asserts a process stopped by `sig` exited with status 0; a death by the signal itself means
+/// the handler was not installed (yet).
+pub fn assert_clean_exit(status: ExitStatus, sig: i32, context: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    if status.signal() == Some(sig) {
+        panic!(
+            "{context}: the process was killed by signal {sig} itself (no SIGINT/SIGTERM handler \
+             installed at that moment), expected a graceful exit 0"
+        );
+    }
+    assert!(
+        status.success(),
+        "{context}: exit status {status}, expected 0"
+    );
+}
+
 /// The last `max` bytes of `s` (on a char boundary).
 pub fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
