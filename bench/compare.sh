@@ -180,10 +180,11 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
 
 # Extracts figures from the load client's JSON and records them.
-record_json() { # scenario server round json-file exit-code
+record_json() { # scenario server round json-file exit-code [server-cpu-ticks run-secs]
     python3 - "$@" >>"$RESULTS" <<'EOF'
-import json, sys
+import json, os, sys
 scenario, server, rnd, path, rc = sys.argv[1:6]
+cpu_ticks, run_secs = (sys.argv[6:8] + [None, None])[:2]
 try:
     d = json.load(open(path))
 except Exception as e:
@@ -200,6 +201,11 @@ out = {
     "p999": d["latency_us"]["p999"],
     "errors": d["errors"],
 }
+if cpu_ticks and d["messages_per_sec"]:
+    # Server CPU (user + system) per message: the server's own cost, whatever share of the
+    # two cores the client took. Approximate: CPU over warm-up + run, messages at the run's rate.
+    secs = int(cpu_ticks) / os.sysconf("SC_CLK_TCK")
+    out["cpu_us"] = secs * 1e6 / (d["messages_per_sec"] * float(run_secs))
 for k, v in out.items():
     print(f"{scenario}\t{server}\t{rnd}\t{k}\t{v}")
 if d["errors"] or rc != "0":
@@ -239,15 +245,19 @@ scenario_title() {
     esac
 }
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 run_throughput() { # scenario server round
-    local json=$WORK/load.json err=$WORK/load.err rc
+    local json=$WORK/load.json err=$WORK/load.err rc c0 c1
+    c0=$(cpu_ticks "$SERVER_PID")
     # shellcheck disable=SC2046
     run_load "$json" "$err" "$(awk "BEGIN { print $DURATION + $WARMUP + 120 }")" \
         echo --target "127.0.0.1:$PORT" $(scenario_args "$1") -d "$DURATION" --warmup "$WARMUP"
     wait "$LOAD_PID"
     rc=$?
     LOAD_PID=""
-    record_json "$1" "$2" "$3" "$json" "$rc" || log "  $2: no result (exit $rc): $(tail -c 300 "$err")"
+    c1=$(cpu_ticks "$SERVER_PID")
+    record_json "$1" "$2" "$3" "$json" "$rc" "$((c1 - c0))" "$(awk "BEGIN { print $DURATION + $WARMUP }")" || log "  $2: no result (exit $rc): $(tail -c 300 "$err")"
 }
 
 run_rss() { # scenario server round
@@ -347,9 +357,10 @@ titles = {
 metrics = {
     "rss10k": [("kib_per_conn", "server RSS KiB/conn", 2), ("rss_conns_kib", "server RSS with conns, MiB", -1),
                ("rss_idle_kib", "server RSS idle, MiB", -1)],
-    "big50": [("msgs", "msg/s", 0), ("mbps", "MB/s echoed", 1), ("p50", "p50 us", 1), ("p99", "p99 us", 1)],
+    "big50": [("msgs", "msg/s", 0), ("mbps", "MB/s echoed", 1), ("cpu_us", "server CPU us/msg", 2), ("p50", "p50 us", 1), ("p99", "p99 us", 1)],
 }
-default_metrics = [("msgs", "msg/s", 0), ("p50", "p50 us", 1), ("p99", "p99 us", 1), ("p999", "p99.9 us", 1)]
+default_metrics = [("msgs", "msg/s", 0), ("cpu_us", "server CPU us/msg", 2), ("p50", "p50 us", 1),
+                   ("p99", "p99 us", 1), ("p999", "p99.9 us", 1)]
 
 ringports = [s for s in active if s.startswith("ringport")]
 peers = [s for s in active if not s.startswith("ringport")]

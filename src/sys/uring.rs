@@ -194,12 +194,14 @@ impl BufRing {
         let map_len = ring_len + count as usize * size;
         // SAFETY: an anonymous private mapping aliases no existing memory; the result is
         // checked for MAP_FAILED below. mmap returns page-aligned, zero-filled memory.
+        // Not MAP_POPULATE: a buffer's pages become resident only when the kernel first
+        // writes into them, so small messages touch one page per buffer, not the whole ring.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
