@@ -7,6 +7,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,11 +102,14 @@ pub enum CloseReason {
     Shutdown,
     /// Another IO error.
     Io(io::ErrorKind, String),
+    /// A handler callback panicked; the connection was reset and its handler is not called
+    /// again (not even `on_close`).
+    HandlerPanic,
 }
 
 impl CloseReason {
     /// Number of distinct reasons (the size of [`StatsSnapshot::closed`](crate::StatsSnapshot)).
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
 
     /// A stable index per kind of reason, for counters.
     pub fn index(&self) -> usize {
@@ -117,6 +121,7 @@ impl CloseReason {
             CloseReason::Protocol(_) => 4,
             CloseReason::Shutdown => 5,
             CloseReason::Io(..) => 6,
+            CloseReason::HandlerPanic => 7,
         }
     }
 
@@ -390,13 +395,41 @@ pub(crate) trait DynConn {
 }
 
 pub(crate) struct Typed<H, D> {
-    pub handler: H,
-    pub codec: D,
+    handler: H,
+    codec: D,
+    /// A callback panicked: the handler's state is suspect, it is not called again.
+    poisoned: bool,
+}
+
+impl<H: Handler, D: Decoder> Typed<H, D> {
+    pub(crate) fn new(handler: H, codec: D) -> Self {
+        Typed {
+            handler,
+            codec,
+            poisoned: false,
+        }
+    }
+
+    /// Runs one callback; a panic in it costs only this connection (reset, reason
+    /// [`CloseReason::HandlerPanic`]), never the IO thread and its other connections.
+    fn guard(&mut self, conn: &mut Conn<'_>, f: impl FnOnce(&mut H, &mut Conn<'_>)) {
+        if self.poisoned {
+            return;
+        }
+        let handler = &mut self.handler;
+        if catch_unwind(AssertUnwindSafe(|| f(handler, conn))).is_err() {
+            self.poisoned = true;
+            tracing::error!(peer = %conn.core.info.peer, "handler panicked; resetting its connection");
+            conn.core.reason = Some(CloseReason::HandlerPanic);
+            conn.core.begin_abort(CloseReason::HandlerPanic);
+            conn.ctx.mark_dirty(conn.token, conn.core);
+        }
+    }
 }
 
 impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
     fn open(&mut self, conn: &mut Conn<'_>) {
-        self.handler.on_open(conn);
+        self.guard(conn, |h, c| h.on_open(c));
     }
 
     fn data(&mut self, conn: &mut Conn<'_>, data: &[u8]) -> usize {
@@ -410,11 +443,15 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
                     conn.core.decode_failed = true;
                     conn.core
                         .set_reason(CloseReason::Protocol(error.to_string()));
-                    self.handler.on_decode_error(conn, &error);
+                    self.guard(conn, |h, c| h.on_decode_error(c, &error));
                     return data.len();
                 }
             };
-            if d.consumed == 0 || d.consumed > data.len() - pos {
+            if d.consumed == 0
+                || d.consumed > data.len() - pos
+                || d.payload.start > d.payload.end
+                || d.payload.end > d.consumed
+            {
                 break; // a decoder bug; never loop or index out of bounds on it
             }
             let frame = Frame {
@@ -422,8 +459,8 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
                 payload: (d.payload.start, d.payload.end),
             };
             conn.ctx.stats(conn.core.server).frames_in.add(1);
-            self.handler.on_frame(conn, frame);
-            if conn.core.held {
+            self.guard(conn, |h, c| h.on_frame(c, frame));
+            if conn.core.held || self.poisoned {
                 break;
             }
             pos += d.consumed;
@@ -432,18 +469,24 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
     }
 
     fn read_closed(&mut self, conn: &mut Conn<'_>) {
-        self.handler.on_read_closed(conn);
+        self.guard(conn, |h, c| h.on_read_closed(c));
     }
 
     fn notify(&mut self, conn: &mut Conn<'_>, value: u64) {
-        self.handler.on_notify(conn, value);
+        self.guard(conn, |h, c| h.on_notify(c, value));
     }
 
     fn shutdown(&mut self, conn: &mut Conn<'_>) {
-        self.handler.on_shutdown(conn);
+        self.guard(conn, |h, c| h.on_shutdown(c));
     }
 
     fn closed(&mut self, info: &ConnInfo, reason: &CloseReason) {
-        self.handler.on_close(info, reason);
+        if self.poisoned {
+            return;
+        }
+        let handler = &mut self.handler;
+        if catch_unwind(AssertUnwindSafe(|| handler.on_close(info, reason))).is_err() {
+            tracing::error!(peer = %info.peer, "handler panicked in on_close");
+        }
     }
 }

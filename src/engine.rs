@@ -76,12 +76,8 @@ impl Server {
         H: Handler,
         F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
     {
-        let factory: Factory = Arc::new(move |info| {
-            Box::new(Typed {
-                handler: factory(info),
-                codec: codec.clone(),
-            })
-        });
+        let factory: Factory =
+            Arc::new(move |info| Box::new(Typed::new(factory(info), codec.clone())));
         Server {
             addr,
             factory,
@@ -215,6 +211,17 @@ impl EngineBuilder {
             recv_buffer_count: self.recv_buffer_count.max(2).next_power_of_two(),
             ring_entries: 1024,
         };
+        // The probe's ring is torn down asynchronously by the kernel, which may then post task
+        // work to the thread that created it; that interrupts a blocking socket call with a
+        // timeout on that thread (EINTR). Probe on a short-lived thread of its own instead of
+        // the caller's.
+        let probe = |cfg: &BackendConfig| {
+            std::thread::scope(|s| {
+                s.spawn(|| sys::uring::probe(cfg))
+                    .join()
+                    .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+            })
+        };
         let asked = match self.backend {
             Some(k) => k,
             None => BackendKind::from_env()?.unwrap_or_default(),
@@ -222,10 +229,10 @@ impl EngineBuilder {
         let kind = match asked {
             BackendKind::Epoll => BackendKind::Epoll,
             BackendKind::Uring => {
-                sys::uring::probe(&bcfg).map_err(Error::UringUnavailable)?;
+                probe(&bcfg).map_err(Error::UringUnavailable)?;
                 BackendKind::Uring
             }
-            BackendKind::Auto => match sys::uring::probe(&bcfg) {
+            BackendKind::Auto => match probe(&bcfg) {
                 Ok(()) => BackendKind::Uring,
                 Err(why) => {
                     warn!("io_uring unavailable ({why}); falling back to epoll");
@@ -485,7 +492,7 @@ impl Connector {
         H: Handler + Send,
     {
         let make: crate::handle::ConnMaker =
-            Box::new(move |_| Box::new(Typed { handler, codec }) as Box<dyn DynConn>);
+            Box::new(move |_| Box::new(Typed::new(handler, codec)) as Box<dyn DynConn>);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len().max(1);
         let msg = Msg::Connect {
             addr,
