@@ -1,0 +1,134 @@
+//! `ConnectionHandle`: writes from other threads arrive in order; a handle whose connection
+//! closed fails cleanly and never reaches the newer connection that reuses its slot; handles
+//! keep neither connection nor engine alive. Library-level, on every backend.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringport::codec::Raw;
+use ringport::{BackendKind, Conn, ConnectionHandle, Engine, Frame, HandleError, Handler, Server};
+
+/// Hands its connection's handle to the test on open; echoes nothing.
+struct Publish(mpsc::Sender<ConnectionHandle>);
+impl Handler for Publish {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let _ = self.0.send(conn.handle());
+    }
+    fn on_frame(&mut self, _conn: &mut Conn<'_>, _frame: Frame<'_>) {}
+}
+
+fn start(
+    kind: BackendKind,
+) -> Option<(
+    ringport::RunningEngine,
+    std::net::SocketAddr,
+    mpsc::Receiver<ConnectionHandle>,
+)> {
+    // One IO thread: a freed slot is the next one reused.
+    let mut engine = match Engine::builder().backend(kind).io_threads(1).build() {
+        Ok(e) => e,
+        Err(e) => {
+            println!("skipped: {e}");
+            return None;
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let server = engine
+        .add_server(Server::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Raw,
+            move |_| Publish(tx.lock().unwrap().clone()),
+        ))
+        .unwrap();
+    Some((engine.start().unwrap(), server.local_addr(), rx))
+}
+
+fn client(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn stale_handle_never_reaches_the_slots_next_connection(kind: BackendKind) {
+    let Some((running, addr, handles)) = start(kind) else {
+        return;
+    };
+    let mut a = client(addr);
+    let ha = handles.recv_timeout(Duration::from_secs(10)).unwrap();
+    ha.write(&b"to-a"[..]).unwrap();
+    let mut got = [0u8; 4];
+    a.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to-a");
+
+    drop(a); // the peer goes away: the engine closes the connection and frees its slot
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ha.is_open() {
+        assert!(
+            Instant::now() < deadline,
+            "handle still open after the peer left"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ha.write(&b"stale"[..]), Err(HandleError::Closed));
+
+    let mut b = client(addr);
+    let hb = handles.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Whatever the old handle does now, the new connection sees only its own bytes.
+    assert_eq!(ha.write(&b"stale"[..]), Err(HandleError::Closed));
+    assert_eq!(ha.close(), Err(HandleError::Closed));
+    hb.write(&b"to-b"[..]).unwrap();
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to-b");
+    assert!(hb.is_open());
+
+    running.shutdown_handle().shutdown();
+    running.join(); // handles still held here: they keep nothing alive
+    assert_eq!(hb.write(&b"after"[..]), Err(HandleError::Closed));
+}
+
+fn many_writes_from_another_thread_arrive_in_order(kind: BackendKind) {
+    let Some((running, addr, handles)) = start(kind) else {
+        return;
+    };
+    let mut c = client(addr);
+    let h = handles.recv_timeout(Duration::from_secs(10)).unwrap();
+    const N: u32 = 200_000;
+    let writer = std::thread::spawn(move || {
+        for i in 0..N {
+            h.write(i.to_be_bytes().to_vec()).unwrap();
+        }
+        h.close().unwrap();
+    });
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    writer.join().unwrap();
+    assert_eq!(all.len(), N as usize * 4, "bytes lost");
+    for (i, chunk) in all.chunks(4).enumerate() {
+        assert_eq!(
+            u32::from_be_bytes(chunk.try_into().unwrap()),
+            i as u32,
+            "out of order at {i}"
+        );
+    }
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+macro_rules! on_every_backend {
+    ($($name:ident),*) => {
+        mod epoll {
+            $(#[test] fn $name() { super::$name(ringport::BackendKind::Epoll) })*
+        }
+        mod uring {
+            $(#[test] fn $name() { super::$name(ringport::BackendKind::Uring) })*
+        }
+    };
+}
+
+on_every_backend!(
+    stale_handle_never_reaches_the_slots_next_connection,
+    many_writes_from_another_thread_arrive_in_order
+);
