@@ -16,9 +16,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ringport::codec::{Endian, LengthDelimited};
-use ringport::pool::{BufferPool, Ordered, WorkerPool};
-use ringport::{CloseReason, Conn, ConnectionHandle, Frame, Handler, Server};
+use ringport::pool::{BufferPool, InFlight, Ordered, WorkerPool};
+use ringport::{Conn, ConnectionHandle, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
 #[command(about = "ringport large packet echo server: big frames echoed by a worker pool")]
@@ -32,15 +31,8 @@ struct Args {
     /// Largest payload accepted, in bytes; a bigger announced length closes the connection
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     max_frame: usize,
-    /// Bytes in the length field: 1, 2, 4 or 8
-    #[arg(long, default_value_t = 4)]
-    length_width: u8,
-    /// The length field is little-endian (default: big-endian)
-    #[arg(long)]
-    little_endian: bool,
-    /// The length counts the header too (default: the payload only)
-    #[arg(long)]
-    length_includes_header: bool,
+    #[command(flatten)]
+    layout: common::LayoutArgs,
     /// Worker threads echoing large frames
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -57,9 +49,8 @@ struct Session {
     jobs: Ordered,
     handle: Option<ConnectionHandle>,
     io_buffer: usize,
-    /// Jobs submitted and not yet reported done (see `on_notify`).
-    in_flight: u64,
-    close_when_done: bool,
+    /// Jobs submitted and not yet reported done (counted here, on the IO thread).
+    in_flight: InFlight,
 }
 
 impl Handler for Session {
@@ -69,7 +60,7 @@ impl Handler for Session {
 
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
         let raw = frame.raw();
-        if raw.len() <= self.io_buffer && self.in_flight == 0 {
+        if raw.len() <= self.io_buffer && self.in_flight.is_idle() {
             conn.write(raw); // small, and nothing ahead of it: echo on the IO thread
             return;
         }
@@ -88,45 +79,26 @@ impl Handler for Session {
             conn.hold_frame(); // worker queue full (the buffer went back with the job)
             return;
         }
-        self.in_flight += 1;
+        self.in_flight.started();
     }
 
     fn on_notify(&mut self, conn: &mut Conn<'_>, _job: u64) {
-        self.in_flight -= 1;
-        if self.in_flight == 0 && self.close_when_done {
-            conn.close();
-        }
+        self.in_flight.done(conn); // and closes if a close was waiting for it
     }
 
     fn on_read_closed(&mut self, conn: &mut Conn<'_>) {
-        if self.in_flight == 0 {
-            conn.close();
-        } else {
-            self.close_when_done = true;
-        }
+        self.in_flight.close_when_done(conn);
     }
 
     fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
         conn.pause_reading();
-        if self.in_flight == 0 {
-            conn.close_with(CloseReason::Shutdown);
-        } else {
-            self.close_when_done = true;
-        }
+        self.in_flight.close_when_done(conn);
     }
 }
 
 fn main() {
     let args = Args::parse();
-    let endian = if args.little_endian {
-        Endian::Little
-    } else {
-        Endian::Big
-    };
-    let codec =
-        LengthDelimited::with_layout(args.length_width, endian, args.length_includes_header)
-            .unwrap_or_else(|e| common::fail(e))
-            .max_frame(args.max_frame);
+    let codec = args.layout.codec(args.max_frame);
     let frame_bytes = args.max_frame + codec.header_len();
     let mut engine = args.common.engine(Some(args.io_buffer));
     let pool =
@@ -139,8 +111,7 @@ fn main() {
         jobs: Ordered::new(64),
         handle: None,
         io_buffer,
-        in_flight: 0,
-        close_when_done: false,
+        in_flight: InFlight::default(),
     })
     // A frame is assembled in the connection's input buffer: bound it to one frame + one read.
     .max_buffered_input(frame_bytes + args.io_buffer);

@@ -20,8 +20,8 @@ use std::time::Duration;
 use clap::Parser;
 use common::line_protocol::{execute, is_quit};
 use ringport::codec::{DecodeError, Lines};
-use ringport::pool::{Ordered, WorkerPool};
-use ringport::{CloseReason, Conn, ConnectionHandle, Frame, Handler, Server};
+use ringport::pool::{InFlight, Ordered, WorkerPool};
+use ringport::{Conn, ConnectionHandle, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
 #[command(about = "ringport pooled line server: commands run on a worker pool")]
@@ -46,10 +46,8 @@ struct Session {
     pool: WorkerPool,
     jobs: Ordered,
     handle: Option<ConnectionHandle>,
-    /// Jobs submitted and not yet reported done (counted on the IO thread, see `on_notify`).
-    in_flight: u64,
-    /// Close once `in_flight` reaches 0 (peer half-closed, or shutdown).
-    close_when_done: bool,
+    /// Jobs submitted and not yet reported done (counted here, on the IO thread).
+    in_flight: InFlight,
     quit: bool,
 }
 
@@ -72,7 +70,7 @@ impl Session {
         if self.jobs.submit(&self.pool, job).is_err() {
             return false;
         }
-        self.in_flight += 1;
+        self.in_flight.started();
         true
     }
 }
@@ -97,34 +95,23 @@ impl Handler for Session {
     }
 
     fn on_notify(&mut self, conn: &mut Conn<'_>, _job: u64) {
-        self.in_flight -= 1;
-        if self.in_flight == 0 && self.close_when_done {
-            conn.close();
-        }
+        self.in_flight.done(conn); // and closes if a close was waiting for it
     }
 
     // The client stopped sending: answer what it asked, then close.
     fn on_read_closed(&mut self, conn: &mut Conn<'_>) {
-        if self.in_flight == 0 {
-            conn.close();
-        } else {
-            self.close_when_done = true;
-        }
+        self.in_flight.close_when_done(conn);
     }
 
-    // Shutdown: let running commands answer (until the drain deadline), then close.
+    // Shutdown: let queued commands answer (until the drain deadline), then close.
     fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
         conn.pause_reading();
-        if self.in_flight == 0 {
-            conn.close_with(CloseReason::Shutdown);
-        } else {
-            self.close_when_done = true;
-        }
+        self.in_flight.close_when_done(conn);
     }
 
     // The reply to an over-long line goes after the replies still being computed.
     fn on_decode_error(&mut self, conn: &mut Conn<'_>, _error: &DecodeError) {
-        if self.in_flight == 0 {
+        if self.in_flight.is_idle() {
             conn.write(b"-ERR line too long\r\n");
             conn.close();
         } else if !self.submit(|| (b"-ERR line too long\r\n".to_vec(), true)) {
@@ -144,8 +131,7 @@ fn main() {
         pool: p.clone(),
         jobs: Ordered::new(64),
         handle: None,
-        in_flight: 0,
-        close_when_done: false,
+        in_flight: InFlight::default(),
         quit: false,
     });
     let server = args.common.add(&mut engine, server);

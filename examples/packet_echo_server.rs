@@ -14,7 +14,6 @@ mod common;
 use std::net::SocketAddr;
 
 use clap::Parser;
-use ringport::codec::{Endian, LengthDelimited};
 use ringport::{Conn, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
@@ -26,15 +25,8 @@ struct Args {
     /// Largest payload accepted, in bytes; a bigger announced length closes the connection
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_frame: usize,
-    /// Bytes in the length field: 1, 2, 4 or 8
-    #[arg(long, default_value_t = 4)]
-    length_width: u8,
-    /// The length field is little-endian (default: big-endian)
-    #[arg(long)]
-    little_endian: bool,
-    /// The length counts the header too (default: the payload only)
-    #[arg(long)]
-    length_includes_header: bool,
+    #[command(flatten)]
+    layout: common::LayoutArgs,
     #[command(flatten)]
     common: common::CommonArgs,
 }
@@ -51,15 +43,7 @@ impl Handler for PacketEcho {
 
 fn main() {
     let args = Args::parse();
-    let endian = if args.little_endian {
-        Endian::Little
-    } else {
-        Endian::Big
-    };
-    let codec =
-        LengthDelimited::with_layout(args.length_width, endian, args.length_includes_header)
-            .unwrap_or_else(|e| common::fail(e))
-            .max_frame(args.max_frame);
+    let codec = args.layout.codec(args.max_frame);
     let mut engine = args.common.engine(None);
     let server = args
         .common

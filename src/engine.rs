@@ -934,6 +934,7 @@ impl IoThread {
         self.backend.close_listeners();
         for (token, slot) in self.st.slots.iter_mut().enumerate() {
             if let Some(e) = slot.entry.as_mut() {
+                e.core.set_reason(CloseReason::Shutdown); // whoever closes it from now on
                 if e.core.phase == Phase::Open {
                     let mut conn = Conn {
                         core: &mut e.core,
@@ -942,7 +943,6 @@ impl IoThread {
                     };
                     e.app.shutdown(&mut conn);
                 }
-                e.core.set_reason(CloseReason::Shutdown);
                 self.st.ctx.mark_dirty(token, &mut e.core);
             }
         }

@@ -231,6 +231,46 @@ fn drain(first: Job, state: &Mutex<OrderedState>, pool: &WorkerPool) {
     }
 }
 
+/// A connection's jobs in flight, counted on its IO thread, and a close deferred until they
+/// have answered. Keep one in the handler: [`InFlight::started`] when a job is submitted,
+/// [`InFlight::done`] from `on_notify` when the job's `notify` arrives (after its writes), and
+/// [`InFlight::close_when_done`] where the handler would otherwise close at once (peer
+/// half-closed, shutdown, a last reply queued behind the jobs).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    jobs: u64,
+    close_when_done: bool,
+}
+
+impl InFlight {
+    /// A job was submitted.
+    pub fn started(&mut self) {
+        self.jobs += 1;
+    }
+
+    /// No job is in flight: a write made now cannot overtake a job's reply.
+    pub fn is_idle(&self) -> bool {
+        self.jobs == 0
+    }
+
+    /// A job reported done; closes the connection if a close waited for it.
+    pub fn done(&mut self, conn: &mut crate::Conn<'_>) {
+        self.jobs = self.jobs.saturating_sub(1);
+        if self.jobs == 0 && self.close_when_done {
+            conn.close();
+        }
+    }
+
+    /// Closes now if idle, else once the last job in flight has answered.
+    pub fn close_when_done(&mut self, conn: &mut crate::Conn<'_>) {
+        if self.jobs == 0 {
+            conn.close();
+        } else {
+            self.close_when_done = true;
+        }
+    }
+}
+
 /// A bounded pool of transfer buffers (for frames too large for one IO buffer).
 ///
 /// At most `count` buffers exist at once; [`BufferPool::try_get`] returns `None` when all are

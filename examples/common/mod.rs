@@ -7,6 +7,7 @@ use std::time::Duration;
 pub mod line_protocol;
 
 use clap::Args;
+use ringport::codec::{Endian, LengthDelimited};
 use ringport::{BackendKind, Engine, Server, ServerHandle};
 
 /// The flags every example server takes.
@@ -55,6 +56,35 @@ impl CommonArgs {
             .max_connections(self.max_connections)
             .idle_timeout(self.idle_timeout.map(Duration::from_secs));
         engine.add_server(server).unwrap_or_else(|e| fail(e))
+    }
+}
+
+/// The length-field layout flags of the packet servers.
+#[derive(Args, Debug)]
+pub struct LayoutArgs {
+    /// Bytes in the length field: 1, 2, 4 or 8
+    #[arg(long, default_value_t = 4)]
+    pub length_width: u8,
+    /// The length field is little-endian (default: big-endian)
+    #[arg(long)]
+    pub little_endian: bool,
+    /// The length counts the header too (default: the payload only)
+    #[arg(long)]
+    pub length_includes_header: bool,
+}
+
+impl LayoutArgs {
+    /// The codec these flags describe, accepting payloads up to `max_frame` bytes; exits with
+    /// a one-line error for an unsupported width.
+    pub fn codec(&self, max_frame: usize) -> LengthDelimited {
+        let endian = if self.little_endian {
+            Endian::Little
+        } else {
+            Endian::Big
+        };
+        LengthDelimited::with_layout(self.length_width, endian, self.length_includes_header)
+            .unwrap_or_else(|e| fail(e))
+            .max_frame(max_frame)
     }
 }
 
