@@ -128,15 +128,16 @@ impl CloseReason {
     /// A short name for the kind of reason: `peer-closed`, `reset`, `local`, `idle-timeout`,
     /// `protocol`, `shutdown`, `io-error`.
     pub fn name(&self) -> &'static str {
-        [
-            "peer-closed",
-            "reset",
-            "local",
-            "idle-timeout",
-            "protocol",
-            "shutdown",
-            "io-error",
-        ][self.index()]
+        match self {
+            CloseReason::PeerClosed => "peer-closed",
+            CloseReason::Reset => "reset",
+            CloseReason::Local => "local",
+            CloseReason::IdleTimeout => "idle-timeout",
+            CloseReason::Protocol(_) => "protocol",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Io(..) => "io-error",
+            CloseReason::HandlerPanic => "handler-panic",
+        }
     }
 
     pub(crate) fn from_io(e: &io::Error) -> CloseReason {
@@ -352,11 +353,16 @@ impl Conn<'_> {
 
     /// A `Send + Sync` handle for writing to / closing this connection from other threads.
     pub fn handle(&mut self) -> ConnectionHandle {
-        let alive = self
-            .core
-            .alive
-            .get_or_insert_with(|| Arc::new(AtomicBool::new(true)))
-            .clone();
+        let writable = matches!(self.core.phase, Phase::Open | Phase::Closing);
+        let alive = match &self.core.alive {
+            Some(a) => a.clone(),
+            None if writable => self
+                .core
+                .alive
+                .insert(Arc::new(AtomicBool::new(true)))
+                .clone(),
+            None => Arc::new(AtomicBool::new(false)), // already past writing: born closed
+        };
         ConnectionHandle::new(self.ctx.shared.clone(), self.token, self.core.gen, alive)
     }
 

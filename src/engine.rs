@@ -43,6 +43,9 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// Longest accept back-off after EMFILE / ENFILE / ENOBUFS / ENOMEM.
 pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// A closing connection whose queued bytes make no progress for this long (the peer does not
+/// read) is reset instead of waiting forever.
+pub const FLUSH_STALL: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 const HELD_RETRY: Duration = Duration::from_millis(2);
 /// Inbox messages handled per loop turn (the rest wait for the next turn).
@@ -99,7 +102,8 @@ impl Server {
         self
     }
 
-    /// Closes a connection that received nothing for this long. Default: off.
+    /// Closes a connection on which nothing was received and no send completed for this long.
+    /// Default: off.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.limits.idle_timeout = timeout;
         self
@@ -626,6 +630,8 @@ struct State {
     servers: Vec<Arc<SharedServer>>,
     listeners: Vec<ListenerState>,
     held: Vec<Token>,
+    /// The inbox held more than one batch at the last drain.
+    inbox_backlog: bool,
     drain: Duration,
     shutdown_deadline: Option<Instant>,
     last_tick: Instant,
@@ -678,6 +684,7 @@ impl IoThread {
                     })
                     .collect(),
                 held: Vec::new(),
+                inbox_backlog: false,
                 drain,
                 shutdown_deadline: None,
                 last_tick: now,
@@ -715,6 +722,7 @@ impl IoThread {
         for slot in &mut self.st.slots {
             if let Some(mut e) = slot.entry.take() {
                 let reason = e.core.reason.take().unwrap_or(CloseReason::Shutdown);
+                self.st.ctx.stats(e.core.server).closed[reason.index()].add(1);
                 self.st.servers[e.core.server]
                     .stats
                     .active
@@ -781,16 +789,26 @@ impl IoThread {
                 return;
             }
         };
-        let token = match st.free.pop() {
-            Some(t) => t,
-            None => {
-                st.slots.push(Slot {
-                    gen: 0,
-                    entry: None,
-                });
-                st.slots.len() - 1
+        st.next_id += 1;
+        let info = ConnInfo {
+            peer,
+            local,
+            id: ((st.index as u64) << 48) | st.next_id,
+        };
+        // The handler first: a factory that panics costs this connection only.
+        let Some(factory) = server.factory.as_ref() else {
+            return;
+        };
+        let app = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(&info))) {
+            Ok(app) => app,
+            Err(_) => {
+                error!(%peer, "handler factory panicked; closing the new connection");
+                server.stats.active.fetch_sub(1, Ordering::Relaxed);
+                st.ctx.stats(listener).closed[CloseReason::HandlerPanic.index()].add(1);
+                return;
             }
         };
+        let token = st.alloc_slot();
         if let Err(e) = self.backend.register(token, stream) {
             warn!(%peer, error = %e, "cannot register connection; closing it");
             server.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -798,17 +816,7 @@ impl IoThread {
             st.free.push(token);
             return;
         }
-        st.next_id += 1;
-        let info = ConnInfo {
-            peer,
-            local,
-            id: ((st.index as u64) << 48) | st.next_id,
-        };
         let slot = &mut st.slots[token];
-        let Some(factory) = server.factory.as_ref() else {
-            return;
-        };
-        let app = factory(&info);
         let core = ConnCore::new(listener, slot.gen, info, st.ctx.now);
         let entry = slot.entry.insert(Entry { core, app });
         st.live += 1;
@@ -822,6 +830,8 @@ impl IoThread {
     }
 
     fn drain_inbox(&mut self) {
+        // More than a batch waiting: come back without sleeping (the wake-up was consumed).
+        self.st.inbox_backlog = self.rx.len() > INBOX_BATCH;
         for _ in 0..INBOX_BATCH {
             let Ok(msg) = self.rx.try_recv() else { break };
             match msg {
@@ -892,6 +902,7 @@ impl IoThread {
         let mut app = make(&info);
         st.ctx.stats(server).accepted.add(1);
         if st.shutdown_deadline.is_some() {
+            st.ctx.stats(server).closed[CloseReason::Shutdown.index()].add(1);
             app.closed(&info, &CloseReason::Shutdown);
             return;
         }
@@ -991,6 +1002,11 @@ impl IoThread {
                     c.begin_close(CloseReason::IdleTimeout);
                     self.st.ctx.mark_dirty(token, c);
                 }
+                Phase::Closing if now.duration_since(c.last_active) >= FLUSH_STALL => {
+                    debug!(peer = %c.info.peer, "closing connection made no progress; resetting");
+                    c.begin_abort(CloseReason::Local);
+                    self.st.ctx.mark_dirty(token, c);
+                }
                 Phase::Lingering(until) if until <= now => {
                     c.read_closed = true; // stop waiting for the peer's EOF
                     self.st.ctx.mark_dirty(token, c);
@@ -1039,6 +1055,9 @@ impl IoThread {
             return;
         };
         let c = &mut e.core;
+        if c.held && !st.held.contains(&token) {
+            st.held.push(token); // held outside on_frame: still retried, never a silent stall
+        }
         if c.phase == Phase::Aborting {
             c.set_phase(Phase::Closed);
             self.backend.close(token, true);
@@ -1147,7 +1166,7 @@ impl State {
         self.ctx.mark_dirty(token, &mut e.core);
     }
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.ctx.dirty.is_empty() {
+        if !self.ctx.dirty.is_empty() || self.inbox_backlog {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -1238,10 +1257,16 @@ impl State {
                 "more than {limit} bytes of undecoded input"
             )));
         }
+        // Only a state change needs a flush (writes, closes and pauses mark the connection
+        // themselves): re-marking a connection whose input is just an incomplete frame would
+        // spin the loop until the rest of the frame arrives.
         if c.held && !self.held.contains(&token) {
             self.held.push(token);
+            self.ctx.mark_dirty(token, c);
         }
-        self.ctx.mark_dirty(token, c);
+        if c.phase != Phase::Open {
+            self.ctx.mark_dirty(token, c);
+        }
     }
 
     fn on_read_closed(&mut self, token: Token) {

@@ -176,6 +176,20 @@ impl EpollBackend {
     }
 }
 
+/// The connection an event is about (`None` for listener and wake-up events).
+fn event_token(ev: &Event<'_>) -> Option<Token> {
+    match ev {
+        Event::Data { token, .. }
+        | Event::ReadClosed { token }
+        | Event::ReadError { token, .. }
+        | Event::SendDone { token, .. }
+        | Event::SendError { token, .. }
+        | Event::Connected { token, .. }
+        | Event::Closed { token } => Some(*token),
+        Event::Accepted { .. } | Event::AcceptError { .. } | Event::Wake => None,
+    }
+}
+
 impl Backend for EpollBackend {
     fn name(&self) -> &'static str {
         "epoll"
@@ -326,6 +340,8 @@ impl Backend for EpollBackend {
                 .deregister(&mut SourceFd(&c.stream.as_raw_fd()));
             drop(c); // closes the descriptor; nothing of ours is left with the kernel
         }
+        // After `close`, nothing but `Closed` is delivered for the token.
+        self.done.retain(|ev| event_token(ev) != Some(token));
         self.done.push_back(Event::Closed { token });
     }
 

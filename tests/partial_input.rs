@@ -1,0 +1,67 @@
+//! An incomplete frame (a line without its terminator, a length header without its payload)
+//! must cost nothing while the rest has not arrived: the IO thread sleeps instead of
+//! re-decoding in a loop. Measured as the server's CPU time over one second (a bound, not a
+//! speed target: a spinning loop uses a whole core). Each test runs once per backend.
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+backend_tests!("line_server";
+    partial_line_does_not_spin,
+);
+
+backend_tests!("packet_echo_server";
+    partial_frame_does_not_spin,
+);
+
+/// CPU share of the server over ~1 s.
+fn cpu_share_over_a_second(s: &Server) -> f64 {
+    let cpu0 = s.cpu_time();
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_millis(1000));
+    s.cpu_time().saturating_sub(cpu0).as_secs_f64() / t0.elapsed().as_secs_f64()
+}
+
+fn partial_line_does_not_spin(b: Backend) {
+    let s = Server::start("line_server", b, &[]);
+    let mut c = s.connect();
+    let mut greeting = [0u8; 11];
+    c.read_exact(&mut greeting).unwrap();
+    c.write_all(b"ECHO no terminator yet").unwrap();
+    let share = cpu_share_over_a_second(&s);
+    println!("CPU with a partial line pending: {:.1}%", share * 100.0);
+    assert!(
+        share < 0.5,
+        "server used {:.0}% of a core with a partial line pending",
+        share * 100.0
+    );
+    // The line completes and is answered: the partial input was kept, not dropped.
+    c.write_all(b"\r\n").unwrap();
+    let want = b"+no terminator yet\r\n";
+    let got = read_exact_timeout(&mut c, want.len(), Duration::from_secs(10)).unwrap();
+    assert_eq!(got, want);
+}
+
+fn partial_frame_does_not_spin(b: Backend) {
+    let s = Server::start("packet_echo_server", b, &[]);
+    let mut c = s.connect();
+    let mut frame = 1000u32.to_be_bytes().to_vec();
+    frame.extend(std::iter::repeat_n(7u8, 1000));
+    c.write_all(&frame[..500]).unwrap();
+    let share = cpu_share_over_a_second(&s);
+    println!("CPU with a partial frame pending: {:.1}%", share * 100.0);
+    assert!(
+        share < 0.5,
+        "server used {:.0}% of a core with a partial frame pending",
+        share * 100.0
+    );
+    c.write_all(&frame[500..]).unwrap();
+    let got = read_exact_timeout(&mut c, frame.len(), Duration::from_secs(10)).unwrap();
+    assert_eq!(got, frame);
+}
