@@ -1,12 +1,14 @@
 //! A handler that panics costs only its own connection: it is reset, counted as
 //! `handler-panic`, and every other connection on the same IO thread is still served.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use ringport::codec::Lines;
-use ringport::{BackendKind, CloseReason, Conn, Engine, Frame, Handler, Server};
+use ringport::{BackendKind, CloseReason, Conn, Frame, Handler, Server};
 
 struct Fragile;
 impl Handler for Fragile {
@@ -26,9 +28,8 @@ fn round_trip(s: &mut TcpStream, line: &[u8]) -> Vec<u8> {
 }
 
 fn panic_costs_only_its_connection(kind: BackendKind) {
-    let mut engine = match Engine::builder().backend(kind).io_threads(1).build() {
-        Ok(e) => e,
-        Err(e) => return println!("skipped: {e}"),
+    let Some(mut engine) = support::engine(kind, 1) else {
+        return;
     };
     let server = engine
         .add_server(Server::new(
@@ -73,12 +74,4 @@ fn panic_costs_only_its_connection(kind: BackendKind) {
     running.join();
 }
 
-#[test]
-fn panic_costs_only_its_connection_epoll() {
-    panic_costs_only_its_connection(BackendKind::Epoll);
-}
-
-#[test]
-fn panic_costs_only_its_connection_uring() {
-    panic_costs_only_its_connection(BackendKind::Uring);
-}
+on_every_backend!(panic_costs_only_its_connection);

@@ -2,13 +2,15 @@
 //! closed fails cleanly and never reaches the newer connection that reuses its slot; handles
 //! keep neither connection nor engine alive. Library-level, on every backend.
 
+mod support;
+
 use std::io::Read;
 use std::net::TcpStream;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringport::codec::Raw;
-use ringport::{BackendKind, Conn, ConnectionHandle, Engine, Frame, HandleError, Handler, Server};
+use ringport::{BackendKind, Conn, ConnectionHandle, Frame, HandleError, Handler, Server};
 
 /// Hands its connection's handle to the test on open; echoes nothing.
 struct Publish(mpsc::Sender<ConnectionHandle>);
@@ -27,13 +29,7 @@ fn start(
     mpsc::Receiver<ConnectionHandle>,
 )> {
     // One IO thread: a freed slot is the next one reused.
-    let mut engine = match Engine::builder().backend(kind).io_threads(1).build() {
-        Ok(e) => e,
-        Err(e) => {
-            println!("skipped: {e}");
-            return None;
-        }
-    };
+    let mut engine = support::engine(kind, 1)?;
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let server = engine
@@ -115,17 +111,6 @@ fn many_writes_from_another_thread_arrive_in_order(kind: BackendKind) {
     }
     running.shutdown_handle().shutdown();
     running.join();
-}
-
-macro_rules! on_every_backend {
-    ($($name:ident),*) => {
-        mod epoll {
-            $(#[test] fn $name() { super::$name(ringport::BackendKind::Epoll) })*
-        }
-        mod uring {
-            $(#[test] fn $name() { super::$name(ringport::BackendKind::Uring) })*
-        }
-    };
 }
 
 on_every_backend!(

@@ -1,12 +1,14 @@
 //! Outgoing connections (`Connector::connect`) on every backend: a connect that succeeds and
 //! echoes, a refused connect, and a connect timeout. All on loopback, bounded in time.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use ringport::codec::Raw;
-use ringport::{BackendKind, CloseReason, Conn, ConnInfo, Engine, Frame, Handler, Server};
+use ringport::{BackendKind, CloseReason, Conn, ConnInfo, Frame, Handler, Server};
 
 struct Echo;
 impl Handler for Echo {
@@ -45,23 +47,13 @@ impl Handler for Client {
     }
 }
 
-fn engine(kind: BackendKind) -> Option<Engine> {
-    match Engine::builder().backend(kind).io_threads(2).build() {
-        Ok(e) => Some(e),
-        Err(e) => {
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
-
 fn recv(rx: &mpsc::Receiver<Seen>) -> Seen {
     rx.recv_timeout(Duration::from_secs(10))
         .expect("no event within 10 s")
 }
 
 fn connect_echo_and_close(kind: BackendKind) {
-    let Some(mut engine) = engine(kind) else {
+    let Some(mut engine) = support::engine(kind, 2) else {
         return;
     };
     let server = engine
@@ -91,7 +83,9 @@ fn connect_echo_and_close(kind: BackendKind) {
 }
 
 fn refused_connect_reports_on_close_only(kind: BackendKind) {
-    let Some(engine) = engine(kind) else { return };
+    let Some(engine) = support::engine(kind, 2) else {
+        return;
+    };
     // A port that was just free: bind without listening, so a connect is refused.
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
@@ -119,7 +113,9 @@ fn refused_connect_reports_on_close_only(kind: BackendKind) {
 }
 
 fn connect_timeout_closes_with_timed_out(kind: BackendKind) {
-    let Some(engine) = engine(kind) else { return };
+    let Some(engine) = support::engine(kind, 2) else {
+        return;
+    };
     // A listener that never accepts, its backlog filled: further SYNs are dropped, so a
     // connect neither succeeds nor fails until our timeout.
     let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -150,17 +146,6 @@ fn connect_timeout_closes_with_timed_out(kind: BackendKind) {
     }
     running.shutdown_handle().shutdown();
     running.join();
-}
-
-macro_rules! on_every_backend {
-    ($($name:ident),*) => {
-        mod epoll {
-            $(#[test] fn $name() { super::$name(ringport::BackendKind::Epoll) })*
-        }
-        mod uring {
-            $(#[test] fn $name() { super::$name(ringport::BackendKind::Uring) })*
-        }
-    };
 }
 
 on_every_backend!(
