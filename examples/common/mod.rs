@@ -22,7 +22,7 @@ pub struct CommonArgs {
     /// Open connections allowed; more are accepted and closed at once
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Close connections that receive nothing for this many seconds [default: off]
+    /// Close connections idle (nothing received, no send completed) this many seconds [default: off]
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
     /// On SIGINT/SIGTERM, seconds to flush queued replies before resetting what is left
