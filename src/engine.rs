@@ -434,8 +434,14 @@ impl Engine {
             .name("ringport-signals".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
-                    info!(signal = sig, "shutting down");
-                    shutdown.shutdown();
+                    // Logged once every IO thread has closed its listeners (or after 1 s, if
+                    // a handler blocks one): from this line on, nothing new is accepted.
+                    let all = shutdown.shutdown_and_wait(Duration::from_secs(1));
+                    info!(
+                        signal = sig,
+                        stopped_accepting = all,
+                        "shutting down: draining connections"
+                    );
                 }
             })?;
         running.join();
@@ -531,8 +537,25 @@ impl ShutdownHandle {
     /// Stops accepting, flushes and closes every connection, then the IO threads exit.
     pub fn shutdown(&self) {
         for t in &self.threads {
-            t.send(Msg::Shutdown);
+            t.send(Msg::Shutdown { ack: None });
         }
+    }
+
+    /// [`ShutdownHandle::shutdown`], then waits up to `timeout` until every IO thread has
+    /// closed its listeners; `true` if all did (no new connection is accepted from then on).
+    pub fn shutdown_and_wait(&self, timeout: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(self.threads.len());
+        let sent = self
+            .threads
+            .iter()
+            .filter(|t| {
+                t.send(Msg::Shutdown {
+                    ack: Some(tx.clone()),
+                })
+            })
+            .count();
+        let deadline = Instant::now() + timeout;
+        (0..sent).all(|_| rx.recv_deadline(deadline).is_ok())
     }
 }
 
@@ -835,7 +858,12 @@ impl IoThread {
         for _ in 0..INBOX_BATCH {
             let Ok(msg) = self.rx.try_recv() else { break };
             match msg {
-                Msg::Shutdown => self.begin_shutdown(),
+                Msg::Shutdown { ack } => {
+                    self.begin_shutdown();
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
                 Msg::Connect {
                     addr,
                     make,
@@ -936,13 +964,13 @@ impl IoThread {
         if self.st.shutdown_deadline.is_some() {
             return;
         }
-        info!(
-            thread = self.st.index,
-            connections = self.st.live,
-            "draining"
-        );
         self.st.shutdown_deadline = Some(self.st.ctx.now + self.st.drain);
         self.backend.close_listeners();
+        debug!(
+            thread = self.st.index,
+            connections = self.st.live,
+            "stopped accepting; draining"
+        );
         for (token, slot) in self.st.slots.iter_mut().enumerate() {
             if let Some(e) = slot.entry.as_mut() {
                 e.core.set_reason(CloseReason::Shutdown); // whoever closes it from now on

@@ -38,7 +38,10 @@ pub(crate) enum Msg {
         make: ConnMaker,
         timeout: Option<std::time::Duration>,
     },
-    Shutdown,
+    /// Stop accepting and drain; `ack` hears once this thread's listeners are closed.
+    Shutdown {
+        ack: Option<crossbeam_channel::Sender<()>>,
+    },
 }
 
 /// Makes an outgoing connection's handler on its IO thread.
