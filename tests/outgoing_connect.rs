@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ringport::codec::Raw;
-use ringport::{BackendKind, CloseReason, Conn, ConnInfo, Frame, Handler, Server};
+use ringport::{BackendKind, CloseReason, Conn, ConnInfo, Frame, Handler, RunningEngine, Server};
 
 struct Echo;
 impl Handler for Echo {
@@ -47,6 +47,38 @@ impl Handler for Client {
     }
 }
 
+/// Connects a `Client` to `addr` through the engine; its events arrive on the receiver.
+fn connect_client(
+    running: &RunningEngine,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> mpsc::Receiver<Seen> {
+    let (tx, rx) = mpsc::channel();
+    let client = Client {
+        tx,
+        got: Vec::new(),
+    };
+    running
+        .connector()
+        .connect(addr, Raw, client, Some(timeout))
+        .unwrap();
+    rx
+}
+
+/// A loopback socket bound to a free port, not listening (yet).
+fn bound_socket() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}
+
+fn stop(running: RunningEngine) {
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
 fn recv(rx: &mpsc::Receiver<Seen>) -> Seen {
     rx.recv_timeout(Duration::from_secs(10))
         .expect("no event within 10 s")
@@ -60,26 +92,12 @@ fn connect_echo_and_close(kind: BackendKind) {
         .add_server(Server::new("127.0.0.1:0".parse().unwrap(), Raw, |_| Echo))
         .unwrap();
     let running = engine.start().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let client = Client {
-        tx,
-        got: Vec::new(),
-    };
-    running
-        .connector()
-        .connect(
-            server.local_addr(),
-            Raw,
-            client,
-            Some(Duration::from_secs(5)),
-        )
-        .unwrap();
+    let rx = connect_client(&running, server.local_addr(), Duration::from_secs(5));
     assert_eq!(recv(&rx), Seen::Opened);
     assert_eq!(recv(&rx), Seen::Echoed(b"hello".to_vec()));
     assert_eq!(recv(&rx), Seen::Closed(CloseReason::Local));
     assert_eq!(running.connector().stats().snapshot().accepted, 1);
-    running.shutdown_handle().shutdown();
-    running.join();
+    stop(running);
 }
 
 fn refused_connect_reports_on_close_only(kind: BackendKind) {
@@ -87,20 +105,9 @@ fn refused_connect_reports_on_close_only(kind: BackendKind) {
         return;
     };
     // A port that was just free: bind without listening, so a connect is refused.
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let (s, addr) = bound_socket();
     let running = engine.start().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let client = Client {
-        tx,
-        got: Vec::new(),
-    };
-    running
-        .connector()
-        .connect(addr, Raw, client, Some(Duration::from_secs(5)))
-        .unwrap();
+    let rx = connect_client(&running, addr, Duration::from_secs(5));
     match recv(&rx) {
         Seen::Closed(CloseReason::Io(kind, _)) => {
             assert_eq!(kind, std::io::ErrorKind::ConnectionRefused)
@@ -108,8 +115,7 @@ fn refused_connect_reports_on_close_only(kind: BackendKind) {
         other => panic!("expected a refused connect, got {other:?}"),
     }
     drop(s);
-    running.shutdown_handle().shutdown();
-    running.join();
+    stop(running);
 }
 
 fn connect_timeout_closes_with_timed_out(kind: BackendKind) {
@@ -118,11 +124,8 @@ fn connect_timeout_closes_with_timed_out(kind: BackendKind) {
     };
     // A listener that never accepts, its backlog filled: further SYNs are dropped, so a
     // connect neither succeeds nor fails until our timeout.
-    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
+    let (l, addr) = bound_socket();
     l.listen(0).unwrap();
-    let addr = l.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..4 {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -131,21 +134,12 @@ fn connect_timeout_closes_with_timed_out(kind: BackendKind) {
         fillers.push(s);
     }
     let running = engine.start().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let client = Client {
-        tx,
-        got: Vec::new(),
-    };
-    running
-        .connector()
-        .connect(addr, Raw, client, Some(Duration::from_millis(300)))
-        .unwrap();
+    let rx = connect_client(&running, addr, Duration::from_millis(300));
     match recv(&rx) {
         Seen::Closed(CloseReason::Io(kind, _)) => assert_eq!(kind, std::io::ErrorKind::TimedOut),
         other => panic!("expected a connect timeout, got {other:?}"),
     }
-    running.shutdown_handle().shutdown();
-    running.join();
+    stop(running);
 }
 
 on_every_backend!(
