@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ringport::pool::{BufferPool, InFlight, Ordered, WorkerPool};
-use ringport::{Conn, ConnectionHandle, Frame, Handler, Server};
+use ringport::pool::{BufferPool, Ordered, WorkerPool};
+use ringport::{Conn, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
 #[command(about = "ringport large packet echo server: big frames echoed by a worker pool")]
@@ -47,20 +47,13 @@ struct Session {
     pool: WorkerPool,
     buffers: BufferPool,
     jobs: Ordered,
-    handle: Option<ConnectionHandle>,
     io_buffer: usize,
-    /// Jobs submitted and not yet reported done (counted here, on the IO thread).
-    in_flight: InFlight,
 }
 
 impl Handler for Session {
-    fn on_open(&mut self, conn: &mut Conn<'_>) {
-        self.handle = Some(conn.handle());
-    }
-
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
         let raw = frame.raw();
-        if raw.len() <= self.io_buffer && self.in_flight.is_idle() {
+        if raw.len() <= self.io_buffer && conn.outstanding_work() == 0 {
             conn.write(raw); // small, and nothing ahead of it: echo on the IO thread
             return;
         }
@@ -70,30 +63,16 @@ impl Handler for Session {
             return;
         };
         buf.extend_from_slice(raw);
-        let Some(h) = self.handle.clone() else { return };
+        let work = conn.work(); // outstanding until the job drops it: no close overtakes it
         let job = move || {
-            let _ = h.write(&buf[..]); // the echo; `buf` returns to its pool when dropped
-            let _ = h.notify(0);
+            let _ = work.write(&buf[..]); // the echo; `buf` returns to its pool when dropped
         };
         if self.jobs.submit(&self.pool, job).is_err() {
             conn.hold_frame(); // worker queue full (the buffer went back with the job)
-            return;
         }
-        self.in_flight.started();
     }
-
-    fn on_notify(&mut self, conn: &mut Conn<'_>, _job: u64) {
-        self.in_flight.done(conn); // and closes if a close was waiting for it
-    }
-
-    fn on_read_closed(&mut self, conn: &mut Conn<'_>) {
-        self.in_flight.close_when_done(conn);
-    }
-
-    fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
-        conn.pause_reading();
-        self.in_flight.close_when_done(conn);
-    }
+    // The defaults of `on_read_closed`, `on_decode_error` and `on_shutdown` close gracefully,
+    // which waits for every outstanding job's echo first.
 }
 
 fn main() {
@@ -109,9 +88,7 @@ fn main() {
         pool: p.clone(),
         buffers: b.clone(),
         jobs: Ordered::new(64),
-        handle: None,
         io_buffer,
-        in_flight: InFlight::default(),
     })
     // A frame is assembled in the connection's input buffer: bound it to one frame + one read.
     .max_buffered_input(frame_bytes + args.io_buffer);

@@ -6,10 +6,13 @@
 //! printf 'SLEEP 1500\r\n' | socat - TCP:127.0.0.1:5004 &
 //! printf 'PING\r\n' | socat - TCP:127.0.0.1:5004      # answered at once
 //! ```
-//! How it works: the IO thread decodes a line and queues it, with a handle to the connection,
+//! How it works: the IO thread decodes a line and queues it, with a [`Work`] for the connection,
 //! on the connection's [`Ordered`] queue; a worker runs it and writes the reply through the
-//! handle. One connection's commands run one after another, so pipelined commands are answered
-//! in order. A full queue means the connection stops reading until there is room.
+//! `Work`, which ends when the job drops it. One connection's commands run one after another,
+//! so pipelined commands are answered in order. A full queue means the connection stops
+//! reading until there is room. The engine knows every `Work` outstanding: whatever closes the
+//! connection (the client's EOF, an over-long line, the idle timeout, a shutdown) waits for
+//! the replies first, so no accepted command loses its answer.
 //! Use this variant only when handlers block; otherwise `line_server` is simpler and faster.
 
 mod common;
@@ -20,8 +23,8 @@ use std::time::Duration;
 use clap::Parser;
 use common::line_protocol::{execute, is_quit};
 use ringport::codec::{DecodeError, Lines};
-use ringport::pool::{InFlight, Ordered, WorkerPool};
-use ringport::{Conn, ConnectionHandle, Frame, Handler, Server};
+use ringport::pool::{Ordered, WorkerPool};
+use ringport::{Conn, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
 #[command(about = "ringport pooled line server: commands run on a worker pool")]
@@ -45,40 +48,12 @@ struct Args {
 struct Session {
     pool: WorkerPool,
     jobs: Ordered,
-    handle: Option<ConnectionHandle>,
-    /// Jobs submitted and not yet reported done (counted here, on the IO thread).
-    in_flight: InFlight,
     quit: bool,
-}
-
-impl Session {
-    /// Queues `work` (which returns the reply and whether to close) after this connection's
-    /// earlier commands. `false`: no room now.
-    fn submit(&mut self, work: impl FnOnce() -> (Vec<u8>, bool) + Send + 'static) -> bool {
-        let Some(h) = self.handle.clone() else {
-            return false;
-        };
-        let job = move || {
-            let (reply, close) = work();
-            // Errors mean the connection is gone: nothing left to answer.
-            let _ = h.write(reply);
-            if close {
-                let _ = h.close();
-            }
-            let _ = h.notify(0); // "done", arriving after the reply in the IO thread's inbox
-        };
-        if self.jobs.submit(&self.pool, job).is_err() {
-            return false;
-        }
-        self.in_flight.started();
-        true
-    }
 }
 
 impl Handler for Session {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         conn.write(b"+OK ready\r\n");
-        self.handle = Some(conn.handle());
     }
 
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
@@ -87,36 +62,26 @@ impl Handler for Session {
         }
         let line = frame.payload().to_vec();
         let quit = is_quit(&line);
-        if !self.submit(move || execute(&line)) {
+        let work = conn.work(); // counted until the job drops it
+        let job = move || {
+            let (reply, close) = execute(&line);
+            // Errors mean the connection is gone: nothing left to answer.
+            let _ = work.write(reply);
+            if close {
+                let _ = work.close(); // waits for nothing but this reply's flush
+            }
+        };
+        if self.jobs.submit(&self.pool, job).is_err() {
             conn.hold_frame(); // the queue is full: stop reading, offer this line again later
             return;
         }
         self.quit = quit;
     }
 
-    fn on_notify(&mut self, conn: &mut Conn<'_>, _job: u64) {
-        self.in_flight.done(conn); // and closes if a close was waiting for it
-    }
-
-    // The client stopped sending: answer what it asked, then close.
-    fn on_read_closed(&mut self, conn: &mut Conn<'_>) {
-        self.in_flight.close_when_done(conn);
-    }
-
-    // Shutdown: let queued commands answer (until the drain deadline), then close.
-    fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
-        conn.pause_reading();
-        self.in_flight.close_when_done(conn);
-    }
-
-    // The reply to an over-long line goes after the replies still being computed.
+    // The reply to an over-long line goes after the replies still being computed. (The
+    // default `on_read_closed` and `on_shutdown` close gracefully, which waits for them too.)
     fn on_decode_error(&mut self, conn: &mut Conn<'_>, _error: &DecodeError) {
-        if self.in_flight.is_idle() {
-            conn.write(b"-ERR line too long\r\n");
-            conn.close();
-        } else if !self.submit(|| (b"-ERR line too long\r\n".to_vec(), true)) {
-            conn.close(); // no room to queue even that: close after what is queued
-        }
+        conn.close_after(b"-ERR line too long\r\n");
     }
 }
 
@@ -130,13 +95,11 @@ fn main() {
     let server = Server::new(args.listen, codec, move |_| Session {
         pool: p.clone(),
         jobs: Ordered::new(64),
-        handle: None,
-        in_flight: InFlight::default(),
         quit: false,
     });
     let server = args.common.add(&mut engine, server);
     common::run(engine, &[&server]);
     // The engine has drained (jobs queued meanwhile ran and answered; connections still open
-    // at the deadline were reset): drop what is left without waiting on it.
+    // at the drain deadline were reset and counted): drop what is left without waiting on it.
     pool.shutdown(Duration::from_millis(200));
 }

@@ -1,19 +1,23 @@
-//! [`ConnectionHandle`]: reaching a connection from other threads.
+//! Reaching a connection from other threads: [`ConnectionHandle`] and [`Work`].
 //!
 //! A handle names a connection by (IO thread, slot, generation). Its operations travel through
-//! the owning IO thread's inbox and wake-up; the IO thread checks the generation before acting,
-//! so a handle never reaches a newer connection that reuses the slot. A handle holds neither the
-//! connection nor the engine alive: a shutdown never waits for handles.
+//! the owning IO thread's inbox ([`Inbox`]) and wake-up; the IO thread checks the generation
+//! before acting, so a handle never reaches a newer connection that reuses the slot. A handle
+//! holds neither the connection nor the engine alive: a shutdown never waits for handles.
+//!
+//! Flow control: what handles write counts against the connection's write watermarks
+//! ([`ConnShared`] carries the numbers across threads). At or above the high watermark a handle
+//! write is refused with [`HandleError::Full`]; [`ConnectionHandle::notify_when_writable`]
+//! asks for a callback once the queue is back under the low watermark.
+//!
+//! This module depends only on [`crate::info`]: the engine implements [`Inbox`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Sender;
-
-use crate::sys::Waker;
-
-/// What other threads ask of an IO thread.
-pub(crate) enum Msg {
+/// What a handle asks of the IO thread that owns its connection.
+#[derive(Debug)]
+pub(crate) enum HandleMsg {
     Write {
         token: usize,
         gen: u64,
@@ -24,6 +28,10 @@ pub(crate) enum Msg {
         gen: u64,
         abort: bool,
     },
+    ShutdownWrite {
+        token: usize,
+        gen: u64,
+    },
     Resume {
         token: usize,
         gen: u64,
@@ -33,52 +41,115 @@ pub(crate) enum Msg {
         gen: u64,
         value: u64,
     },
-    Connect {
-        addr: std::net::SocketAddr,
-        make: ConnMaker,
-        timeout: Option<std::time::Duration>,
+    Writable {
+        token: usize,
+        gen: u64,
+        value: u64,
     },
-    /// Stop accepting and drain; `ack` hears once this thread's listeners are closed.
-    Shutdown {
-        ack: Option<crossbeam_channel::Sender<()>>,
+    /// A [`Work`] ended (after every write it made, same FIFO).
+    WorkDone {
+        token: usize,
+        gen: u64,
     },
 }
 
-/// Makes an outgoing connection's handler on its IO thread.
-pub(crate) type ConnMaker =
-    Box<dyn FnOnce(&crate::ConnInfo) -> Box<dyn crate::conn::DynConn> + Send>;
-
-/// The sending side of one IO thread's inbox.
-pub(crate) struct ThreadShared {
-    pub tx: Sender<Msg>,
-    pub waker: Arc<dyn Waker>,
+/// The sending side of one IO thread's inbox (with its wake-up). `false`: the IO thread has
+/// stopped.
+pub(crate) trait Inbox: Send + Sync {
+    fn post(&self, msg: HandleMsg) -> bool;
 }
 
-impl ThreadShared {
-    pub(crate) fn send(&self, msg: Msg) -> bool {
-        if self.tx.send(msg).is_err() {
-            return false;
+/// What the IO thread and the handles of one connection share.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    /// Writes are still accepted (the connection is open or flushing for a graceful close).
+    pub alive: AtomicBool,
+    /// Bytes written through handles that the IO thread has not taken yet.
+    pub posted: AtomicUsize,
+    /// The IO thread's own queue for the connection (queued + in flight), published at flush.
+    pub queued: AtomicUsize,
+    /// The server's write watermarks.
+    pub high: usize,
+    pub low: usize,
+    /// Who asked to hear when the queue is back under `low` (one-shot).
+    pub watchers: Mutex<Vec<(ConnectionHandle, u64)>>,
+    /// Mirrors `!watchers.is_empty()` so the IO thread checks without locking.
+    pub watched: AtomicBool,
+}
+
+impl ConnShared {
+    pub(crate) fn new(low: usize, high: usize) -> Arc<ConnShared> {
+        Arc::new(ConnShared {
+            alive: AtomicBool::new(true),
+            posted: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            high,
+            low,
+            watchers: Mutex::new(Vec::new()),
+            watched: AtomicBool::new(false),
+        })
+    }
+
+    /// A connection that is already past writing.
+    pub(crate) fn dead() -> Arc<ConnShared> {
+        let s = ConnShared::new(0, 0);
+        s.alive.store(false, Ordering::Release);
+        s
+    }
+
+    /// Bytes accepted for the connection and not yet sent.
+    pub(crate) fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Acquire) + self.posted.load(Ordering::Acquire)
+    }
+
+    /// Called by the IO thread once the queue is at or under `low`: tells every watcher.
+    pub(crate) fn wake_watchers(&self) {
+        if !self.watched.swap(false, Ordering::AcqRel) {
+            return;
         }
-        self.waker.wake();
-        true
+        let watchers =
+            std::mem::take(&mut *self.watchers.lock().unwrap_or_else(|e| e.into_inner()));
+        for (w, value) in watchers {
+            let _ = w.inbox.post(HandleMsg::Writable {
+                token: w.token,
+                gen: w.gen,
+                value,
+            });
+        }
+    }
+
+    /// The connection ended: nobody will write to it again, its watchers are told now (they
+    /// then see [`HandleError::Closed`] on their next write instead of waiting forever).
+    pub(crate) fn mark_dead(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.watched.store(true, Ordering::Release);
+        self.wake_watchers();
     }
 }
 
 /// Why a [`ConnectionHandle`] operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HandleError {
-    /// The connection is closed or closing (or its engine has stopped).
+    /// The connection is closed (or closing past its flush): nothing more can be written.
     #[error("connection closed")]
     Closed,
+    /// The engine that owned the connection has stopped.
+    #[error("engine stopped")]
+    EngineStopped,
+    /// The connection's write queue is at or above its high watermark: the bytes were NOT
+    /// queued. Retry after [`ConnectionHandle::notify_when_writable`] fires, drop them, or
+    /// disconnect the slow reader: the policy is the caller's.
+    #[error("write queue full")]
+    Full,
 }
 
 /// A `Send + Sync + Clone` reference to one connection, usable from any thread.
 #[derive(Clone)]
 pub struct ConnectionHandle {
-    shared: Arc<ThreadShared>,
-    token: usize,
-    gen: u64,
-    alive: Arc<AtomicBool>,
+    pub(crate) inbox: Arc<dyn Inbox>,
+    pub(crate) token: usize,
+    pub(crate) gen: u64,
+    pub(crate) shared: Arc<ConnShared>,
 }
 
 impl std::fmt::Debug for ConnectionHandle {
@@ -93,45 +164,97 @@ impl std::fmt::Debug for ConnectionHandle {
 
 impl ConnectionHandle {
     pub(crate) fn new(
-        shared: Arc<ThreadShared>,
+        inbox: Arc<dyn Inbox>,
         token: usize,
         gen: u64,
-        alive: Arc<AtomicBool>,
+        shared: Arc<ConnShared>,
     ) -> Self {
         ConnectionHandle {
-            shared,
+            inbox,
             token,
             gen,
-            alive,
+            shared,
         }
     }
 
     /// Whether the connection was still open when last seen (a hint: it may close any time).
     pub fn is_open(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.shared.alive.load(Ordering::Acquire)
     }
 
-    fn post(&self, msg: Msg) -> Result<(), HandleError> {
-        if !self.is_open() || !self.shared.send(msg) {
+    fn post(&self, msg: HandleMsg) -> Result<(), HandleError> {
+        if !self.is_open() {
             return Err(HandleError::Closed);
+        }
+        if !self.inbox.post(msg) {
+            return Err(HandleError::EngineStopped);
         }
         Ok(())
     }
 
     /// Queues `data` on the connection, after everything written before through this or any
-    /// handle of the connection from the same thread. Fails if the connection has closed; bytes
-    /// posted just before a close are dropped with it.
+    /// handle of the connection from the same thread.
+    ///
+    /// Counts against the connection's write watermarks: when the bytes already queued are at
+    /// or above the high watermark the write is refused with [`HandleError::Full`] and nothing
+    /// is queued (one write may take the queue past the mark by its own size).
     pub fn write(&self, data: impl Into<Vec<u8>>) -> Result<(), HandleError> {
-        self.post(Msg::Write {
+        if !self.is_open() {
+            return Err(HandleError::Closed);
+        }
+        if self.shared.backlog() >= self.shared.high {
+            return Err(HandleError::Full);
+        }
+        let data = data.into();
+        let len = data.len();
+        self.shared.posted.fetch_add(len, Ordering::AcqRel);
+        self.post(HandleMsg::Write {
             token: self.token,
             gen: self.gen,
-            data: data.into(),
+            data,
+        })
+        .inspect_err(|_| {
+            self.shared.posted.fetch_sub(len, Ordering::AcqRel);
         })
     }
 
-    /// Closes the connection after flushing what is queued.
+    /// Bytes accepted for this connection and not yet sent (queued, in flight, or still in
+    /// the IO thread's inbox).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.backlog()
+    }
+
+    /// Whether a [`write`](ConnectionHandle::write) would be accepted now (below the high
+    /// watermark and open).
+    pub fn is_writable(&self) -> bool {
+        self.is_open() && self.shared.backlog() < self.shared.high
+    }
+
+    /// Asks for `watcher`'s [`Handler::on_writable`](crate::Handler::on_writable) with `value`
+    /// once this connection's queue is at or under its low watermark, or once it closes
+    /// (then the watcher's next write says [`HandleError::Closed`]). One-shot; fires at once
+    /// (through the watcher's IO thread) if the queue is already low. This is how a proxy
+    /// resumes reading the side that feeds a full connection.
+    pub fn notify_when_writable(&self, watcher: &ConnectionHandle, value: u64) {
+        {
+            let mut w = self
+                .shared
+                .watchers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            w.push((watcher.clone(), value));
+            self.shared.watched.store(true, Ordering::Release);
+        }
+        // The queue may have drained (or the connection closed) before we registered.
+        if !self.is_open() || self.shared.backlog() <= self.shared.low {
+            self.shared.wake_watchers();
+        }
+    }
+
+    /// Closes the connection after flushing what is queued (and after its outstanding
+    /// [`Work`]).
     pub fn close(&self) -> Result<(), HandleError> {
-        self.post(Msg::Close {
+        self.post(HandleMsg::Close {
             token: self.token,
             gen: self.gen,
             abort: false,
@@ -140,18 +263,27 @@ impl ConnectionHandle {
 
     /// Resets the connection.
     pub fn abort(&self) -> Result<(), HandleError> {
-        self.post(Msg::Close {
+        self.post(HandleMsg::Close {
             token: self.token,
             gen: self.gen,
             abort: true,
         })
     }
 
+    /// Shuts down the write side once everything queued is sent (the peer reads EOF); reading
+    /// goes on. See [`Conn::shutdown_write`](crate::Conn::shutdown_write).
+    pub fn shutdown_write(&self) -> Result<(), HandleError> {
+        self.post(HandleMsg::ShutdownWrite {
+            token: self.token,
+            gen: self.gen,
+        })
+    }
+
     /// Calls the connection's [`Handler::on_notify`](crate::Handler::on_notify) with `value` on
     /// its IO thread, after everything this thread wrote through the connection's handles
-    /// before (one FIFO inbox): e.g. "job done, its reply is queued".
+    /// before (one FIFO inbox).
     pub fn notify(&self, value: u64) -> Result<(), HandleError> {
-        self.post(Msg::Notify {
+        self.post(HandleMsg::Notify {
             token: self.token,
             gen: self.gen,
             value,
@@ -160,9 +292,62 @@ impl ConnectionHandle {
 
     /// Resumes reading after [`Conn::pause_reading`](crate::Conn::pause_reading).
     pub fn resume_reading(&self) -> Result<(), HandleError> {
-        self.post(Msg::Resume {
+        self.post(HandleMsg::Resume {
             token: self.token,
             gen: self.gen,
         })
+    }
+}
+
+/// A request of a connection that is being worked on elsewhere (a worker job), made with
+/// [`Conn::work`](crate::Conn::work). It is a [`ConnectionHandle`] (it derefs to one) that the
+/// engine counts as outstanding until it is dropped:
+///
+/// - a graceful close ([`Conn::close`](crate::Conn::close), the default `on_read_closed`,
+///   `on_decode_error` and `on_shutdown`, a handle's `close`) waits until every outstanding
+///   `Work` has been dropped and everything it wrote is flushed;
+/// - a connection with outstanding work is not idle (the idle timeout does not fire);
+/// - the drain deadline of a shutdown still resets it (a job may hang forever).
+///
+/// Drop it when the job is done, after its last write: its end travels through the same FIFO
+/// inbox as its writes, so the close never overtakes the reply.
+pub struct Work {
+    handle: ConnectionHandle,
+    counted: bool,
+}
+
+impl Work {
+    pub(crate) fn new(handle: ConnectionHandle, counted: bool) -> Work {
+        Work { handle, counted }
+    }
+
+    /// A plain handle to the same connection (not counted as work).
+    pub fn handle(&self) -> ConnectionHandle {
+        self.handle.clone()
+    }
+}
+
+impl std::ops::Deref for Work {
+    type Target = ConnectionHandle;
+    fn deref(&self) -> &ConnectionHandle {
+        &self.handle
+    }
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Work").field(&self.handle).finish()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if self.counted {
+            // Sent whatever `alive` says: a closing connection is waiting for exactly this.
+            let _ = self.handle.inbox.post(HandleMsg::WorkDone {
+                token: self.handle.token,
+                gen: self.handle.gen,
+            });
+        }
     }
 }

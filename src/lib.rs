@@ -8,19 +8,33 @@
 //! ```text
 //!  your Handler (callbacks, &mut per-connection state)      examples/*.rs
 //!  ─────────────────────────────────────────────────────────
-//!  codec      sans-IO framing: Raw, LengthDelimited, Lines   src/codec/
-//!  engine     IO threads, connection table, write queues,    src/engine.rs, src/conn.rs
-//!             limits, timers, shutdown, ConnectionHandle     src/handle.rs
-//!  pool       worker pool for blocking work                  src/pool.rs
-//!  sys        Backend trait: io_uring | epoll (mio)          src/sys/  (the only unsafe code)
+//!  handler    Handler trait, Frame, Conn::connect             src/handler.rs
+//!  conn       Conn: the context lent to callbacks             src/conn.rs
+//!  core       per-connection state, per-thread context        src/core.rs, src/timers.rs
+//!  handle     ConnectionHandle, Work: other threads' access   src/handle.rs
+//!  codec      sans-IO framing: Raw, LengthDelimited, Lines    src/codec/
+//!  engine     IO threads, connection table, flush, limits,    src/engine/
+//!             shutdown, Connector
+//!  pool       worker pool for blocking work                   src/pool.rs
+//!  sys        Backend trait: io_uring | epoll (mio)           src/sys/  (the only unsafe code)
 //! ```
+//! Files depend downward only: `info` ← `handle` ← `core` ← `conn` ← `handler` ← `engine`.
 //!
 //! ## The data path
 //! ```text
 //! listener ─accept─▶ IO thread k (owns the connection for life)
 //!   recv completion ─▶ bytes ─▶ decoder ─▶ Handler::on_frame ─▶ write queue
 //!   write queue ─▶ one send per connection per loop turn ─▶ send completion ─▶ more / close
+//!   worker job (Work) ─▶ IO thread k's inbox ─▶ write queue; Work dropped ─▶ close may proceed
 //! ```
+//!
+//! ## The no-loss guarantee
+//! A request the handler accepted is answered before its connection closes gracefully: a
+//! graceful close (by the handler, a handle, the peer's EOF, a decode error, the idle timeout,
+//! a shutdown) first waits for every outstanding [`Work`] and flushes everything queued. The
+//! exceptions are resets, each counted under its own [`CloseReason`]: the peer reset
+//! (`reset`), the peer stopped reading while we flushed (`flush-stalled`), the drain deadline
+//! (`drain-timeout`), a handler panic (`handler-panic`), an explicit `abort` (`local`).
 //!
 //! A minimal echo server:
 //! ```no_run
@@ -44,20 +58,30 @@
 
 pub mod codec;
 mod conn;
+mod core;
 mod engine;
 mod error;
 mod handle;
+mod handler;
+mod info;
 pub mod pool;
+mod sockopt;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
+mod timers;
 
-pub use conn::{CloseReason, Conn, ConnInfo, Frame, Handler};
+pub use conn::Conn;
 pub use engine::{
     Connector, Engine, EngineBuilder, RunningEngine, Server, ServerHandle, ShutdownHandle,
+    DEFAULT_MAX_BUFFERED_INPUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_HIGH, DEFAULT_WRITE_LOW,
+    FLUSH_STALL, LINGER, MAX_ACCEPT_BACKOFF, MAX_RECV_BUFFER_COUNT,
 };
 pub use error::Error;
-pub use handle::{ConnectionHandle, HandleError};
+pub use handle::{ConnectionHandle, HandleError, Work};
+pub use handler::{ConnectOptions, Frame, Handler};
+pub use info::{CloseReason, ConnInfo};
+pub use sockopt::SocketOptions;
 pub use stats::{ServerStats, StatsSnapshot};
 
 use std::fmt;

@@ -13,10 +13,10 @@
 //!   replies go out in request order even when its requests are pipelined and the pool has many
 //!   workers. (Chosen over sequencing completions: no reorder buffer, no sequence numbers that
 //!   could wrap, and a connection cannot occupy more than one worker.) Writes a job makes through
-//!   a [`ConnectionHandle`](crate::ConnectionHandle) travel through the IO thread's FIFO inbox,
-//!   so they keep that order; a job that ends with
-//!   [`ConnectionHandle::notify`](crate::ConnectionHandle::notify) tells the handler, on its IO
-//!   thread and after those writes, that the job is done.
+//!   a [`Work`](crate::Work) (a counted [`ConnectionHandle`](crate::ConnectionHandle)) travel
+//!   through the IO thread's FIFO inbox, so they keep that order; dropping the `Work` at the
+//!   end of the job tells the engine, after those writes, that the request is answered, so no
+//!   close of the connection drops the reply.
 //! - Shutdown ([`WorkerPool::shutdown`]): jobs not yet started are dropped, running jobs may
 //!   finish until the deadline; the pool never waits for connection handles, which keep nothing
 //!   alive.
@@ -227,46 +227,6 @@ fn drain(first: Job, state: &Mutex<OrderedState>, pool: &WorkerPool) {
                 st.running = false;
                 return;
             }
-        }
-    }
-}
-
-/// A connection's jobs in flight, counted on its IO thread, and a close deferred until they
-/// have answered. Keep one in the handler: [`InFlight::started`] when a job is submitted,
-/// [`InFlight::done`] from `on_notify` when the job's `notify` arrives (after its writes), and
-/// [`InFlight::close_when_done`] where the handler would otherwise close at once (peer
-/// half-closed, shutdown, a last reply queued behind the jobs).
-#[derive(Debug, Default)]
-pub struct InFlight {
-    jobs: u64,
-    close_when_done: bool,
-}
-
-impl InFlight {
-    /// A job was submitted.
-    pub fn started(&mut self) {
-        self.jobs += 1;
-    }
-
-    /// No job is in flight: a write made now cannot overtake a job's reply.
-    pub fn is_idle(&self) -> bool {
-        self.jobs == 0
-    }
-
-    /// A job reported done; closes the connection if a close waited for it.
-    pub fn done(&mut self, conn: &mut crate::Conn<'_>) {
-        self.jobs = self.jobs.saturating_sub(1);
-        if self.jobs == 0 && self.close_when_done {
-            conn.close();
-        }
-    }
-
-    /// Closes now if idle, else once the last job in flight has answered.
-    pub fn close_when_done(&mut self, conn: &mut crate::Conn<'_>) {
-        if self.jobs == 0 {
-            conn.close();
-        } else {
-            self.close_when_done = true;
         }
     }
 }

@@ -8,7 +8,9 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::CloseReason;
+use std::collections::BTreeMap;
+
+use crate::info::CloseReason;
 
 /// A counter with a single writer thread.
 #[derive(Debug, Default)]
@@ -35,6 +37,7 @@ pub(crate) struct ThreadStats {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub frames_in: Counter,
+    pub decode_errors: Counter,
     pub backpressure_pauses: Counter,
     pub closed: [Counter; CloseReason::COUNT],
 }
@@ -59,10 +62,11 @@ impl ServerStats {
         let sum = |f: &dyn Fn(&ThreadStats) -> &Counter| -> u64 {
             self.threads.iter().map(|t| f(t).get()).sum()
         };
-        let mut closed = [0u64; CloseReason::COUNT];
-        for (i, c) in closed.iter_mut().enumerate() {
-            *c = sum(&|t| &t.closed[i]);
-        }
+        let closed = CloseReason::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, sum(&|t| &t.closed[i])))
+            .collect();
         StatsSnapshot {
             accepted: sum(&|t| &t.accepted),
             active: self.active.load(Relaxed) as u64,
@@ -71,6 +75,7 @@ impl ServerStats {
             bytes_in: sum(&|t| &t.bytes_in),
             bytes_out: sum(&|t| &t.bytes_out),
             frames_in: sum(&|t| &t.frames_in),
+            decode_errors: sum(&|t| &t.decode_errors),
             backpressure_pauses: sum(&|t| &t.backpressure_pauses),
             closed,
         }
@@ -94,15 +99,22 @@ pub struct StatsSnapshot {
     pub bytes_out: u64,
     /// Frames decoded and handed to the handler.
     pub frames_in: u64,
+    /// Connections whose input the decoder rejected (frame or line too long, ...).
+    pub decode_errors: u64,
     /// Times a connection stopped reading because its write queue passed the high watermark.
     pub backpressure_pauses: u64,
-    /// Connections closed, indexed by [`CloseReason::index`].
-    pub closed: [u64; CloseReason::COUNT],
+    /// Connections closed, keyed by [`CloseReason::name`] (every name is present).
+    pub closed: BTreeMap<&'static str, u64>,
 }
 
 impl StatsSnapshot {
     /// Connections closed for this kind of reason.
     pub fn closed_by(&self, reason: &CloseReason) -> u64 {
-        self.closed[reason.index()]
+        self.closed.get(reason.name()).copied().unwrap_or(0)
+    }
+
+    /// Connections closed, all reasons together.
+    pub fn closed_total(&self) -> u64 {
+        self.closed.values().sum()
     }
 }

@@ -111,8 +111,10 @@ pub fn run(engine: Engine, servers: &[&ServerHandle]) {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal()) // no colour codes in log files
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -138,7 +138,7 @@ pub enum LayoutError {
     },
 }
 
-/// Why [`LengthDelimited::encode`] refused a payload. Nothing is written to
+/// Why an encoder ([`LengthDelimited::encode`], [`Encoder`](super::Encoder)) refused a payload. Nothing is written to
 /// the output in that case.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum EncodeError {
@@ -160,6 +160,18 @@ pub enum EncodeError {
         /// The width of the length field in bytes.
         width: u8,
     },
+    /// A line payload holds a line terminator (`'\n'`), or is longer than the
+    /// codec's `max_line`.
+    #[error("line payload of {len} bytes cannot be sent as one line (max {max}, no '\\n')")]
+    BadLine {
+        /// The payload length.
+        len: usize,
+        /// The configured maximum line length.
+        max: usize,
+    },
+    /// The codec has no encoder (a custom decoder that did not provide one).
+    #[error("this codec cannot encode frames")]
+    Unsupported,
 }
 
 /// Width of the length field; an enum so that no other width can exist.
@@ -417,5 +429,9 @@ impl Decoder for LengthDelimited {
             consumed: frame_len,
             payload: header_len..frame_len,
         }))
+    }
+
+    fn encoder(&self) -> Option<&dyn super::Encoder> {
+        Some(self)
     }
 }

@@ -132,4 +132,8 @@ impl Decoder for Lines {
             payload: 0..end,
         }))
     }
+
+    fn encoder(&self) -> Option<&dyn super::Encoder> {
+        Some(self)
+    }
 }

@@ -62,6 +62,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod encode;
 pub mod length;
 pub mod line;
 #[cfg(test)]
@@ -69,6 +70,7 @@ mod tests;
 
 use std::ops::Range;
 
+pub use encode::Encoder;
 pub use length::{EncodeError, Endian, LayoutError, LengthDelimited, DEFAULT_MAX_FRAME};
 pub use line::{Lines, DEFAULT_MAX_LINE};
 
@@ -116,6 +118,12 @@ pub trait Decoder: Clone + Send + 'static {
     /// A [`DecodeError`] when the stream is corrupt or breaks a limit; the
     /// connection must then be closed.
     fn decode(&mut self, buf: &[u8]) -> Result<Option<Decoded>, DecodeError>;
+
+    /// The matching encoder, for `Conn::send_frame` (default: none; the codecs of this
+    /// module return themselves).
+    fn encoder(&self) -> Option<&dyn Encoder> {
+        None
+    }
 }
 
 /// Why a decoder rejected a stream. Every variant means: close the connection.
@@ -165,5 +173,8 @@ impl Decoder for Raw {
             consumed: buf.len(),
             payload: 0..buf.len(),
         }))
+    }
+    fn encoder(&self) -> Option<&dyn Encoder> {
+        Some(self)
     }
 }

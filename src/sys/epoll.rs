@@ -110,10 +110,17 @@ impl EpollBackend {
             return;
         };
         let sock = socket2::SockRef::from(&c.stream);
+        let start = *off;
         while *off < buf.len() {
             match sock.send_with_flags(&buf[*off..], libc::MSG_NOSIGNAL) {
                 Ok(n) => *off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if *off > start {
+                        let sent = *off - start;
+                        self.done.push_back(Event::SendProgress { token, sent });
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     let (buf, _) = c.send.take().expect("send pending");
@@ -182,6 +189,7 @@ fn event_token(ev: &Event<'_>) -> Option<Token> {
         Event::Data { token, .. }
         | Event::ReadClosed { token }
         | Event::ReadError { token, .. }
+        | Event::SendProgress { token, .. }
         | Event::SendDone { token, .. }
         | Event::SendError { token, .. }
         | Event::Connected { token, .. }

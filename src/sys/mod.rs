@@ -14,7 +14,9 @@
 //!   connection holds no receive buffer);
 //! - pausing and resuming reads per connection (backpressure);
 //! - sending a whole owned buffer per connection, at most one send in flight per connection,
-//!   the buffer owned by the backend until [`Event::SendDone`] / [`Event::SendError`] gives it back;
+//!   the buffer owned by the backend until [`Event::SendDone`] / [`Event::SendError`] gives it back,
+//!   with [`Event::SendProgress`] for each partial write before that (a short send that the
+//!   backend continues by itself must still be reported as progress);
 //! - closing a connection: once [`Backend::close`] is called, no further event is delivered for
 //!   that token except exactly one [`Event::Closed`], which comes only when every operation the
 //!   kernel held for it has completed and the descriptor is closed (buffers stay alive until then);
@@ -49,6 +51,9 @@ pub(crate) enum Event<'a> {
     ReadClosed { token: Token },
     /// Reading failed (reset, ...); the backend reads no more from this connection.
     ReadError { token: Token, error: io::Error },
+    /// Part of the buffer given to `send` was written (`sent` more bytes); the rest is still in
+    /// flight. Lets the engine tell a slow but moving flush from a stalled one.
+    SendProgress { token: Token, sent: usize },
     /// The whole buffer given to `send` was written. The buffer comes back for reuse.
     SendDone { token: Token, buf: Vec<u8> },
     /// Writing failed; the buffer comes back.

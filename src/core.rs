@@ -1,0 +1,340 @@
+//! The engine's per-connection state ([`ConnCore`]) and the per-IO-thread state a callback may
+//! touch ([`ThreadCtx`]), with the type-erased interface the engine drives a connection's
+//! handler and codec through ([`DynConn`]).
+//!
+//! This is the bottom of the connection stack: [`crate::conn`] (the `Conn` context lent to
+//! callbacks) builds on it, [`crate::handler`] (the `Handler` trait) on that, and the engine on
+//! all three. Nothing here knows the handler's type.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::handle::{ConnShared, ConnectionHandle, Inbox};
+use crate::info::{CloseReason, ConnInfo};
+use crate::sockopt::SocketOptions;
+use crate::stats::{ServerStats, ThreadStats};
+use crate::timers::{TimerRecord, Timers};
+
+/// Identifies a connection slot within one IO thread.
+pub(crate) type Token = usize;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading and writing.
+    Open,
+    /// Closing gracefully: no more frames are delivered; outstanding work answers and queued
+    /// bytes are flushed first.
+    Closing,
+    /// Flushed and write side shut down; reading (and discarding) until EOF or the linger
+    /// deadline, so unread input does not turn our last reply into a reset.
+    Lingering(Instant),
+    /// Reset requested: close with SO_LINGER 0 at the next flush.
+    Aborting,
+    /// `Backend::close` was called; waiting for its `Closed` event.
+    Closed,
+}
+
+/// The engine's per-connection state (the handler's own state is the `Handler` value).
+pub(crate) struct ConnCore {
+    pub server: usize,
+    pub gen: u64,
+    pub info: ConnInfo,
+    /// Bytes queued, not yet handed to the backend.
+    pub out: Vec<u8>,
+    /// Bytes of the send in flight not yet reported written (0: none in flight).
+    pub inflight: usize,
+    /// A send is in the backend's hands.
+    pub sending: bool,
+    /// Received bytes not yet consumed by the decoder (a partial frame, or frames held back
+    /// while reading is paused). Empty (no allocation) in the common case.
+    pub rbuf: Vec<u8>,
+    pub phase: Phase,
+    pub reason: Option<CloseReason>,
+    pub user_paused: bool,
+    pub bp_paused: bool,
+    pub read_closed: bool,
+    /// Whether the backend is currently asked to read.
+    pub reading: bool,
+    /// The handler held the current frame back (`Conn::hold_frame`).
+    pub held: bool,
+    /// Outgoing connection not yet established: nothing is sent or read.
+    pub connecting: bool,
+    /// When an outgoing connect gives up.
+    pub connect_deadline: Option<Instant>,
+    /// The decoder failed: no more frames, no more reading (until a lingering close).
+    pub decode_failed: bool,
+    /// EOF arrived while frames were held back; `on_read_closed` waits until they are delivered.
+    pub eof_pending: bool,
+    /// `shutdown_write` asked: FIN once everything queued is sent (reading goes on).
+    pub shut_write_pending: bool,
+    /// Our write side is shut: nothing more can be written.
+    pub write_shut: bool,
+    /// Outstanding [`Work`](crate::Work) (counted on this thread, ended through the inbox).
+    pub work: u64,
+    /// Bytes to send once the outstanding work has answered, right before a graceful close.
+    pub last_words: Vec<u8>,
+    pub dirty: bool,
+    /// Last input, send progress or finished work (the idle timeout's clock).
+    pub last_active: Instant,
+    /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
+    pub stalled_since: Option<Instant>,
+    /// Shared with handles (allocated when the first handle is made).
+    pub shared: Option<Arc<ConnShared>>,
+    /// The write watermarks of the connection's server.
+    pub write_low: usize,
+    pub write_high: usize,
+    /// Timer ids armed for this connection with their sequence numbers.
+    pub timers: Vec<TimerRecord>,
+}
+
+impl ConnCore {
+    pub(crate) fn new(server: usize, gen: u64, info: ConnInfo, now: Instant) -> Self {
+        ConnCore {
+            server,
+            gen,
+            info,
+            out: Vec::new(),
+            inflight: 0,
+            sending: false,
+            rbuf: Vec::new(),
+            phase: Phase::Open,
+            reason: None,
+            user_paused: false,
+            bp_paused: false,
+            read_closed: false,
+            reading: true,
+            held: false,
+            eof_pending: false,
+            decode_failed: false,
+            connecting: false,
+            connect_deadline: None,
+            shut_write_pending: false,
+            write_shut: false,
+            work: 0,
+            last_words: Vec::new(),
+            dirty: false,
+            last_active: now,
+            stalled_since: None,
+            shared: None,
+            write_low: 0,
+            write_high: usize::MAX,
+            timers: Vec::new(),
+        }
+    }
+
+    /// Bytes queued or in flight, including what handles posted and this thread has not
+    /// taken from its inbox yet.
+    pub(crate) fn queued(&self) -> usize {
+        let own = self.out.len() + self.inflight;
+        match &self.shared {
+            Some(s) => own + s.posted.load(Ordering::Acquire),
+            None => own,
+        }
+    }
+
+    /// Whether more bytes may be queued.
+    pub(crate) fn writable(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Closing) && !self.write_shut
+    }
+
+    /// Starts a graceful close for `reason` unless one is under way.
+    pub(crate) fn begin_close(&mut self, reason: CloseReason) {
+        if self.phase == Phase::Open {
+            self.phase = Phase::Closing;
+            self.set_reason(reason);
+        }
+    }
+
+    /// Requests a reset for `reason` unless the connection is already closed.
+    pub(crate) fn begin_abort(&mut self, reason: CloseReason) {
+        if !matches!(self.phase, Phase::Closed | Phase::Aborting) {
+            self.set_phase(Phase::Aborting);
+            self.set_reason(reason);
+        }
+    }
+
+    /// Resets the connection for `reason`, which replaces any reason recorded before (a reset
+    /// that drops queued bytes must be counted as what it is).
+    pub(crate) fn force_abort(&mut self, reason: CloseReason) {
+        if !matches!(self.phase, Phase::Closed | Phase::Aborting) {
+            self.set_phase(Phase::Aborting);
+            self.reason = Some(reason);
+        }
+    }
+
+    pub(crate) fn set_reason(&mut self, reason: CloseReason) {
+        if self.reason.is_none() {
+            self.reason = Some(reason);
+        }
+    }
+
+    /// Moves to `phase`; once nothing more can be written, handles start failing.
+    pub(crate) fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        if !matches!(phase, Phase::Open | Phase::Closing) {
+            self.kill_handles();
+        }
+    }
+
+    pub(crate) fn kill_handles(&mut self) {
+        if let Some(s) = &self.shared {
+            s.mark_dead();
+        }
+    }
+
+    /// Frames may be delivered to the handler now.
+    pub(crate) fn wants_frames(&self) -> bool {
+        self.phase == Phase::Open && !self.user_paused && !self.held && !self.decode_failed
+    }
+
+    /// The cross-thread state, made on first use.
+    pub(crate) fn shared(&mut self) -> Arc<ConnShared> {
+        if !self.writable() {
+            return ConnShared::dead();
+        }
+        let (low, high) = (self.write_low, self.write_high);
+        self.shared
+            .get_or_insert_with(|| ConnShared::new(low, high))
+            .clone()
+    }
+}
+
+/// Reusable send buffers of one IO thread ("pooled buffers").
+pub(crate) struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+impl BufPool {
+    const KEEP: usize = 256;
+    const MAX_CAPACITY: usize = 64 << 10;
+
+    pub(crate) fn new() -> BufPool {
+        BufPool { free: Vec::new() }
+    }
+
+    pub(crate) fn get(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(4096))
+    }
+
+    pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() <= Self::MAX_CAPACITY && self.free.len() < Self::KEEP {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
+}
+
+/// Token allocation with generations: a token is reused only after its connection's `Closed`,
+/// and then with a new generation, so stale handles never reach the newcomer.
+pub(crate) struct Slots {
+    gens: Vec<u64>,
+    free: Vec<Token>,
+}
+
+impl Slots {
+    pub(crate) fn new() -> Slots {
+        Slots {
+            gens: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// A free token and its generation.
+    pub(crate) fn alloc(&mut self) -> (Token, u64) {
+        match self.free.pop() {
+            Some(t) => (t, self.gens[t]),
+            None => {
+                self.gens.push(0);
+                (self.gens.len() - 1, 0)
+            }
+        }
+    }
+
+    /// Frees `token`; its next user gets a new generation.
+    pub(crate) fn release(&mut self, token: Token) {
+        self.gens[token] += 1;
+        self.free.push(token);
+    }
+
+    pub(crate) fn gen(&self, token: Token) -> Option<u64> {
+        self.gens.get(token).copied()
+    }
+}
+
+/// An outgoing connection a callback asked for (`Conn::connect`): opened by the engine right
+/// after the callback returns, on this IO thread.
+pub(crate) struct ConnectRequest {
+    pub token: Token,
+    pub gen: u64,
+    pub addr: SocketAddr,
+    pub timeout: Option<Duration>,
+    pub options: SocketOptions,
+    pub watermarks: (usize, usize),
+    /// The state its handle already shares (`Conn::connect` returns the handle at once).
+    pub shared: Option<Arc<ConnShared>>,
+    pub app: Box<dyn DynConn>,
+}
+
+/// The part of an IO thread's state that callbacks may touch through `Conn`.
+pub(crate) struct ThreadCtx {
+    pub bufs: BufPool,
+    pub dirty: Vec<Token>,
+    pub inbox: Arc<dyn Inbox>,
+    pub now: Instant,
+    pub thread: usize,
+    pub stats: Vec<Arc<ServerStats>>,
+    pub slots: Slots,
+    pub connects: Vec<ConnectRequest>,
+    pub timers: Timers,
+    pub next_id: u64,
+    /// The index of the outgoing-connection pseudo-server.
+    pub client_server: usize,
+}
+
+impl ThreadCtx {
+    pub(crate) fn mark_dirty(&mut self, token: Token, core: &mut ConnCore) {
+        if !core.dirty {
+            core.dirty = true;
+            self.dirty.push(token);
+        }
+    }
+
+    pub(crate) fn stats(&self, server: usize) -> &ThreadStats {
+        &self.stats[server].threads[self.thread]
+    }
+
+    /// A new connection id, unique within the engine.
+    pub(crate) fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        ((self.thread as u64) << 48) | self.next_id
+    }
+
+    pub(crate) fn handle(&self, token: Token, core: &mut ConnCore) -> ConnectionHandle {
+        ConnectionHandle::new(self.inbox.clone(), token, core.gen, core.shared())
+    }
+}
+
+/// A connection's handler and decoder behind one object-safe interface, so that servers with
+/// different handler types share one connection table. Each method lends the connection's
+/// state and the thread's context for one callback.
+pub(crate) trait DynConn {
+    fn open(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token);
+    /// Decodes and delivers frames from `data`; returns how many bytes were consumed. On a
+    /// decode error the connection is set closing and everything is consumed.
+    fn data(
+        &mut self,
+        core: &mut ConnCore,
+        ctx: &mut ThreadCtx,
+        token: Token,
+        data: &[u8],
+    ) -> usize;
+    fn read_closed(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token);
+    fn notify(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64);
+    fn writable(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64);
+    fn timer(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, id: u64);
+    fn shutdown(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token);
+    fn closed(&mut self, info: &ConnInfo, reason: &CloseReason);
+}

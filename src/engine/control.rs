@@ -1,0 +1,194 @@
+//! Controlling a running engine from any thread: [`Connector`] (outgoing connections),
+//! [`ShutdownHandle`] (graceful shutdown), and the signal waiter that turns SIGINT/SIGTERM
+//! into the same shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::codec::Decoder;
+use crate::handle::HandleError;
+use crate::handler::{ConnectOptions, Handler, Typed};
+use crate::stats::ServerStats;
+
+use super::inbox::{Msg, ThreadShared};
+
+/// Opens outgoing connections from any thread, served by the engine's IO threads and backend
+/// exactly like accepted ones (same handler API, same limits machinery). Cheap to clone.
+///
+/// Available before the engine starts ([`Engine::connector`](crate::Engine::connector)):
+/// connects asked for then are queued and made when it starts. From inside a handler, prefer
+/// [`Conn::connect`](crate::Conn::connect): same thread, a handle at once.
+#[derive(Clone)]
+pub struct Connector {
+    inner: Arc<ConnectorInner>,
+}
+
+struct ConnectorInner {
+    threads: OnceLock<Vec<Arc<ThreadShared>>>,
+    /// Connects asked for before the engine started.
+    early: Mutex<Vec<Msg>>,
+    next: AtomicUsize,
+    stats: Arc<ServerStats>,
+}
+
+impl Connector {
+    pub(crate) fn new(stats: Arc<ServerStats>) -> Connector {
+        Connector {
+            inner: Arc::new(ConnectorInner {
+                threads: OnceLock::new(),
+                early: Mutex::new(Vec::new()),
+                next: AtomicUsize::new(0),
+                stats,
+            }),
+        }
+    }
+
+    /// The engine started: hands over what was asked for before.
+    pub(crate) fn started(&self, threads: Vec<Arc<ThreadShared>>) {
+        let mut early = self.inner.early.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.inner.threads.set(threads);
+        for msg in early.drain(..) {
+            self.send(msg);
+        }
+    }
+
+    fn send(&self, msg: Msg) -> bool {
+        let threads = self.inner.threads.get().expect("started");
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % threads.len().max(1);
+        threads.get(i).is_some_and(|t| t.send(msg))
+    }
+
+    /// Connects to `addr` on the next IO thread (round robin) with a timeout. See
+    /// [`Connector::connect_with`].
+    pub fn connect<D, H>(
+        &self,
+        addr: SocketAddr,
+        codec: D,
+        handler: H,
+        timeout: Option<Duration>,
+    ) -> Result<(), HandleError>
+    where
+        D: Decoder,
+        H: Handler + Send,
+    {
+        self.connect_with(
+            addr,
+            codec,
+            handler,
+            ConnectOptions::default().timeout(timeout),
+        )
+    }
+
+    /// Connects to `addr` on the next IO thread (round robin). When connected, `handler`'s
+    /// `on_open` runs; if the connect fails (refused, unreachable) or its timeout passes first,
+    /// only `on_close` runs, with [`CloseReason::Io`](crate::CloseReason::Io) saying why. Fails
+    /// only if the engine has stopped.
+    pub fn connect_with<D, H>(
+        &self,
+        addr: SocketAddr,
+        codec: D,
+        handler: H,
+        options: ConnectOptions,
+    ) -> Result<(), HandleError>
+    where
+        D: Decoder,
+        H: Handler + Send,
+    {
+        let msg = Msg::Connect {
+            addr,
+            app: Box::new(Typed::new(handler, codec)),
+            options,
+        };
+        if self.inner.threads.get().is_none() {
+            let mut early = self.inner.early.lock().unwrap_or_else(|e| e.into_inner());
+            if self.inner.threads.get().is_none() {
+                early.push(msg);
+                return Ok(());
+            }
+        }
+        if self.send(msg) {
+            Ok(())
+        } else {
+            Err(HandleError::EngineStopped)
+        }
+    }
+
+    /// Counters of the outgoing connections (`accepted` counts connections opened).
+    pub fn stats(&self) -> &ServerStats {
+        &self.inner.stats
+    }
+}
+
+/// Starts a graceful shutdown of an engine from any thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    pub(crate) threads: Vec<Arc<ThreadShared>>,
+}
+
+impl ShutdownHandle {
+    /// Stops accepting, lets every connection answer its outstanding work and flush, closes
+    /// them (resetting what is left at the drain deadline), then the IO threads exit.
+    pub fn shutdown(&self) {
+        for t in &self.threads {
+            t.send(Msg::Shutdown { ack: None });
+        }
+    }
+
+    /// [`ShutdownHandle::shutdown`], then waits up to `timeout` until every IO thread has
+    /// closed its listeners; `true` if all did (no new connection is accepted from then on).
+    pub fn shutdown_and_wait(&self, timeout: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(self.threads.len());
+        let sent = self
+            .threads
+            .iter()
+            .filter(|t| {
+                t.send(Msg::Shutdown {
+                    ack: Some(tx.clone()),
+                })
+            })
+            .count();
+        let deadline = Instant::now() + timeout;
+        (0..sent).all(|_| rx.recv_deadline(deadline).is_ok())
+    }
+}
+
+/// The thread that waits for SIGINT/SIGTERM and shuts the engine down gracefully.
+pub(crate) struct SignalWaiter {
+    handle: signal_hook::iterator::Handle,
+    thread: JoinHandle<()>,
+}
+
+impl SignalWaiter {
+    pub(crate) fn spawn(
+        mut signals: signal_hook::iterator::Signals,
+        shutdown: ShutdownHandle,
+    ) -> std::io::Result<SignalWaiter> {
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
+            .name("ringport-signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    // Logged once every IO thread has closed its listeners (or after 1 s, if
+                    // a handler blocks one): from this line on, nothing new is accepted.
+                    let all = shutdown.shutdown_and_wait(Duration::from_secs(1));
+                    info!(
+                        signal = sig,
+                        stopped_accepting = all,
+                        "shutting down: draining connections"
+                    );
+                }
+            })?;
+        Ok(SignalWaiter { handle, thread })
+    }
+
+    /// The engine has stopped: stop waiting.
+    pub(crate) fn stop(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}

@@ -1,0 +1,152 @@
+//! The end of a loop turn: apply what the turn's callbacks asked for, connection by
+//! connection. One send per connection (the batching), half-closes, watermarks and writability,
+//! read pause/resume, and the steps of a graceful close:
+//!
+//! ```text
+//! Open ──close()──▶ Closing ──work answered, last words queued, all sent──▶ Lingering ──EOF/2 s──▶ Closed
+//!   │                  │        (SHUT_WR; input read and discarded)                         ▲
+//!   └──abort()/error───┴──────────────────────────▶ Aborting (reset) ───────────────────────┘
+//! ```
+
+use tracing::debug;
+
+use crate::core::{Phase, Token};
+use crate::sys::Backend;
+
+use super::table::State;
+use super::LINGER;
+
+impl State {
+    /// Re-delivering held-back input can dirty connections again, so this runs a few rounds;
+    /// anything left is picked up next turn.
+    pub(super) fn flush(&mut self, backend: &mut dyn Backend) {
+        for _ in 0..4 {
+            if self.ctx.dirty.is_empty() {
+                return;
+            }
+            let dirty = std::mem::take(&mut self.ctx.dirty);
+            for &token in &dirty {
+                self.flush_one(backend, token);
+            }
+            let mut dirty = dirty;
+            dirty.clear();
+            if self.ctx.dirty.is_empty() {
+                self.ctx.dirty = dirty; // keep the allocation
+            }
+        }
+    }
+
+    fn flush_one(&mut self, backend: &mut dyn Backend, token: Token) {
+        let Some(e) = self.entry(token) else {
+            return;
+        };
+        e.core.dirty = false;
+        // Input held back (paused, held frame) is delivered first once frames are wanted again.
+        if e.core.wants_frames() && !e.core.rbuf.is_empty() {
+            self.pump(token);
+        }
+        self.deliver_eof(token);
+        let held = &mut self.held;
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        if c.held && !held.contains(&token) {
+            held.push(token); // held outside on_frame: still retried, never a silent stall
+        }
+        match c.phase {
+            Phase::Aborting => {
+                c.set_phase(Phase::Closed);
+                backend.close(token, true);
+                return;
+            }
+            Phase::Closed => return,
+            _ => {}
+        }
+        if c.connecting {
+            if c.phase != Phase::Open {
+                // Closed before it connected: nothing to flush.
+                c.set_phase(Phase::Closed);
+                backend.close(token, false);
+            }
+            return; // nothing is sent or read before the connect completes
+        }
+        // The last words of a close go out once every outstanding job has answered.
+        if c.phase == Phase::Closing && c.work == 0 && !c.last_words.is_empty() {
+            let words = std::mem::take(&mut c.last_words);
+            c.out.extend_from_slice(&words);
+        }
+        // One send in flight per connection; everything queued meanwhile goes in the next.
+        if !c.sending && !c.out.is_empty() && c.writable() {
+            let buf = std::mem::take(&mut c.out);
+            c.inflight = buf.len();
+            c.sending = true;
+            backend.send(token, buf);
+        }
+        let drained = !c.sending && c.out.is_empty() && c.work == 0 && c.last_words.is_empty();
+        // Half-close: FIN after everything queued (and answered) is sent; reading goes on.
+        if c.shut_write_pending && c.phase == Phase::Open && drained {
+            c.shut_write_pending = false;
+            c.write_shut = true;
+            c.kill_handles();
+            backend.shutdown_write(token);
+        }
+        let limits = &self.servers[c.server].limits;
+        let queued = c.queued();
+        if c.phase == Phase::Open {
+            if !c.bp_paused && queued > c.write_high {
+                c.bp_paused = true;
+                self.ctx.stats[c.server].threads[self.index]
+                    .backpressure_pauses
+                    .add(1);
+                debug!(peer = %c.info.peer, queued, "write queue above high watermark; pausing reads");
+            } else if c.bp_paused && queued <= c.write_low {
+                c.bp_paused = false;
+            }
+        }
+        if let Some(s) = &c.shared {
+            s.queued.store(
+                c.out.len() + c.inflight,
+                std::sync::atomic::Ordering::Release,
+            );
+            if queued <= c.write_low && s.watched.load(std::sync::atomic::Ordering::Acquire) {
+                s.wake_watchers();
+            }
+        }
+        let _ = limits;
+        if c.phase == Phase::Closing && drained {
+            if c.read_closed {
+                c.set_phase(Phase::Closed);
+                backend.close(token, false);
+                return;
+            }
+            // Flushed: shut our side, then read (and discard) until EOF or the linger ends.
+            if !c.write_shut {
+                c.write_shut = true;
+                backend.shutdown_write(token);
+            }
+            let mut until = self.ctx.now + LINGER;
+            if let Some(d) = self.shutdown_deadline {
+                until = until.min(d);
+            }
+            c.set_phase(Phase::Lingering(until));
+            c.rbuf = Vec::new();
+        }
+        if matches!(c.phase, Phase::Lingering(_)) && c.read_closed {
+            c.set_phase(Phase::Closed);
+            backend.close(token, false);
+            return;
+        }
+        let want_read = match c.phase {
+            Phase::Open => {
+                !c.user_paused && !c.bp_paused && !c.held && !c.read_closed && !c.decode_failed
+            }
+            Phase::Lingering(_) => !c.read_closed,
+            _ => false,
+        };
+        if want_read != c.reading {
+            c.reading = want_read;
+            backend.set_reading(token, want_read);
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The engine: IO threads, their connection tables, limits, timers and shutdown.
+//!
+//! Each IO thread owns one [`Backend`](crate::sys::Backend) (a ring, or an epoll instance), one
+//! listener per server (SO_REUSEPORT: the kernel spreads incoming connections over the
+//! threads, no acceptor thread and no hand-off), and every connection accepted on its
+//! listeners or opened from it, for that connection's whole life.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `mod.rs` | [`EngineBuilder`], [`Engine`], [`RunningEngine`]: configuration and start-up |
+//! | `server.rs` | [`Server`] and its limits, [`ServerHandle`] |
+//! | `control.rs` | [`Connector`], [`ShutdownHandle`], the signal waiter |
+//! | `inbox.rs` | the messages other threads send an IO thread |
+//! | `thread.rs` | the IO thread's loop, read top to bottom in `IoThread::run` |
+//! | `table.rs` | the connection table and what each completion does to a connection |
+//! | `flush.rs` | the end of a loop turn: sends, half-closes, watermarks, closes |
+//!
+//! Dependencies point down: `thread` uses `flush` and `table`; `table` uses the connection
+//! layers (`core`, `conn`, `handler`); nothing below knows the engine.
+
+mod control;
+mod flush;
+mod inbox;
+mod server;
+mod table;
+mod thread;
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::warn;
+
+pub use control::{Connector, ShutdownHandle};
+pub use server::{Server, ServerHandle};
+
+use crate::stats::ServerStats;
+use crate::sys::{self, BackendConfig};
+use crate::{BackendKind, Error};
+use control::SignalWaiter;
+use server::{bind_listener, Factory, Limits, SharedServer};
+
+/// Default maximum of open connections per server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default write-queue high watermark: above it, the connection stops reading and handle
+/// writes to it are refused.
+pub const DEFAULT_WRITE_HIGH: usize = 1 << 20;
+/// Default write-queue low watermark: at or below it, reading resumes and writability
+/// watchers are told.
+pub const DEFAULT_WRITE_LOW: usize = 256 << 10;
+/// Default limit of received-but-undecoded bytes per connection.
+pub const DEFAULT_MAX_BUFFERED_INPUT: usize = 8 << 20;
+/// How long a gracefully closed connection keeps reading (and discarding) after shutting down
+/// its write side, so that unread input does not turn the last reply into a reset.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Longest accept back-off after EMFILE / ENFILE / ENOBUFS / ENOMEM.
+pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// A closing connection whose queued bytes move not one byte for this long (the peer does not
+/// read) is reset, counted as [`CloseReason::FlushStalled`](crate::CloseReason::FlushStalled).
+/// Any progress, even a few bytes of a large send, restarts the clock.
+pub const FLUSH_STALL: Duration = Duration::from_secs(10);
+/// Most receive buffers per IO thread on io_uring (the provided-buffer ring's size limit).
+pub const MAX_RECV_BUFFER_COUNT: u16 = 1 << 15;
+
+/// Builds an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    io_threads: usize,
+    backend: Option<BackendKind>,
+    drain_timeout: Duration,
+    recv_buffer_size: usize,
+    recv_buffer_count: u16,
+    handle_signals: bool,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            io_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            backend: None,
+            drain_timeout: Duration::from_secs(5),
+            recv_buffer_size: 16 << 10,
+            recv_buffer_count: 512,
+            handle_signals: true,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// IO threads (default: available parallelism).
+    pub fn io_threads(mut self, n: usize) -> Self {
+        self.io_threads = n;
+        self
+    }
+    /// The backend; default: `RINGPORT_BACKEND` if set, else [`BackendKind::Auto`].
+    pub fn backend(mut self, kind: BackendKind) -> Self {
+        self.backend = Some(kind);
+        self
+    }
+    /// How long a shutdown lets connections answer outstanding work and flush before
+    /// resetting what is left (counted as `drain-timeout`).
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+    /// Bytes per receive (each provided buffer on io_uring; the scratch buffer on epoll).
+    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
+        self.recv_buffer_size = bytes;
+        self
+    }
+    /// io_uring: receive buffers per IO thread (rounded up to a power of two; at most
+    /// [`MAX_RECV_BUFFER_COUNT`]).
+    pub fn recv_buffer_count(mut self, n: u16) -> Self {
+        self.recv_buffer_count = n;
+        self
+    }
+    /// Whether a started engine drains gracefully on SIGINT/SIGTERM (default on, for
+    /// [`Engine::run`] and [`Engine::start`] alike). Off: the embedding program handles
+    /// signals and calls [`ShutdownHandle::shutdown`] itself.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Resolves the backend (probing io_uring for `auto`) and makes the engine.
+    pub fn build(self) -> Result<Engine, Error> {
+        if self.io_threads == 0 || self.io_threads > 1024 {
+            return Err(Error::Config(
+                "io threads must be between 1 and 1024".into(),
+            ));
+        }
+        if self.recv_buffer_size < 64 || self.recv_buffer_size > (1 << 24) {
+            return Err(Error::Config(
+                "receive buffer size must be between 64 bytes and 16 MiB".into(),
+            ));
+        }
+        if self.recv_buffer_count > MAX_RECV_BUFFER_COUNT {
+            return Err(Error::Config(format!(
+                "receive buffer count must be at most {MAX_RECV_BUFFER_COUNT} (got {})",
+                self.recv_buffer_count
+            )));
+        }
+        let bcfg = BackendConfig {
+            recv_buffer_size: self.recv_buffer_size,
+            recv_buffer_count: self.recv_buffer_count.max(2).next_power_of_two(),
+            ring_entries: 1024,
+        };
+        // The probe's ring is torn down asynchronously by the kernel, which may then post task
+        // work to the thread that created it; that interrupts a blocking socket call with a
+        // timeout on that thread (EINTR). Probe on a short-lived thread of its own instead of
+        // the caller's.
+        let probe = |cfg: &BackendConfig| {
+            std::thread::scope(|s| {
+                s.spawn(|| sys::uring::probe(cfg))
+                    .join()
+                    .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+            })
+        };
+        let asked = match self.backend {
+            Some(k) => k,
+            None => BackendKind::from_env()?.unwrap_or_default(),
+        };
+        let kind = match asked {
+            BackendKind::Epoll => BackendKind::Epoll,
+            BackendKind::Uring => {
+                probe(&bcfg).map_err(Error::UringUnavailable)?;
+                BackendKind::Uring
+            }
+            BackendKind::Auto => match probe(&bcfg) {
+                Ok(()) => BackendKind::Uring,
+                Err(why) => {
+                    warn!("io_uring unavailable ({why}); falling back to epoll");
+                    BackendKind::Epoll
+                }
+            },
+        };
+        let client_stats = ServerStats::new(self.io_threads);
+        Ok(Engine {
+            connector: Connector::new(client_stats.clone()),
+            client_stats,
+            cfg: self,
+            kind,
+            bcfg,
+            servers: Vec::new(),
+            signals: None,
+        })
+    }
+}
+
+struct ServerSpec {
+    factory: Factory,
+    limits: Limits,
+    stats: Arc<ServerStats>,
+    listeners: Vec<TcpListener>,
+}
+
+/// IO threads and the servers they run. Add servers, then [`Engine::run`] (or
+/// [`Engine::start`] to keep control of the calling thread).
+pub struct Engine {
+    cfg: EngineBuilder,
+    kind: BackendKind,
+    bcfg: BackendConfig,
+    servers: Vec<ServerSpec>,
+    signals: Option<signal_hook::iterator::Signals>,
+    connector: Connector,
+    client_stats: Arc<ServerStats>,
+}
+
+fn kind_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Uring => "uring",
+        _ => "epoll",
+    }
+}
+
+impl Engine {
+    /// Starts building an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The backend really in use: `"uring"` or `"epoll"`.
+    pub fn backend_name(&self) -> &'static str {
+        kind_name(self.kind)
+    }
+
+    /// Opens outgoing connections through this engine; usable before it starts (connects are
+    /// then made at start).
+    pub fn connector(&self) -> Connector {
+        self.connector.clone()
+    }
+
+    /// Binds a server's listeners (one per IO thread, SO_REUSEPORT). Connections queue in the
+    /// kernel's backlog from now on and are accepted once the engine runs.
+    pub fn add_server(&mut self, server: Server) -> Result<ServerHandle, Error> {
+        let n = self.cfg.io_threads;
+        let mut listeners = Vec::with_capacity(n);
+        let mut addr = server.addr;
+        for _ in 0..n {
+            let l = bind_listener(addr, server.limits.backlog)
+                .map_err(|source| Error::Listen { addr, source })?;
+            addr = l.local_addr()?; // port 0: the others bind to the port the first got
+            listeners.push(l);
+        }
+        let stats = ServerStats::new(n);
+        self.servers.push(ServerSpec {
+            factory: server.factory,
+            limits: server.limits,
+            stats: stats.clone(),
+            listeners,
+        });
+        Ok(ServerHandle { addr, stats })
+    }
+
+    /// Registers the SIGINT/SIGTERM handlers now rather than when the engine starts: call it
+    /// before announcing the server (a signal that arrives after the announcement must find
+    /// the handler in place), and before descriptors may run out. [`Engine::run`] and
+    /// [`Engine::start`] (then [`RunningEngine::join`]) both drain gracefully on them.
+    pub fn catch_signals(&mut self) -> Result<(), Error> {
+        if self.signals.is_none() {
+            self.signals = Some(signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?);
+        }
+        Ok(())
+    }
+
+    /// Starts the IO threads and returns at once. Unless the builder turned
+    /// [`handle_signals`](EngineBuilder::handle_signals) off, SIGINT and SIGTERM start the
+    /// same graceful drain as [`ShutdownHandle::shutdown`].
+    pub fn start(mut self) -> Result<RunningEngine, Error> {
+        if self.cfg.handle_signals {
+            self.catch_signals()?;
+        }
+        let n = self.cfg.io_threads;
+        let mut per_thread: Vec<Vec<TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        let mut servers = Vec::new();
+        for spec in self.servers {
+            for (t, l) in spec.listeners.into_iter().enumerate() {
+                per_thread[t].push(l);
+            }
+            servers.push(Arc::new(SharedServer {
+                factory: Some(spec.factory),
+                limits: spec.limits,
+                stats: spec.stats,
+            }));
+        }
+        // Outgoing connections count under one more "server" of their own.
+        servers.push(Arc::new(SharedServer {
+            factory: None,
+            limits: Limits::default(),
+            stats: self.client_stats.clone(),
+        }));
+        let (threads, shareds, failure) = thread::spawn_all(
+            self.kind,
+            &self.bcfg,
+            servers,
+            per_thread,
+            self.cfg.drain_timeout,
+        )?;
+        let shutdown = ShutdownHandle {
+            threads: shareds.clone(),
+        };
+        self.connector.started(shareds);
+        let mut running = RunningEngine {
+            threads,
+            connector: self.connector,
+            shutdown,
+            signals: None,
+            backend: kind_name(self.kind),
+        };
+        if let Some(e) = failure {
+            running.shutdown.shutdown();
+            running.join();
+            return Err(Error::Io(e));
+        }
+        if let Some(signals) = self.signals.take() {
+            running.signals = Some(SignalWaiter::spawn(signals, running.shutdown.clone())?);
+        }
+        Ok(running)
+    }
+
+    /// Runs until SIGINT or SIGTERM (or a [`ShutdownHandle`]), then shuts down gracefully:
+    /// stops accepting, lets connections answer and flush, closes them (resetting what is left
+    /// at the drain deadline), joins the threads. The same as [`Engine::start`] then
+    /// [`RunningEngine::join`].
+    pub fn run(mut self) -> Result<(), Error> {
+        self.catch_signals()?;
+        self.start()?.join();
+        Ok(())
+    }
+}
+
+/// The IO threads of a started engine.
+pub struct RunningEngine {
+    threads: Vec<JoinHandle<()>>,
+    shutdown: ShutdownHandle,
+    connector: Connector,
+    signals: Option<SignalWaiter>,
+    backend: &'static str,
+}
+
+impl RunningEngine {
+    /// Opens outgoing connections through the engine's IO threads.
+    pub fn connector(&self) -> Connector {
+        self.connector.clone()
+    }
+    /// A handle that shuts the engine down from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+    /// The backend in use: `"uring"` or `"epoll"`.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend
+    }
+    /// Waits until every IO thread has exited (after a shutdown, from a handle or a signal).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+        if let Some(s) = self.signals {
+            s.stop();
+        }
+    }
+}
+
+/// The result of starting the IO threads.
+type Spawned = (
+    Vec<JoinHandle<()>>,
+    Vec<Arc<inbox::ThreadShared>>,
+    Option<io::Error>,
+);

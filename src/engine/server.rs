@@ -1,0 +1,154 @@
+//! [`Server`]: an address, a decoder, a handler factory and the limits of its connections;
+//! [`ServerHandle`]: a running server's address and counters.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::Decoder;
+use crate::core::DynConn;
+use crate::handler::{Handler, Typed};
+use crate::info::ConnInfo;
+use crate::sockopt::SocketOptions;
+use crate::stats::ServerStats;
+
+use super::{
+    DEFAULT_MAX_BUFFERED_INPUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_HIGH, DEFAULT_WRITE_LOW,
+};
+
+pub(crate) type Factory = Arc<dyn Fn(&ConnInfo) -> Box<dyn DynConn> + Send + Sync>;
+
+/// One server: an address, a decoder, a handler factory and its limits.
+pub struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) factory: Factory,
+    pub(crate) limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub max_connections: usize,
+    pub idle_timeout: Option<Duration>,
+    pub write_high: usize,
+    pub write_low: usize,
+    pub max_buffered_input: usize,
+    pub backlog: i32,
+    pub socket: SocketOptions,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: None,
+            write_high: DEFAULT_WRITE_HIGH,
+            write_low: DEFAULT_WRITE_LOW,
+            max_buffered_input: DEFAULT_MAX_BUFFERED_INPUT,
+            backlog: 1024,
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+impl Server {
+    /// A server on `addr` (port 0: any free port) decoding with `codec` (cloned per
+    /// connection) and making each connection's handler with `factory`.
+    pub fn new<D, H, F>(addr: SocketAddr, codec: D, factory: F) -> Server
+    where
+        D: Decoder + Sync,
+        H: Handler,
+        F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
+    {
+        let factory: Factory =
+            Arc::new(move |info| Box::new(Typed::new(factory(info), codec.clone())));
+        Server {
+            addr,
+            factory,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Open connections allowed; beyond it a new connection is accepted and closed at once
+    /// (counted as `rejected`). Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n;
+        self
+    }
+
+    /// Closes a connection on which, for this long, nothing was received, no send made
+    /// progress and no [`Work`](crate::Work) was outstanding. Default: off.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.limits.idle_timeout = timeout;
+        self
+    }
+
+    /// Write-queue watermarks in bytes. Above `high` the connection stops reading (its own
+    /// input cannot grow its queue) and handle writes to it are refused with
+    /// [`HandleError::Full`](crate::HandleError::Full); at or under `low` reading resumes and
+    /// `notify_when_writable` watchers are told.
+    pub fn write_watermarks(mut self, low: usize, high: usize) -> Self {
+        self.limits.write_low = low.min(high);
+        self.limits.write_high = high;
+        self
+    }
+
+    /// Received-but-undecoded bytes a connection may hold (a partial frame); beyond it the
+    /// connection closes with a protocol error.
+    pub fn max_buffered_input(mut self, bytes: usize) -> Self {
+        self.limits.max_buffered_input = bytes;
+        self
+    }
+
+    /// The listen(2) backlog of each listener.
+    pub fn backlog(mut self, n: i32) -> Self {
+        self.limits.backlog = n;
+        self
+    }
+
+    /// Socket options applied to every accepted connection (default: TCP_NODELAY on).
+    pub fn socket_options(mut self, options: SocketOptions) -> Self {
+        self.limits.socket = options;
+        self
+    }
+}
+
+/// Reads a running server's address and counters.
+#[derive(Clone)]
+pub struct ServerHandle {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stats: Arc<ServerStats>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The server's counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+}
+
+/// What every IO thread knows of a server.
+pub(crate) struct SharedServer {
+    /// `None` for the outgoing-connection pseudo-server (its handlers come with each connect).
+    pub factory: Option<Factory>,
+    pub limits: Limits,
+    pub stats: Arc<ServerStats>,
+}
+
+pub(crate) fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}

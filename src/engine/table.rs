@@ -1,0 +1,475 @@
+//! One IO thread's connection table ([`State`]) and what each completion, inbox message and
+//! timer does to a connection. Callbacks run here; they only queue work, which
+//! [`State::flush`](super::flush) applies at the end of the loop turn.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::core::{ConnCore, DynConn, Phase, ThreadCtx, Token};
+use crate::handle::HandleMsg;
+use crate::info::CloseReason;
+use crate::timers::Due;
+
+use super::server::SharedServer;
+use super::{MAX_ACCEPT_BACKOFF, MIN_ACCEPT_BACKOFF};
+
+/// The timers' tick: idle timeouts, flush stalls, lingering closes and the drain deadline are
+/// checked this often.
+pub(super) const TICK: Duration = Duration::from_millis(100);
+/// How soon a held frame is offered again.
+pub(super) const HELD_RETRY: Duration = Duration::from_millis(2);
+
+pub(super) struct Entry {
+    pub core: ConnCore,
+    pub app: Box<dyn DynConn>,
+}
+
+pub(super) struct ListenerState {
+    pub backoff: Duration,
+    pub resume_at: Option<Instant>,
+    pub last_warn: Option<Instant>,
+}
+
+/// Everything of an IO thread but its backend (split so completions can borrow the backend
+/// while callbacks mutate this).
+pub(super) struct State {
+    pub index: usize,
+    /// Indexed by token; a token's generation lives in `ctx.slots`.
+    pub entries: Vec<Option<Entry>>,
+    pub live: usize,
+    pub ctx: ThreadCtx,
+    pub servers: Vec<Arc<SharedServer>>,
+    pub listeners: Vec<ListenerState>,
+    pub held: Vec<Token>,
+    /// The inbox held more than one batch at the last drain.
+    pub inbox_backlog: bool,
+    pub drain: Duration,
+    pub shutdown_deadline: Option<Instant>,
+    pub last_tick: Instant,
+}
+
+impl State {
+    pub(super) fn entry(&mut self, token: Token) -> Option<&mut Entry> {
+        self.entries.get_mut(token).and_then(Option::as_mut)
+    }
+
+    /// Puts a new connection into its slot (the token came from `ctx.slots`).
+    pub(super) fn insert(&mut self, token: Token, entry: Entry) {
+        if self.entries.len() <= token {
+            self.entries.resize_with(token + 1, || None);
+        }
+        self.live += 1;
+        self.entries[token] = Some(entry);
+    }
+
+    /// The live connection in slot `token`, if it is still generation `gen`.
+    fn entry_gen(&mut self, token: Token, gen: u64) -> Option<&mut Entry> {
+        if self.ctx.slots.gen(token) != Some(gen) {
+            return None;
+        }
+        self.entry(token)
+    }
+
+    pub(super) fn next_timeout(&self) -> Option<Duration> {
+        if !self.ctx.dirty.is_empty() || self.inbox_backlog || !self.ctx.connects.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut t: Option<Duration> = None;
+        let mut at_most = |d: Duration| t = Some(t.map_or(d, |x| x.min(d)));
+        if !self.held.is_empty() {
+            at_most(HELD_RETRY);
+        }
+        for l in &self.listeners {
+            if let Some(r) = l.resume_at {
+                at_most(r.saturating_duration_since(now));
+            }
+        }
+        if let Some(d) = self.ctx.timers.next_deadline() {
+            at_most(d.saturating_duration_since(now));
+        }
+        if self.live > 0 || self.shutdown_deadline.is_some() {
+            at_most(TICK.saturating_sub(now.duration_since(self.last_tick)));
+        }
+        t
+    }
+
+    /// Delivers input, straight from the backend's buffer when nothing is held back (the
+    /// common case: no copy), else after appending it to what is.
+    pub(super) fn on_data(&mut self, token: Token, data: &[u8]) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        self.ctx.stats[c.server].threads[self.index]
+            .bytes_in
+            .add(data.len() as u64);
+        c.last_active = self.ctx.now;
+        if c.phase != Phase::Open || c.decode_failed {
+            return; // closing, or past a decode error: input is read and discarded
+        }
+        if c.rbuf.is_empty() {
+            let used = e.app.data(&mut e.core, &mut self.ctx, token, data);
+            if used < data.len() {
+                if e.core.rbuf.capacity() == 0 {
+                    e.core.rbuf = Vec::with_capacity((data.len() - used).max(512));
+                }
+                e.core.rbuf.extend_from_slice(&data[used..]);
+            }
+        } else {
+            c.rbuf.extend_from_slice(data);
+            self.pump(token);
+        }
+        self.after_input(token);
+    }
+
+    /// Runs the decoder over the held-back input of `token`.
+    pub(super) fn pump(&mut self, token: Token) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let buf = std::mem::take(&mut e.core.rbuf);
+        let used = e.app.data(&mut e.core, &mut self.ctx, token, &buf);
+        let mut buf = buf;
+        if e.core.phase != Phase::Open || used == buf.len() {
+            // Nothing left to keep: release the memory (idle connections hold no buffer).
+        } else {
+            buf.drain(..used);
+            e.core.rbuf = buf;
+        }
+        self.after_input(token);
+    }
+
+    fn after_input(&mut self, token: Token) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        let limit = self.servers[c.server].limits.max_buffered_input;
+        // Held-back input (paused, held frame) is bounded by what the backend had in flight
+        // when reading stopped; the limit is for input the decoder could not use.
+        if c.rbuf.len() > limit && c.wants_frames() {
+            warn!(peer = %c.info.peer, buffered = c.rbuf.len(), limit, "closing connection: too much undecoded input");
+            c.rbuf = Vec::new();
+            c.decode_failed = true;
+            c.begin_close(CloseReason::Protocol(format!(
+                "more than {limit} bytes of undecoded input"
+            )));
+        }
+        // Only a state change needs a flush (writes, closes and pauses mark the connection
+        // themselves): re-marking a connection whose input is just an incomplete frame would
+        // spin the loop until the rest of the frame arrives.
+        if c.held && !self.held.contains(&token) {
+            self.held.push(token);
+            self.ctx.mark_dirty(token, c);
+        }
+        if c.phase != Phase::Open {
+            self.ctx.mark_dirty(token, c);
+        }
+    }
+
+    pub(super) fn on_read_closed(&mut self, token: Token) {
+        let Some(e) = self.entry(token) else {
+            return;
+        };
+        e.core.read_closed = true;
+        e.core.reading = false;
+        if e.core.phase == Phase::Open {
+            e.core.set_reason(CloseReason::PeerClosed);
+            e.core.eof_pending = true;
+            // Frames already received are delivered before the half-close is.
+            if !e.core.rbuf.is_empty() && e.core.wants_frames() {
+                self.pump(token);
+            }
+            self.deliver_eof(token);
+        }
+        if let Some(e) = self.entries[token].as_mut() {
+            self.ctx.mark_dirty(token, &mut e.core);
+        }
+    }
+
+    /// Tells the handler of a half-close once every complete frame before it was delivered
+    /// (frames held back by a pause wait, and so does the EOF).
+    pub(super) fn deliver_eof(&mut self, token: Token) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        if !e.core.eof_pending || !e.core.wants_frames() {
+            return;
+        }
+        e.core.eof_pending = false;
+        e.app.read_closed(&mut e.core, &mut self.ctx, token);
+    }
+
+    pub(super) fn on_io_error(&mut self, token: Token, error: &io::Error) {
+        let Some(e) = self.entry(token) else {
+            return;
+        };
+        let reason = CloseReason::from_io(error);
+        debug!(peer = %e.core.info.peer, %error, "connection error");
+        e.core.read_closed = true;
+        e.core.reading = false;
+        e.core.begin_abort(reason);
+        let Some(e) = self.entries[token].as_mut() else {
+            return;
+        };
+        self.ctx.mark_dirty(token, &mut e.core);
+    }
+
+    /// Part of the send in flight was written: progress (the flush-stall and idle clocks
+    /// restart), and the queue is that much shorter.
+    pub(super) fn on_send_progress(&mut self, token: Token, sent: usize) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        self.ctx.stats[c.server].threads[self.index]
+            .bytes_out
+            .add(sent as u64);
+        c.inflight = c.inflight.saturating_sub(sent);
+        c.last_active = self.ctx.now;
+        c.stalled_since = None;
+        self.ctx.mark_dirty(token, c);
+    }
+
+    pub(super) fn on_send_done(&mut self, token: Token, buf: Vec<u8>) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        self.ctx.stats[c.server].threads[self.index]
+            .bytes_out
+            .add(c.inflight as u64);
+        c.inflight = 0;
+        c.sending = false;
+        c.last_active = self.ctx.now;
+        c.stalled_since = None;
+        self.ctx.bufs.put(buf);
+        self.ctx.mark_dirty(token, c);
+    }
+
+    pub(super) fn on_closed(&mut self, token: Token) {
+        let Some(mut e) = self.entries.get_mut(token).and_then(Option::take) else {
+            return;
+        };
+        self.ctx.slots.release(token);
+        self.live -= 1;
+        self.finish(&mut e, CloseReason::Local);
+        self.held.retain(|&t| t != token);
+    }
+
+    /// Counts, logs and reports a connection's end.
+    pub(super) fn finish(&mut self, e: &mut Entry, default: CloseReason) {
+        let server = &self.servers[e.core.server];
+        server.stats.active.fetch_sub(1, Ordering::Relaxed);
+        e.core.kill_handles();
+        let reason = e.core.reason.take().unwrap_or(default);
+        self.ctx.stats(e.core.server).closed[reason.index()].add(1);
+        if reason.is_local_reset() {
+            warn!(peer = %e.core.info.peer, %reason, "connection reset");
+        } else {
+            debug!(peer = %e.core.info.peer, %reason, "connection closed");
+        }
+        e.app.closed(&e.core.info, &reason);
+    }
+
+    /// A message from a handle, on this thread, for (`token`, `gen`).
+    pub(super) fn on_handle_msg(&mut self, msg: HandleMsg) {
+        match msg {
+            HandleMsg::Write { token, gen, data } => {
+                let Some(e) = self.entry_gen(token, gen) else {
+                    return;
+                };
+                if let Some(s) = &e.core.shared {
+                    s.posted.fetch_sub(data.len(), Ordering::AcqRel);
+                }
+                if e.core.writable() {
+                    if e.core.out.is_empty() {
+                        let old = std::mem::replace(&mut e.core.out, data);
+                        self.ctx.bufs.put(old);
+                    } else {
+                        e.core.out.extend_from_slice(&data);
+                    }
+                    self.ctx
+                        .mark_dirty(token, &mut self.entries[token].as_mut().expect("live").core);
+                }
+            }
+            HandleMsg::Close { token, gen, abort } => {
+                let Some(e) = self.entry_gen(token, gen) else {
+                    return;
+                };
+                if abort {
+                    e.core.begin_abort(CloseReason::Local);
+                } else {
+                    e.core.begin_close(CloseReason::Local);
+                }
+                self.mark(token);
+            }
+            HandleMsg::ShutdownWrite { token, gen } => {
+                let Some(e) = self.entry_gen(token, gen) else {
+                    return;
+                };
+                if e.core.phase == Phase::Open {
+                    e.core.shut_write_pending = true;
+                }
+                self.mark(token);
+            }
+            HandleMsg::Resume { token, gen } => {
+                let Some(e) = self.entry_gen(token, gen) else {
+                    return;
+                };
+                e.core.user_paused = false;
+                self.mark(token);
+            }
+            HandleMsg::Notify { token, gen, value } => {
+                let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+                    return;
+                };
+                if self.ctx.slots.gen(token) != Some(gen) {
+                    return;
+                }
+                e.app.notify(&mut e.core, &mut self.ctx, token, value);
+                self.ctx.mark_dirty(token, &mut e.core);
+            }
+            HandleMsg::Writable { token, gen, value } => {
+                let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+                    return;
+                };
+                if self.ctx.slots.gen(token) != Some(gen) {
+                    return;
+                }
+                e.app.writable(&mut e.core, &mut self.ctx, token, value);
+                self.ctx.mark_dirty(token, &mut e.core);
+            }
+            HandleMsg::WorkDone { token, gen } => {
+                let now = self.ctx.now;
+                let Some(e) = self.entry_gen(token, gen) else {
+                    return;
+                };
+                e.core.work = e.core.work.saturating_sub(1);
+                e.core.last_active = now;
+                e.core.stalled_since = None;
+                self.mark(token);
+            }
+        }
+    }
+
+    fn mark(&mut self, token: Token) {
+        if let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) {
+            self.ctx.mark_dirty(token, &mut e.core);
+        }
+    }
+
+    /// Runs the per-connection timers that are due.
+    pub(super) fn fire_timers(&mut self) {
+        let now = self.ctx.now;
+        loop {
+            let entries = &mut self.entries;
+            let slots = &self.ctx.slots;
+            let due = self.ctx.timers.pop_due(now, |token, gen| {
+                if slots.gen(token) != Some(gen) {
+                    return None;
+                }
+                entries
+                    .get_mut(token)
+                    .and_then(Option::as_mut)
+                    .map(|e| &mut e.core.timers)
+            });
+            match due {
+                None => break,
+                Some(Due::Nothing) => {}
+                Some(Due::Fire { token, id, .. }) => {
+                    let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    if matches!(e.core.phase, Phase::Open | Phase::Closing) {
+                        e.app.timer(&mut e.core, &mut self.ctx, token, id);
+                        self.ctx.mark_dirty(token, &mut e.core);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every [`TICK`]: idle timeouts, flush stalls, lingering closes, connect timeouts and the
+    /// drain deadline.
+    pub(super) fn tick(&mut self) {
+        let now = self.ctx.now;
+        if now.duration_since(self.last_tick) < TICK && self.shutdown_deadline.is_none() {
+            return;
+        }
+        self.last_tick = now;
+        let past_deadline = self.shutdown_deadline.is_some_and(|d| now >= d);
+        for (token, slot) in self.entries.iter_mut().enumerate() {
+            let Some(e) = slot.as_mut() else {
+                continue;
+            };
+            let c = &mut e.core;
+            if c.connecting && c.connect_deadline.is_some_and(|d| d <= now) {
+                c.begin_abort(CloseReason::Io(
+                    io::ErrorKind::TimedOut,
+                    "connect timed out".into(),
+                ));
+                self.ctx.mark_dirty(token, c);
+                continue;
+            }
+            let idle = self.servers[c.server].limits.idle_timeout;
+            match c.phase {
+                Phase::Open
+                    if c.work == 0
+                        && idle.is_some_and(|t| now.duration_since(c.last_active) >= t) =>
+                {
+                    debug!(peer = %c.info.peer, "idle timeout");
+                    c.begin_close(CloseReason::IdleTimeout);
+                    self.ctx.mark_dirty(token, c);
+                }
+                Phase::Closing if c.work == 0 && c.queued() > 0 => match c.stalled_since {
+                    None => c.stalled_since = Some(now),
+                    Some(since) if now.duration_since(since) >= super::FLUSH_STALL => {
+                        warn!(peer = %c.info.peer, queued = c.queued(), "closing connection's flush moved no byte for the stall limit; resetting");
+                        c.force_abort(CloseReason::FlushStalled);
+                        self.ctx.mark_dirty(token, c);
+                    }
+                    Some(_) => {}
+                },
+                Phase::Lingering(until) if until <= now => {
+                    c.read_closed = true; // stop waiting for the peer's EOF
+                    self.ctx.mark_dirty(token, c);
+                }
+                _ => {}
+            }
+            if past_deadline && matches!(c.phase, Phase::Open | Phase::Closing) {
+                warn!(peer = %c.info.peer, queued = c.queued(), work = c.work, "drain deadline passed; resetting connection");
+                c.force_abort(CloseReason::DrainTimeout);
+                self.ctx.mark_dirty(token, c);
+            }
+        }
+    }
+
+    pub(super) fn on_accept_error(&mut self, listener: usize, error: io::Error) {
+        self.ctx.stats(listener).accept_errors.add(1);
+        let l = &mut self.listeners[listener];
+        let now = self.ctx.now;
+        let resource = matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if resource {
+            l.backoff = (l.backoff * 2).clamp(MIN_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF);
+            if l.last_warn
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                l.last_warn = Some(now);
+                warn!(%error, backoff_ms = l.backoff.as_millis() as u64, "accept failed; backing off");
+            }
+            l.resume_at = Some(now + l.backoff);
+        } else {
+            debug!(%error, "accept failed; retrying");
+            l.resume_at = Some(now);
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The IO thread. One loop turn, read top to bottom in [`IoThread::run`]:
+//!
+//! 1. `wait`: submit what is queued and wait for completions (one syscall on io_uring);
+//! 2. drain the completions, running handler callbacks; callbacks only queue work;
+//! 3. open the connections callbacks asked for; drain the inbox (writes, closes, notifies,
+//!    work done, connects from other threads);
+//! 4. retry held frames, run due timers, and every tick the idle, stall, linger and drain
+//!    checks;
+//! 5. flush every connection touched this turn (`flush.rs`): at most one send each, read
+//!    pause/resume, closes. This is where batching happens.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use tracing::{debug, error, warn};
+
+use crate::core::{BufPool, ConnCore, ConnectRequest, DynConn, Phase, Slots, ThreadCtx};
+use crate::handle::Inbox;
+use crate::handler::ConnectOptions;
+use crate::info::{CloseReason, ConnInfo};
+use crate::sys::{self, Backend, BackendConfig, Event};
+use crate::timers::Timers;
+use crate::BackendKind;
+
+use super::inbox::{Msg, ThreadShared};
+use super::server::SharedServer;
+use super::table::{Entry, ListenerState, State};
+use super::Spawned;
+
+/// Inbox messages handled per loop turn (the rest wait for the next turn).
+const INBOX_BATCH: usize = 4096;
+
+/// Starts one IO thread per listener set and waits until each has its backend (or failed).
+pub(super) fn spawn_all(
+    kind: BackendKind,
+    bcfg: &BackendConfig,
+    servers: Vec<Arc<SharedServer>>,
+    per_thread: Vec<Vec<TcpListener>>,
+    drain: Duration,
+) -> io::Result<Spawned> {
+    let n = per_thread.len();
+    let mut threads = Vec::new();
+    let mut shared_rxs = Vec::new();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), io::Error>>(n);
+    for (t, listeners) in per_thread.into_iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let servers = servers.clone();
+        let bcfg = bcfg.clone();
+        let ready = ready_tx.clone();
+        let (shared_tx, shared_rx) = crossbeam_channel::bounded(1);
+        let h = std::thread::Builder::new()
+            .name(format!("ringport-io-{t}"))
+            .spawn(move || {
+                let backend = match sys::open(kind, &bcfg) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let shared = Arc::new(ThreadShared {
+                    tx,
+                    waker: backend.waker(),
+                });
+                let _ = shared_tx.send(shared.clone());
+                match IoThread::new(t, backend, servers, listeners, shared, rx, drain) {
+                    Ok(io) => {
+                        let _ = ready.send(Ok(()));
+                        io.run();
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })?;
+        threads.push(h);
+        shared_rxs.push(shared_rx);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(io::Error::other("an IO thread died while starting")),
+        }
+    }
+    let shareds = shared_rxs
+        .iter()
+        .filter_map(|rx| rx.try_recv().ok())
+        .collect();
+    Ok((threads, shareds, failure))
+}
+
+struct IoThread {
+    backend: Box<dyn Backend>,
+    st: State,
+    rx: Receiver<Msg>,
+}
+
+impl IoThread {
+    fn new(
+        index: usize,
+        mut backend: Box<dyn Backend>,
+        servers: Vec<Arc<SharedServer>>,
+        listeners: Vec<TcpListener>,
+        shared: Arc<ThreadShared>,
+        rx: Receiver<Msg>,
+        drain: Duration,
+    ) -> io::Result<Self> {
+        let n = listeners.len();
+        for (id, l) in listeners.into_iter().enumerate() {
+            backend.add_listener(id, l)?;
+        }
+        let now = Instant::now();
+        let inbox: Arc<dyn Inbox> = shared;
+        Ok(IoThread {
+            backend,
+            rx,
+            st: State {
+                index,
+                entries: Vec::new(),
+                live: 0,
+                ctx: ThreadCtx {
+                    bufs: BufPool::new(),
+                    dirty: Vec::new(),
+                    inbox,
+                    now,
+                    thread: index,
+                    stats: servers.iter().map(|s| s.stats.clone()).collect(),
+                    slots: Slots::new(),
+                    connects: Vec::new(),
+                    timers: Timers::default(),
+                    next_id: 0,
+                    client_server: servers.len() - 1,
+                },
+                servers,
+                listeners: (0..n)
+                    .map(|_| ListenerState {
+                        backoff: Duration::ZERO,
+                        resume_at: None,
+                        last_warn: None,
+                    })
+                    .collect(),
+                held: Vec::new(),
+                inbox_backlog: false,
+                drain,
+                shutdown_deadline: None,
+                last_tick: now,
+            },
+        })
+    }
+
+    fn run(mut self) {
+        debug!(
+            thread = self.st.index,
+            backend = self.backend.name(),
+            "IO thread started"
+        );
+        loop {
+            let timeout = self.st.next_timeout();
+            if let Err(e) = self.backend.wait(timeout) {
+                error!(thread = self.st.index, error = %e, "backend wait failed; stopping this IO thread");
+                break;
+            }
+            self.st.ctx.now = Instant::now();
+            self.drain_completions();
+            self.open_requested();
+            self.drain_inbox();
+            self.retry_held();
+            self.resume_accepts();
+            self.st.fire_timers();
+            self.st.tick();
+            self.open_requested();
+            self.st.flush(self.backend.as_mut());
+            self.open_requested();
+            if let Some(deadline) = self.st.shutdown_deadline {
+                if self.st.live == 0 || self.st.ctx.now >= deadline + Duration::from_secs(1) {
+                    break;
+                }
+            }
+        }
+        self.backend.close_listeners();
+        self.backend.shutdown(Duration::from_secs(1));
+        // Connections the backend could not close in time still get their callback.
+        for token in 0..self.st.entries.len() {
+            if let Some(mut e) = self.st.entries[token].take() {
+                self.st.finish(&mut e, CloseReason::DrainTimeout);
+            }
+        }
+        debug!(thread = self.st.index, "IO thread stopped");
+    }
+
+    fn drain_completions(&mut self) {
+        loop {
+            match self.backend.next() {
+                None => break,
+                Some(Event::Data { token, data }) => self.st.on_data(token, data),
+                Some(Event::Accepted { listener, stream }) => self.on_accept(listener, stream),
+                Some(Event::AcceptError { listener, error }) => {
+                    self.st.on_accept_error(listener, error)
+                }
+                Some(Event::ReadClosed { token }) => self.st.on_read_closed(token),
+                Some(Event::ReadError { token, error }) => self.st.on_io_error(token, &error),
+                Some(Event::SendProgress { token, sent }) => self.st.on_send_progress(token, sent),
+                Some(Event::SendDone { token, buf }) => self.st.on_send_done(token, buf),
+                Some(Event::SendError { token, error, buf }) => {
+                    self.st.ctx.bufs.put(buf);
+                    if let Some(e) = self.st.entry(token) {
+                        e.core.sending = false;
+                    }
+                    self.st.on_io_error(token, &error);
+                }
+                Some(Event::Connected { token, result }) => match result {
+                    Ok(()) => self.on_connected(token),
+                    Err(e) => self.st.on_io_error(token, &e),
+                },
+                Some(Event::Closed { token }) => self.st.on_closed(token),
+                Some(Event::Wake) => {}
+            }
+        }
+    }
+
+    fn on_accept(&mut self, listener: usize, stream: TcpStream) {
+        let st = &mut self.st;
+        let server = st.servers[listener].clone();
+        let stats = st.ctx.stats(listener);
+        stats.accepted.add(1);
+        st.listeners[listener].backoff = Duration::ZERO;
+        if st.shutdown_deadline.is_some() {
+            return; // dropping the stream closes it
+        }
+        let active = server.stats.active.fetch_add(1, Ordering::Relaxed);
+        if active >= server.limits.max_connections {
+            server.stats.active.fetch_sub(1, Ordering::Relaxed);
+            stats.rejected.add(1);
+            debug!(
+                max = server.limits.max_connections,
+                "connection limit reached; closing new connection"
+            );
+            return;
+        }
+        let _ = server.limits.socket.apply(socket2::SockRef::from(&stream));
+        let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
+            (Ok(p), Ok(l)) => (p, l),
+            (Err(e), _) | (_, Err(e)) => {
+                // The peer vanished between the kernel's accept and ours: its connection only.
+                server.stats.active.fetch_sub(1, Ordering::Relaxed);
+                stats.closed[CloseReason::from_io(&e).index()].add(1);
+                debug!(error = %e, "accepted connection already gone");
+                return;
+            }
+        };
+        let info = ConnInfo {
+            peer,
+            local,
+            id: st.ctx.new_id(),
+        };
+        // The handler first: a factory that panics costs this connection only.
+        let Some(factory) = server.factory.as_ref() else {
+            return;
+        };
+        let app = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(&info))) {
+            Ok(app) => app,
+            Err(_) => {
+                error!(%peer, "handler factory panicked; closing the new connection");
+                server.stats.active.fetch_sub(1, Ordering::Relaxed);
+                st.ctx.stats(listener).closed[CloseReason::HandlerPanic.index()].add(1);
+                return;
+            }
+        };
+        let (token, gen) = st.ctx.slots.alloc();
+        if let Err(e) = self.backend.register(token, stream) {
+            warn!(%peer, error = %e, "cannot register connection; closing it");
+            server.stats.active.fetch_sub(1, Ordering::Relaxed);
+            st.ctx.stats(listener).closed[CloseReason::from_io(&e).index()].add(1);
+            st.ctx.slots.release(token);
+            return;
+        }
+        let mut core = ConnCore::new(listener, gen, info, st.ctx.now);
+        core.write_low = server.limits.write_low;
+        core.write_high = server.limits.write_high;
+        st.insert(token, Entry { core, app });
+        let entry = st.entries[token].as_mut().expect("just inserted");
+        entry.app.open(&mut entry.core, &mut st.ctx, token);
+        st.ctx.mark_dirty(token, &mut entry.core);
+    }
+
+    fn on_connected(&mut self, token: usize) {
+        let st = &mut self.st;
+        let Some(e) = st.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        e.core.connecting = false;
+        e.core.connect_deadline = None;
+        e.core.reading = true; // the backend reads once connected
+        if e.core.phase == Phase::Open {
+            e.app.open(&mut e.core, &mut st.ctx, token);
+        }
+        st.ctx.mark_dirty(token, &mut e.core);
+    }
+
+    /// Opens the outgoing connections callbacks asked for with `Conn::connect`.
+    fn open_requested(&mut self) {
+        while !self.st.ctx.connects.is_empty() {
+            let reqs = std::mem::take(&mut self.st.ctx.connects);
+            for req in reqs {
+                self.open_outgoing(req);
+            }
+        }
+    }
+
+    /// A connect from another thread ([`Connector`](super::Connector)).
+    fn connect_from_inbox(
+        &mut self,
+        addr: SocketAddr,
+        app: Box<dyn DynConn + Send>,
+        options: ConnectOptions,
+    ) {
+        let (token, gen) = self.st.ctx.slots.alloc();
+        self.open_outgoing(ConnectRequest {
+            token,
+            gen,
+            addr,
+            timeout: options.timeout,
+            options: options.socket,
+            watermarks: options.write_watermarks,
+            shared: None,
+            app,
+        });
+    }
+
+    fn open_outgoing(&mut self, req: ConnectRequest) {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let st = &mut self.st;
+        let server = st.ctx.client_server;
+        let info = ConnInfo {
+            peer: req.addr,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            id: st.ctx.new_id(),
+        };
+        let mut app = req.app;
+        st.ctx.stats(server).accepted.add(1);
+        let fail = |st: &mut State, app: &mut Box<dyn DynConn>, reason: CloseReason| {
+            st.ctx.slots.release(req.token);
+            if let Some(s) = &req.shared {
+                s.mark_dead();
+            }
+            st.ctx.stats(server).closed[reason.index()].add(1);
+            app.closed(&info, &reason);
+        };
+        if st.shutdown_deadline.is_some() {
+            fail(st, &mut app, CloseReason::Shutdown);
+            return;
+        }
+        let socket = Socket::new(
+            Domain::for_address(req.addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .and_then(|s| {
+            s.set_nonblocking(true)?;
+            req.options.apply(socket2::SockRef::from(&s))?;
+            Ok(s)
+        });
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                fail(st, &mut app, CloseReason::from_io(&e));
+                return;
+            }
+        };
+        st.servers[server]
+            .stats
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        let mut core = ConnCore::new(server, req.gen, info, st.ctx.now);
+        core.connecting = true;
+        core.reading = false;
+        core.connect_deadline = req.timeout.map(|t| st.ctx.now + t);
+        core.write_low = req.watermarks.0.min(req.watermarks.1);
+        core.write_high = req.watermarks.1;
+        core.shared = req.shared;
+        st.insert(req.token, Entry { core, app });
+        self.backend.connect(req.token, socket, req.addr);
+    }
+
+    fn drain_inbox(&mut self) {
+        // More than a batch waiting: come back without sleeping (the wake-up was consumed).
+        self.st.inbox_backlog = self.rx.len() > INBOX_BATCH;
+        for _ in 0..INBOX_BATCH {
+            let Ok(msg) = self.rx.try_recv() else { break };
+            match msg {
+                Msg::Shutdown { ack } => {
+                    self.begin_shutdown();
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+                Msg::Connect { addr, app, options } => self.connect_from_inbox(addr, app, options),
+                Msg::Handle(m) => self.st.on_handle_msg(m),
+            }
+            // A callback run for this message may have asked for a connection; it exists
+            // before the next message (which may be a write to it) is looked at.
+            self.open_requested();
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        let st = &mut self.st;
+        if st.shutdown_deadline.is_some() {
+            return;
+        }
+        st.shutdown_deadline = Some(st.ctx.now + st.drain);
+        self.backend.close_listeners();
+        debug!(
+            thread = st.index,
+            connections = st.live,
+            "stopped accepting; draining"
+        );
+        for (token, slot) in st.entries.iter_mut().enumerate() {
+            if let Some(e) = slot.as_mut() {
+                e.core.set_reason(CloseReason::Shutdown); // whoever closes it from now on
+                if e.core.phase == Phase::Open {
+                    e.app.shutdown(&mut e.core, &mut st.ctx, token);
+                }
+                st.ctx.mark_dirty(token, &mut e.core);
+            }
+        }
+    }
+
+    /// Accepting again once an accept error's back-off has passed.
+    fn resume_accepts(&mut self) {
+        let now = self.st.ctx.now;
+        if self.st.shutdown_deadline.is_some() {
+            return;
+        }
+        for (id, l) in self.st.listeners.iter_mut().enumerate() {
+            if l.resume_at.is_some_and(|t| t <= now) {
+                l.resume_at = None;
+                self.backend.resume_accept(id);
+            }
+        }
+    }
+
+    fn retry_held(&mut self) {
+        let held = std::mem::take(&mut self.st.held);
+        for token in held {
+            if let Some(e) = self.st.entries.get_mut(token).and_then(Option::as_mut) {
+                e.core.held = false;
+                self.st.ctx.mark_dirty(token, &mut e.core);
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! [`Handler`]: the per-connection callbacks a server is written as, and [`Frame`]. Also the
+//! glue that drives a typed handler and its codec for the engine (`Typed`, behind the
+//! object-safe [`DynConn`]), and opening a connection from inside a callback
+//! ([`Conn::connect`]).
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use crate::codec::{DecodeError, Decoder};
+use crate::conn::Conn;
+use crate::core::{ConnCore, ConnectRequest, DynConn, ThreadCtx, Token};
+use crate::handle::ConnectionHandle;
+use crate::info::{CloseReason, ConnInfo};
+use crate::sockopt::SocketOptions;
+
+/// Per-connection callbacks, run on the connection's IO thread.
+///
+/// One value per connection, made by the server's factory when the connection is accepted; it
+/// *is* the connection's state. Callbacks must not block for long: everything else on the same
+/// IO thread waits meanwhile (hand blocking work to a [`WorkerPool`](crate::pool::WorkerPool),
+/// with a [`Work`](crate::Work) from [`Conn::work`] so that no close drops its reply).
+pub trait Handler: 'static {
+    /// The connection is established. May write a greeting.
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let _ = conn;
+    }
+
+    /// A complete frame arrived (for [`Raw`](crate::codec::Raw): whatever bytes arrived).
+    /// Frames of one connection arrive in order; the borrowed bytes live only for this call.
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>);
+
+    /// The peer half-closed: it will send nothing more. Default: close gracefully, which
+    /// answers outstanding work and flushes what is queued first.
+    fn on_read_closed(&mut self, conn: &mut Conn<'_>) {
+        conn.close();
+    }
+
+    /// A [`ConnectionHandle::notify`] arrived (its sender's writes made before it are
+    /// already queued).
+    fn on_notify(&mut self, conn: &mut Conn<'_>, value: u64) {
+        let _ = (conn, value);
+    }
+
+    /// A connection this one asked about with
+    /// [`ConnectionHandle::notify_when_writable`] is back under its low watermark (or has
+    /// closed). A proxy resumes reading here.
+    fn on_writable(&mut self, conn: &mut Conn<'_>, value: u64) {
+        let _ = (conn, value);
+    }
+
+    /// Timer `id`, armed with [`Conn::set_timer`], expired.
+    fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) {
+        let _ = (conn, id);
+    }
+
+    /// The engine is shutting down. Default: close gracefully (outstanding work answers,
+    /// queued bytes flush); connections still open at the drain deadline are reset.
+    fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
+        conn.close_with(CloseReason::Shutdown);
+    }
+
+    /// The decoder rejected the input (frame or line too long, bad length). The stream cannot
+    /// be decoded further: no more frames come and reading stops. Default: close gracefully
+    /// (earlier requests still get their replies). Override to send a last reply after them
+    /// ([`Conn::close_after`]); the close reason stays [`CloseReason::Protocol`].
+    fn on_decode_error(&mut self, conn: &mut Conn<'_>, error: &DecodeError) {
+        let _ = error;
+        conn.close();
+    }
+
+    /// The connection is closed; called exactly once per connection, after every operation on
+    /// it has completed.
+    fn on_close(&mut self, info: &ConnInfo, reason: &CloseReason) {
+        let _ = (info, reason);
+    }
+}
+
+/// One decoded frame, borrowed from the engine's receive buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    raw: &'a [u8],
+    payload: (usize, usize),
+}
+
+impl<'a> Frame<'a> {
+    /// The frame as it was on the wire: header, payload and terminator.
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+    /// The payload: without the length header, or the line without its `\r\n` / `\n`.
+    pub fn payload(&self) -> &'a [u8] {
+        &self.raw[self.payload.0..self.payload.1]
+    }
+}
+
+/// How an outgoing connection is made: timeout and socket options.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Give up (reason `Io(TimedOut)`) if not connected by then. Default 10 s.
+    pub timeout: Option<Duration>,
+    /// Socket options of the new connection.
+    pub socket: SocketOptions,
+    /// Write watermarks (low, high) of the new connection; default the engine's defaults.
+    pub write_watermarks: (usize, usize),
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: Some(Duration::from_secs(10)),
+            socket: SocketOptions::default(),
+            write_watermarks: (
+                crate::engine::DEFAULT_WRITE_LOW,
+                crate::engine::DEFAULT_WRITE_HIGH,
+            ),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The connect timeout (`None`: the kernel's).
+    pub fn timeout(mut self, t: Option<Duration>) -> Self {
+        self.timeout = t;
+        self
+    }
+    /// Socket options.
+    pub fn socket(mut self, s: SocketOptions) -> Self {
+        self.socket = s;
+        self
+    }
+}
+
+impl Conn<'_> {
+    /// Opens an outgoing connection to `addr` on **this** IO thread, served by `handler` with
+    /// `codec`, and returns a handle to it at once (writes made through it before the connect
+    /// completes are queued and sent once connected). When connected, `handler`'s `on_open`
+    /// runs; if the connect fails or times out, only its `on_close` runs, with
+    /// [`CloseReason::Io`] saying why. Both ends of a proxied session then live on the same
+    /// thread: bytes never cross threads.
+    ///
+    /// ```no_run
+    /// # use ringport::{codec::Raw, Conn, ConnectOptions, ConnectionHandle, Frame, Handler};
+    /// struct Upstream { client: ConnectionHandle }
+    /// impl Handler for Upstream {
+    ///     fn on_frame(&mut self, _: &mut Conn<'_>, frame: Frame<'_>) {
+    ///         let _ = self.client.write(frame.raw());
+    ///     }
+    /// }
+    /// struct Client { upstream: Option<ConnectionHandle> }
+    /// impl Handler for Client {
+    ///     fn on_open(&mut self, conn: &mut Conn<'_>) {
+    ///         let client = conn.handle();
+    ///         let addr = "127.0.0.1:6000".parse().unwrap();
+    ///         self.upstream = Some(conn.connect(addr, Raw, Upstream { client }, ConnectOptions::default()));
+    ///     }
+    ///     fn on_frame(&mut self, _: &mut Conn<'_>, frame: Frame<'_>) {
+    ///         if let Some(u) = &self.upstream { let _ = u.write(frame.raw()); }
+    ///     }
+    /// }
+    /// ```
+    pub fn connect<D, H>(
+        &mut self,
+        addr: SocketAddr,
+        codec: D,
+        handler: H,
+        options: ConnectOptions,
+    ) -> ConnectionHandle
+    where
+        D: Decoder,
+        H: Handler,
+    {
+        let (token, gen) = self.ctx.slots.alloc();
+        let shared = crate::handle::ConnShared::new(
+            options.write_watermarks.0.min(options.write_watermarks.1),
+            options.write_watermarks.1,
+        );
+        let handle = ConnectionHandle::new(self.ctx.inbox.clone(), token, gen, shared.clone());
+        self.ctx.connects.push(ConnectRequest {
+            token,
+            gen,
+            addr,
+            timeout: options.timeout,
+            options: options.socket,
+            watermarks: options.write_watermarks,
+            shared: Some(shared),
+            app: Box::new(Typed::new(handler, codec)),
+        });
+        handle
+    }
+}
+
+/// A handler and its decoder, driven through [`DynConn`].
+pub(crate) struct Typed<H, D> {
+    handler: H,
+    codec: D,
+    /// A callback panicked: the handler's state is suspect, it is not called again.
+    poisoned: bool,
+}
+
+impl<H: Handler, D: Decoder> Typed<H, D> {
+    pub(crate) fn new(handler: H, codec: D) -> Self {
+        Typed {
+            handler,
+            codec,
+            poisoned: false,
+        }
+    }
+
+    /// Runs one callback; a panic in it costs only this connection (reset, reason
+    /// [`CloseReason::HandlerPanic`]), never the IO thread and its other connections.
+    fn guard(
+        &mut self,
+        core: &mut ConnCore,
+        ctx: &mut ThreadCtx,
+        token: Token,
+        f: impl FnOnce(&mut H, &mut Conn<'_>),
+    ) {
+        if self.poisoned {
+            return;
+        }
+        let handler = &mut self.handler;
+        let mut conn = Conn::new(core, ctx, token, self.codec.encoder());
+        if catch_unwind(AssertUnwindSafe(|| f(handler, &mut conn))).is_err() {
+            self.poisoned = true;
+            tracing::error!(peer = %core.info.peer, "handler panicked; resetting its connection");
+            core.force_abort(CloseReason::HandlerPanic);
+            ctx.mark_dirty(token, core);
+        }
+    }
+}
+
+impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
+    fn open(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+        self.guard(core, ctx, token, |h, c| h.on_open(c));
+    }
+
+    fn data(
+        &mut self,
+        core: &mut ConnCore,
+        ctx: &mut ThreadCtx,
+        token: Token,
+        data: &[u8],
+    ) -> usize {
+        let mut pos = 0;
+        while pos < data.len() && core.wants_frames() && !self.poisoned {
+            let d = match self.codec.decode(&data[pos..]) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(peer = %core.info.peer, %error, "closing connection: protocol error");
+                    ctx.stats(core.server).decode_errors.add(1);
+                    core.decode_failed = true;
+                    core.set_reason(CloseReason::Protocol(error.to_string()));
+                    self.guard(core, ctx, token, |h, c| h.on_decode_error(c, &error));
+                    return data.len();
+                }
+            };
+            if d.consumed == 0
+                || d.consumed > data.len() - pos
+                || d.payload.start > d.payload.end
+                || d.payload.end > d.consumed
+            {
+                break; // a decoder bug; never loop or index out of bounds on it
+            }
+            let frame = Frame {
+                raw: &data[pos..pos + d.consumed],
+                payload: (d.payload.start, d.payload.end),
+            };
+            ctx.stats(core.server).frames_in.add(1);
+            self.guard(core, ctx, token, |h, c| h.on_frame(c, frame));
+            if core.held || self.poisoned {
+                break;
+            }
+            pos += d.consumed;
+        }
+        pos
+    }
+
+    fn read_closed(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+        self.guard(core, ctx, token, |h, c| h.on_read_closed(c));
+    }
+
+    fn notify(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64) {
+        self.guard(core, ctx, token, |h, c| h.on_notify(c, value));
+    }
+
+    fn writable(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64) {
+        self.guard(core, ctx, token, |h, c| h.on_writable(c, value));
+    }
+
+    fn timer(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, id: u64) {
+        self.guard(core, ctx, token, |h, c| h.on_timer(c, id));
+    }
+
+    fn shutdown(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+        self.guard(core, ctx, token, |h, c| h.on_shutdown(c));
+    }
+
+    fn closed(&mut self, info: &ConnInfo, reason: &CloseReason) {
+        if self.poisoned {
+            return;
+        }
+        let handler = &mut self.handler;
+        if catch_unwind(AssertUnwindSafe(|| handler.on_close(info, reason))).is_err() {
+            tracing::error!(peer = %info.peer, "handler panicked in on_close");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The plain facts about a connection that every layer shares: who it is ([`ConnInfo`]) and why
+//! it ended ([`CloseReason`]). Depends on nothing else in the crate.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+/// Addresses and identity of a connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The remote end.
+    pub peer: SocketAddr,
+    /// The local end (the server's address as the client reached it).
+    pub local: SocketAddr,
+    /// Unique within the engine for its lifetime (IO thread index in the top 16 bits).
+    pub id: u64,
+}
+
+/// Why a connection closed; passed to [`Handler::on_close`](crate::Handler::on_close) and
+/// counted per server under [`CloseReason::name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side (EOF), and the connection then closed.
+    PeerClosed,
+    /// The peer reset the connection (ECONNRESET, EPIPE).
+    Reset,
+    /// The handler called [`Conn::close`](crate::Conn::close) or
+    /// [`Conn::abort`](crate::Conn::abort) (or a [`ConnectionHandle`](crate::ConnectionHandle)
+    /// did).
+    Local,
+    /// Nothing was received, no send made progress and no work was outstanding for the
+    /// server's idle timeout.
+    IdleTimeout,
+    /// The peer broke the protocol or a limit (frame or line too long, read buffer full, ...).
+    Protocol(String),
+    /// The engine shut down and the connection closed gracefully within the drain time.
+    Shutdown,
+    /// Another IO error.
+    Io(io::ErrorKind, String),
+    /// A handler callback panicked; the connection was reset and its handler is not called
+    /// again (not even `on_close`).
+    HandlerPanic,
+    /// The connection was closing but its queued bytes moved not one byte for
+    /// [`FLUSH_STALL`](crate::FLUSH_STALL) (the peer stopped reading): it was reset and
+    /// the unsent bytes were dropped.
+    FlushStalled,
+    /// The engine's drain deadline passed with the connection still open or flushing: it was
+    /// reset, and whatever it still had queued was dropped.
+    DrainTimeout,
+}
+
+impl CloseReason {
+    /// Number of distinct kinds of reason.
+    pub const COUNT: usize = 10;
+
+    /// Every kind's [`name`](CloseReason::name), in [`index`](CloseReason::index) order.
+    pub const NAMES: [&'static str; CloseReason::COUNT] = [
+        "peer-closed",
+        "reset",
+        "local",
+        "idle-timeout",
+        "protocol",
+        "shutdown",
+        "io-error",
+        "handler-panic",
+        "flush-stalled",
+        "drain-timeout",
+    ];
+
+    /// A stable index per kind of reason, for counters.
+    pub fn index(&self) -> usize {
+        match self {
+            CloseReason::PeerClosed => 0,
+            CloseReason::Reset => 1,
+            CloseReason::Local => 2,
+            CloseReason::IdleTimeout => 3,
+            CloseReason::Protocol(_) => 4,
+            CloseReason::Shutdown => 5,
+            CloseReason::Io(..) => 6,
+            CloseReason::HandlerPanic => 7,
+            CloseReason::FlushStalled => 8,
+            CloseReason::DrainTimeout => 9,
+        }
+    }
+
+    /// A short, stable name for the kind of reason (see [`CloseReason::NAMES`]): the key of
+    /// the close counters and of the logs.
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    /// Whether the connection ended with a reset by this side, dropping what it had queued
+    /// (as opposed to a graceful close or the peer's doing).
+    pub fn is_local_reset(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::HandlerPanic | CloseReason::FlushStalled | CloseReason::DrainTimeout
+        )
+    }
+
+    pub(crate) fn from_io(e: &io::Error) -> CloseReason {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
+            kind => CloseReason::Io(kind, e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Protocol(m) => write!(f, "protocol: {m}"),
+            CloseReason::Io(_, m) => write!(f, "io-error: {m}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_index_and_name() {
+        let all = [
+            CloseReason::PeerClosed,
+            CloseReason::Reset,
+            CloseReason::Local,
+            CloseReason::IdleTimeout,
+            CloseReason::Protocol(String::new()),
+            CloseReason::Shutdown,
+            CloseReason::Io(io::ErrorKind::Other, String::new()),
+            CloseReason::HandlerPanic,
+            CloseReason::FlushStalled,
+            CloseReason::DrainTimeout,
+        ];
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(r.name(), CloseReason::NAMES[i]);
+        }
+    }
+}
