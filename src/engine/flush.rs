@@ -91,7 +91,10 @@ impl State {
             c.kill_handles();
             backend.shutdown_write(token);
         }
-        let limits = &self.servers[c.server].limits;
+        // Both directions are over (the peer's EOF was delivered, our FIN is sent): done.
+        if c.phase == Phase::Open && c.write_shut && c.read_closed && !c.eof_pending {
+            c.begin_close(crate::info::CloseReason::PeerClosed);
+        }
         let queued = c.queued();
         if c.phase == Phase::Open {
             if !c.bp_paused && queued > c.write_high {
@@ -113,7 +116,6 @@ impl State {
                 s.wake_watchers();
             }
         }
-        let _ = limits;
         if c.phase == Phase::Closing && drained {
             if c.read_closed {
                 c.set_phase(Phase::Closed);

@@ -1,6 +1,8 @@
 //! An IO thread's inbox: what other threads (handles, the connector, shutdown) ask of it, and
 //! the wake-up that makes it look.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -24,19 +26,43 @@ pub(crate) enum Msg {
     },
 }
 
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The inbox id of the IO thread running on this OS thread (0: not an IO thread).
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
 /// The sending side of one IO thread's inbox.
 pub(crate) struct ThreadShared {
     pub tx: Sender<Msg>,
     pub waker: Arc<dyn Waker>,
+    id: usize,
 }
 
 impl ThreadShared {
-    /// `false`: the IO thread has stopped.
+    pub(crate) fn new(tx: Sender<Msg>, waker: Arc<dyn Waker>) -> ThreadShared {
+        ThreadShared {
+            tx,
+            waker,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Marks the calling OS thread as this inbox's IO thread.
+    pub(crate) fn enter(&self) {
+        CURRENT.with(|c| c.set(self.id));
+    }
+
+    /// `false`: the IO thread has stopped. A message an IO thread sends itself (a proxy's two
+    /// sides on one thread) needs no wake-up: the loop looks at its inbox every turn.
     pub(crate) fn send(&self, msg: Msg) -> bool {
         if self.tx.send(msg).is_err() {
             return false;
         }
-        self.waker.wake();
+        if CURRENT.with(|c| c.get()) != self.id {
+            self.waker.wake();
+        }
         true
     }
 }

@@ -62,10 +62,8 @@ pub(super) fn spawn_all(
                         return;
                     }
                 };
-                let shared = Arc::new(ThreadShared {
-                    tx,
-                    waker: backend.waker(),
-                });
+                let shared = Arc::new(ThreadShared::new(tx, backend.waker()));
+                shared.enter();
                 let _ = shared_tx.send(shared.clone());
                 match IoThread::new(t, backend, servers, listeners, shared, rx, drain) {
                     Ok(io) => {
@@ -162,7 +160,12 @@ impl IoThread {
             "IO thread started"
         );
         loop {
-            let timeout = self.st.next_timeout();
+            // Messages this thread sent itself during the last turn come without a wake-up.
+            let timeout = if self.rx.is_empty() {
+                self.st.next_timeout()
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.backend.wait(timeout) {
                 error!(thread = self.st.index, error = %e, "backend wait failed; stopping this IO thread");
                 break;

@@ -1,0 +1,470 @@
+//! The gateway API, library-level, on every backend: bounded handle writes and writability
+//! callbacks, per-connection timers, half-close, connecting from inside a handler on the same
+//! IO thread, encoders, honest errors and configuration checks.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringport::codec::{LengthDelimited, Raw};
+use ringport::{
+    BackendKind, CloseReason, Conn, ConnInfo, ConnectOptions, ConnectionHandle, Engine, Error,
+    Frame, HandleError, Handler, RunningEngine, Server,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn client(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s
+}
+
+/// Starts one server whose handlers come from `factory`, on one IO thread.
+fn start<H: Handler, F: Fn(&ConnInfo) -> H + Send + Sync + 'static>(
+    kind: BackendKind,
+    server: impl FnOnce(Server) -> Server,
+    factory: F,
+) -> Option<(RunningEngine, SocketAddr)> {
+    let mut engine = support::engine(kind, 1)?;
+    let s = server(Server::new("127.0.0.1:0".parse().unwrap(), Raw, factory));
+    let h = engine.add_server(s).unwrap();
+    Some((engine.start().unwrap(), h.local_addr()))
+}
+
+fn stop(running: RunningEngine) {
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+/// Publishes each connection's handle; does nothing else.
+struct Publish(mpsc::Sender<ConnectionHandle>);
+impl Handler for Publish {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let _ = self.0.send(conn.handle());
+    }
+    fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+    fn on_writable(&mut self, _conn: &mut Conn<'_>, _value: u64) {}
+}
+
+fn handle_writes_are_bounded_and_writability_is_announced(kind: BackendKind) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let Some((running, addr)) = start(
+        kind,
+        // A small kernel send buffer (a socket option under test too): the queue, not the
+        // kernel, holds what the reader does not take.
+        |s| {
+            s.write_watermarks(64 << 10, 256 << 10)
+                .socket_options(ringport::SocketOptions::default().send_buffer(Some(16 << 10)))
+        },
+        move |_| Publish(tx.lock().unwrap().clone()),
+    ) else {
+        return;
+    };
+    // The target never reads (small receive buffer): its queue fills.
+    let target_sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    target_sock.set_recv_buffer_size(4096).unwrap();
+    target_sock.connect(&addr.into()).unwrap();
+    let mut target: TcpStream = target_sock.into();
+    target.set_read_timeout(Some(LIMIT)).unwrap();
+    let h = rx.recv_timeout(LIMIT).unwrap();
+    // A watcher: another connection, told when the target drains.
+    let (wtx, wrx) = mpsc::channel::<u64>();
+    struct Watcher(mpsc::Sender<ConnectionHandle>, mpsc::Sender<u64>);
+    impl Handler for Watcher {
+        fn on_open(&mut self, conn: &mut Conn<'_>) {
+            let _ = self.0.send(conn.handle());
+        }
+        fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+        fn on_writable(&mut self, _: &mut Conn<'_>, value: u64) {
+            let _ = self.1.send(value);
+        }
+    }
+    let (watcher_tx, watcher_rx) = mpsc::channel();
+    running
+        .connector()
+        .connect(addr, Raw, Watcher(watcher_tx, wtx), Some(LIMIT))
+        .unwrap();
+    let watcher = watcher_rx.recv_timeout(LIMIT).unwrap();
+    let _watcher_server_side = rx.recv_timeout(LIMIT).unwrap();
+
+    let chunk = vec![7u8; 16 << 10];
+    let mut accepted = 0usize;
+    let deadline = Instant::now() + LIMIT;
+    let full = loop {
+        match h.write(chunk.clone()) {
+            Ok(()) => accepted += chunk.len(),
+            Err(HandleError::Full) => break true,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused: {accepted} bytes accepted"
+        );
+    };
+    assert!(full);
+    // Bounded: at most the high mark plus one write, plus what the kernel buffers took.
+    assert!(h.queued_bytes() >= 256 << 10, "refused below the high mark");
+    assert!(!h.is_writable());
+    assert!(
+        accepted < 16 << 20,
+        "accepted {accepted} bytes for a reader that never reads"
+    );
+    h.notify_when_writable(&watcher, 42);
+    assert!(
+        wrx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "writable announced while still full"
+    );
+    // The target reads everything: the queue drains under the low mark, the watcher is told.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    let value = loop {
+        if let Ok(v) = wrx.try_recv() {
+            break v;
+        }
+        let n = target.read(&mut buf).unwrap();
+        assert!(n > 0, "EOF while draining");
+        got += n;
+    };
+    assert_eq!(value, 42);
+    assert!(h.is_writable());
+    h.write(&b"more"[..]).unwrap();
+    // Everything accepted arrives (nothing was dropped by the refusals): read the rest while
+    // the engine drains.
+    let reader = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        target.read_to_end(&mut rest).map(|_| rest.len())
+    });
+    stop(running);
+    let rest = reader.join().unwrap().unwrap();
+    assert_eq!(got + rest, accepted + 4);
+}
+
+fn a_closed_connection_wakes_its_watchers_and_reports_closed(kind: BackendKind) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let Some((running, addr)) = start(kind, |s| s, move |_| Publish(tx.lock().unwrap().clone()))
+    else {
+        return;
+    };
+    let a = client(addr);
+    let ha = rx.recv_timeout(LIMIT).unwrap();
+    drop(a);
+    support_wait(|| !ha.is_open());
+    assert_eq!(ha.write(&b"x"[..]), Err(HandleError::Closed));
+    let engine_gone = ha.clone();
+    stop(running);
+    assert!(matches!(
+        engine_gone.write(&b"x"[..]),
+        Err(HandleError::Closed | HandleError::EngineStopped)
+    ));
+}
+
+fn support_wait(mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + LIMIT;
+    while !f() {
+        assert!(Instant::now() < end, "condition not met in time");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `tick N` on each timer expiry, re-arming 3 times; a second timer is cancelled.
+struct Ticker {
+    n: u64,
+}
+impl Handler for Ticker {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        conn.set_timer(1, Duration::from_millis(30));
+        conn.set_timer(2, Duration::from_millis(10));
+        assert!(conn.cancel_timer(2));
+        conn.set_timer(3, Duration::from_millis(5_000));
+        conn.set_timer(3, Duration::from_millis(1)); // pulled forward: fires first
+    }
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _: Frame<'_>) {
+        conn.set_timer(1, Duration::from_millis(30)); // pushed back by traffic
+    }
+    fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) {
+        if id == 3 {
+            conn.write(b"early\n");
+            return;
+        }
+        assert_eq!(id, 1, "a cancelled timer fired");
+        self.n += 1;
+        conn.write(format!("tick {}\n", self.n).as_bytes());
+        if self.n < 3 {
+            conn.set_timer(1, Duration::from_millis(30));
+        } else {
+            conn.close();
+        }
+    }
+}
+
+fn timers_fire_in_order_rearm_and_cancel(kind: BackendKind) {
+    let Some((running, addr)) = start(kind, |s| s, |_| Ticker { n: 0 }) else {
+        return;
+    };
+    let mut c = client(addr);
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "early\ntick 1\ntick 2\ntick 3\n");
+    stop(running);
+}
+
+fn many_connections_each_with_a_timer(kind: BackendKind) {
+    let Some((running, addr)) = start(kind, |s| s, |_| Ticker { n: 2 }) else {
+        return;
+    };
+    let mut clients: Vec<TcpStream> = (0..200).map(|_| client(addr)).collect();
+    for c in &mut clients {
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "early\ntick 3\n");
+    }
+    stop(running);
+}
+
+/// Half-closes after the first frame; keeps echoing what arrives afterwards into a log.
+struct HalfClose(Arc<Mutex<Vec<u8>>>);
+impl Handler for HalfClose {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        conn.write(b"bye-before-fin");
+        conn.shutdown_write();
+        conn.write(b"ignored after shutdown_write? no: queued before the FIN");
+    }
+    fn on_frame(&mut self, _: &mut Conn<'_>, frame: Frame<'_>) {
+        self.0.lock().unwrap().extend_from_slice(frame.raw());
+    }
+}
+
+fn shutdown_write_sends_fin_after_queued_bytes_and_keeps_reading(kind: BackendKind) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let Some((running, addr)) = start(kind, |s| s, move |_| HalfClose(l.clone())) else {
+        return;
+    };
+    let mut c = client(addr);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap(); // EOF: the server's FIN
+    assert_eq!(
+        got,
+        b"bye-before-finignored after shutdown_write? no: queued before the FIN"
+    );
+    // The server still reads.
+    c.write_all(b"after the fin").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    support_wait(|| log.lock().unwrap().as_slice() == b"after the fin");
+    stop(running);
+}
+
+/// On open, connects to `upstream` from the same IO thread and relays its greeting.
+struct Front {
+    upstream: SocketAddr,
+    tx: mpsc::Sender<(u64, u64)>,
+}
+struct Back {
+    front: ConnectionHandle,
+    tx: mpsc::Sender<(u64, u64)>,
+    front_id: u64,
+}
+impl Handler for Front {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let back = Back {
+            front: conn.handle(),
+            tx: self.tx.clone(),
+            front_id: conn.info().id,
+        };
+        let h = conn.connect(self.upstream, Raw, back, ConnectOptions::default());
+        // Usable at once: queued until connected.
+        h.write(&b"hello upstream\n"[..]).unwrap();
+    }
+    fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+}
+impl Handler for Back {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let _ = self.tx.send((self.front_id, conn.info().id));
+    }
+    fn on_frame(&mut self, _: &mut Conn<'_>, frame: Frame<'_>) {
+        let _ = self.front.write(frame.raw());
+    }
+}
+
+fn connect_from_a_handler_lands_on_the_same_io_thread(kind: BackendKind) {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let mut engine = match support::engine(kind, 2) {
+        Some(e) => e,
+        None => return,
+    };
+    let h = engine
+        .add_server(Server::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Raw,
+            move |_| Front {
+                upstream: up_addr,
+                tx: tx.lock().unwrap().clone(),
+            },
+        ))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let c = client(h.local_addr());
+        let (mut u, _) = upstream.accept().unwrap();
+        u.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut line = [0u8; 15];
+        u.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"hello upstream\n");
+        u.write_all(b"from upstream").unwrap();
+        clients.push((c, u));
+    }
+    for (c, _) in &mut clients {
+        let mut got = [0u8; 13];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"from upstream");
+    }
+    for _ in 0..8 {
+        let (front, back) = rx.recv_timeout(LIMIT).unwrap();
+        assert_eq!(front >> 48, back >> 48, "both sides on one IO thread");
+    }
+    stop(running);
+}
+
+fn connector_works_before_start(kind: BackendKind) {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let Some(engine) = support::engine(kind, 1) else {
+        return;
+    };
+    struct Hello;
+    impl Handler for Hello {
+        fn on_open(&mut self, conn: &mut Conn<'_>) {
+            conn.write(b"hi");
+            conn.close();
+        }
+        fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+    }
+    let connector = engine.connector();
+    connector
+        .connect(upstream.local_addr().unwrap(), Raw, Hello, Some(LIMIT))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let (mut u, _) = upstream.accept().unwrap();
+    u.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut got = Vec::new();
+    u.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hi");
+    stop(running);
+}
+
+/// Answers each length-prefixed frame with its payload reversed, through `send_frame`.
+struct Reverse;
+impl Handler for Reverse {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        let mut p = frame.payload().to_vec();
+        p.reverse();
+        conn.send_frame(&p).unwrap();
+    }
+}
+
+fn send_frame_encodes_with_the_servers_codec(kind: BackendKind) {
+    let Some(mut engine) = support::engine(kind, 1) else {
+        return;
+    };
+    let codec = LengthDelimited::with_layout(2, ringport::codec::Endian::Little, true).unwrap();
+    let h = engine
+        .add_server(Server::new("127.0.0.1:0".parse().unwrap(), codec, |_| {
+            Reverse
+        }))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut c = client(h.local_addr());
+    c.write_all(&[5, 0, b'a', b'b', b'c']).unwrap();
+    let mut got = [0u8; 5];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, &[5, 0, b'c', b'b', b'a']);
+    stop(running);
+}
+
+/// Closes (gracefully) when told to by the test: `on_close` says how it ended.
+struct Report(mpsc::Sender<CloseReason>);
+impl Handler for Report {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        conn.write(frame.raw());
+    }
+    fn on_close(&mut self, _: &ConnInfo, reason: &CloseReason) {
+        let _ = self.0.send(reason.clone());
+    }
+}
+
+fn close_counts_are_keyed_by_reason_name(kind: BackendKind) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let mut engine = match support::engine(kind, 1) {
+        Some(e) => e,
+        None => return,
+    };
+    let h = engine
+        .add_server(Server::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Raw,
+            move |_| Report(tx.lock().unwrap().clone()),
+        ))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut c = client(h.local_addr());
+    c.write_all(b"x").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"x");
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), CloseReason::PeerClosed);
+    let snap = h.stats().snapshot();
+    assert_eq!(snap.closed.get("peer-closed"), Some(&1));
+    assert_eq!(snap.closed_total(), 1);
+    assert_eq!(snap.closed.len(), CloseReason::COUNT);
+    assert_eq!(running.backend_name(), kind_name(kind));
+    stop(running);
+}
+
+fn kind_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Uring => "uring",
+        _ => "epoll",
+    }
+}
+
+on_every_backend!(
+    handle_writes_are_bounded_and_writability_is_announced,
+    a_closed_connection_wakes_its_watchers_and_reports_closed,
+    timers_fire_in_order_rearm_and_cancel,
+    many_connections_each_with_a_timer,
+    shutdown_write_sends_fin_after_queued_bytes_and_keeps_reading,
+    connect_from_a_handler_lands_on_the_same_io_thread,
+    connector_works_before_start,
+    send_frame_encodes_with_the_servers_codec,
+    close_counts_are_keyed_by_reason_name,
+);
+
+#[test]
+fn too_many_receive_buffers_is_a_configuration_error() {
+    match Engine::builder()
+        .backend(BackendKind::Epoll)
+        .recv_buffer_count(40_000)
+        .build()
+    {
+        Err(Error::Config(msg)) => assert!(msg.contains("32768"), "{msg}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("40000 receive buffers accepted"),
+    }
+    assert!(Engine::builder()
+        .backend(BackendKind::Epoll)
+        .recv_buffer_count(32_768)
+        .build()
+        .is_ok());
+}
