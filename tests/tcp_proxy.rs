@@ -1,0 +1,173 @@
+//! `tcp_proxy`: bytes both ways unchanged, half-close passed on in each direction, an
+//! upstream failure closes the client, and a client that never reads cannot grow the proxy.
+//! Each test runs once per backend, the proxy and its upstream as separate processes or
+//! loopback listeners of the test.
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+backend_tests!("tcp_proxy";
+    half_close_returns_everything_then_eof,
+    upstream_half_close_reaches_the_client,
+    many_sessions_in_parallel,
+    refused_upstream_closes_the_client,
+    non_reading_client_cannot_grow_the_proxy,
+);
+
+fn proxy(backend: Backend, upstream: SocketAddr) -> Server {
+    Server::start(
+        "tcp_proxy",
+        backend,
+        &["--upstream", &upstream.to_string(), "--connect-timeout", "5"],
+    )
+}
+
+/// The case: client --200 KB + FIN--> proxy --> echo_server returns all, then EOF.
+fn half_close_returns_everything_then_eof(backend: Backend) {
+    let echo = Server::start("echo_server", backend, &[]);
+    let p = proxy(backend, echo.addr);
+    let data = Rng::new(test_seed()).bytes(200_000);
+    let mut c = p.connect();
+    c.write_all(&data).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let back = read_until_eof(&mut c, IO_TIMEOUT).expect("all bytes then EOF");
+    assert_bytes_eq(&back, &data, "200 KB through the proxy after a half-close");
+}
+
+/// The upstream reads until the client's EOF, answers with the byte count, then closes: the
+/// client's FIN reached it through the proxy, and its FIN reaches the client after the answer.
+fn upstream_half_close_reaches_the_client(backend: Backend) {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap(); // until the client's EOF, passed on
+        s.write_all(format!("got {}", all.len()).as_bytes()).unwrap();
+        // Dropping `s` sends our FIN.
+    });
+    let p = proxy(backend, up_addr);
+    let mut c = p.connect();
+    c.write_all(&vec![1u8; 100_000]).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let back = read_until_eof(&mut c, IO_TIMEOUT).expect("answer then EOF");
+    assert_eq!(String::from_utf8_lossy(&back), "got 100000");
+    server.join().unwrap();
+}
+
+fn many_sessions_in_parallel(backend: Backend) {
+    let echo = Server::start("echo_server", backend, &[]);
+    let p = proxy(backend, echo.addr);
+    let addr = p.addr;
+    let seed = test_seed();
+    let workers: Vec<_> = (0..16)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut rng = Rng::new(seed ^ i);
+                let data = rng.bytes(50_000 + i as usize * 1000);
+                let chunks = split_random(&data, &mut rng, 8192);
+                let mut c = connect(addr);
+                let back = exchange(&mut c, chunks, data.len(), IO_TIMEOUT).unwrap();
+                assert_bytes_eq(&back, &data, "a session of many");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+fn refused_upstream_closes_the_client(backend: Backend) {
+    // A port nothing listens on: bind, note it, close.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let p = proxy(backend, dead);
+    let mut c = p.connect();
+    let (_, closed) = expect_closed(&mut c, IO_TIMEOUT, "client of a refused upstream");
+    let _ = closed; // EOF or reset: either way the client learns at once
+    assert!(
+        p.wait_for_stderr(IO_TIMEOUT, |e| e.contains("proxy side failed")
+            && e.to_ascii_lowercase().contains("refused")),
+        "the refusal is logged with its reason"
+    );
+}
+
+/// The upstream sends as much as the proxy takes to a client that never reads; the proxy's
+/// memory stays bounded and another session through it keeps working.
+fn non_reading_client_cannot_grow_the_proxy(backend: Backend) {
+    const BLAST: u64 = 300 << 20;
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let s2 = sent.clone();
+    thread::spawn(move || {
+        // First session: blast. Later sessions: echo.
+        let (mut blast, _) = upstream.accept().unwrap();
+        thread::spawn(move || {
+            blast.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+            let buf = vec![0x5Au8; 64 << 10];
+            while s2.load(Ordering::Relaxed) < BLAST {
+                match blast.write(&buf) {
+                    Ok(n) => s2.fetch_add(n as u64, Ordering::Relaxed),
+                    Err(_) => break, // blocked for 2 s: the proxy stopped reading
+                };
+            }
+        });
+        while let Ok((mut s, _)) = upstream.accept() {
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut p = proxy(backend, up_addr);
+    let rss0 = p.rss_kib();
+    let hog = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    hog.set_recv_buffer_size(4096).unwrap();
+    hog.connect(&p.addr.into()).unwrap();
+    // Wait until the blast stops making progress (the proxy paused reading) or ends.
+    let start = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        let now = sent.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        if now >= BLAST || last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "blast did not settle");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let stalled_at = sent.load(Ordering::Relaxed);
+    assert!(
+        stalled_at < BLAST,
+        "the upstream sent all {BLAST} bytes to a client that never reads: no backpressure"
+    );
+    let growth_mib = p.rss_kib().saturating_sub(rss0) / 1024;
+    assert!(
+        growth_mib < 32,
+        "proxy RSS grew {growth_mib} MiB holding data for a non-reading client"
+    );
+    // Another session keeps working through the same proxy.
+    let data = Rng::new(test_seed()).bytes(1 << 20);
+    let mut other = p.connect();
+    let back = exchange(&mut other, split_by_sizes(&data, &[65536; 16]), data.len(), IO_TIMEOUT)
+        .expect("another session is served");
+    assert_bytes_eq(&back, &data, "a session beside the hog");
+    p.assert_alive("after the hog");
+    drop(hog);
+}
