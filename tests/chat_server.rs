@@ -62,7 +62,10 @@ fn greeting_nick_broadcast_and_quit(backend: Backend) {
     a.send("QUIT");
     assert_eq!(a.line(), "+BYE");
     let (_, closed) = expect_closed(&mut a.w, IO_TIMEOUT, "after QUIT");
-    assert!(matches!(closed, Closed::Eof), "QUIT closes gracefully: {closed:?}");
+    assert!(
+        matches!(closed, Closed::Eof),
+        "QUIT closes gracefully: {closed:?}"
+    );
     // b is still served.
     let mut c = Member::join(&s);
     c.send("NICK cy");
@@ -147,7 +150,10 @@ fn slow_member_is_disconnected_others_go_on(backend: Backend) {
         "the slow member's disconnection is logged"
     );
     let growth_mib = s.rss_kib().saturating_sub(rss0) / 1024;
-    assert!(growth_mib < 32, "server RSS grew {growth_mib} MiB for one slow member");
+    assert!(
+        growth_mib < 32,
+        "server RSS grew {growth_mib} MiB for one slow member"
+    );
     // The slow member was disconnected: after what its buffers held, a reset or EOF.
     let _ = expect_closed(&mut slow, Duration::from_secs(30), "the slow member");
     // The room goes on.

@@ -27,7 +27,12 @@ fn proxy(backend: Backend, upstream: SocketAddr) -> Server {
     Server::start(
         "tcp_proxy",
         backend,
-        &["--upstream", &upstream.to_string(), "--connect-timeout", "5"],
+        &[
+            "--upstream",
+            &upstream.to_string(),
+            "--connect-timeout",
+            "5",
+        ],
     )
 }
 
@@ -53,7 +58,8 @@ fn upstream_half_close_reaches_the_client(backend: Backend) {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut all = Vec::new();
         s.read_to_end(&mut all).unwrap(); // until the client's EOF, passed on
-        s.write_all(format!("got {}", all.len()).as_bytes()).unwrap();
+        s.write_all(format!("got {}", all.len()).as_bytes())
+            .unwrap();
         // Dropping `s` sends our FIN.
     });
     let p = proxy(backend, up_addr);
@@ -89,7 +95,10 @@ fn many_sessions_in_parallel(backend: Backend) {
 
 fn refused_upstream_closes_the_client(backend: Backend) {
     // A port nothing listens on: bind, note it, close.
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let p = proxy(backend, dead);
     let mut c = p.connect();
     let (_, closed) = expect_closed(&mut c, IO_TIMEOUT, "client of a refused upstream");
@@ -113,7 +122,9 @@ fn non_reading_client_cannot_grow_the_proxy(backend: Backend) {
         // First session: blast. Later sessions: echo.
         let (mut blast, _) = upstream.accept().unwrap();
         thread::spawn(move || {
-            blast.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+            blast
+                .set_write_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
             let buf = vec![0x5Au8; 64 << 10];
             while s2.load(Ordering::Relaxed) < BLAST {
                 match blast.write(&buf) {
@@ -149,7 +160,10 @@ fn non_reading_client_cannot_grow_the_proxy(backend: Backend) {
         if now >= BLAST || last.1.elapsed() > Duration::from_secs(3) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "blast did not settle");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "blast did not settle"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let stalled_at = sent.load(Ordering::Relaxed);
@@ -165,8 +179,13 @@ fn non_reading_client_cannot_grow_the_proxy(backend: Backend) {
     // Another session keeps working through the same proxy.
     let data = Rng::new(test_seed()).bytes(1 << 20);
     let mut other = p.connect();
-    let back = exchange(&mut other, split_by_sizes(&data, &[65536; 16]), data.len(), IO_TIMEOUT)
-        .expect("another session is served");
+    let back = exchange(
+        &mut other,
+        split_by_sizes(&data, &[65536; 16]),
+        data.len(),
+        IO_TIMEOUT,
+    )
+    .expect("another session is served");
     assert_bytes_eq(&back, &data, "a session beside the hog");
     p.assert_alive("after the hog");
     drop(hog);

@@ -1501,3 +1501,7 @@ mod tests {
         assert!(b.conns.iter().all(Option::is_none), "fds left open");
     }
 }
+
+#[cfg(test)]
+#[path = "uring_close_tests.rs"]
+mod close_tests;
