@@ -10,6 +10,7 @@ use crate::codec::Decoder;
 use crate::core::DynConn;
 use crate::handler::{Handler, Typed};
 use crate::info::ConnInfo;
+use crate::layer::{LayerFactory, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::sockopt::SocketOptions;
 use crate::stats::ServerStats;
 
@@ -26,7 +27,7 @@ pub struct Server {
     pub(crate) limits: Limits,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Limits {
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
@@ -35,6 +36,9 @@ pub(crate) struct Limits {
     pub max_buffered_input: usize,
     pub backlog: i32,
     pub socket: SocketOptions,
+    /// Each accepted connection's layers, bottom first.
+    pub layers: Vec<LayerFactory>,
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +51,8 @@ impl Default for Limits {
             max_buffered_input: DEFAULT_MAX_BUFFERED_INPUT,
             backlog: 1024,
             socket: SocketOptions::default(),
+            layers: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -103,6 +109,37 @@ impl Server {
     /// The listen(2) backlog of each listener.
     pub fn backlog(mut self, n: i32) -> Self {
         self.limits.backlog = n;
+        self
+    }
+
+    /// Serves TLS: every accepted connection does a rustls handshake (server side) before
+    /// `on_open`; handlers read and write plaintext. `conn.info().tls` tells what was
+    /// negotiated (version, cipher suite, SNI, ALPN, the client's certificates). A handshake
+    /// that fails or does not finish in time closes that connection only, counted as
+    /// `tls-error` or `tls-handshake-timeout`.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use ringport::{codec::Raw, rustls, Conn, Frame, Handler, Server};
+    /// # struct Echo;
+    /// # impl Handler for Echo { fn on_frame(&mut self, c: &mut Conn<'_>, f: Frame<'_>) { c.write(f.raw()) } }
+    /// # fn config() -> rustls::ServerConfig { unimplemented!() }
+    /// let server = Server::new("127.0.0.1:5001".parse()?, Raw, |_| Echo).tls(Arc::new(config()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.limits.layers.push(Arc::new(move || {
+            crate::layer::tls::TlsLayer::server(&config)
+                .map(|l| Box::new(l) as Box<dyn crate::layer::Layer>)
+        }));
+        self
+    }
+
+    /// How long a connection's layers (the TLS handshake) may take before it is reset
+    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
         self
     }
 
