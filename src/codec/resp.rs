@@ -51,8 +51,11 @@
 //!
 //! # Replies
 //!
-//! [`ReplyHeader`] formats `$<len>\r\n`, `*<n>\r\n` and `:<n>\r\n` on the
-//! stack, so a bulk reply is three writes of borrowed bytes with no
+//! Replies are RESP2, plus the two RESP3 types a server needs to answer a
+//! client that asked for RESP3 with `HELLO 3` (as redis-py 8 does by default):
+//! the null [`NULL3`] and maps ([`ReplyHeader::map`]); every other RESP2 reply
+//! is also valid RESP3. [`ReplyHeader`] formats `$<len>\r\n`, `*<n>\r\n`,
+//! `%<n>\r\n` and `:<n>\r\n` on the stack, so a bulk reply is three writes of borrowed bytes with no
 //! allocation; `write_*` append whole replies to a `Vec<u8>`.
 //!
 //! ```
@@ -629,6 +632,11 @@ impl ReplyHeader {
         ReplyHeader::new(b'*', i64::try_from(n).unwrap_or(i64::MAX))
     }
 
+    /// `%<n>\r\n`: the header of a RESP3 map of `n` key/value pairs (`2n` elements follow).
+    pub fn map(n: usize) -> ReplyHeader {
+        ReplyHeader::new(b'%', i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
     /// `:<n>\r\n`: a whole integer reply.
     pub fn integer(n: i64) -> ReplyHeader {
         ReplyHeader::new(b':', n)
@@ -654,8 +662,10 @@ impl std::fmt::Debug for ReplyHeader {
 pub const OK: &[u8] = b"+OK\r\n";
 /// `+PONG\r\n`.
 pub const PONG: &[u8] = b"+PONG\r\n";
-/// `$-1\r\n`: the null bulk string (a missing key).
+/// `$-1\r\n`: the RESP2 null bulk string (a missing key).
 pub const NULL: &[u8] = b"$-1\r\n";
+/// `_\r\n`: the RESP3 null, for clients that said `HELLO 3`.
+pub const NULL3: &[u8] = b"_\r\n";
 /// `*0\r\n`: the empty array.
 pub const EMPTY_ARRAY: &[u8] = b"*0\r\n";
 

@@ -358,6 +358,7 @@ fn reply_encoders() {
     assert_eq!(ReplyHeader::bulk(0).as_bytes(), b"$0\r\n");
     assert_eq!(ReplyHeader::array(12).as_bytes(), b"*12\r\n");
     assert_eq!(ReplyHeader::integer(-42).as_bytes(), b":-42\r\n");
+    assert_eq!(ReplyHeader::map(3).as_bytes(), b"%3\r\n");
     assert_eq!(
         ReplyHeader::integer(i64::MIN).as_bytes(),
         b":-9223372036854775808\r\n"
