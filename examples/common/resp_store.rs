@@ -8,8 +8,9 @@
 //!   value`; the table slot is that pointer, the key length and a flag (24 bytes). Lookups
 //!   borrow the key part (`Borrow<[u8]>`), so no key is copied to look it up.
 //! - **Expiry** is an absolute time in Unix milliseconds. It is checked lazily on every access
-//!   (an expired key reads as missing and is removed), and [`Store::sweep`] removes expired keys
-//!   from a few shards at a time, called every 100 ms by a small thread of the server's own.
+//!   (an expired key reads as missing; a write or delete of it removes it), and [`Store::sweep`]
+//!   removes expired keys from a few shards at a time, called every 100 ms by a small thread of
+//!   the server's own.
 //! - **Memory** is estimated per entry (bytes of key and value plus a fixed overhead for the slot
 //!   and the allocation); [`Store::over_limit`] compares the sum with `--maxmemory`.
 
@@ -87,6 +88,11 @@ impl Entry {
     }
 }
 
+/// Whether `e` has expired; reads the clock (once, into `now`) only for a key with an expiry.
+fn expired(e: &Entry, now: &mut Option<u64>) -> bool {
+    e.has_expire && e.expired(*now.get_or_insert_with(now_ms))
+}
+
 impl PartialEq for Entry {
     fn eq(&self, other: &Entry) -> bool {
         self.key() == other.key()
@@ -115,18 +121,10 @@ struct Table {
 }
 
 impl Table {
-    /// The live entry for `key`, removing it first if it has expired.
-    fn live(&mut self, key: &[u8], now: &mut Option<u64>) -> Option<&Entry> {
-        let expired = match self.set.get(key) {
-            None => return None,
-            Some(e) if !e.has_expire => false,
-            Some(e) => e.expired(*now.get_or_insert_with(now_ms)),
-        };
-        if expired {
-            self.remove(key);
-            return None;
-        }
-        self.set.get(key)
+    /// The live entry for `key` (one lookup): an expired entry reads as missing; it is removed
+    /// when the key is written, deleted or swept.
+    fn live(&self, key: &[u8], now: &mut Option<u64>) -> Option<&Entry> {
+        self.set.get(key).filter(|e| !expired(e, now))
     }
 
     fn insert(&mut self, entry: Entry) {
@@ -263,8 +261,8 @@ impl Store {
     /// `GETSET`: stores `value` (without expiry) and calls `f` with the old value.
     pub fn get_set<R>(&self, key: &[u8], value: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         self.with(key, |t| {
-            let old = t.live(key, &mut None).is_some().then(|| t.remove(key));
-            let r = f(old.flatten().as_ref().map(Entry::value));
+            let old = t.remove(key).filter(|e| !expired(e, &mut None));
+            let r = f(old.as_ref().map(Entry::value));
             t.insert(Entry::new(key, value, None));
             r
         })
@@ -273,7 +271,7 @@ impl Store {
     /// `DEL` of one key: whether it existed.
     pub fn del(&self, key: &[u8]) -> bool {
         self.with(key, |t| {
-            t.live(key, &mut None).is_some() && t.remove(key).is_some()
+            t.remove(key).is_some_and(|e| !expired(&e, &mut None))
         })
     }
 

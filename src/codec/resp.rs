@@ -24,7 +24,8 @@
 //! # Limits and errors
 //!
 //! Every limit is checked as soon as the bytes that break it arrive, and no
-//! announced length is ever allocated:
+//! announced length is ever allocated (the decoder allocates nothing but the
+//! text of the error that ends a stream):
 //!
 //! | limit | default | error text (Redis's own, after `Protocol error: `) |
 //! |---|---|---|
