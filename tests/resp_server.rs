@@ -30,6 +30,7 @@ backend_tests!("resp_server";
     unread_expired_keys_are_swept,
     pipelined_replies_in_order,
     a_client_that_never_reads_costs_bounded_memory,
+    sigterm_exits_cleanly,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -611,4 +612,23 @@ fn a_client_that_never_reads_costs_bounded_memory(b: Backend) {
         );
     }
     expect_reply(&mut s, b"PING\r\n", b"+PONG\r\n");
+}
+
+/// SIGTERM with a client connected and the expiry sweep running: a graceful exit 0 (the sweep
+/// thread does not keep the process alive).
+fn sigterm_exits_cleanly(b: Backend) {
+    let mut server = Server::start(SERVER, b, &[]);
+    let mut s = server.connect();
+    expect_reply(&mut s, b"SET k v PX 100000\r\n", b"+OK\r\n");
+    server.signal(libc::SIGTERM);
+    let (_, how) = expect_closed(&mut s, Duration::from_secs(10), "client at shutdown");
+    assert_eq!(
+        how,
+        Closed::Eof,
+        "the client is closed gracefully, not reset"
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("resp_server exits within 10 s of SIGTERM");
+    assert_clean_exit(status, libc::SIGTERM, "resp_server after SIGTERM");
 }
