@@ -12,6 +12,7 @@
 #   KEYS=1000000      small keys loaded (redis-cli --pipe) for the memory figure
 #   BENCH_MD=<repo>/BENCHMARKS.md   file whose marked section is rewritten ("-": don't)
 #   NO_BUILD=1        use target/release/examples/resp_server as it is
+#   RINGPORT_BACKEND=epoll   the server's backend (default auto: io_uring where available)
 #
 # Measured per test: requests/s, p50 and p99 latency (redis-benchmark --csv), and the server's
 # CPU time (utime + stime from /proc/PID/stat, 10 ms ticks) divided by the requests of that test. Memory: RSS
