@@ -82,6 +82,8 @@ pub(crate) struct ConnCore {
     pub last_active: Instant,
     /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
     pub stalled_since: Option<Instant>,
+    /// The kernel's unacknowledged bytes at the last stall check (SIOCOUTQ).
+    pub last_unsent: Option<usize>,
     /// Shared with handles (allocated when the first handle is made).
     pub shared: Option<Arc<ConnShared>>,
     /// The write watermarks of the connection's server.
@@ -131,6 +133,7 @@ impl ConnCore {
             dirty: false,
             last_active: now,
             stalled_since: None,
+            last_unsent: None,
             shared: None,
             write_low: 0,
             write_high: usize::MAX,

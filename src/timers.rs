@@ -187,3 +187,77 @@ mod tests {
         assert_eq!(t.len(), 0);
     }
 }
+
+/// The cost of timers for 10,000 connections, printed (not asserted: speed is measured, not
+/// tested). `cargo test --release --lib timers::cost -- --ignored --nocapture`; BENCHMARKS.md
+/// records the figures. The best of 5 rounds is taken, so other load on the machine inflates
+/// the figures less.
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    #[ignore = "a measurement; run by hand"]
+    fn ten_thousand_connections_with_a_heartbeat_each() {
+        const CONNS: usize = 10_000;
+        let best = |f: &mut dyn FnMut() -> u64| -> f64 {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    let ops = f();
+                    t.elapsed().as_nanos() as f64 / ops as f64
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let t0 = Instant::now();
+        let mut timers = Timers::default();
+        let mut records: Vec<Vec<TimerRecord>> = vec![Vec::new(); CONNS];
+        let arm = best(&mut || {
+            for (i, r) in records.iter_mut().enumerate() {
+                timers.set(
+                    r,
+                    i,
+                    0,
+                    1,
+                    t0 + Duration::from_secs(5) + Duration::from_micros(i as u64),
+                );
+            }
+            CONNS as u64
+        });
+        // A heartbeat pushed back on every frame: 10 frames per connection.
+        let mut k = 0u64;
+        let push_back = best(&mut || {
+            for round in 0..10u64 {
+                k += 1;
+                for (i, r) in records.iter_mut().enumerate() {
+                    let d =
+                        t0 + Duration::from_secs(5 + k + round) + Duration::from_micros(i as u64);
+                    timers.set(r, i, 0, 1, d);
+                }
+            }
+            10 * CONNS as u64
+        });
+        let heap_entries = timers.len();
+        // Every timer comes due: pops (each re-queued once at its real deadline, then fires).
+        let far = t0 + Duration::from_secs(100_000);
+        let mut fired = 0u64;
+        let t = Instant::now();
+        while let Some(d) = timers.pop_due(far, |token, _| records.get_mut(token)) {
+            if matches!(d, Due::Fire { .. }) {
+                fired += 1;
+            }
+        }
+        let fire = t.elapsed().as_nanos() as f64 / fired.max(1) as f64;
+        let bytes = heap_entries * std::mem::size_of::<(Instant, usize, u64, u64)>()
+            + CONNS * std::mem::size_of::<TimerRecord>();
+        println!(
+            "timers, {CONNS} connections: arm {arm:.0} ns, push back {push_back:.0} ns, \
+             fire {fire:.0} ns (incl. one re-queue) per timer; heap entries {heap_entries}, \
+             about {} bytes per timer",
+            bytes / CONNS
+        );
+        assert_eq!(fired, CONNS as u64);
+        assert_eq!(heap_entries, CONNS, "pushing back grew the heap");
+    }
+}

@@ -492,7 +492,7 @@ impl State {
 
     /// Every [`TICK`]: idle timeouts, flush stalls, lingering closes, connect timeouts and the
     /// drain deadline.
-    pub(super) fn tick(&mut self) {
+    pub(super) fn tick(&mut self, backend: &dyn crate::sys::Backend) {
         let now = self.ctx.now;
         if now.duration_since(self.last_tick) < TICK && self.shutdown_deadline.is_none() {
             return;
@@ -532,15 +532,27 @@ impl State {
                     c.begin_close(CloseReason::IdleTimeout);
                     self.ctx.mark_dirty(token, c);
                 }
-                Phase::Closing if c.work == 0 && c.queued() > 0 => match c.stalled_since {
-                    None => c.stalled_since = Some(now),
-                    Some(since) if now.duration_since(since) >= super::FLUSH_STALL => {
-                        warn!(peer = %c.info.peer, queued = c.queued(), "closing connection's flush moved no byte for the stall limit; resetting");
-                        c.force_abort(CloseReason::FlushStalled);
-                        self.ctx.mark_dirty(token, c);
+                Phase::Closing if c.work == 0 && c.queued() > 0 => {
+                    // The kernel's send buffer may be too full to report writability for a
+                    // long time while a slow reader still takes bytes: its unacknowledged
+                    // queue shrinking is progress too.
+                    let unsent = backend.unsent(token);
+                    if let (Some(now_q), Some(before)) = (unsent, c.last_unsent) {
+                        if now_q < before {
+                            c.stalled_since = None;
+                        }
                     }
-                    Some(_) => {}
-                },
+                    c.last_unsent = unsent;
+                    match c.stalled_since {
+                        None => c.stalled_since = Some(now),
+                        Some(since) if now.duration_since(since) >= super::FLUSH_STALL => {
+                            warn!(peer = %c.info.peer, queued = c.queued(), "closing connection's flush moved no byte for the stall limit; resetting");
+                            c.force_abort(CloseReason::FlushStalled);
+                            self.ctx.mark_dirty(token, c);
+                        }
+                        Some(_) => {}
+                    }
+                }
                 Phase::Lingering(until) if until <= now => {
                     c.read_closed = true; // stop waiting for the peer's EOF
                     self.ctx.mark_dirty(token, c);

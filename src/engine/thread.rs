@@ -179,7 +179,7 @@ impl IoThread {
             self.retry_held();
             self.resume_accepts();
             self.st.fire_timers();
-            self.st.tick();
+            self.st.tick(self.backend.as_ref());
             self.open_requested();
             self.st.flush(self.backend.as_mut());
             self.open_requested();

@@ -478,6 +478,11 @@ impl Backend for EpollBackend {
         None
     }
 
+    fn unsent(&self, token: Token) -> Option<usize> {
+        let c = self.conns.get(token)?.as_ref()?;
+        super::outq::unsent(c.stream.as_raw_fd())
+    }
+
     fn waker(&self) -> Arc<dyn Waker> {
         self.waker.clone()
     }

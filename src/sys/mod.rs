@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) mod epoll;
+mod outq;
 pub(crate) mod uring;
 
 /// Identifies one connection within one IO thread: the index of its slot in the engine's table.
@@ -109,6 +110,13 @@ pub(crate) trait Backend {
     fn next(&mut self) -> Option<Event<'_>>;
     /// A handle other threads use to wake this backend.
     fn waker(&self) -> Arc<dyn Waker>;
+    /// Bytes the kernel still holds for the connection that the peer has not acknowledged
+    /// (SIOCOUTQ), or `None` where that cannot be read. Lets the engine see a slow flush move
+    /// while the kernel's send buffer is too full to report writability.
+    fn unsent(&self, token: Token) -> Option<usize> {
+        let _ = token;
+        None
+    }
     /// Cancels every operation and waits (bounded by `deadline`) until the kernel has
     /// completed all of them, so no buffer is freed while the kernel may still write to it.
     fn shutdown(&mut self, deadline: Duration);

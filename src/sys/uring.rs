@@ -75,9 +75,11 @@ enum Kind {
     Close,
     /// `CancelBuilder::any()` at shutdown.
     CancelAll,
+    /// A send found the socket full (`-EAGAIN`): wait for POLLOUT, then send the rest.
+    SendPoll,
 }
 
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 12] = [
     Kind::Wake,
     Kind::Accept,
     Kind::AcceptCancel,
@@ -89,6 +91,7 @@ const KINDS: [Kind; 11] = [
     Kind::CancelOp,
     Kind::Close,
     Kind::CancelAll,
+    Kind::SendPoll,
 ];
 
 fn user_data(kind: Kind, index: usize) -> u64 {
@@ -131,6 +134,7 @@ pub(crate) fn probe(config: &BackendConfig) -> Result<(), String> {
         (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
         (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
         (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
         (opcode::Connect::CODE, "IORING_OP_CONNECT"),
         (opcode::Close::CODE, "IORING_OP_CLOSE"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
@@ -325,6 +329,8 @@ struct Listener {
 struct SendOp {
     buf: Vec<u8>,
     sent: usize,
+    /// The kernel holds a POLLOUT wait for this send rather than the send itself.
+    polling: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -557,8 +563,13 @@ impl UringBackend {
         let Some(op) = &c.send else { return };
         let rest = &op.buf[op.sent..];
         let len = rest.len().min(u32::MAX as usize) as u32;
+        // MSG_DONTWAIT: a send the kernel hands to an io-wq worker must not block there until
+        // the whole buffer is out (the worker calls sendmsg without the socket's O_NONBLOCK):
+        // it completes short, reported as progress, or with -EAGAIN, and then waits for
+        // POLLOUT in the ring (`Kind::SendPoll`). A slow reader is seen moving; no kernel
+        // thread is tied up per slow connection.
         let entry = opcode::Send::new(Fd(c.fd), rest.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             .build()
             .user_data(user_data(Kind::Send, token));
         self.push(entry);
@@ -580,7 +591,8 @@ impl UringBackend {
         } else {
             let kinds = [
                 (c.recv, Kind::Recv),
-                (c.send.is_some(), Kind::Send),
+                (c.send.as_ref().is_some_and(|o| !o.polling), Kind::Send),
+                (c.send.as_ref().is_some_and(|o| o.polling), Kind::SendPoll),
                 (c.connect.is_some(), Kind::Connect),
             ];
             for (_, kind) in kinds.iter().filter(|(on, _)| *on) {
@@ -646,6 +658,7 @@ impl UringBackend {
                 None
             }
             Kind::Send => self.complete_send(index, res),
+            Kind::SendPoll => self.complete_send_poll(index),
             Kind::Connect => self.complete_connect(index, res),
             Kind::CancelFd | Kind::CancelOp => {
                 let c = self.conn(index)?;
@@ -778,6 +791,16 @@ impl UringBackend {
             self.finish_close(token);
             return None;
         }
+        if res == -libc::EAGAIN {
+            // The socket is full: wait for room in the ring, then send the rest.
+            op.polling = true;
+            let entry = opcode::PollAdd::new(Fd(c.fd), libc::POLLOUT as u32)
+                .build()
+                .user_data(user_data(Kind::SendPoll, token));
+            c.send = Some(op);
+            self.push(entry);
+            return None;
+        }
         let event = match res {
             e if e < 0 => Event::SendError {
                 token,
@@ -802,6 +825,20 @@ impl UringBackend {
             }
         };
         Some(Out::Event(event))
+    }
+
+    /// The socket of a waiting send is writable (or the wait failed: the send tells why).
+    fn complete_send_poll(&mut self, token: Token) -> Option<Out> {
+        let c = self.conn(token)?;
+        let op = c.send.as_mut()?;
+        op.polling = false;
+        if c.state != ConnState::Open {
+            c.send = None; // the kernel holds nothing of it any more
+            self.finish_close(token);
+            return None;
+        }
+        self.submit_send(token);
+        None
     }
 
     fn complete_connect(&mut self, token: Token, res: i32) -> Option<Out> {
@@ -974,7 +1011,11 @@ impl Backend for UringBackend {
             self.pending.push_back(event);
             return;
         }
-        c.send = Some(SendOp { buf, sent: 0 });
+        c.send = Some(SendOp {
+            buf,
+            sent: 0,
+            polling: false,
+        });
         self.submit_send(token);
     }
 
@@ -1047,6 +1088,14 @@ impl Backend for UringBackend {
                 }
             }
         })
+    }
+
+    fn unsent(&self, token: Token) -> Option<usize> {
+        let c = self.conns.get(token)?.as_ref()?;
+        if c.state != ConnState::Open {
+            return None;
+        }
+        super::outq::unsent(c.fd)
     }
 
     fn waker(&self) -> Arc<dyn Waker> {
