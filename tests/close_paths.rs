@@ -21,7 +21,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -763,10 +763,18 @@ fn never_reading_peer_is_reset_as_flush_stalled(kind: BackendKind) {
     stop(running);
 }
 
-/// Echoes lines on the IO thread, or (with a pool) from a worker after `delay`; panics on
-/// `boom`. Each pooled job reports its write's result.
+/// What the pooled variant's jobs share with the test: where they report their write's result,
+/// and the gate a `slow` job waits at until the test has seen its connection reset.
+#[derive(Clone)]
+struct Jobs {
+    pool: WorkerPool,
+    results: mpsc::Sender<Result<(), HandleError>>,
+    gate: Arc<Mutex<mpsc::Receiver<()>>>,
+}
+
+/// Echoes lines on the IO thread, or (with a pool) from a worker; panics on `boom`.
 struct Fragile {
-    pool: Option<(WorkerPool, mpsc::Sender<Result<(), HandleError>>)>,
+    jobs: Option<Jobs>,
 }
 
 impl Handler for Fragile {
@@ -774,18 +782,23 @@ impl Handler for Fragile {
         if frame.payload() == b"boom" {
             panic!("a handler bug");
         }
-        let Some((pool, results)) = &self.pool else {
+        let Some(jobs) = &self.jobs else {
             conn.write(frame.raw());
             return;
         };
         let work = conn.work();
         let line = frame.raw().to_vec();
-        let results = results.clone();
-        pool.try_execute(move || {
-            thread::sleep(Duration::from_millis(300)); // a slow job: the panic comes first
-            let _ = results.send(work.write(line));
-        })
-        .expect("pool has room");
+        let (results, gate) = (jobs.results.clone(), jobs.gate.clone());
+        jobs.pool
+            .try_execute(move || {
+                if line == b"slow\n" {
+                    // Still running when the handler panics: answers only once the test saw
+                    // the reset (bounded).
+                    let _ = gate.lock().unwrap().recv_timeout(IO_TIMEOUT);
+                }
+                let _ = results.send(work.write(line));
+            })
+            .expect("pool has room");
     }
 }
 
@@ -794,17 +807,20 @@ fn handler_panic(kind: BackendKind, pooled: bool) {
         return;
     };
     let (tx, results) = mpsc::channel();
+    let (open_gate, gate) = mpsc::channel();
     let pool = pooled.then(|| WorkerPool::new("close-test", 2, 16).unwrap());
-    let shared = Mutex::new((pool.clone(), tx));
+    let jobs = pool.clone().map(|pool| Jobs {
+        pool,
+        results: tx,
+        gate: Arc::new(Mutex::new(gate)),
+    });
+    let shared = Mutex::new(jobs);
     let server = engine
         .add_server(Srv::new(
             "127.0.0.1:0".parse().unwrap(),
             Lines::new(1024),
-            move |_| {
-                let g = shared.lock().unwrap();
-                Fragile {
-                    pool: g.0.clone().map(|p| (p, g.1.clone())),
-                }
+            move |_| Fragile {
+                jobs: shared.lock().unwrap().clone(),
             },
         ))
         .unwrap();
@@ -838,6 +854,7 @@ fn handler_panic(kind: BackendKind, pooled: bool) {
     );
     if pooled {
         // The job that was running when its connection was reset finds it closed.
+        open_gate.send(()).unwrap();
         assert_eq!(
             results.recv_timeout(IO_TIMEOUT),
             Ok(Err(HandleError::Closed)),
