@@ -15,6 +15,7 @@
 
 #![allow(dead_code)]
 
+pub mod close;
 pub mod line;
 pub mod packet;
 

@@ -1,0 +1,120 @@
+//! Helpers for the close-path tests (`close_paths.rs`, `echo_model.rs`): the counters a server
+//! logs when it stops, a fresh (printed, replayable) seed, and a client socket with a small
+//! receive buffer.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{assert_clean_exit, Server, IO_TIMEOUT};
+
+/// A server's counters, as its `stopped ... stats=StatsSnapshot { .. }` log line prints them:
+/// the plain counters by field name and the close counts by reason name.
+#[derive(Debug, Default, Clone)]
+pub struct StoppedStats {
+    pub fields: BTreeMap<String, u64>,
+    pub closed: BTreeMap<String, u64>,
+}
+
+impl StoppedStats {
+    /// A plain counter (`accepted`, `rejected`, `decode_errors`, ...); panics if absent.
+    pub fn get(&self, field: &str) -> u64 {
+        *self
+            .fields
+            .get(field)
+            .unwrap_or_else(|| panic!("no counter {field:?} in {self:?}"))
+    }
+
+    /// Connections closed for the reason named `name` (`peer-closed`, `flush-stalled`, ...);
+    /// panics if the name is not one the server reports.
+    pub fn closed(&self, name: &str) -> u64 {
+        *self
+            .closed
+            .get(name)
+            .unwrap_or_else(|| panic!("no close reason {name:?} in {self:?}"))
+    }
+
+    /// Every close, all reasons together.
+    pub fn closed_total(&self) -> u64 {
+        self.closed.values().sum()
+    }
+
+    /// Parses the `stats=` part of a `stopped` log line.
+    pub fn parse(line: &str) -> Option<StoppedStats> {
+        let body = &line[line.find("StatsSnapshot {")? + "StatsSnapshot {".len()..];
+        let (plain, closed) = match body.split_once("closed: {") {
+            Some((p, c)) => (p, c.split('}').next().unwrap_or("")),
+            None => (body, ""),
+        };
+        let pairs = |s: &str| -> BTreeMap<String, u64> {
+            s.split(',')
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once(':')?;
+                    let k = k.trim().trim_matches('"');
+                    let v = v.trim().trim_end_matches('}').trim().parse().ok()?;
+                    Some((k.to_string(), v))
+                })
+                .collect()
+        };
+        let stats = StoppedStats {
+            fields: pairs(plain),
+            closed: pairs(closed),
+        };
+        (!stats.closed.is_empty()).then_some(stats)
+    }
+}
+
+/// Stops `s` with SIGTERM (a graceful drain), checks it exits 0 within `timeout`, and returns
+/// the counters of its (only) server from the `stopped` log line.
+pub fn stop_and_stats(s: &mut Server, timeout: Duration) -> StoppedStats {
+    s.signal(libc::SIGTERM);
+    let st = s
+        .wait_exit(timeout)
+        .unwrap_or_else(|| panic!("no exit within {timeout:?} of SIGTERM"));
+    assert_clean_exit(st, libc::SIGTERM, "stopping the server");
+    let found = s.wait_for_stderr(Duration::from_secs(5), |t| {
+        t.lines()
+            .any(|l| l.contains("stopped") && l.contains("stats="))
+    });
+    assert!(found, "no `stopped ... stats=` line on stderr");
+    let text = s.stderr_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("stopped") && l.contains("stats="))
+        .expect("stopped line");
+    StoppedStats::parse(line).unwrap_or_else(|| panic!("unparsable stats line: {line}"))
+}
+
+/// The seed of a randomised test: `RINGPORT_TEST_SEED` to replay one, otherwise a fresh one
+/// each run. Printed either way (the test also names it when it fails).
+pub fn fresh_seed() -> u64 {
+    let seed = match std::env::var("RINGPORT_TEST_SEED") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("RINGPORT_TEST_SEED={s:?} is not a u64")),
+        Err(_) => {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
+        }
+    };
+    println!("seed: {seed} (RINGPORT_TEST_SEED={seed} replays it)");
+    seed
+}
+
+/// A client whose receive buffer is set to `rcvbuf` bytes BEFORE connecting (so the window it
+/// advertises stays small), with `TCP_NODELAY` and [`IO_TIMEOUT`] socket timeouts.
+pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    sock.connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let s: TcpStream = sock.into();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
