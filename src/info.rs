@@ -138,9 +138,11 @@ impl CloseReason {
 
     pub(crate) fn from_io(e: &io::Error) -> CloseReason {
         match e.kind() {
+            // NotConnected: the peer reset before the connection was looked at.
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected => CloseReason::Reset,
             kind => CloseReason::Io(kind, e.to_string()),
         }
     }
