@@ -127,6 +127,21 @@ impl<'a> Conn<'a> {
     /// peer closes its side too (then `on_read_closed` runs as usual; its default closes) or
     /// when the handler closes it. With `on_read_closed`, this makes a bidirectional proxy:
     /// each side passes its peer's EOF on with `shutdown_write`.
+    ///
+    /// ```
+    /// # use ringport::{Conn, ConnectionHandle, Frame, Handler};
+    /// // One side of a proxy: the client's EOF becomes the upstream's EOF; the upstream's
+    /// // answer keeps flowing back until it closes too.
+    /// struct ClientSide { upstream: ConnectionHandle }
+    /// impl Handler for ClientSide {
+    ///     fn on_frame(&mut self, _: &mut Conn<'_>, frame: Frame<'_>) {
+    ///         let _ = self.upstream.write(frame.raw());
+    ///     }
+    ///     fn on_read_closed(&mut self, _conn: &mut Conn<'_>) {
+    ///         let _ = self.upstream.shutdown_write(); // FIN after what is queued; no close
+    ///     }
+    /// }
+    /// ```
     pub fn shutdown_write(&mut self) {
         if self.core.phase == Phase::Open {
             self.core.shut_write_pending = true;

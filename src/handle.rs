@@ -243,6 +243,27 @@ impl ConnectionHandle {
     /// (then the watcher's next write says [`HandleError::Closed`]). One-shot; fires at once
     /// (through the watcher's IO thread) if the queue is already low. This is how a proxy
     /// resumes reading the side that feeds a full connection.
+    ///
+    /// ```no_run
+    /// # use ringport::{Conn, ConnectionHandle, Frame, HandleError, Handler};
+    /// // Forwards to `peer`; stops reading while the peer is full (netty's autoRead).
+    /// struct Forward { peer: ConnectionHandle }
+    /// impl Handler for Forward {
+    ///     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+    ///         match self.peer.write(frame.raw()) {
+    ///             Ok(()) if self.peer.is_writable() => return,
+    ///             Ok(()) => {}                      // queued; the peer is now full
+    ///             Err(HandleError::Full) => conn.hold_frame(), // not queued: offered again later
+    ///             Err(_) => return conn.close(),
+    ///         }
+    ///         conn.pause_reading();
+    ///         self.peer.notify_when_writable(&conn.handle(), 0);
+    ///     }
+    ///     fn on_writable(&mut self, conn: &mut Conn<'_>, _: u64) {
+    ///         conn.resume_reading();
+    ///     }
+    /// }
+    /// ```
     pub fn notify_when_writable(&self, watcher: &ConnectionHandle, value: u64) {
         {
             let mut w = self
