@@ -215,35 +215,12 @@ impl EngineBuilder {
             recv_buffer_count: self.recv_buffer_count.max(2).next_power_of_two(),
             ring_entries: 1024,
         };
-        // The probe's ring is torn down asynchronously by the kernel, which may then post task
-        // work to the thread that created it; that interrupts a blocking socket call with a
-        // timeout on that thread (EINTR). Probe on a short-lived thread of its own instead of
-        // the caller's.
-        let probe = |cfg: &BackendConfig| {
-            std::thread::scope(|s| {
-                s.spawn(|| sys::uring::probe(cfg))
-                    .join()
-                    .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
-            })
-        };
         let asked = match self.backend {
             Some(k) => k,
             None => BackendKind::from_env()?.unwrap_or_default(),
         };
-        let kind = match asked {
-            BackendKind::Epoll => BackendKind::Epoll,
-            BackendKind::Uring => {
-                probe(&bcfg).map_err(Error::UringUnavailable)?;
-                BackendKind::Uring
-            }
-            BackendKind::Auto => match probe(&bcfg) {
-                Ok(()) => BackendKind::Uring,
-                Err(why) => {
-                    warn!("io_uring unavailable ({why}); falling back to epoll");
-                    BackendKind::Epoll
-                }
-            },
-        };
+        // Probes io_uring for `auto`/`uring` on Linux; an unavailable backend is an error.
+        let kind = sys::select(asked, &bcfg)?;
         Ok(Engine {
             cfg: self,
             kind,
@@ -268,7 +245,7 @@ pub struct Engine {
     kind: BackendKind,
     bcfg: BackendConfig,
     servers: Vec<ServerSpec>,
-    signals: Option<signal_hook::iterator::Signals>,
+    signals: Option<sys::signals::Signals>,
 }
 
 impl Engine {
@@ -277,26 +254,23 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    /// The backend really in use: `"uring"` or `"epoll"`.
+    /// The backend really in use: `"uring"`, `"epoll"`, `"iocp"` or `"poll"`.
     pub fn backend_name(&self) -> &'static str {
-        match self.kind {
-            BackendKind::Uring => "uring",
-            _ => "epoll",
-        }
+        self.kind.name()
     }
 
     /// Binds a server's listeners (one per IO thread, SO_REUSEPORT). Connections queue in the
     /// kernel's backlog from now on and are accepted once the engine runs.
     pub fn add_server(&mut self, server: Server) -> Result<ServerHandle, Error> {
         let n = self.cfg.io_threads;
-        let mut listeners = Vec::with_capacity(n);
-        let mut addr = server.addr;
-        for _ in 0..n {
-            let l = bind_listener(addr, server.limits.backlog)
-                .map_err(|source| Error::Listen { addr, source })?;
-            addr = l.local_addr()?; // port 0: the others bind to the port the first got
-            listeners.push(l);
-        }
+        let listeners =
+            sys::bind_listeners(server.addr, server.limits.backlog, n).map_err(|source| {
+                Error::Listen {
+                    addr: server.addr,
+                    source,
+                }
+            })?;
+        let addr = listeners[0].local_addr()?; // port 0: the port the first got
         let stats = ServerStats::new(n);
         self.servers.push(ServerSpec {
             factory: server.factory,
@@ -312,10 +286,7 @@ impl Engine {
     /// announcement must find the handler in place), and before descriptors may run out.
     pub fn catch_signals(&mut self) -> Result<(), Error> {
         if self.signals.is_none() {
-            self.signals = Some(signal_hook::iterator::Signals::new([
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-            ])?);
+            self.signals = Some(sys::signals::Signals::new()?);
         }
         Ok(())
     }
@@ -433,7 +404,7 @@ impl Engine {
         let waiter = std::thread::Builder::new()
             .name("ringport-signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
+                if let Some(sig) = signals.wait() {
                     // Logged once every IO thread has closed its listeners (or after 1 s, if
                     // a handler blocks one): from this line on, nothing new is accepted.
                     let all = shutdown.shutdown_and_wait(Duration::from_secs(1));
@@ -557,20 +528,6 @@ impl ShutdownHandle {
         let deadline = Instant::now() + timeout;
         (0..sent).all(|_| rx.recv_deadline(deadline).is_ok())
     }
-}
-
-fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(backlog)?;
-    Ok(s.into())
 }
 
 /// What every IO thread knows of a server.
@@ -1385,10 +1342,7 @@ impl State {
         self.ctx.stats(listener).accept_errors.add(1);
         let l = &mut self.listeners[listener];
         let now = self.ctx.now;
-        let resource = matches!(
-            error.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        );
+        let resource = sys::is_resource_exhaustion(&error);
         if resource {
             l.backoff = (l.backoff * 2).clamp(MIN_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF);
             if l.last_warn

@@ -152,6 +152,7 @@ impl Conn {
             Ok(_) => {}
             // Spurious wake-up: still connecting.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            #[cfg(unix)]
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return,
             Err(e) => return self.connect_failed(e, attempt, ctx),
         }
