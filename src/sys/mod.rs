@@ -134,6 +134,8 @@ pub(crate) fn open(kind: BackendKind, config: &BackendConfig) -> io::Result<Box<
     match kind {
         #[cfg(target_os = "linux")]
         BackendKind::Uring => Ok(Box::new(uring::UringBackend::new(config)?)),
+        #[cfg(windows)]
+        BackendKind::Iocp => Ok(Box::new(iocp::IocpBackend::new(config)?)),
         _ => Ok(Box::new(epoll::EpollBackend::new(config)?)),
     }
 }
@@ -162,7 +164,7 @@ pub(crate) fn select(asked: BackendKind, config: &BackendConfig) -> Result<Backe
         BackendKind::Epoll => {
             unavailable("epoll is Linux-only; poll is the readiness backend here")
         }
-        BackendKind::Iocp if cfg!(windows) => unavailable("the iocp backend is not finished yet"),
+        BackendKind::Iocp if cfg!(windows) => Ok(BackendKind::Iocp),
         BackendKind::Iocp => unavailable("the I/O completion port is Windows-only"),
         #[cfg(target_os = "linux")]
         BackendKind::Uring => {
@@ -179,7 +181,12 @@ pub(crate) fn select(asked: BackendKind, config: &BackendConfig) -> Result<Backe
                 Ok(BackendKind::Epoll)
             }
         },
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(windows)]
+        BackendKind::Auto => {
+            let _ = config;
+            Ok(BackendKind::Iocp)
+        }
+        #[cfg(not(any(target_os = "linux", windows)))]
         BackendKind::Auto => {
             let _ = config;
             Ok(BackendKind::Poll)
