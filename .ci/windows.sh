@@ -10,10 +10,12 @@ start=$(date +%s)
 bash .ci/install-windows.sh
 
 T=x86_64-pc-windows-gnu
+TD="${CARGO_TARGET_DIR:-target}"
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 export WINEDEBUG=-all
-export WINEPREFIX="${WINEPREFIX:-$PWD/target/wineprefix}"
+mkdir -p "$TD"
+export WINEPREFIX="${WINEPREFIX:-$(cd "$TD" && pwd)/wineprefix}"
 # The engine tests must run on the backend they name (iocp, poll): no skip on Windows.
 export RINGPORT_TEST_REQUIRE_URING=1
 export RINGPORT_TEST_REQUIRE_TOOLS=1
@@ -21,17 +23,17 @@ export RINGPORT_TEST_REQUIRE_TOOLS=1
 cargo clippy --target "$T" --workspace --all-targets -- -D warnings
 cargo check --target x86_64-apple-darwin --workspace --all-targets
 
-# Wine's prefix (first start is slow), kept running for the whole leg.
+# Wine's prefix (first start is slow), its server kept running for the whole leg.
 wineboot -i >/dev/null 2>&1 || true
 wineserver -p 600
+trap 'wineserver -k 2>/dev/null || true' EXIT
 
 cargo test --target "$T" --workspace --no-run
-ci/windows/build-shim.sh target # the ProcessPrng shim, next to the test executables
+ci/windows/build-shim.sh "$TD" # the ProcessPrng shim, next to the test executables
 cargo test --target "$T" --workspace
 
 cargo build -p ringport-load
 python3 ci/windows/check_servers.py \
-    --exe-dir "target/$T/debug/examples" --load target/debug/ringport-load
+    --exe-dir "$TD/$T/debug/examples" --load "$TD/debug/ringport-load"
 
-wineserver -k || true
 echo "windows leg: $(($(date +%s) - start)) s"

@@ -18,12 +18,14 @@ ws=$(pgrep -x wineserver | head -1 || pgrep wineserver | head -1)
 sleep 1
 s0=$(rss $srv) w0=$(rss "$ws")
 "$load" echo --target "$addr" -c "$n" -l 16 -n 1 --hold 8 --connect-batch 200 --timeout 120 \
-    >/dev/null 2>"$out.load" &
+    --json >"$out.json" 2>"$out.load" &
 ld=$!
 for _ in $(seq 1200); do grep -q 'holding connections open' "$out.load" && break; sleep 0.1; done
 sleep 3
 s1=$(rss $srv) w1=$(rss "$ws")
 wait $ld || true
-rm -f "$out.load"
+served=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j["connections"], "connections,", j["messages"], "echoes,", j["errors"], "errors")' "$out.json")
+rm -f "$out.load" "$out.json"
+echo "load: $served"
 echo "$backend: $n idle connections: server RSS $s0 -> $s1 KiB ($(( (s1 - s0) * 1024 / n )) B/conn)," \
      "wineserver RSS $w0 -> $w1 KiB ($(( (w1 - w0) * 1024 / n )) B/conn)"
