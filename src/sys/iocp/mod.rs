@@ -44,136 +44,34 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::windows::io::AsRawSocket;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use windows_sys::Win32::Foundation::{CloseHandle, GetLastError, HANDLE, WAIT_TIMEOUT};
+use windows_sys::Win32::Foundation::{GetLastError, HANDLE, WAIT_TIMEOUT};
 use windows_sys::Win32::Networking::WinSock::{
-    bind, setsockopt, AcceptEx, WSAGetLastError, WSAGetOverlappedResult, WSAIoctl, WSARecv,
-    WSASend, LPFN_CONNECTEX, SIO_GET_EXTENSION_FUNCTION_POINTER, SOCKADDR_STORAGE, SOCKET,
-    SOCKET_ERROR, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT, WSABUF,
+    bind, AcceptEx, WSAIoctl, WSARecv, WSASend, LPFN_CONNECTEX, SIO_GET_EXTENSION_FUNCTION_POINTER,
+    SOCKET, SOCKET_ERROR, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT, WSABUF,
     WSAECONNRESET, WSAEINVAL, WSAID_CONNECTEX, WSA_IO_PENDING,
 };
 use windows_sys::Win32::System::Threading::INFINITE;
 use windows_sys::Win32::System::IO::{
-    CancelIoEx, CreateIoCompletionPort, GetQueuedCompletionStatusEx, PostQueuedCompletionStatus,
-    OVERLAPPED, OVERLAPPED_ENTRY,
+    CancelIoEx, CreateIoCompletionPort, GetQueuedCompletionStatusEx, OVERLAPPED_ENTRY,
 };
 
 use super::{Backend, BackendConfig, Event, Token, Waker};
 
-/// `AcceptEx` calls kept outstanding per listener.
-pub(crate) const ACCEPTS_PER_LISTENER: usize = 8;
-/// Completions dequeued per `GetQueuedCompletionStatusEx`.
-const BATCH: usize = 256;
-/// The completion key of wake-up packets (sockets are associated with key 0).
-const WAKE_KEY: usize = 1;
-/// Address space `AcceptEx` needs per address (local and remote): the largest sockaddr + 16.
-const ADDR_LEN: usize = mem::size_of::<SOCKADDR_STORAGE>() + 16;
+mod op;
+#[cfg(test)]
+mod tests;
 
-/// The completion port handle, closed when the backend and every waker are gone.
-struct Port(HANDLE);
-
-// SAFETY: a completion port handle may be used from any thread (posting and dequeuing are
-// thread-safe kernel calls); the handle is only closed in `Drop`, when no user is left.
-unsafe impl Send for Port {}
-// SAFETY: as above; `&Port` only hands out the handle value.
-unsafe impl Sync for Port {}
-
-impl Drop for Port {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from CreateIoCompletionPort and is closed exactly once.
-        unsafe { CloseHandle(self.0) };
-    }
-}
-
-struct IocpWaker {
-    port: Arc<Port>,
-    /// A wake-up packet is in the port and not yet dequeued.
-    pending: AtomicBool,
-}
-
-impl Waker for IocpWaker {
-    fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            // SAFETY: a valid port handle (kept alive by the Arc); a null OVERLAPPED is allowed
-            // and is how wake-ups are told apart from operations.
-            let ok = unsafe { PostQueuedCompletionStatus(self.port.0, 0, WAKE_KEY, ptr::null()) };
-            if ok == 0 {
-                self.pending.store(false, Ordering::Release);
-            }
-        }
-    }
-}
-
-/// One overlapped operation. `ovl` must stay the first field: the kernel hands back a pointer
-/// to it, which is a pointer to the `Op`.
-#[repr(C)]
-struct Op {
-    ovl: OVERLAPPED,
-    /// The connection's token, or the listener's id for accepts.
-    token: usize,
-    kind: OpKind,
-}
-
-enum OpKind {
-    Accept {
-        socket: Option<Socket>,
-        addrs: Box<[u8; 2 * ADDR_LEN]>,
-    },
-    /// The zero-byte receive: no buffer at all.
-    Recv,
-    Send {
-        buf: Vec<u8>,
-        off: usize,
-    },
-    Connect {
-        _addr: Box<SockAddr>,
-    },
-}
-
-impl Op {
-    fn new(token: usize, kind: OpKind) -> Box<Op> {
-        Box::new(Op {
-            ovl: OVERLAPPED::default(),
-            token,
-            kind,
-        })
-    }
-}
-
-struct Conn {
-    sock: Socket,
-    /// The engine wants data (not paused).
-    reading: bool,
-    /// The zero-byte receive completed and `recv` has not yet seen `WSAEWOULDBLOCK`.
-    readable: bool,
-    /// In `read_queue` / `read_again`.
-    queued: bool,
-    /// EOF or a read error was reported: never read again.
-    read_done: bool,
-    recv_pending: bool,
-    connecting: bool,
-    /// A send the engine gave before the connect completed.
-    deferred_send: Option<Vec<u8>>,
-    /// Operations of this connection the kernel holds.
-    ops: usize,
-    closing: bool,
-}
-
-struct Listener {
-    sock: Socket,
-    domain: Domain,
-    /// This port took the socket (see the module doc); otherwise the handle stays unused.
-    active: bool,
-    pending: usize,
-    paused: bool,
-    closing: bool,
-}
+pub(crate) use op::ACCEPTS_PER_LISTENER;
+use op::{
+    event_token, op_result, raw, set_opt, socket2_buf, wsa_error, Conn, IocpWaker, Listener, Op,
+    OpKind, Port, ADDR_LEN, BATCH, WAKE_KEY,
+};
 
 pub(crate) struct IocpBackend {
     port: Arc<Port>,
@@ -189,53 +87,6 @@ pub(crate) struct IocpBackend {
     /// Operations the kernel holds, all kinds.
     in_flight: usize,
     connect_ex: LPFN_CONNECTEX,
-}
-
-fn raw(sock: &Socket) -> SOCKET {
-    sock.as_raw_socket() as SOCKET
-}
-
-fn wsa_error() -> io::Error {
-    // SAFETY: reads this thread's last WinSock error; no preconditions.
-    io::Error::from_raw_os_error(unsafe { WSAGetLastError() })
-}
-
-/// The result of a dequeued operation on `sock`: bytes transferred, or the WinSock error
-/// (e.g. `WSAECONNRESET`, `WSAECONNREFUSED`, `WSA_OPERATION_ABORTED` after a cancel).
-fn op_result(sock: SOCKET, ovl: &OVERLAPPED) -> io::Result<usize> {
-    let mut bytes = 0u32;
-    let mut flags = 0u32;
-    // SAFETY: `ovl` belongs to an operation on `sock` whose completion was dequeued, so it is
-    // no longer in the kernel's hands; not waiting (FALSE) just reads its stored status.
-    let ok = unsafe { WSAGetOverlappedResult(sock, ovl, &mut bytes, 0, &mut flags) };
-    if ok != 0 {
-        Ok(bytes as usize)
-    } else {
-        Err(wsa_error())
-    }
-}
-
-/// Sets a socket option whose value is the bytes of `val` (or none).
-fn set_opt(sock: SOCKET, name: i32, val: &[u8]) -> io::Result<()> {
-    // SAFETY: `val` is valid for `val.len()` bytes for the duration of the call.
-    let rc = unsafe {
-        setsockopt(
-            sock,
-            SOL_SOCKET,
-            name,
-            if val.is_empty() {
-                ptr::null()
-            } else {
-                val.as_ptr()
-            },
-            val.len() as i32,
-        )
-    };
-    if rc == SOCKET_ERROR {
-        Err(wsa_error())
-    } else {
-        Ok(())
-    }
 }
 
 impl IocpBackend {
@@ -644,41 +495,6 @@ impl IocpBackend {
     }
 }
 
-impl Conn {
-    fn new(sock: Socket) -> Conn {
-        Conn {
-            sock,
-            reading: true,
-            readable: false,
-            queued: false,
-            read_done: false,
-            recv_pending: false,
-            connecting: false,
-            deferred_send: None,
-            ops: 0,
-            closing: false,
-        }
-    }
-
-    fn sock_ref(&self) -> &Socket {
-        &self.sock
-    }
-}
-
-/// The connection an event is about (`None` for listener and wake-up events).
-fn event_token(ev: &Event<'_>) -> Option<Token> {
-    match ev {
-        Event::Data { token, .. }
-        | Event::ReadClosed { token }
-        | Event::ReadError { token, .. }
-        | Event::SendDone { token, .. }
-        | Event::SendError { token, .. }
-        | Event::Connected { token, .. }
-        | Event::Closed { token } => Some(*token),
-        Event::Accepted { .. } | Event::AcceptError { .. } | Event::Wake => None,
-    }
-}
-
 impl Backend for IocpBackend {
     fn name(&self) -> &'static str {
         "iocp"
@@ -978,10 +794,4 @@ impl Backend for IocpBackend {
         self.conns.clear();
         self.listeners.clear();
     }
-}
-
-/// socket2's `recv` takes `MaybeUninit` bytes; initialized bytes are a valid instance.
-fn socket2_buf(buf: &mut [u8]) -> &mut [mem::MaybeUninit<u8>] {
-    // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout, and `recv` only writes bytes.
-    unsafe { &mut *(buf as *mut [u8] as *mut [mem::MaybeUninit<u8>]) }
 }
