@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the ProcessPrng shim DLL (test setup only, see processprng.c) and copies it next to
-# every directory of Windows executables under the given target directory.
+# every directory of Windows executables under the given target directory, and into the Wine
+# prefix's system32 when $WINEPREFIX is set up (for executables built elsewhere: doctests).
 # Usage: ci/windows/build-shim.sh [TARGET_DIR]   (default: target)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,4 +17,7 @@ for profile in debug release; do
         cp "$out/bcryptprimitives.dll" "$dir/"
     done
 done
+if [[ -n "${WINEPREFIX:-}" && -d "$WINEPREFIX/drive_c/windows/system32" ]]; then
+    cp "$out/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/"
+fi
 echo "shim: $out/bcryptprimitives.dll"
