@@ -92,21 +92,51 @@ pub use stats::{ServerStats, StatsSnapshot};
 use std::fmt;
 use std::str::FromStr;
 
-/// Which kernel interface the IO threads use.
+/// Which kernel interface the IO threads use. Every name exists on every OS; asking for one
+/// the OS does not have fails to build the engine with a one-line error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
-    /// io_uring when the kernel offers it (probed at start), else epoll with one warning.
+    /// The best one here: on Linux io_uring when the kernel offers it (probed at start), else
+    /// epoll with one warning; on Windows the I/O completion port; elsewhere `poll`.
     #[default]
     Auto,
-    /// io_uring; starting fails with a one-line error where it is unavailable.
+    /// io_uring (Linux); starting fails with a one-line error where it is unavailable.
     Uring,
-    /// epoll (through `mio`).
+    /// epoll (Linux, through `mio`).
     Epoll,
+    /// The I/O completion port (Windows).
+    Iocp,
+    /// The readiness backend of this OS through `mio`: epoll on Linux (where it is reported as
+    /// `epoll`), kqueue on macOS, AFD polling on Windows.
+    Poll,
 }
 
 impl BackendKind {
+    /// The backend's name as accepted by `--backend` and printed in `listening on`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Uring => "uring",
+            BackendKind::Epoll => "epoll",
+            BackendKind::Iocp => "iocp",
+            BackendKind::Poll => "poll",
+        }
+    }
+
+    /// The names `--backend` accepts on this OS, for messages: `auto|uring|epoll|poll` on
+    /// Linux, `auto|iocp|poll` on Windows, `auto|poll` elsewhere.
+    pub fn available() -> &'static str {
+        if cfg!(target_os = "linux") {
+            "auto|uring|epoll|poll"
+        } else if cfg!(windows) {
+            "auto|iocp|poll"
+        } else {
+            "auto|poll"
+        }
+    }
+
     /// The backend named by the `RINGPORT_BACKEND` environment variable (`auto`, `uring`,
-    /// `epoll`), or `None` when it is unset. An unparsable value is an error.
+    /// `epoll`, `iocp`, `poll`), or `None` when it is unset. An unparsable value is an error.
     pub fn from_env() -> Result<Option<BackendKind>, Error> {
         match std::env::var("RINGPORT_BACKEND") {
             Ok(v) if !v.is_empty() => v.parse().map(Some),
@@ -122,8 +152,11 @@ impl FromStr for BackendKind {
             "auto" => Ok(BackendKind::Auto),
             "uring" | "io_uring" | "io-uring" => Ok(BackendKind::Uring),
             "epoll" => Ok(BackendKind::Epoll),
+            "iocp" => Ok(BackendKind::Iocp),
+            "poll" | "mio" => Ok(BackendKind::Poll),
             other => Err(Error::Config(format!(
-                "unknown backend {other:?} (expected auto, uring or epoll)"
+                "unknown backend {other:?} (expected {})",
+                BackendKind::available()
             ))),
         }
     }
@@ -131,10 +164,6 @@ impl FromStr for BackendKind {
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::Auto => "auto",
-            BackendKind::Uring => "uring",
-            BackendKind::Epoll => "epoll",
-        })
+        f.write_str(self.name())
     }
 }

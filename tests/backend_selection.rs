@@ -1,5 +1,8 @@
 //! Backend selection through the CLI and `RINGPORT_BACKEND`, and the io_uring → epoll fallback
 //! (io_uring made unavailable with a seccomp filter on `io_uring_setup`, in the child only).
+// The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
+// example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
+#![cfg(target_os = "linux")]
 
 #[macro_use]
 mod common;

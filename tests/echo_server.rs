@@ -1,5 +1,8 @@
 //! `echo_server`: every byte comes back, whatever the fragmentation, volume or client behaviour.
 //! Each test runs once per backend (`<test>::epoll`, `<test>::uring`).
+// The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
+// example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
+#![cfg(target_os = "linux")]
 
 #[macro_use]
 mod common;

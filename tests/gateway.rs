@@ -1,3 +1,4 @@
+#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
 //! The gateway API, library-level, on every backend: bounded handle writes and writability
 //! callbacks, per-connection timers, half-close, connecting from inside a handler on the same
 //! IO thread, encoders, honest errors and configuration checks.

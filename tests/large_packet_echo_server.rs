@@ -2,6 +2,9 @@
 //! `--io-buffer BYTES` (default 1024) and a default `--max-frame` of 65536; frames larger than
 //! the IO buffer are echoed through a worker pool with per-connection order preserved. Skipped
 //! (with a printed message) while the example is not built. Each test runs once per backend.
+// The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
+// example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
+#![cfg(target_os = "linux")]
 
 #[macro_use]
 mod common;

@@ -1,5 +1,8 @@
 //! `line_server`: the line protocol, handled on the IO threads (a SLEEP blocks its IO thread).
 //! Each test runs once per backend.
+// The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
+// example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
+#![cfg(target_os = "linux")]
 
 #[macro_use]
 mod common;

@@ -1,6 +1,9 @@
 //! `line_server_pooled`: the line protocol with commands run on a worker pool (`--workers N`,
 //! default 8): SLEEPs don't stall other connections, replies stay in request order. Skipped
 //! (with a printed message) while the example is not built. Each test runs once per backend.
+// The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
+// example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
+#![cfg(target_os = "linux")]
 
 #[macro_use]
 mod common;

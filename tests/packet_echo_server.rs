@@ -1,6 +1,9 @@
 //! `packet_echo_server`: 4-byte big-endian length + payload frames echoed unchanged; other
 //! layouts; oversized and invalid lengths close only the offending connection. Each test runs
 //! once per backend.
+// The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
+// example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
+#![cfg(target_os = "linux")]
 
 #[macro_use]
 mod common;

@@ -2,6 +2,9 @@
 //! must cost nothing while the rest has not arrived: the IO thread sleeps instead of
 //! re-decoding in a loop. Measured as the server's CPU time over one second (a bound, not a
 //! speed target: a spinning loop uses a whole core). Each test runs once per backend.
+// The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
+// example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
+#![cfg(target_os = "linux")]
 
 #[macro_use]
 mod common;

@@ -13,7 +13,8 @@ use ringport::{BackendKind, Engine, Server, ServerHandle};
 /// The flags every example server takes.
 #[derive(Args, Debug)]
 pub struct CommonArgs {
-    /// auto | uring | epoll (auto: io_uring when available, else epoll with a warning)
+    /// auto | uring | epoll | iocp | poll (auto: io_uring when available, else epoll with a
+    /// warning; iocp on Windows)
     #[arg(long, env = "RINGPORT_BACKEND", default_value = "auto")]
     pub backend: BackendKind,
     /// IO threads [default: available parallelism]

@@ -152,6 +152,7 @@ impl Conn {
             Ok(_) => {}
             // Spurious wake-up: still connecting.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            #[cfg(unix)]
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return,
             Err(e) => return self.connect_failed(e, attempt, ctx),
         }
@@ -257,7 +258,9 @@ impl Conn {
                     }
                     // Move the buffer out so `consume` can borrow ctx mutably.
                     let buf = std::mem::take(&mut ctx.read_buf);
-                    let drained = peer_open && n < buf.len();
+                    // Not on Windows: mio re-arms readiness there only after a
+                    // `WouldBlock`, so every read goes on until one.
+                    let drained = peer_open && n < buf.len() && cfg!(not(windows));
                     self.consume(&buf[..n], now, ctx);
                     ctx.read_buf = buf;
                     if drained {

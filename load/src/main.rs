@@ -122,6 +122,7 @@ fn secs(name: &str, v: f64) -> Result<Duration, String> {
 }
 
 /// Raises the open-files soft limit to the hard limit; returns the new limit.
+#[cfg(unix)]
 fn raise_nofile_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -141,6 +142,12 @@ fn raise_nofile_limit() -> std::io::Result<u64> {
     }
     #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
     Ok(lim.rlim_cur as u64)
+}
+
+/// Windows has no open-files limit of that kind: sockets are limited by memory only.
+#[cfg(not(unix))]
+fn raise_nofile_limit() -> std::io::Result<u64> {
+    Ok(u64::MAX)
 }
 
 fn build_config(cli: Cli) -> Result<(Config, Common, usize), String> {

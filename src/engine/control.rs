@@ -159,20 +159,20 @@ impl ShutdownHandle {
 
 /// The thread that waits for SIGINT/SIGTERM and shuts the engine down gracefully.
 pub(crate) struct SignalWaiter {
-    handle: signal_hook::iterator::Handle,
+    handle: crate::sys::signals::SignalsHandle,
     thread: JoinHandle<()>,
 }
 
 impl SignalWaiter {
     pub(crate) fn spawn(
-        mut signals: signal_hook::iterator::Signals,
+        mut signals: crate::sys::signals::Signals,
         shutdown: ShutdownHandle,
     ) -> std::io::Result<SignalWaiter> {
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
             .name("ringport-signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
+                if let Some(sig) = signals.wait() {
                     // Logged once every IO thread has closed its listeners (or after 1 s, if
                     // a handler blocks one): from this line on, nothing new is accepted.
                     let all = shutdown.shutdown_and_wait(Duration::from_secs(1));

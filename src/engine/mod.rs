@@ -31,8 +31,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tracing::warn;
-
 pub use control::{Connector, ShutdownHandle};
 pub use server::{Server, ServerHandle};
 
@@ -40,7 +38,7 @@ use crate::stats::ServerStats;
 use crate::sys::{self, BackendConfig};
 use crate::{BackendKind, Error};
 use control::SignalWaiter;
-use server::{bind_listener, Factory, Limits, SharedServer};
+use server::{Factory, Limits, SharedServer};
 
 /// Default maximum of open connections per server.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
@@ -148,35 +146,12 @@ impl EngineBuilder {
             recv_buffer_count: self.recv_buffer_count.max(2).next_power_of_two(),
             ring_entries: 1024,
         };
-        // The probe's ring is torn down asynchronously by the kernel, which may then post task
-        // work to the thread that created it; that interrupts a blocking socket call with a
-        // timeout on that thread (EINTR). Probe on a short-lived thread of its own instead of
-        // the caller's.
-        let probe = |cfg: &BackendConfig| {
-            std::thread::scope(|s| {
-                s.spawn(|| sys::uring::probe(cfg))
-                    .join()
-                    .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
-            })
-        };
         let asked = match self.backend {
             Some(k) => k,
             None => BackendKind::from_env()?.unwrap_or_default(),
         };
-        let kind = match asked {
-            BackendKind::Epoll => BackendKind::Epoll,
-            BackendKind::Uring => {
-                probe(&bcfg).map_err(Error::UringUnavailable)?;
-                BackendKind::Uring
-            }
-            BackendKind::Auto => match probe(&bcfg) {
-                Ok(()) => BackendKind::Uring,
-                Err(why) => {
-                    warn!("io_uring unavailable ({why}); falling back to epoll");
-                    BackendKind::Epoll
-                }
-            },
-        };
+        // Probes io_uring for `auto`/`uring` on Linux; an unavailable backend is an error.
+        let kind = sys::select(asked, &bcfg)?;
         let client_stats = ServerStats::new(self.io_threads);
         Ok(Engine {
             connector: Connector::new(client_stats.clone()),
@@ -204,16 +179,9 @@ pub struct Engine {
     kind: BackendKind,
     bcfg: BackendConfig,
     servers: Vec<ServerSpec>,
-    signals: Option<signal_hook::iterator::Signals>,
+    signals: Option<sys::signals::Signals>,
     connector: Connector,
     client_stats: Arc<ServerStats>,
-}
-
-fn kind_name(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::Uring => "uring",
-        _ => "epoll",
-    }
 }
 
 impl Engine {
@@ -222,9 +190,9 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    /// The backend really in use: `"uring"` or `"epoll"`.
+    /// The backend really in use: `"uring"`, `"epoll"`, `"iocp"` or `"poll"`.
     pub fn backend_name(&self) -> &'static str {
-        kind_name(self.kind)
+        self.kind.name()
     }
 
     /// Opens outgoing connections through this engine; usable before it starts (connects are
@@ -237,14 +205,14 @@ impl Engine {
     /// kernel's backlog from now on and are accepted once the engine runs.
     pub fn add_server(&mut self, server: Server) -> Result<ServerHandle, Error> {
         let n = self.cfg.io_threads;
-        let mut listeners = Vec::with_capacity(n);
-        let mut addr = server.addr;
-        for _ in 0..n {
-            let l = bind_listener(addr, server.limits.backlog)
-                .map_err(|source| Error::Listen { addr, source })?;
-            addr = l.local_addr()?; // port 0: the others bind to the port the first got
-            listeners.push(l);
-        }
+        let listeners =
+            sys::bind_listeners(server.addr, server.limits.backlog, n).map_err(|source| {
+                Error::Listen {
+                    addr: server.addr,
+                    source,
+                }
+            })?;
+        let addr = listeners[0].local_addr()?; // port 0: the port the first got
         let stats = ServerStats::new(n);
         self.servers.push(ServerSpec {
             factory: server.factory,
@@ -261,10 +229,7 @@ impl Engine {
     /// [`Engine::start`] (then [`RunningEngine::join`]) both drain gracefully on them.
     pub fn catch_signals(&mut self) -> Result<(), Error> {
         if self.signals.is_none() {
-            self.signals = Some(signal_hook::iterator::Signals::new([
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-            ])?);
+            self.signals = Some(sys::signals::Signals::new()?);
         }
         Ok(())
     }
@@ -311,7 +276,7 @@ impl Engine {
             connector: self.connector,
             shutdown,
             signals: None,
-            backend: kind_name(self.kind),
+            backend: self.kind.name(),
         };
         if let Some(e) = failure {
             running.shutdown.shutdown();
@@ -353,7 +318,7 @@ impl RunningEngine {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
     }
-    /// The backend in use: `"uring"` or `"epoll"`.
+    /// The backend in use: `"uring"`, `"epoll"`, `"iocp"` or `"poll"`.
     pub fn backend_name(&self) -> &'static str {
         self.backend
     }

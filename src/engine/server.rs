@@ -1,8 +1,7 @@
 //! [`Server`]: an address, a decoder, a handler factory and the limits of its connections;
 //! [`ServerHandle`]: a running server's address and counters.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,18 +173,4 @@ pub(crate) struct SharedServer {
     pub factory: Option<Factory>,
     pub limits: Limits,
     pub stats: Arc<ServerStats>,
-}
-
-pub(crate) fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(backlog)?;
-    Ok(s.into())
 }

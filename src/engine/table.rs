@@ -571,10 +571,7 @@ impl State {
         self.ctx.stats(listener).accept_errors.add(1);
         let l = &mut self.listeners[listener];
         let now = self.ctx.now;
-        let resource = matches!(
-            error.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        );
+        let resource = crate::sys::is_resource_exhaustion(&error);
         if resource {
             l.backoff = (l.backoff * 2).clamp(MIN_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF);
             if l.last_warn

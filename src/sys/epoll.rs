@@ -1,5 +1,11 @@
-//! The epoll backend, on `mio` (edge-triggered): emulates completions by performing the
-//! non-blocking syscall when a socket is ready.
+//! The readiness backend, on `mio` (edge-triggered): emulates completions by performing the
+//! non-blocking syscall when a socket is ready. It is epoll on Linux (named `epoll`), and
+//! `poll` elsewhere: kqueue on macOS, AFD polling on Windows.
+//!
+//! On Windows mio re-arms a socket's readiness only after an operation on it returned
+//! `WouldBlock` (its emulation of edge triggering), so there every read is repeated until
+//! `WouldBlock` instead of trusting a short read to mean "drained", and every socket call goes
+//! through mio (`try_io`) so that its `WouldBlock` re-arms the poll.
 //!
 //! - Receive: one scratch buffer per IO thread. A ready connection is read once per loop turn
 //!   (fairness); if the read filled the buffer it is read again next turn. An idle connection
@@ -13,11 +19,10 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::unix::SourceFd;
+use mio::net::{TcpListener as MioListener, TcpStream as MioStream};
 use mio::{Events, Interest, Poll};
 
 use super::{Backend, BackendConfig, Event, Token, Waker};
@@ -27,8 +32,11 @@ const LISTENER_BASE: usize = usize::MAX / 2;
 /// Accepts per listener per loop turn before others get their turn.
 const ACCEPT_BATCH: usize = 64;
 
+/// A short read proves the socket drained (true edge triggering); not on Windows (above).
+const SHORT_READ_DRAINS: bool = cfg!(not(windows));
+
 struct Conn {
-    stream: TcpStream,
+    stream: MioStream,
     reading: bool,
     /// Readiness seen and not yet drained to EAGAIN.
     readable: bool,
@@ -41,7 +49,7 @@ struct Conn {
 }
 
 struct Listener {
-    listener: TcpListener,
+    listener: MioListener,
     paused: bool,
     queued: bool,
 }
@@ -109,10 +117,9 @@ impl EpollBackend {
         let Some((buf, off)) = c.send.as_mut() else {
             return;
         };
-        let sock = socket2::SockRef::from(&c.stream);
         let start = *off;
         while *off < buf.len() {
-            match sock.send_with_flags(&buf[*off..], libc::MSG_NOSIGNAL) {
+            match c.stream.try_io(|| send_some(&c.stream, &buf[*off..])) {
                 Ok(n) => *off += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if *off > start {
@@ -162,7 +169,7 @@ impl EpollBackend {
                 Ok((stream, _)) => {
                     return Some(Event::Accepted {
                         listener: id,
-                        stream,
+                        stream: stream.into(),
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -183,6 +190,29 @@ impl EpollBackend {
     }
 }
 
+/// One non-blocking send (no SIGPIPE on unix: the error comes back as EPIPE instead).
+fn send_some(stream: &MioStream, buf: &[u8]) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        socket2::SockRef::from(stream).send_with_flags(buf, libc::MSG_NOSIGNAL)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::Write;
+        let mut s = stream;
+        s.write(buf)
+    }
+}
+
+/// `connect` on a non-blocking socket reports "in progress" this way.
+fn connect_in_progress(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::EINPROGRESS) {
+        return true;
+    }
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
 /// The connection an event is about (`None` for listener and wake-up events).
 fn event_token(ev: &Event<'_>) -> Option<Token> {
     match ev {
@@ -200,13 +230,18 @@ fn event_token(ev: &Event<'_>) -> Option<Token> {
 
 impl Backend for EpollBackend {
     fn name(&self) -> &'static str {
-        "epoll"
+        if cfg!(target_os = "linux") {
+            "epoll"
+        } else {
+            "poll"
+        }
     }
 
     fn add_listener(&mut self, id: usize, listener: TcpListener) -> io::Result<()> {
         listener.set_nonblocking(true)?;
+        let mut listener = MioListener::from_std(listener);
         self.poll.registry().register(
-            &mut SourceFd(&listener.as_raw_fd()),
+            &mut listener,
             mio::Token(LISTENER_BASE + id),
             Interest::READABLE,
         )?;
@@ -234,11 +269,8 @@ impl Backend for EpollBackend {
     }
 
     fn close_listeners(&mut self) {
-        for l in self.listeners.iter_mut().filter_map(Option::take) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&l.listener.as_raw_fd()));
+        for mut l in self.listeners.iter_mut().filter_map(Option::take) {
+            let _ = self.poll.registry().deregister(&mut l.listener);
         }
         self.accept_queue.clear();
         self.accept_again.clear();
@@ -246,8 +278,9 @@ impl Backend for EpollBackend {
 
     fn register(&mut self, token: Token, stream: TcpStream) -> io::Result<()> {
         stream.set_nonblocking(true)?;
+        let mut stream = MioStream::from_std(stream);
         self.poll.registry().register(
-            &mut SourceFd(&stream.as_raw_fd()),
+            &mut stream,
             mio::Token(token),
             Interest::READABLE | Interest::WRITABLE,
         )?;
@@ -272,7 +305,7 @@ impl Backend for EpollBackend {
                 .set_nonblocking(true)
                 .and_then(|()| match socket.connect(&addr.into()) {
                     Ok(()) => Ok(()),
-                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+                    Err(e) if connect_in_progress(&e) => Ok(()),
                     Err(e) => Err(e),
                 });
         let stream: TcpStream = socket.into();
@@ -289,7 +322,7 @@ impl Backend for EpollBackend {
                     self.conns.resize_with(token + 1, || None);
                 }
                 self.conns[token] = Some(Conn {
-                    stream,
+                    stream: MioStream::from_std(stream),
                     reading: false,
                     readable: false,
                     queued: false,
@@ -338,14 +371,11 @@ impl Backend for EpollBackend {
     }
 
     fn close(&mut self, token: Token, abort: bool) {
-        if let Some(c) = self.conns.get_mut(token).and_then(Option::take) {
+        if let Some(mut c) = self.conns.get_mut(token).and_then(Option::take) {
             if abort {
                 let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
             }
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&c.stream.as_raw_fd()));
+            let _ = self.poll.registry().deregister(&mut c.stream);
             drop(c); // closes the descriptor; nothing of ours is left with the kernel
         }
         // After `close`, nothing but `Closed` is delivered for the token.
@@ -451,7 +481,7 @@ impl Backend for EpollBackend {
                     return Some(Event::ReadClosed { token });
                 }
                 Ok(n) => {
-                    if n == cap || c.hup {
+                    if n == cap || c.hup || !SHORT_READ_DRAINS {
                         self.read_again.push(token); // maybe more (or the EOF): next turn
                     } else {
                         // A short read on a stream socket drained it; the next arrival is a
@@ -478,7 +508,9 @@ impl Backend for EpollBackend {
         None
     }
 
+    #[cfg(target_os = "linux")]
     fn unsent(&self, token: Token) -> Option<usize> {
+        use std::os::fd::AsRawFd;
         let c = self.conns.get(token)?.as_ref()?;
         super::outq::unsent(c.stream.as_raw_fd())
     }

@@ -3,8 +3,9 @@
 //! The engine (`crate::engine`) is completion-shaped: it *submits* operations
 //! (accept, recv, send, connect, close) to a [`Backend`] and *reacts* to the
 //! [`Event`]s those operations complete with. io_uring does this natively
-//! (`sys/uring.rs`); the epoll backend (`sys/epoll.rs`, on `mio`) emulates it
-//! by performing the non-blocking syscall when the socket is ready.
+//! (`sys/uring.rs`, Linux) and so does the I/O completion port (`sys/iocp/`, Windows); the
+//! readiness backend (`sys/epoll.rs`, on `mio`: epoll on Linux, kqueue on macOS, AFD polling on
+//! Windows) emulates it by performing the non-blocking syscall when the socket is ready.
 //!
 //! Every backend must provide:
 //! - accepting on any number of listeners (one per server per IO thread), stopping after an
@@ -32,8 +33,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) mod epoll;
+#[cfg(windows)]
+pub(crate) mod iocp;
+#[cfg(target_os = "linux")]
 mod outq;
+pub(crate) mod signals;
+#[cfg(target_os = "linux")]
 pub(crate) mod uring;
+
+use crate::{BackendKind, Error};
 
 /// Identifies one connection within one IO thread: the index of its slot in the engine's table.
 /// A slot is not reused before the backend has delivered [`Event::Closed`] for it.
@@ -81,7 +89,7 @@ pub(crate) trait Waker: Send + Sync {
 
 /// One IO thread's instance of a kernel interface. Not shared between threads.
 pub(crate) trait Backend {
-    /// `"uring"` or `"epoll"`: the name printed in `listening on ... (backend: X)`.
+    /// `"uring"`, `"epoll"`, `"poll"` or `"iocp"`: the name printed in `listening on ... (backend: X)`.
     fn name(&self) -> &'static str;
     /// Starts accepting on `listener` (already bound, listening, non-blocking), reported as `id`.
     fn add_listener(&mut self, id: usize, listener: TcpListener) -> io::Result<()>;
@@ -128,20 +136,151 @@ pub(crate) struct BackendConfig {
     /// Bytes per receive buffer (epoll: the per-thread scratch buffer; uring: each provided buffer).
     pub recv_buffer_size: usize,
     /// uring only: buffers in the provided-buffer ring (a power of two).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub recv_buffer_count: u16,
     /// uring only: submission queue entries.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub ring_entries: u32,
 }
 
-/// Opens a backend of the given kind for one IO thread.
-pub(crate) fn open(
-    kind: crate::BackendKind,
-    config: &BackendConfig,
-) -> io::Result<Box<dyn Backend>> {
+/// Opens a backend of the given kind (as resolved by [`select`]) for one IO thread.
+pub(crate) fn open(kind: BackendKind, config: &BackendConfig) -> io::Result<Box<dyn Backend>> {
     match kind {
-        crate::BackendKind::Uring => Ok(Box::new(uring::UringBackend::new(config)?)),
-        crate::BackendKind::Epoll | crate::BackendKind::Auto => {
-            Ok(Box::new(epoll::EpollBackend::new(config)?))
+        #[cfg(target_os = "linux")]
+        BackendKind::Uring => Ok(Box::new(uring::UringBackend::new(config)?)),
+        #[cfg(windows)]
+        BackendKind::Iocp => Ok(Box::new(iocp::IocpBackend::new(config)?)),
+        _ => Ok(Box::new(epoll::EpollBackend::new(config)?)),
+    }
+}
+
+/// The readiness backend's kind on this OS: `Epoll` on Linux, `Poll` elsewhere (so that the
+/// name printed reads naturally).
+const READINESS: BackendKind = if cfg!(target_os = "linux") {
+    BackendKind::Epoll
+} else {
+    BackendKind::Poll
+};
+
+/// Resolves the backend asked for into the one that will run: `auto` is io_uring when the
+/// probe passes (else epoll, with one warning) on Linux, `iocp` on Windows, `poll` elsewhere;
+/// a backend this OS does not have is a one-line error.
+pub(crate) fn select(asked: BackendKind, config: &BackendConfig) -> Result<BackendKind, Error> {
+    let unavailable = |what: &str| {
+        Err(Error::Config(format!(
+            "backend {asked} is not available on this OS ({what}; available: {})",
+            BackendKind::available()
+        )))
+    };
+    match asked {
+        BackendKind::Poll => Ok(READINESS),
+        BackendKind::Epoll if cfg!(target_os = "linux") => Ok(BackendKind::Epoll),
+        BackendKind::Epoll => {
+            unavailable("epoll is Linux-only; poll is the readiness backend here")
+        }
+        BackendKind::Iocp if cfg!(windows) => Ok(BackendKind::Iocp),
+        BackendKind::Iocp => unavailable("the I/O completion port is Windows-only"),
+        #[cfg(target_os = "linux")]
+        BackendKind::Uring => {
+            probe_uring(config).map_err(Error::UringUnavailable)?;
+            Ok(BackendKind::Uring)
+        }
+        #[cfg(not(target_os = "linux"))]
+        BackendKind::Uring => unavailable("io_uring is Linux-only"),
+        #[cfg(target_os = "linux")]
+        BackendKind::Auto => match probe_uring(config) {
+            Ok(()) => Ok(BackendKind::Uring),
+            Err(why) => {
+                tracing::warn!("io_uring unavailable ({why}); falling back to epoll");
+                Ok(BackendKind::Epoll)
+            }
+        },
+        #[cfg(windows)]
+        BackendKind::Auto => {
+            let _ = config;
+            Ok(BackendKind::Iocp)
+        }
+        #[cfg(not(any(target_os = "linux", windows)))]
+        BackendKind::Auto => {
+            let _ = config;
+            Ok(BackendKind::Poll)
         }
     }
+}
+
+/// Probes io_uring on a short-lived thread of its own: the probe's ring is torn down
+/// asynchronously by the kernel, which may then post task work to the thread that created it;
+/// that interrupts a blocking socket call with a timeout on that thread (EINTR).
+#[cfg(target_os = "linux")]
+fn probe_uring(config: &BackendConfig) -> Result<(), String> {
+    std::thread::scope(|s| {
+        s.spawn(|| uring::probe(config))
+            .join()
+            .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+    })
+}
+
+/// Whether an accept error means a resource ran out (descriptors, buffers, memory): the
+/// engine then backs off instead of retrying at once.
+pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::{ERROR_NOT_ENOUGH_MEMORY, ERROR_OUTOFMEMORY};
+        use windows_sys::Win32::Networking::WinSock::{WSAEMFILE, WSAENOBUFS};
+        matches!(
+            error.raw_os_error(),
+            Some(c) if c == WSAEMFILE
+                || c == WSAENOBUFS
+                || c == ERROR_NOT_ENOUGH_MEMORY as i32
+                || c == ERROR_OUTOFMEMORY as i32
+        )
+    }
+}
+
+/// Binds `n` listening sockets on `addr`, one per IO thread, non-blocking.
+///
+/// unix: `n` sockets with SO_REUSEPORT (the kernel spreads connections over them; port 0: the
+/// first gets a port, the others bind to it). Windows has no SO_REUSEPORT (its SO_REUSEADDR
+/// would let any process steal the port): one socket is bound and the others are handles to
+/// it (`try_clone`), so every IO thread accepts from the one backlog.
+pub(crate) fn bind_listeners(
+    addr: SocketAddr,
+    backlog: i32,
+    n: usize,
+) -> io::Result<Vec<TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |addr: SocketAddr| -> io::Result<TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        #[cfg(unix)]
+        {
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+        }
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(backlog)?;
+        Ok(s.into())
+    };
+    let first = bind(addr)?;
+    let mut all = Vec::with_capacity(n);
+    let addr = first.local_addr()?;
+    all.push(first);
+    for _ in 1..n {
+        if cfg!(unix) {
+            all.push(bind(addr)?);
+        } else {
+            all.push(all[0].try_clone()?);
+        }
+    }
+    Ok(all)
 }

@@ -27,11 +27,21 @@ pub fn engine(kind: BackendKind, io_threads: usize) -> Option<Engine> {
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
+        #[cfg(not(windows))]
         mod epoll {
             $(#[test] fn $name() { super::$name(ringport::BackendKind::Epoll) })*
         }
+        #[cfg(not(windows))]
         mod uring {
             $(#[test] fn $name() { super::$name(ringport::BackendKind::Uring) })*
+        }
+        #[cfg(windows)]
+        mod iocp {
+            $(#[test] fn $name() { super::$name(ringport::BackendKind::Iocp) })*
+        }
+        #[cfg(windows)]
+        mod poll {
+            $(#[test] fn $name() { super::$name(ringport::BackendKind::Poll) })*
         }
     };
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The Windows leg: cross-build for x86_64-pc-windows-gnu, clippy for that target, a compile
+# check for macOS, the library-level tests under Wine (every test on iocp and on poll), and
+# every example server under Wine driven from Linux (ci/windows/check_servers.py).
+# Called from .ci/run after the Linux legs (it reuses the Linux ringport-load binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+bash .ci/install-windows.sh
+
+T=x86_64-pc-windows-gnu
+TD="${CARGO_TARGET_DIR:-target}"
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
+export WINEDEBUG=-all
+mkdir -p "$TD"
+export WINEPREFIX="${WINEPREFIX:-$(cd "$TD" && pwd)/wineprefix}"
+# The engine tests must run on the backend they name (iocp, poll): no skip on Windows.
+export RINGPORT_TEST_REQUIRE_URING=1
+export RINGPORT_TEST_REQUIRE_TOOLS=1
+
+cargo clippy --target "$T" --workspace --all-targets -- -D warnings
+# macOS: the library, the examples and the load client compile (poll is kqueue there); not run.
+cargo check --target x86_64-apple-darwin -p ringport -p ringport-load --lib --bins --examples
+
+# Wine's server kept running for the whole leg (a fresh prefix's first start is slow).
+wineserver -p 600 || true # "already running" is fine
+trap 'wineserver -k 2>/dev/null || true' EXIT
+wineboot -i >/dev/null 2>&1 || true
+
+# ringport-bench has no tests (its peers are Linux benchmarks): clippy above covers it.
+cargo test --target "$T" --workspace --exclude ringport-bench --no-run
+ci/windows/build-shim.sh "$TD" # the ProcessPrng shim, next to the test executables
+cargo test --target "$T" --workspace --exclude ringport-bench
+
+cargo build -p ringport-load
+python3 ci/windows/check_servers.py \
+    --exe-dir "$TD/$T/debug/examples" --load "$TD/debug/ringport-load"
+
+echo "windows leg: $(($(date +%s) - start)) s"

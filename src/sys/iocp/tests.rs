@@ -1,0 +1,138 @@
+//! Backend-level tests of the IOCP backend (run under Wine in CI).
+
+use super::*;
+use std::io::{Read, Write};
+use std::time::Instant;
+
+fn backend() -> IocpBackend {
+    IocpBackend::new(&BackendConfig {
+        recv_buffer_size: 4096,
+        recv_buffer_count: 2,
+        ring_entries: 8,
+    })
+    .expect("completion port")
+}
+
+/// Waits (bounded) until `want` matches an event; every event seen goes to `seen`.
+fn until(b: &mut IocpBackend, seen: &mut Vec<String>, want: impl Fn(&Event<'_>) -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        b.wait(Some(Duration::from_millis(50))).expect("wait");
+        while let Some(ev) = b.next() {
+            let hit = want(&ev);
+            seen.push(format!("{ev:?}"));
+            if hit {
+                return;
+            }
+        }
+        assert!(Instant::now() < end, "timed out; events: {seen:?}");
+    }
+}
+
+/// Accepts one connection through AcceptEx and registers it as token 0.
+fn accepted(b: &mut IocpBackend) -> (std::net::TcpStream, Vec<String>) {
+    let l = super::super::bind_listeners("127.0.0.1:0".parse().unwrap(), 16, 1)
+        .unwrap()
+        .remove(0);
+    let addr = l.local_addr().unwrap();
+    b.add_listener(0, l).unwrap();
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    let mut seen = Vec::new();
+    let mut stream = None;
+    let end = Instant::now() + Duration::from_secs(10);
+    while stream.is_none() {
+        assert!(Instant::now() < end, "no accept; events: {seen:?}");
+        b.wait(Some(Duration::from_millis(50))).unwrap();
+        while let Some(ev) = b.next() {
+            match ev {
+                Event::Accepted { stream: s, .. } => stream = Some(s),
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+    }
+    b.register(0, stream.unwrap()).unwrap();
+    (client, seen)
+}
+
+#[test]
+fn data_then_eof_through_zero_byte_receives() {
+    let mut b = backend();
+    let (mut client, mut seen) = accepted(&mut b);
+    client.write_all(b"hello").unwrap();
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while got.len() < 5 {
+        assert!(Instant::now() < end, "no data; events: {seen:?}");
+        b.wait(Some(Duration::from_millis(50))).unwrap();
+        while let Some(ev) = b.next() {
+            if let Event::Data { data, .. } = ev {
+                got.extend_from_slice(data);
+            } else {
+                seen.push(format!("{ev:?}"));
+            }
+        }
+    }
+    assert_eq!(got, b"hello");
+    client.shutdown(Shutdown::Write).unwrap();
+    until(&mut b, &mut seen, |e| {
+        matches!(e, Event::ReadClosed { token: 0 })
+    });
+    b.send(0, b"bye".to_vec());
+    until(&mut b, &mut seen, |e| {
+        matches!(e, Event::SendDone { token: 0, .. })
+    });
+    let mut reply = [0u8; 3];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"bye");
+    b.close(0, false);
+    until(&mut b, &mut seen, |e| {
+        matches!(e, Event::Closed { token: 0 })
+    });
+    assert_eq!(
+        b.in_flight, ACCEPTS_PER_LISTENER,
+        "only the listener's accepts remain"
+    );
+    b.shutdown(Duration::from_secs(2));
+    assert_eq!(b.in_flight, 0);
+}
+
+#[test]
+fn close_with_a_send_in_flight_reports_only_closed_once() {
+    let mut b = backend();
+    let (client, mut seen) = accepted(&mut b);
+    // The client never reads: a large send stays in flight.
+    b.send(0, vec![7u8; 64 << 20]);
+    b.wait(Some(Duration::from_millis(100))).unwrap();
+    while b.next().is_some() {}
+    b.close(0, true);
+    until(&mut b, &mut seen, |e| {
+        matches!(e, Event::Closed { token: 0 })
+    });
+    // Nothing else for the token, ever: not the send's result, not a second Closed.
+    b.wait(Some(Duration::from_millis(200))).unwrap();
+    while let Some(ev) = b.next() {
+        seen.push(format!("{ev:?}"));
+    }
+    let about_0 = seen.iter().filter(|s| s.contains("token: 0")).count();
+    assert_eq!(about_0, 1, "{seen:?}");
+    assert!(b.conns.iter().all(Option::is_none));
+    drop(client);
+    b.shutdown(Duration::from_secs(2));
+    assert_eq!(b.in_flight, 0);
+}
+
+#[test]
+fn waker_interrupts_an_unbounded_wait() {
+    let mut b = backend();
+    let w = b.waker();
+    let t = std::thread::spawn(move || {
+        w.wake();
+        w.wake(); // coalesced with the first while it waits in the port
+    });
+    let start = Instant::now();
+    b.wait(None).unwrap();
+    assert!(matches!(b.next(), Some(Event::Wake)));
+    assert!(b.next().is_none());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    t.join().unwrap();
+}
