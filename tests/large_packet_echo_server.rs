@@ -1,7 +1,7 @@
 //! `large_packet_echo_server`: the framing and flags of `packet_echo_server`, plus
 //! `--io-buffer BYTES` (default 1024) and a default `--max-frame` of 65536; frames larger than
-//! the IO buffer are echoed through a worker pool with per-connection order preserved. Skipped
-//! (with a printed message) while the example is not built. Each test runs once per backend.
+//! the IO buffer are echoed through a worker pool with per-connection order preserved. Each test
+//! runs once per backend.
 
 #[macro_use]
 mod common;
@@ -15,7 +15,7 @@ use common::*;
 const SERVER: &str = "large_packet_echo_server";
 const DEFAULT_MAX: usize = 65_536;
 
-backend_tests!(optional "large_packet_echo_server";
+backend_tests!("large_packet_echo_server";
     frames_around_io_buffer,
     fragmented_round_trip,
     fragmented_small_io_buffer,

@@ -1,6 +1,6 @@
 //! `line_server_pooled`: the line protocol with commands run on a worker pool (`--workers N`,
-//! default 8): SLEEPs don't stall other connections, replies stay in request order. Skipped
-//! (with a printed message) while the example is not built. Each test runs once per backend.
+//! default 8): SLEEPs don't stall other connections, replies stay in request order. Each test
+//! runs once per backend.
 
 #[macro_use]
 mod common;
@@ -13,7 +13,7 @@ use common::*;
 
 const SERVER: &str = "line_server_pooled";
 
-backend_tests!(optional "line_server_pooled";
+backend_tests!("line_server_pooled";
     greeting_and_verbs,
     verbs_case_insensitive,
     bare_lf_accepted,
