@@ -1163,3 +1163,132 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The kernel's queues of one TCP socket of this network namespace, from `/proc/net/tcp`:
+/// `(tx_queue, rx_queue)` of the socket whose local end is `local` and remote end `remote`
+/// (IPv4 only). `rx_queue` is what its process has not read yet.
+pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    fn hex(a: SocketAddr) -> Option<String> {
+        match a {
+            SocketAddr::V4(v4) => Some(format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(v4.ip().octets()),
+                v4.port()
+            )),
+            SocketAddr::V6(_) => None,
+        }
+    }
+    let (l, r) = (hex(local)?, hex(remote)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || f[1] != l || f[2] != r {
+            return None;
+        }
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// Waits until the server has read everything `client` sent: the client's send queue is empty
+/// and the server's socket of this connection holds nothing unread. This is how a test knows
+/// that a request reached the server's handler path, without sleeping.
+pub fn wait_server_read_all(client: &TcpStream, what: &str) {
+    let (me, server) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    wait_until(Duration::from_secs(10), what, || {
+        matches!(
+            (tcp_queues(me, server), tcp_queues(server, me)),
+            (Some((0, _)), Some((_, 0)))
+        )
+    });
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`), as a log line reads on a terminal.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The counters an example server logs for each of its servers when it stops
+/// (`stopped addr=.. stats=StatsSnapshot { accepted: .., .., closed: [..] }`).
+#[derive(Debug, Clone, Default)]
+pub struct FinalStats {
+    pub counters: HashMap<String, u64>,
+    /// Indexed by `ringport::CloseReason::index`.
+    pub closed: Vec<u64>,
+}
+
+impl FinalStats {
+    /// A counter by its `StatsSnapshot` field name; panics if the line did not have it.
+    pub fn get(&self, name: &str) -> u64 {
+        *self
+            .counters
+            .get(name)
+            .unwrap_or_else(|| panic!("no counter {name:?} in the final stats {self:?}"))
+    }
+    /// Connections closed for this reason.
+    pub fn closed_by(&self, reason: &ringport::CloseReason) -> u64 {
+        self.closed[reason.index()]
+    }
+
+    /// Every `stopped` line of a server's stderr, parsed.
+    pub fn parse_all(stderr: &str) -> Vec<FinalStats> {
+        let text = strip_ansi(stderr);
+        text.lines()
+            .filter(|l| l.contains(" stopped ") && l.contains("stats=StatsSnapshot {"))
+            .map(|l| {
+                let body = &l[l.find("StatsSnapshot {").unwrap() + "StatsSnapshot {".len()..];
+                let (scalars, closed) = body.split_once("closed: [").expect("closed: [..]");
+                let counters = scalars
+                    .split(',')
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once(':')?;
+                        Some((k.trim().to_string(), v.trim().parse().ok()?))
+                    })
+                    .collect();
+                let closed = closed
+                    .split(']')
+                    .next()
+                    .unwrap()
+                    .split(',')
+                    .map(|v| v.trim().parse().expect("a closed counter"))
+                    .collect();
+                FinalStats { counters, closed }
+            })
+            .collect()
+    }
+}
+
+impl Server {
+    /// The counters the server logged when it stopped (it must have exited, with one server).
+    pub fn final_stats(&self) -> FinalStats {
+        assert!(
+            self.exit.is_some(),
+            "final_stats: the server is still running"
+        );
+        self.stderr.wait_closed(Duration::from_secs(5));
+        let all = FinalStats::parse_all(&self.stderr.text());
+        assert_eq!(
+            all.len(),
+            1,
+            "expected one `stopped ... stats=` line, stderr:\n{}",
+            tail(&self.stderr.text(), 4000)
+        );
+        all.into_iter().next().unwrap()
+    }
+}
