@@ -184,7 +184,7 @@ fn watermarks_pause_and_resume(kind: BackendKind) {
     let (paused_at, stalled) = write_until_stalled(&mut c, 0, OFFER);
     let at_pause = server.stats().snapshot();
     println!(
-        "client stalled after {} KiB; server in {} KiB, out {} KiB, pauses {}",
+        "client wrote {} KiB; server in {} KiB, out {} KiB, pauses {}",
         paused_at >> 10,
         at_pause.bytes_in >> 10,
         at_pause.bytes_out >> 10,
