@@ -28,6 +28,7 @@ backend_tests!("large_packet_echo_server";
     layout_w8_be,
     garbage,
     concurrent_clients_large_frames,
+    transfer_buffers_exhausted_hold_and_resume,
 );
 
 /// Frames just below, at and above the IO buffer (default 1024) up to the default max.
@@ -127,4 +128,62 @@ fn concurrent_clients_large_frames(b: Backend) {
         h.join().expect("client thread");
     }
     s.assert_alive("after concurrent large frames");
+}
+
+/// `--transfer-buffers 2 --workers 1`: 8 clients at once each send 24 frames larger than the IO
+/// buffer in one write (and read the echo meanwhile), so the two transfer buffers are in use
+/// nearly all the time and frames wait for one. No frame may be lost, duplicated or reordered
+/// (a held frame is offered again and its connection resumes reading), and the server's memory
+/// stays bounded (under 64 MiB of growth; the clients offer up to 12 MiB at once).
+fn transfer_buffers_exhausted_hold_and_resume(b: Backend) {
+    let s = Server::start(
+        SERVER,
+        b,
+        &[
+            "--transfer-buffers",
+            "2",
+            "--workers",
+            "1",
+            "--io-threads",
+            "1",
+        ],
+    );
+    let rss0 = s.rss_kib();
+    let addr = s.addr;
+    let seed = test_seed();
+    let handles: Vec<_> = (0..8u64)
+        .map(|k| {
+            thread::spawn(move || {
+                let mut rng = Rng::new(seed ^ (k << 16) ^ 0x7B);
+                let mut c = connect(addr);
+                let mut data = Vec::new();
+                for _ in 0..24 {
+                    let n = rng.range(2048, DEFAULT_MAX as u64) as usize;
+                    data.extend_from_slice(&Layout::DEFAULT.frame(&rng.bytes(n)));
+                }
+                let back = exchange(
+                    &mut c,
+                    vec![data.clone()],
+                    data.len(),
+                    Duration::from_secs(60),
+                )
+                .unwrap_or_else(|e| panic!("client {k}: {e}"));
+                assert_bytes_eq(&back, &data, &format!("client {k}"));
+            })
+        })
+        .collect();
+    let mut max_rss = rss0;
+    while !handles.iter().all(|h| h.is_finished()) {
+        max_rss = max_rss.max(s.rss_kib());
+        thread::sleep(Duration::from_millis(20));
+    }
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    let growth = max_rss.saturating_sub(rss0);
+    println!("RSS {rss0} -> max {max_rss} KiB with 2 transfer buffers");
+    assert!(
+        growth < 64 * 1024,
+        "server RSS grew by {growth} KiB with 2 transfer buffers"
+    );
 }
