@@ -95,7 +95,7 @@ fn sigterm_flushes_pending_reply(b: Backend) {
 /// PING sent on another connection once the server has read the SLEEP is not answered before
 /// the SLEEP ends. The bound is a lower one (a blocked thread cannot be faster), not a speed.
 fn sleep_blocks_its_io_thread(b: Backend) {
-    const SLEEP_MS: u64 = 600;
+    const SLEEP_MS: u64 = 1500;
     let s = Server::start(SERVER, b, &["--io-threads", "1"]);
     let mut sleeper = LineClient::connect(s.addr);
     let mut pinger = LineClient::connect(s.addr);

@@ -49,35 +49,39 @@ fn replies_until_close(c: &mut LineClient, timeout: Duration) -> (Vec<String>, C
     }
 }
 
-/// Four connections each pipeline `SLEEP 600, SLEEP 600, PING` on 2 workers (about 2.4 s of
-/// work; one connection's commands run one after another), then SIGTERM.
-fn start_jobs_then_sigterm(b: Backend, drain: &str) -> (Server, Vec<LineClient>) {
+/// Four connections each pipeline `SLEEP ms, SLEEP ms, PING` on 2 workers (one connection's
+/// commands run one after another: 4 x ms of work per worker), then SIGTERM once the server
+/// has read them all. Returns the replies each connection must get.
+fn start_jobs_then_sigterm(
+    b: Backend,
+    drain: &str,
+    ms: u64,
+) -> (Server, Vec<LineClient>, Vec<String>) {
     let s = Server::start(SERVER, b, &["--workers", "2", "--drain-timeout", drain]);
     let mut clients: Vec<LineClient> = (0..4).map(|_| LineClient::connect(s.addr)).collect();
     for c in &mut clients {
-        c.send_raw(b"SLEEP 600\r\nSLEEP 600\r\nPING\r\n");
+        c.send_raw(format!("SLEEP {ms}\r\nSLEEP {ms}\r\nPING\r\n").as_bytes());
     }
-    for c in &clients {
-        wait_server_read_all(&c.stream, "the server reading the pipelined commands");
-    }
+    let streams: Vec<&std::net::TcpStream> = clients.iter().map(|c| &c.stream).collect();
+    wait_server_read_all_of(&streams, "the server reading the pipelined commands");
     s.signal(libc::SIGTERM);
-    (s, clients)
+    let want = vec![
+        format!("+SLEPT {ms}"),
+        format!("+SLEPT {ms}"),
+        "+PONG".to_string(),
+    ];
+    (s, clients, want)
 }
-
-const JOB_REPLIES: [&str; 3] = ["+SLEPT 600", "+SLEPT 600", "+PONG"];
 
 /// SIGTERM while jobs run and more wait in the queue, with a drain long enough for all of them:
 /// every command read before the signal is answered, in order, then the connection closes
 /// cleanly (EOF), and the process exits 0.
 fn shutdown_with_queued_and_running_jobs(b: Backend) {
     let t = Instant::now();
-    let (mut s, mut clients) = start_jobs_then_sigterm(b, "20");
+    let (mut s, mut clients, want) = start_jobs_then_sigterm(b, "20", 600);
     for (i, c) in clients.iter_mut().enumerate() {
         let (got, how) = replies_until_close(c, Duration::from_secs(20));
-        assert_eq!(
-            got, JOB_REPLIES,
-            "client {i}: replies to the queued commands"
-        );
+        assert_eq!(got, want, "client {i}: replies to the queued commands");
         assert_eq!(how, Closed::Eof, "client {i}: closed after its last reply");
     }
     let st = s
@@ -87,19 +91,19 @@ fn shutdown_with_queued_and_running_jobs(b: Backend) {
     println!("all answered; exited {:?} after the start", t.elapsed());
 }
 
-/// The same with `--drain-timeout 1`: the work cannot be done by the deadline (SLEEPs are lower
-/// bounds). Replies that arrive are in order; every connection still waiting for a reply at the
-/// deadline is reset (never a clean EOF that would pass for "all answered"); exit 0.
+/// The same with `SLEEP 5000` and `--drain-timeout 1`: no job can finish by the deadline (a
+/// SLEEP is a lower bound). Every connection, still waiting for its replies at the deadline, is
+/// reset (never a clean EOF that would pass for "all answered"); exit 0.
 fn shutdown_deadline_resets_unfinished_jobs(b: Backend) {
-    let (mut s, mut clients) = start_jobs_then_sigterm(b, "1");
+    let (mut s, mut clients, want) = start_jobs_then_sigterm(b, "1", 5000);
     let mut cut = 0;
     for (i, c) in clients.iter_mut().enumerate() {
         let (got, how) = replies_until_close(c, Duration::from_secs(10));
         assert!(
-            JOB_REPLIES.starts_with(&got.iter().map(String::as_str).collect::<Vec<_>>()),
+            want.starts_with(&got),
             "client {i}: replies out of order or unexpected: {got:?}"
         );
-        if got.len() < JOB_REPLIES.len() {
+        if got.len() < want.len() {
             cut += 1;
             assert_eq!(
                 how,
@@ -112,7 +116,7 @@ fn shutdown_deadline_resets_unfinished_jobs(b: Backend) {
     }
     assert!(
         cut > 0,
-        "2.4 s of SLEEPs on 2 workers all answered within --drain-timeout 1"
+        "SLEEP 5000 jobs all answered within --drain-timeout 1: the deadline was not applied"
     );
     let st = s
         .wait_exit(Duration::from_secs(1 + 5))
