@@ -3,14 +3,16 @@
 # (https://mutants.rs): each mutant (a function body replaced, an operator flipped, ...) is
 # built in a copy of the tree and the whole ringport test suite (unit tests and every
 # integration test, both backends, io_uring required) is run against it. A mutant the suite
-# does not fail on is "missed". Results go to $MUTANTS_OUT (default mutants.out/): caught.txt,
-# missed.txt, timeout.txt, unviable.txt, outcomes.json.
+# does not fail on is "missed". Results go to $MUTANTS_DIR/mutants.out/ (default ./mutants.out):
+# caught.txt, missed.txt, timeout.txt, unviable.txt, outcomes.json.
 #
 # Usage:
 #   bench/mutants.sh                 # every mutant of the files below (many hours on 2 cores)
 #   bench/mutants.sh 3/8             # shard 3 of 8 (0-based): run the shards on separate days
 #   MUTANTS_FILES="src/codec/line.rs src/pool.rs" bench/mutants.sh   # a subset
 #   bench/mutants.sh --list          # extra arguments go to cargo-mutants
+#   bench/mutants.sh --in-place --baseline skip   # reuse target/ (no cold build of a copy);
+#                                    # the tree is mutated meanwhile: build nothing else in it
 #
 # Time: one mutant costs an incremental build of the library, examples and test binaries plus,
 # when it is missed, a full suite run (~2 min on this machine); a caught mutant usually stops
@@ -40,7 +42,7 @@ args=(
     --jobs 1
     --timeout "${MUTANTS_TIMEOUT:-600}"
     --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}"
-    --output "${MUTANTS_OUT:-mutants.out}"
+    --output "${MUTANTS_DIR:-.}"
 )
 for f in $files; do
     args+=(--file "$f")
@@ -55,7 +57,7 @@ export RINGPORT_TEST_REQUIRE_URING="${RINGPORT_TEST_REQUIRE_URING:-1}"
 status=0
 cargo mutants "${args[@]}" "$@" || status=$?
 # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: a figure, not a failure here.
-out="${MUTANTS_OUT:-mutants.out}"
+out="${MUTANTS_DIR:-.}/mutants.out"
 if [ -d "$out" ]; then
     for k in caught missed timeout unviable; do
         printf '%-9s %s\n' "$k" "$( (cat "$out/$k.txt" 2>/dev/null || true) | grep -c . || true)"
