@@ -39,7 +39,6 @@ fi
 files="${MUTANTS_FILES:-src/engine.rs src/engine/*.rs src/conn.rs src/conn/*.rs src/handle.rs src/pool.rs src/codec/mod.rs src/codec/length.rs src/codec/line.rs}"
 args=(
     --package ringport
-    --jobs 1
     --timeout "${MUTANTS_TIMEOUT:-600}"
     --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}"
     --output "${MUTANTS_DIR:-.}"
@@ -47,6 +46,11 @@ args=(
 for f in $files; do
     args+=(--file "$f")
 done
+# One mutant at a time (2 cores); --in-place allows no other value and refuses the flag.
+case " $* " in
+    *" --in-place "*) ;;
+    *) args+=(--jobs 1) ;;
+esac
 if [ -n "$shard" ]; then
     args+=(--shard "$shard")
 fi
