@@ -107,14 +107,14 @@ mod slow_reader_with_full_kernel_buffer_gets_every_byte {
 
     #[test]
     fn epoll() {
-        if let Some(b) = prepare(super::ECHO, Backend::Epoll, false) {
+        if let Some(b) = prepare(super::ECHO, Backend::Epoll) {
             super::slow_reader_with_full_kernel_buffer_gets_every_byte(b)
         }
     }
 
     #[test]
     fn uring() {
-        if let Some(b) = prepare(super::ECHO, Backend::Uring, false) {
+        if let Some(b) = prepare(super::ECHO, Backend::Uring) {
             super::slow_reader_with_full_kernel_buffer_gets_every_byte(b)
         }
     }

@@ -214,11 +214,12 @@ fn io_threads_flag(backend: Backend) {
     }
 }
 
-/// A client writes 64 MiB without ever reading. The server must apply backpressure (stop
-/// reading it) instead of buffering: its RSS stays bounded, and another client is served
-/// promptly meanwhile.
+/// A client offers 128 MiB without ever reading. The server must apply backpressure (stop
+/// reading it) instead of buffering: the client's writes stall before 128 MiB, the server's RSS
+/// grows by far less than what was offered (under 32 MiB: the write queue's high watermark,
+/// the receive buffers and the allocator's slack), and another client is served meanwhile.
 fn non_reading_client(backend: Backend) {
-    const TOTAL: u64 = 64 << 20;
+    const TOTAL: u64 = 128 << 20;
     let mut s = Server::start(SERVER, backend, &[]);
     let mut other = s.connect();
     echo_round_trip(&mut other, b"warm-up", "warm-up");
@@ -273,12 +274,13 @@ fn non_reading_client(backend: Backend) {
         worst
     );
     assert!(
-        worst < Duration::from_secs(2),
-        "another client waited {worst:?} for an echo while a client was not reading"
+        w < TOTAL,
+        "the client wrote all {} MiB without reading: the server never stopped reading it",
+        TOTAL >> 20
     );
     let growth = max_rss.saturating_sub(rss0);
     assert!(
-        growth < 64 * 1024,
+        growth < 32 * 1024,
         "server RSS grew by {growth} KiB (from {rss0} KiB) while a client wrote {} KiB without \
          reading: no backpressure",
         w / 1024

@@ -1,23 +1,96 @@
-//! A handler that panics costs only its own connection: it is reset, counted as
-//! `handler-panic`, and every other connection on the same IO thread is still served.
+//! A panic in handler code costs only its own connection: in `on_frame` or `on_open` the
+//! connection is reset (never a clean EOF), counted as `handler-panic`, and its handler is not
+//! called again, not even `on_close`; in the handler factory the new connection is closed
+//! before it has a handler. Every other connection on the same IO thread is still served.
+//! Library-level, on every backend, one IO thread.
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringport::codec::Lines;
-use ringport::{BackendKind, CloseReason, Conn, Frame, Handler, Server};
+use ringport::{
+    BackendKind, CloseReason, Conn, ConnInfo, Frame, Handler, RunningEngine, Server, ServerHandle,
+};
 
-struct Fragile;
+/// Echoes lines; panics on `boom`, or in `on_open` when told to. Reports `on_close`.
+struct Fragile {
+    panic_on_open: bool,
+    closed: Arc<Mutex<mpsc::Sender<(SocketAddr, CloseReason)>>>,
+}
+
 impl Handler for Fragile {
+    fn on_open(&mut self, _conn: &mut Conn<'_>) {
+        if self.panic_on_open {
+            panic!("a bug in on_open");
+        }
+    }
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
         if frame.payload() == b"boom" {
             panic!("a handler bug");
         }
         conn.write(frame.raw());
     }
+    fn on_close(&mut self, info: &ConnInfo, reason: &CloseReason) {
+        let _ = self
+            .closed
+            .lock()
+            .unwrap()
+            .send((info.peer, reason.clone()));
+    }
+}
+
+/// What the factory does for the n-th connection (0-based).
+#[derive(Clone, Copy, PartialEq)]
+enum Make {
+    Fine,
+    PanicInFactory,
+    PanicInOnOpen,
+}
+
+struct Setup {
+    running: RunningEngine,
+    server: ServerHandle,
+    closed: mpsc::Receiver<(SocketAddr, CloseReason)>,
+}
+
+fn start(kind: BackendKind, plan: Vec<Make>) -> Option<Setup> {
+    let mut engine = support::engine(kind, 1)?;
+    let (tx, rx) = mpsc::channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let n = AtomicUsize::new(0);
+    let server = engine
+        .add_server(Server::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Lines::new(1024),
+            move |_| {
+                let i = n.fetch_add(1, Ordering::SeqCst);
+                let make = plan.get(i).copied().unwrap_or(Make::Fine);
+                if make == Make::PanicInFactory {
+                    panic!("a bug in the handler factory");
+                }
+                Fragile {
+                    panic_on_open: make == Make::PanicInOnOpen,
+                    closed: tx.clone(),
+                }
+            },
+        ))
+        .unwrap();
+    Some(Setup {
+        running: engine.start().unwrap(),
+        server,
+        closed: rx,
+    })
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
 }
 
 fn round_trip(s: &mut TcpStream, line: &[u8]) -> Vec<u8> {
@@ -27,51 +100,150 @@ fn round_trip(s: &mut TcpStream, line: &[u8]) -> Vec<u8> {
     got
 }
 
-fn panic_costs_only_its_connection(kind: BackendKind) {
-    let Some(mut engine) = support::engine(kind, 1) else {
-        return;
-    };
-    let server = engine
-        .add_server(Server::new(
-            "127.0.0.1:0".parse().unwrap(),
-            Lines::new(1024),
-            |_| Fragile,
-        ))
-        .unwrap();
-    let running = engine.start().unwrap();
-    let connect = || {
-        let s = TcpStream::connect(server.local_addr()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    };
-    let mut good = connect();
-    let mut bad = connect();
-    assert_eq!(round_trip(&mut good, b"hello\n"), b"hello\n");
-    assert_eq!(round_trip(&mut bad, b"first\n"), b"first\n");
-    bad.write_all(b"boom\n").unwrap();
-    // The panicking connection is reset (or sees EOF), never left hanging.
-    let mut buf = [0u8; 16];
-    match bad.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
-        Ok(n) => panic!("unexpected {n} bytes after the panic"),
+/// How the server ended a connection, seen by a client that only reads.
+fn read_end(s: &mut TcpStream) -> Result<(), ErrorKind> {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Ok(n) => panic!("unexpected {n} bytes: {:?}", &buf[..n]),
+        Err(e) => Err(e.kind()),
     }
-    // Same IO thread, still served; new connections too.
-    assert_eq!(round_trip(&mut good, b"still here\n"), b"still here\n");
-    let mut fresh = connect();
-    assert_eq!(round_trip(&mut fresh, b"new\n"), b"new\n");
+}
+
+fn wait_panics_counted(server: &ServerHandle, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server
-        .stats()
-        .snapshot()
-        .closed_by(&CloseReason::HandlerPanic)
-        != 1
-    {
-        assert!(Instant::now() < deadline, "the panic was not counted");
+    loop {
+        let got = server
+            .stats()
+            .snapshot()
+            .closed_by(&CloseReason::HandlerPanic);
+        if got == want {
+            return;
+        }
+        assert!(
+            got < want && Instant::now() < deadline,
+            "handler-panic count {got}, want {want}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Closes `good` from the client side and waits for its `on_close`: every `on_close` the engine
+/// ran before it (on the same, single IO thread) is in `seen`.
+fn close_and_collect(
+    good: TcpStream,
+    closed: &mpsc::Receiver<(SocketAddr, CloseReason)>,
+) -> Vec<(SocketAddr, CloseReason)> {
+    let good_addr = good.local_addr().unwrap();
+    drop(good);
+    let mut seen = Vec::new();
+    loop {
+        let ev = closed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the healthy connection's on_close did not run within 10 s");
+        let done = ev.0 == good_addr;
+        seen.push(ev);
+        if done {
+            return seen;
+        }
+    }
+}
+
+fn stop(running: RunningEngine) {
     running.shutdown_handle().shutdown();
     running.join();
 }
 
-on_every_backend!(panic_costs_only_its_connection);
+fn panic_in_on_frame_resets_only_its_connection(kind: BackendKind) {
+    let Some(setup) = start(kind, vec![]) else {
+        return;
+    };
+    let addr = setup.server.local_addr();
+    let mut good = connect(addr);
+    let mut bad = connect(addr);
+    let bad_addr = bad.local_addr().unwrap();
+    assert_eq!(round_trip(&mut good, b"hello\n"), b"hello\n");
+    assert_eq!(round_trip(&mut bad, b"first\n"), b"first\n");
+    bad.write_all(b"boom\n").unwrap();
+    // The docs promise a reset: a clean EOF would look like an orderly close.
+    assert_eq!(
+        read_end(&mut bad),
+        Err(ErrorKind::ConnectionReset),
+        "the panicking connection must be reset"
+    );
+    wait_panics_counted(&setup.server, 1);
+    // Same IO thread, still served; new connections too.
+    assert_eq!(round_trip(&mut good, b"still here\n"), b"still here\n");
+    let mut fresh = connect(addr);
+    assert_eq!(round_trip(&mut fresh, b"new\n"), b"new\n");
+    let seen = close_and_collect(good, &setup.closed);
+    assert!(
+        seen.iter().all(|(peer, _)| *peer != bad_addr),
+        "on_close ran for the connection whose handler panicked: {seen:?}"
+    );
+    assert_eq!(seen.last().unwrap().1, CloseReason::PeerClosed);
+    drop(fresh);
+    stop(setup.running);
+}
+
+fn panic_in_on_open_resets_only_its_connection(kind: BackendKind) {
+    let Some(setup) = start(kind, vec![Make::Fine, Make::PanicInOnOpen]) else {
+        return;
+    };
+    let addr = setup.server.local_addr();
+    let mut good = connect(addr);
+    assert_eq!(round_trip(&mut good, b"hello\n"), b"hello\n");
+    let mut bad = connect(addr);
+    let bad_addr = bad.local_addr().unwrap();
+    assert_eq!(
+        read_end(&mut bad),
+        Err(ErrorKind::ConnectionReset),
+        "a connection whose on_open panicked must be reset"
+    );
+    wait_panics_counted(&setup.server, 1);
+    assert_eq!(round_trip(&mut good, b"still here\n"), b"still here\n");
+    let mut fresh = connect(addr);
+    assert_eq!(round_trip(&mut fresh, b"new\n"), b"new\n");
+    let seen = close_and_collect(good, &setup.closed);
+    assert!(
+        seen.iter().all(|(peer, _)| *peer != bad_addr),
+        "on_close ran for the connection whose on_open panicked: {seen:?}"
+    );
+    drop(fresh);
+    stop(setup.running);
+}
+
+fn panic_in_factory_closes_only_the_new_connection(kind: BackendKind) {
+    let Some(setup) = start(kind, vec![Make::Fine, Make::PanicInFactory]) else {
+        return;
+    };
+    let addr = setup.server.local_addr();
+    let mut good = connect(addr);
+    assert_eq!(round_trip(&mut good, b"hello\n"), b"hello\n");
+    let mut bad = connect(addr);
+    // It never had a handler: closed at once (EOF or reset), nothing served.
+    let _ = bad.write(b"anyone?\n");
+    let end = read_end(&mut bad);
+    assert!(
+        matches!(
+            end,
+            Ok(()) | Err(ErrorKind::ConnectionReset) | Err(ErrorKind::BrokenPipe)
+        ),
+        "connection whose factory panicked: {end:?}"
+    );
+    wait_panics_counted(&setup.server, 1);
+    assert_eq!(round_trip(&mut good, b"still here\n"), b"still here\n");
+    let mut fresh = connect(addr);
+    assert_eq!(round_trip(&mut fresh, b"new\n"), b"new\n");
+    let s = setup.server.stats().snapshot();
+    assert_eq!(s.accepted, 3, "{s:?}");
+    assert_eq!(s.active, 2, "{s:?}");
+    drop((good, fresh));
+    stop(setup.running);
+}
+
+on_every_backend!(
+    panic_in_on_frame_resets_only_its_connection,
+    panic_in_on_open_resets_only_its_connection,
+    panic_in_factory_closes_only_the_new_connection,
+);

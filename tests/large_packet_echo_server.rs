@@ -1,7 +1,7 @@
 //! `large_packet_echo_server`: the framing and flags of `packet_echo_server`, plus
 //! `--io-buffer BYTES` (default 1024) and a default `--max-frame` of 65536; frames larger than
-//! the IO buffer are echoed through a worker pool with per-connection order preserved. Skipped
-//! (with a printed message) while the example is not built. Each test runs once per backend.
+//! the IO buffer are echoed through a worker pool with per-connection order preserved. Each test
+//! runs once per backend.
 // The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
 // example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
 #![cfg(target_os = "linux")]
@@ -18,7 +18,7 @@ use common::*;
 const SERVER: &str = "large_packet_echo_server";
 const DEFAULT_MAX: usize = 65_536;
 
-backend_tests!(optional "large_packet_echo_server";
+backend_tests!("large_packet_echo_server";
     frames_around_io_buffer,
     fragmented_round_trip,
     fragmented_small_io_buffer,
@@ -31,6 +31,7 @@ backend_tests!(optional "large_packet_echo_server";
     layout_w8_be,
     garbage,
     concurrent_clients_large_frames,
+    transfer_buffers_exhausted_hold_and_resume,
 );
 
 /// Frames just below, at and above the IO buffer (default 1024) up to the default max.
@@ -130,4 +131,62 @@ fn concurrent_clients_large_frames(b: Backend) {
         h.join().expect("client thread");
     }
     s.assert_alive("after concurrent large frames");
+}
+
+/// `--transfer-buffers 2 --workers 1`: 8 clients at once each send 24 frames larger than the IO
+/// buffer in one write (and read the echo meanwhile), so the two transfer buffers are in use
+/// nearly all the time and frames wait for one. No frame may be lost, duplicated or reordered
+/// (a held frame is offered again and its connection resumes reading), and the server's memory
+/// stays bounded (under 64 MiB of growth; the clients offer up to 12 MiB at once).
+fn transfer_buffers_exhausted_hold_and_resume(b: Backend) {
+    let s = Server::start(
+        SERVER,
+        b,
+        &[
+            "--transfer-buffers",
+            "2",
+            "--workers",
+            "1",
+            "--io-threads",
+            "1",
+        ],
+    );
+    let rss0 = s.rss_kib();
+    let addr = s.addr;
+    let seed = test_seed();
+    let handles: Vec<_> = (0..8u64)
+        .map(|k| {
+            thread::spawn(move || {
+                let mut rng = Rng::new(seed ^ (k << 16) ^ 0x7B);
+                let mut c = connect(addr);
+                let mut data = Vec::new();
+                for _ in 0..24 {
+                    let n = rng.range(2048, DEFAULT_MAX as u64) as usize;
+                    data.extend_from_slice(&Layout::DEFAULT.frame(&rng.bytes(n)));
+                }
+                let back = exchange(
+                    &mut c,
+                    vec![data.clone()],
+                    data.len(),
+                    Duration::from_secs(60),
+                )
+                .unwrap_or_else(|e| panic!("client {k}: {e}"));
+                assert_bytes_eq(&back, &data, &format!("client {k}"));
+            })
+        })
+        .collect();
+    let mut max_rss = rss0;
+    while !handles.iter().all(|h| h.is_finished()) {
+        max_rss = max_rss.max(s.rss_kib());
+        thread::sleep(Duration::from_millis(20));
+    }
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    let growth = max_rss.saturating_sub(rss0);
+    println!("RSS {rss0} -> max {max_rss} KiB with 2 transfer buffers");
+    assert!(
+        growth < 64 * 1024,
+        "server RSS grew by {growth} KiB with 2 transfer buffers"
+    );
 }

@@ -1,6 +1,6 @@
 //! `line_server_pooled`: the line protocol with commands run on a worker pool (`--workers N`,
-//! default 8): SLEEPs don't stall other connections, replies stay in request order. Skipped
-//! (with a printed message) while the example is not built. Each test runs once per backend.
+//! default 8): SLEEPs don't stall other connections, replies stay in request order. Each test
+//! runs once per backend.
 // The process harness (tests/common) is Linux-only (seccomp, rlimits, signals); on Windows the
 // example servers are checked under Wine from Linux instead (ci/windows/check_servers.py).
 #![cfg(target_os = "linux")]
@@ -16,7 +16,7 @@ use common::*;
 
 const SERVER: &str = "line_server_pooled";
 
-backend_tests!(optional "line_server_pooled";
+backend_tests!("line_server_pooled";
     greeting_and_verbs,
     verbs_case_insensitive,
     bare_lf_accepted,
@@ -36,38 +36,95 @@ backend_tests!(optional "line_server_pooled";
     pipelined_random_sleeps_in_order,
     workers_flag,
     shutdown_with_queued_and_running_jobs,
+    shutdown_deadline_resets_unfinished_jobs,
 );
 
-/// SIGTERM while jobs run and more wait in the queue (2 workers, 4 connections each with two
-/// sleeps pipelined): the process still exits 0 within the drain deadline (+ margin), every
-/// client sees its connection end (no hang), and replies that do arrive are in order.
-fn shutdown_with_queued_and_running_jobs(b: Backend) {
-    let mut s = Server::start(SERVER, b, &["--workers", "2", "--drain-timeout", "2"]);
+/// Reads reply lines until the server closes the connection; returns them and how it closed.
+fn replies_until_close(c: &mut LineClient, timeout: Duration) -> (Vec<String>, Closed) {
+    let mut got = Vec::new();
+    loop {
+        match c.try_read_line(timeout) {
+            Ok(Some(line)) => got.push(line),
+            Ok(None) => return (got, Closed::Eof),
+            Err(e) if is_reset(&e) => return (got, Closed::Reset),
+            Err(e) => panic!("after replies {got:?}: {e}"),
+        }
+    }
+}
+
+/// Four connections each pipeline `SLEEP ms, SLEEP ms, PING` on 2 workers (one connection's
+/// commands run one after another: 4 x ms of work per worker), then SIGTERM once the server
+/// has read them all. Returns the replies each connection must get.
+fn start_jobs_then_sigterm(
+    b: Backend,
+    drain: &str,
+    ms: u64,
+) -> (Server, Vec<LineClient>, Vec<String>) {
+    let s = Server::start(SERVER, b, &["--workers", "2", "--drain-timeout", drain]);
     let mut clients: Vec<LineClient> = (0..4).map(|_| LineClient::connect(s.addr)).collect();
     for c in &mut clients {
-        c.send_raw(b"SLEEP 600\r\nSLEEP 600\r\nPING\r\n");
+        c.send_raw(format!("SLEEP {ms}\r\nSLEEP {ms}\r\nPING\r\n").as_bytes());
     }
-    // One PING on a fresh connection proves the commands above were read and queued.
-    let mut probe = LineClient::connect(s.addr);
-    probe.roundtrip("PING", "+PONG");
-    let t = Instant::now();
+    let streams: Vec<&std::net::TcpStream> = clients.iter().map(|c| &c.stream).collect();
+    wait_server_read_all_of(&streams, "the server reading the pipelined commands");
     s.signal(libc::SIGTERM);
-    let st = s
-        .wait_exit(Duration::from_secs(2 + 5))
-        .expect("no exit within drain-timeout + 5 s with jobs queued");
-    assert_clean_exit(st, libc::SIGTERM, "after SIGTERM with queued jobs");
-    println!("exited {:?} after SIGTERM", t.elapsed());
+    let want = vec![
+        format!("+SLEPT {ms}"),
+        format!("+SLEPT {ms}"),
+        "+PONG".to_string(),
+    ];
+    (s, clients, want)
+}
+
+/// SIGTERM while jobs run and more wait in the queue, with a drain long enough for all of them:
+/// every command read before the signal is answered, in order, then the connection closes
+/// cleanly (EOF), and the process exits 0.
+fn shutdown_with_queued_and_running_jobs(b: Backend) {
+    let t = Instant::now();
+    let (mut s, mut clients, want) = start_jobs_then_sigterm(b, "20", 600);
     for (i, c) in clients.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while let Ok(Some(line)) = c.try_read_line(Duration::from_secs(5)) {
-            got.push(line);
-        }
-        let want = ["+SLEPT 600", "+SLEPT 600", "+PONG"];
+        let (got, how) = replies_until_close(c, Duration::from_secs(20));
+        assert_eq!(got, want, "client {i}: replies to the queued commands");
+        assert_eq!(how, Closed::Eof, "client {i}: closed after its last reply");
+    }
+    let st = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("no exit after every connection was answered and closed");
+    assert_clean_exit(st, libc::SIGTERM, "after SIGTERM with queued jobs");
+    println!("all answered; exited {:?} after the start", t.elapsed());
+}
+
+/// The same with `SLEEP 5000` and `--drain-timeout 1`: no job can finish by the deadline (a
+/// SLEEP is a lower bound). Every connection, still waiting for its replies at the deadline, is
+/// reset (never a clean EOF that would pass for "all answered"); exit 0.
+fn shutdown_deadline_resets_unfinished_jobs(b: Backend) {
+    let (mut s, mut clients, want) = start_jobs_then_sigterm(b, "1", 5000);
+    let mut cut = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (got, how) = replies_until_close(c, Duration::from_secs(10));
         assert!(
-            want.starts_with(&got.iter().map(String::as_str).collect::<Vec<_>>()),
+            want.starts_with(&got),
             "client {i}: replies out of order or unexpected: {got:?}"
         );
+        if got.len() < want.len() {
+            cut += 1;
+            assert_eq!(
+                how,
+                Closed::Reset,
+                "client {i}: unanswered commands at the drain deadline, yet a clean close \
+                 after {got:?}"
+            );
+        }
+        println!("client {i}: {got:?}, then {how:?}");
     }
+    assert!(
+        cut > 0,
+        "SLEEP 5000 jobs all answered within --drain-timeout 1: the deadline was not applied"
+    );
+    let st = s
+        .wait_exit(Duration::from_secs(1 + 5))
+        .expect("no exit within drain-timeout + 5 s");
+    assert_clean_exit(st, libc::SIGTERM, "after SIGTERM with queued jobs");
 }
 
 fn greeting_and_verbs(b: Backend) {
@@ -131,7 +188,7 @@ fn sigterm_flushes_pending_reply(b: Backend) {
 }
 
 /// With 8 workers and one IO thread, 6 connections running `SLEEP 1500` do not delay a PING on
-/// another connection: answered within 1000 ms, while the sleeps are still running.
+/// another connection: it is answered before any of the sleeps can have ended.
 fn sleeps_do_not_delay_ping(b: Backend) {
     let s = Server::start(SERVER, b, &["--workers", "8", "--io-threads", "1"]);
     let mut sleepers: Vec<_> = (0..6).map(|_| LineClient::connect(s.addr)).collect();
@@ -142,12 +199,12 @@ fn sleeps_do_not_delay_ping(b: Backend) {
         c.cmd("SLEEP 1500");
     }
     pinger.cmd("PING");
-    let r = pinger.read_line_within(Duration::from_millis(1000));
+    let r = pinger.read_line_within(Duration::from_secs(10));
     let ping_after = t.elapsed();
     assert_eq!(r, "+PONG");
     assert!(
-        ping_after < Duration::from_millis(1000),
-        "PING answered {ping_after:?} after 6 SLEEP 1500 started (8 workers)"
+        ping_after < Duration::from_millis(1500),
+        "PING answered {ping_after:?} after 6 SLEEP 1500 started (8 workers): it waited for one"
     );
     for (i, c) in sleepers.iter_mut().enumerate() {
         c.expect("+SLEPT 1500", &format!("sleeper {i}"));
@@ -157,11 +214,11 @@ fn sleeps_do_not_delay_ping(b: Backend) {
             "sleeper {i} answered after only {after:?}"
         );
     }
-    // Six 1.5 s sleeps on 8 workers run in parallel, not one after another.
+    // Six 1.5 s sleeps on 8 workers overlap: one after another they could not end before 9 s.
     let all = t.elapsed();
     assert!(
-        all < Duration::from_millis(1500 * 3),
-        "6 SLEEP 1500 on 8 workers took {all:?} (serialised?)"
+        all < Duration::from_millis(1500 * 6),
+        "6 SLEEP 1500 on 8 workers took {all:?}: they ran one after another"
     );
     println!("PING after {ping_after:?}; all sleeps done after {all:?}");
 }
@@ -208,28 +265,46 @@ fn pipelined_random_sleeps_in_order(b: Backend) {
     }
 }
 
-/// `--workers 1` serialises SLEEPs yet still answers everything; `--workers 2` runs two at once.
+/// Runs `SLEEP long` on connection `a`, then (once the server has read it) `SLEEP short` on
+/// `c`, each reply read by a thread of its own; returns when each reply arrived, from the
+/// moment `a`'s command was sent.
+fn two_sleeps(addr: std::net::SocketAddr, long: u64, short: u64) -> (Duration, Duration) {
+    let mut a = LineClient::connect(addr);
+    let mut c = LineClient::connect(addr);
+    let t = Instant::now();
+    a.cmd(&format!("SLEEP {long}"));
+    wait_server_read_all(&a.stream, "the server reading the long SLEEP");
+    c.cmd(&format!("SLEEP {short}"));
+    let ra = thread::spawn(move || {
+        a.expect(&format!("+SLEPT {long}"), "long SLEEP");
+        t.elapsed()
+    });
+    let rc = thread::spawn(move || {
+        c.expect(&format!("+SLEPT {short}"), "short SLEEP");
+        t.elapsed()
+    });
+    (ra.join().expect("long"), rc.join().expect("short"))
+}
+
+/// `--workers N` is the number of commands that run at once. With 2 workers a short SLEEP sent
+/// after a long one on another connection finishes first; with 1 worker it waits for the long
+/// one (it cannot finish before both sleeps' time has passed). Order and lower bounds only.
 fn workers_flag(b: Backend) {
     let s = Server::start(SERVER, b, &["--workers", "2", "--io-threads", "1"]);
-    let mut a = LineClient::connect(s.addr);
-    let mut c = LineClient::connect(s.addr);
-    let t = Instant::now();
-    a.cmd("SLEEP 600");
-    c.cmd("SLEEP 600");
-    a.expect("+SLEPT 600", "a");
-    c.expect("+SLEPT 600", "c");
-    let two = t.elapsed();
+    let (long, short) = two_sleeps(s.addr, 1500, 100);
+    println!("--workers 2: SLEEP 1500 after {long:?}, SLEEP 100 after {short:?}");
     assert!(
-        two < Duration::from_millis(1150),
-        "two SLEEP 600 on 2 workers took {two:?}"
+        short < long,
+        "--workers 2: the short SLEEP ({short:?}) waited for the long one ({long:?})"
     );
     drop(s);
-    let s = Server::start(SERVER, b, &["--workers", "1"]);
-    let mut a = LineClient::connect(s.addr);
-    let mut c = LineClient::connect(s.addr);
-    a.cmd("SLEEP 100");
-    c.cmd("SLEEP 100");
-    a.expect("+SLEPT 100", "a");
-    c.expect("+SLEPT 100", "c");
-    a.roundtrip("PING", "+PONG");
+    let s = Server::start(SERVER, b, &["--workers", "1", "--io-threads", "1"]);
+    let (long, short) = two_sleeps(s.addr, 600, 100);
+    println!("--workers 1: SLEEP 600 after {long:?}, SLEEP 100 after {short:?}");
+    assert!(
+        short >= Duration::from_millis(600 + 100) && short >= long,
+        "--workers 1: the short SLEEP ({short:?}) ran beside the long one ({long:?})"
+    );
+    let mut p = LineClient::connect(s.addr);
+    p.roundtrip("PING", "+PONG");
 }

@@ -4,6 +4,10 @@
 //! byte 2 the fragment size; the rest is the stream. The target drives the
 //! decoder the way the engine does and checks the `Decoded` invariants, the
 //! limits, and that the fragmented stream decodes exactly like the whole one.
+//!
+//! The limit covers the whole range of `usize`, from 0 through every power of
+//! two to `usize::MAX` (see [`limit`]), so that lengths near the limit, and
+//! arithmetic on very large limits and announced lengths, are exercised.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -56,11 +60,23 @@ fn check_raw(stream: &[u8], chunk: usize) {
     assert_eq!(error, None);
 }
 
+/// A decoder limit from one byte, spread over all of `usize` on a log scale:
+/// 0 for 0..=3, then four steps per power of two (`(4 + b % 4) << (b / 4) >> 2`,
+/// minus one) up to about 2^62, and `usize::MAX` for 255.
+fn limit(b: u8) -> usize {
+    if b == u8::MAX {
+        return usize::MAX;
+    }
+    let (exp, mantissa) = (u32::from(b >> 2), u128::from(b & 3));
+    let v = (((4 + mantissa) << exp) >> 2).saturating_sub(1);
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
 fuzz_target!(|data: &[u8]| {
-    let [selector, limit, chunk, stream @ ..] = data else {
+    let [selector, limit_byte, chunk, stream @ ..] = data else {
         return;
     };
-    let max = usize::from(*limit) * 4;
+    let max = limit(*limit_byte);
     let chunk = usize::from(*chunk).max(1);
     match selector % 4 {
         0 => check_raw(stream, chunk),

@@ -5,19 +5,27 @@
 //! stdout, logs on stderr. [`Server`] spawns one, waits (bounded) for that line, drains stderr
 //! into a shared buffer and kills the process on drop (printing its stderr if the test failed).
 //!
+//! The examples are built once per test run by the harness itself ([`ensure_examples_built`]),
+//! with the test binary's profile and target directory: a test never runs a stale server, and a
+//! missing example is a failure.
+//!
 //! [`backend_tests!`] generates one `#[test]` per backend for each test body, like monoio's
 //! `test_all`: `body::epoll` and `body::uring`. The uring variant is skipped (with a printed
-//! `skipped: io_uring unavailable: <reason>`) when the server refuses `--backend uring` with its
-//! one-line error; set `RINGPORT_TEST_REQUIRE_URING=1` to turn that skip into a failure.
+//! `skipped: io_uring unavailable: <reason>`) only when the server refuses `--backend uring`
+//! with its documented one-line error and exit status 1; set `RINGPORT_TEST_REQUIRE_URING=1` to
+//! turn that skip into a failure.
 //!
-//! Randomised tests take their seed from `RINGPORT_TEST_SEED` (default fixed), printed so that a
-//! failure can be replayed.
+//! Randomised tests take a fresh seed per run (printed); `RINGPORT_TEST_SEED=<n>` replays one.
 
 #![allow(dead_code)]
 
 pub mod close;
 pub mod line;
+mod observe;
 pub mod packet;
+
+#[allow(unused_imports)] // not every test binary watches the kernel or the final stats
+pub use observe::*;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,41 +53,31 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `backend_tests!("server_name"; body_a, body_b);` generates, for each body
 /// `fn body(backend: Backend)`, a module `body` with the tests `epoll` and `uring`.
 ///
-/// `backend_tests!(optional "server_name"; ...)` does the same but skips (with a printed message)
-/// when the example binary has not been built, instead of failing.
+/// A missing example binary fails the test (the harness builds the examples once per run, see
+/// [`ensure_examples_built`]); only a precise io_uring refusal skips the uring variant.
 macro_rules! backend_tests {
-    (@gen $server:literal, $optional:expr; $($name:ident),+ $(,)?) => {
+    ($server:literal; $($name:ident),+ $(,)?) => {
         $(
             mod $name {
                 #[test]
                 fn epoll() {
-                    if let Some(b) = $crate::common::prepare(
-                        $server,
-                        $crate::common::Backend::Epoll,
-                        $optional,
-                    ) {
+                    if let Some(b) =
+                        $crate::common::prepare($server, $crate::common::Backend::Epoll)
+                    {
                         super::$name(b)
                     }
                 }
 
                 #[test]
                 fn uring() {
-                    if let Some(b) = $crate::common::prepare(
-                        $server,
-                        $crate::common::Backend::Uring,
-                        $optional,
-                    ) {
+                    if let Some(b) =
+                        $crate::common::prepare($server, $crate::common::Backend::Uring)
+                    {
                         super::$name(b)
                     }
                 }
             }
         )+
-    };
-    (optional $server:literal; $($name:ident),+ $(,)?) => {
-        backend_tests!(@gen $server, true; $($name),+);
-    };
-    ($server:literal; $($name:ident),+ $(,)?) => {
-        backend_tests!(@gen $server, false; $($name),+);
     };
 }
 
@@ -107,42 +105,102 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Path of a built example, found next to the test binary (`target/<profile>/deps/..`).
-pub fn example_path(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let deps = exe.parent()?;
-    let candidates = [
-        deps.parent()?.join("examples").join(name),
-        deps.join("examples").join(name),
-    ];
-    candidates.into_iter().find(|p| p.is_file())
+/// Whether `RINGPORT_TEST_REQUIRE_URING` asks for io_uring (any value but `0`).
+pub fn uring_required() -> bool {
+    std::env::var_os("RINGPORT_TEST_REQUIRE_URING").is_some_and(|v| v != "0")
 }
 
-/// Like [`example_path`] but panics with a hint when the binary is missing.
-pub fn require_example(name: &str) -> PathBuf {
-    example_path(name).unwrap_or_else(|| {
-        panic!(
-            "example binary `{name}` not found next to {:?} (expected target/<profile>/examples/{name}); \
-             run `cargo build --examples`",
-            std::env::current_exe().ok()
-        )
-    })
+/// `target/<profile>` of this test binary (`target/<profile>/deps/<test>-<hash>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .unwrap_or_else(|| panic!("test binary {exe:?} is not under target/<profile>/deps"))
+        .to_path_buf()
 }
 
-/// Called by every generated test before running its body: checks the binary exists (or skips
-/// when `optional`), and for io_uring checks that the backend is available (or skips).
-pub fn prepare(server: &str, backend: Backend, optional: bool) -> Option<Backend> {
-    if example_path(server).is_none() {
-        if optional {
-            println!("skipped: example `{server}` is not built (run `cargo build --examples`)");
-            return None;
+/// Builds every example of this package once per test run, with the profile and target
+/// directory of the test binary itself, so that a test never starts a stale server (e.g. after
+/// `cargo test --test echo_server`, which does not rebuild examples). Cargo makes this a no-op
+/// when they are fresh (`cargo test` with no filter has just built them). A failed build
+/// panics: a missing or stale example is a test failure, never a skip.
+pub fn ensure_examples_built() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let profile_dir = profile_dir();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let target_dir = profile_dir
+            .parent()
+            .expect("target dir above the profile dir");
+        // The cargo that runs the tests (cargo sets `CARGO` for them), else the one that
+        // built them.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build")
+            .arg("--examples")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.arg("--profile").arg(other);
+            }
         }
-        require_example(server);
+        let t = Instant::now();
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        println!("examples built ({profile}) in {:?}", t.elapsed());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("building the example servers failed: {e}");
     }
+}
+
+/// Path of a built example: `target/<profile>/examples/<name>`, built fresh for this run.
+pub fn example_path(name: &str) -> PathBuf {
+    ensure_examples_built();
+    let p = profile_dir().join("examples").join(name);
+    assert!(
+        p.is_file(),
+        "example binary `{name}` not found at {p:?} after `cargo build --examples`"
+    );
+    p
+}
+
+/// The same as [`example_path`] (kept for the tests that call it before starting a server).
+pub fn require_example(name: &str) -> PathBuf {
+    example_path(name)
+}
+
+/// Called by every generated test before running its body: builds the examples (once) and,
+/// for io_uring, checks that the backend is available: a precise refusal skips (printed), or
+/// fails under `RINGPORT_TEST_REQUIRE_URING=1`.
+pub fn prepare(server: &str, backend: Backend) -> Option<Backend> {
+    example_path(server);
     if backend == Backend::Uring {
         // Whether io_uring works does not depend on the example (some need arguments to start).
         if let Err(reason) = uring_availability("echo_server") {
-            if std::env::var_os("RINGPORT_TEST_REQUIRE_URING").is_some_and(|v| v != "0") {
+            if uring_required() {
                 panic!("io_uring required (RINGPORT_TEST_REQUIRE_URING) but unavailable: {reason}");
             }
             println!("skipped: io_uring unavailable: {reason}");
@@ -153,8 +211,8 @@ pub fn prepare(server: &str, backend: Backend, optional: bool) -> Option<Backend
 }
 
 /// Starts `server --backend uring` once (per binary, cached) to find out whether io_uring works.
-/// `Err(reason)` only for the documented refusal: a non-zero exit whose stderr mentions
-/// `io_uring` or `unavailable`. Anything else unexpected panics: that is a bug, not a skip.
+/// `Err(reason)` only for the documented refusal ([`is_uring_refusal`]); any other start
+/// failure panics: that is a bug, not a skip.
 pub fn uring_availability(server: &str) -> Result<(), String> {
     static CACHE: OnceLock<Mutex<HashMap<String, Result<(), String>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
@@ -167,10 +225,11 @@ pub fn uring_availability(server: &str) -> Result<(), String> {
             drop(s);
             Ok(())
         }
-        Err(StartError::Exited { status, stderr, .. })
-            if !status.success() && is_uring_refusal(&stderr) =>
-        {
-            Err(stderr.trim().lines().last().unwrap_or("").to_string())
+        Err(StartError::Exited { status, stderr, .. }) if is_uring_refusal(status, &stderr) => {
+            Err(uring_refusal_line(&stderr)
+                .unwrap_or_default()
+                .trim_start_matches(URING_REFUSAL)
+                .to_string())
         }
         Err(e) => panic!("probing `{server} --backend uring` failed unexpectedly: {e}"),
     };
@@ -178,10 +237,20 @@ pub fn uring_availability(server: &str) -> Result<(), String> {
     result
 }
 
-/// Whether a server's stderr looks like the documented "io_uring unavailable" refusal.
-pub fn is_uring_refusal(stderr: &str) -> bool {
-    let s = stderr.to_ascii_lowercase();
-    s.contains("io_uring") || s.contains("unavailable")
+/// The start of the one line an example prints when the engine returns
+/// `ringport::Error::UringUnavailable` (then it exits with status 1).
+pub const URING_REFUSAL: &str = "error: io_uring unavailable: ";
+
+/// The refusal line in a server's stderr, if there is one.
+pub fn uring_refusal_line(stderr: &str) -> Option<&str> {
+    stderr.lines().find(|l| l.starts_with(URING_REFUSAL))
+}
+
+/// Whether a server exit is the documented "io_uring unavailable" refusal: exit status 1 and a
+/// line starting with [`URING_REFUSAL`]. Nothing else (a panic, a bind error, another message
+/// that happens to say "unavailable") counts.
+pub fn is_uring_refusal(status: ExitStatus, stderr: &str) -> bool {
+    status.code() == Some(1) && uring_refusal_line(stderr).is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,7 +426,7 @@ impl ServerBuilder {
     }
 
     pub fn spawn(self) -> Result<Server, StartError> {
-        let exe = require_example(&self.name);
+        let exe = example_path(&self.name);
         let mut cmd = Command::new(&exe);
         cmd.arg("--listen").arg("127.0.0.1:0");
         if let Some(b) = self.backend {
@@ -999,13 +1068,23 @@ pub fn split_by_sizes(data: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
 // Randomness
 // ---------------------------------------------------------------------------------------------
 
-/// The seed for randomised tests: `RINGPORT_TEST_SEED` or a fixed default; printed.
+/// The seed for randomised tests: `RINGPORT_TEST_SEED` to replay a run, else a fresh one per
+/// test run (the same for every test of this binary), printed by each test that uses it.
 pub fn test_seed() -> u64 {
-    let seed = std::env::var("RINGPORT_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED_2024_0001);
-    println!("seed: {seed} (set RINGPORT_TEST_SEED to replay)");
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| match std::env::var("RINGPORT_TEST_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("RINGPORT_TEST_SEED={s:?} is not a u64")),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ (u64::from(std::process::id()) << 32)
+        }
+    });
+    println!("seed: {seed} (replay with RINGPORT_TEST_SEED={seed})");
     seed
 }
 
@@ -1051,8 +1130,8 @@ impl Rng {
     }
 }
 
-/// A proptest runner with a fixed seed (from [`test_seed`]), no regression files, bounded
-/// shrinking (each case talks to a live server).
+/// A proptest runner seeded from [`test_seed`] (fresh per run, replayable), no regression
+/// files, bounded shrinking (each case talks to a live server).
 pub fn proptest_runner(cases: u32) -> proptest::test_runner::TestRunner {
     use proptest::test_runner::{Config, RngSeed, TestRunner};
     TestRunner::new(Config {

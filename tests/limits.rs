@@ -1,0 +1,598 @@
+//! The limits and shutdown guarantees, library-level (an `Engine` in this process, one IO
+//! thread, on every backend), each checked so that the test fails when the guarantee is
+//! removed: write watermarks pause reading and resume it (and the pause is counted); the drain
+//! deadline resets a connection whose queue cannot flush; the idle timeout closes a peer that
+//! never reads; `max_buffered_input` closes with `Protocol`; a full worker queue holds the frame
+//! and resumes; every counter of `StatsSnapshot` moves exactly as documented.
+
+mod support;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringport::codec::{LengthDelimited, Lines, Raw};
+use ringport::pool::WorkerPool;
+use ringport::{
+    BackendKind, CloseReason, Conn, ConnInfo, ConnectionHandle, EngineBuilder, Frame, Handler,
+    RunningEngine, Server, ServerHandle, StatsSnapshot,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// One IO thread, small receive buffers (so that what the backend reads ahead while a
+/// connection is paused stays small), the given drain timeout.
+fn builder(kind: BackendKind, drain: Duration) -> EngineBuilder {
+    ringport::Engine::builder()
+        .backend(kind)
+        .io_threads(1)
+        .recv_buffer_size(4096)
+        .recv_buffer_count(8)
+        .drain_timeout(drain)
+}
+
+/// Starts an engine running `server`; `None` where io_uring is refused (printed).
+fn start(
+    kind: BackendKind,
+    drain: Duration,
+    server: Server,
+) -> Option<(RunningEngine, ServerHandle)> {
+    let mut engine = support::build(builder(kind, drain))?;
+    let handle = engine.add_server(server).unwrap();
+    Some((engine.start().unwrap(), handle))
+}
+
+fn stop(running: RunningEngine) {
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// A client with a 4 KiB receive buffer that will never read: the server's sends stall as
+/// soon as the kernel's buffers are full.
+fn connect_small_window(addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Waits (polling the counters, bounded) until `pred` holds; returns that snapshot.
+fn wait_stats(
+    server: &ServerHandle,
+    what: &str,
+    pred: impl Fn(&StatsSnapshot) -> bool,
+) -> StatsSnapshot {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = server.stats().snapshot();
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {WAIT:?}; stats {s:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum End {
+    Eof,
+    Reset,
+}
+
+/// Reads until the server ends the connection; returns the bytes read and how it ended.
+fn read_to_end(s: &mut TcpStream) -> (usize, End) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (n, End::Eof),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (n, End::Reset),
+            Err(e) => panic!("after {n} bytes: {e}"),
+        }
+    }
+}
+
+/// A stream whose byte `i` is `i % 251`: any loss, duplication or reordering shows. Bytes
+/// `offset..offset + len` of it (`len` up to 64 KiB), cut from a table made once.
+fn pattern(offset: u64, len: usize) -> &'static [u8] {
+    static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| (0..(64 << 10) + 251).map(|i| (i % 251) as u8).collect());
+    let start = (offset % 251) as usize;
+    &table[start..start + len]
+}
+
+/// Reports each connection's `on_close` reason.
+type Closes = Arc<Mutex<mpsc::Sender<CloseReason>>>;
+
+fn closes() -> (Closes, mpsc::Receiver<CloseReason>) {
+    let (tx, rx) = mpsc::channel();
+    (Arc::new(Mutex::new(tx)), rx)
+}
+
+fn next_close(rx: &mpsc::Receiver<CloseReason>, within: Duration, what: &str) -> CloseReason {
+    rx.recv_timeout(within)
+        .unwrap_or_else(|_| panic!("{what}: no on_close within {within:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Echo(Closes);
+impl Handler for Echo {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        conn.write(frame.raw());
+    }
+    fn on_close(&mut self, _info: &ConnInfo, reason: &CloseReason) {
+        let _ = self.0.lock().unwrap().send(reason.clone());
+    }
+}
+
+/// Writes `pattern` bytes from `offset` until `limit` bytes in all or until one write makes no
+/// progress for 1 s (the server stopped reading). Returns the new offset and whether it stalled.
+fn write_until_stalled(s: &mut TcpStream, mut offset: u64, limit: u64) -> (u64, bool) {
+    s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    while offset < limit {
+        match s.write(pattern(offset, 64 * 1024)) {
+            Ok(n) => offset += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (offset, true)
+            }
+            Err(e) => panic!("writing at offset {offset}: {e}"),
+        }
+    }
+    (offset, false)
+}
+
+/// An echo connection whose client writes without reading: once the server's write queue
+/// passes the high watermark it stops reading (the client's writes stall long before the
+/// 128 MiB it offers) and counts a pause. Then the client reads: the queue drains below the low
+/// watermark, reading resumes, and every byte written, before and after the pause, comes back
+/// intact; `bytes_in` and `bytes_out` both equal what was written.
+fn watermarks_pause_and_resume(kind: BackendKind) {
+    const OFFER: u64 = 128 << 20;
+    let (tx, _closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone()))
+        .write_watermarks(64 << 10, 256 << 10);
+    let Some((running, server)) = start(kind, Duration::from_secs(5), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    let (paused_at, stalled) = write_until_stalled(&mut c, 0, OFFER);
+    let at_pause = server.stats().snapshot();
+    println!(
+        "client wrote {} KiB; server in {} KiB, out {} KiB, pauses {}",
+        paused_at >> 10,
+        at_pause.bytes_in >> 10,
+        at_pause.bytes_out >> 10,
+        at_pause.backpressure_pauses
+    );
+    assert!(
+        stalled,
+        "the client wrote all {} MiB without reading a byte: the server never stopped reading",
+        OFFER >> 20
+    );
+    assert!(
+        at_pause.backpressure_pauses >= 1,
+        "the client stalled but no backpressure pause was counted: {at_pause:?}"
+    );
+
+    // Now read everything while writing 4 MiB more: only a resumed server takes them.
+    let total = paused_at + (4 << 20);
+    let mut r = c.try_clone().unwrap();
+    let reader = thread::spawn(move || {
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < total {
+            let n = r
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("reading the echo at {got}: {e}"));
+            assert!(n > 0, "EOF after {got} of {total} echoed bytes");
+            assert_eq!(&buf[..n], pattern(got, n), "echo differs near offset {got}");
+            got += n as u64;
+        }
+        got
+    });
+    c.set_write_timeout(Some(WAIT)).unwrap();
+    let mut offset = paused_at;
+    while offset < total {
+        let n = (total - offset).min(64 << 10) as usize;
+        c.write_all(pattern(offset, n)).unwrap_or_else(|e| {
+            panic!("writing after the pause at {offset}: {e} (reading never resumed?)")
+        });
+        offset += n as u64;
+    }
+    assert_eq!(reader.join().expect("reader"), total);
+    // A send is counted when its completion is handled, which may follow its delivery.
+    let s = wait_stats(&server, "every byte counted in and out", |s| {
+        s.bytes_out >= total
+    });
+    assert_eq!((s.bytes_in, s.bytes_out), (total, total), "{s:?}");
+    assert!(
+        s.backpressure_pauses >= at_pause.backpressure_pauses,
+        "{s:?}"
+    );
+    drop(c);
+    stop(running);
+}
+
+/// Queues `bytes` on open and never reads; reports `on_close`.
+struct Flood {
+    bytes: usize,
+    closed: Closes,
+}
+impl Handler for Flood {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let chunk = vec![0x5Au8; 64 << 10];
+        for _ in 0..self.bytes / chunk.len() {
+            conn.write(&chunk);
+        }
+    }
+    fn on_frame(&mut self, _conn: &mut Conn<'_>, _frame: Frame<'_>) {}
+    fn on_close(&mut self, _info: &ConnInfo, reason: &CloseReason) {
+        let _ = self.closed.lock().unwrap().send(reason.clone());
+    }
+}
+
+/// A connection whose 32 MiB reply can never be flushed (the peer never reads) at shutdown:
+/// at the drain deadline it is reset (a clean close would hand the peer a truncated reply
+/// followed by an EOF, as if it were whole), its `on_close` says `Shutdown`, and the engine
+/// stops.
+fn drain_deadline_resets_what_is_left(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Flood {
+        bytes: 32 << 20,
+        closed: tx.clone(),
+    });
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let mut c = connect_small_window(server.local_addr());
+    wait_stats(&server, "the connection opened", |s| s.active == 1);
+    let t = Instant::now();
+    running.shutdown_handle().shutdown();
+    let reason = next_close(
+        &closed,
+        WAIT,
+        "the unflushable connection at the drain deadline",
+    );
+    println!(
+        "closed ({reason}) {:?} after the shutdown began",
+        t.elapsed()
+    );
+    assert_eq!(reason, CloseReason::Shutdown);
+    let (n, end) = read_to_end(&mut c);
+    assert_eq!(
+        end,
+        End::Reset,
+        "after {n} of 32 MiB the connection ended cleanly: what was left was not reset"
+    );
+    running.join();
+    let s = server.stats().snapshot();
+    assert_eq!(s.closed_by(&CloseReason::Shutdown), 1, "{s:?}");
+    assert_eq!(s.active, 0, "{s:?}");
+}
+
+/// `idle_timeout(1 s)`: a peer that never reads (so no send completes once the kernel's buffers
+/// are full) and sends nothing is closed with `IdleTimeout`, and reset, since its queued reply
+/// can never be delivered. Bounded by the flush-stall reset; no claim on how soon.
+fn idle_timeout_closes_a_peer_that_never_reads(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Flood {
+        bytes: 32 << 20,
+        closed: tx.clone(),
+    })
+    .idle_timeout(Some(Duration::from_secs(1)));
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let mut c = connect_small_window(server.local_addr());
+    let t = Instant::now();
+    let reason = next_close(&closed, Duration::from_secs(30), "a peer that never reads");
+    println!("closed ({reason}) after {:?}", t.elapsed());
+    assert_eq!(reason, CloseReason::IdleTimeout);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "closed before the idle timeout"
+    );
+    let (n, end) = read_to_end(&mut c);
+    assert_eq!(
+        end,
+        End::Reset,
+        "after {n} bytes of an undeliverable 32 MiB reply"
+    );
+    let s = server.stats().snapshot();
+    assert_eq!(s.closed_by(&CloseReason::IdleTimeout), 1, "{s:?}");
+    stop(running);
+}
+
+/// `max_buffered_input(64 KiB)` with frames allowed up to 16 MiB: a frame announcing 1 MiB
+/// whose first 256 KiB arrive cannot be decoded within the limit, and the connection closes
+/// with `Protocol` (counted), while another connection is still served.
+fn max_buffered_input_closes_with_protocol(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let server = Server::new(
+        any_port(),
+        LengthDelimited::new().max_frame(16 << 20),
+        move |_| Echo(tx.clone()),
+    )
+    .max_buffered_input(64 << 10);
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let mut good = connect(server.local_addr());
+    let hello = [&5u32.to_be_bytes()[..], b"hello"].concat();
+    good.write_all(&hello).unwrap();
+    let mut back = vec![0u8; hello.len()];
+    good.read_exact(&mut back).unwrap();
+    assert_eq!(back, hello);
+
+    let mut c = connect(server.local_addr());
+    c.write_all(&(1u32 << 20).to_be_bytes()).unwrap();
+    // The server closes part-way; later writes may fail with a reset.
+    let _ = c.write_all(&vec![1u8; 256 << 10]);
+    let _ = c.shutdown(Shutdown::Write); // our EOF ends the server's linger
+    let reason = next_close(&closed, WAIT, "a partial frame over max_buffered_input");
+    match &reason {
+        CloseReason::Protocol(m) => assert!(m.contains("undecoded input"), "{m}"),
+        other => panic!("closed with {other:?}, want Protocol(..undecoded input..)"),
+    }
+    let (n, _) = read_to_end(&mut c);
+    assert_eq!(n, 0, "nothing may be echoed of the partial frame");
+    good.write_all(&hello).unwrap();
+    good.read_exact(&mut back).unwrap();
+    assert_eq!(back, hello, "the other connection after the protocol close");
+    let s = server.stats().snapshot();
+    assert_eq!(
+        s.closed_by(&CloseReason::Protocol(String::new())),
+        1,
+        "{s:?}"
+    );
+    drop(good);
+    stop(running);
+}
+
+/// A gate the test opens; jobs block on it.
+#[derive(Default)]
+struct Gate(Mutex<bool>, Condvar);
+impl Gate {
+    fn wait(&self) {
+        let mut open = self.0.lock().unwrap();
+        while !*open {
+            open = self.1.wait(open).unwrap();
+        }
+    }
+    fn open(&self) {
+        *self.0.lock().unwrap() = true;
+        self.1.notify_all();
+    }
+}
+
+/// Runs each line as a job on a 1-worker pool with a 1-job queue; a job waits for the gate,
+/// then replies `done <line>` through the connection's handle. A full queue holds the frame.
+struct Jobs {
+    pool: WorkerPool,
+    gate: Arc<Gate>,
+    held: Arc<AtomicUsize>,
+    handle: Option<ConnectionHandle>,
+}
+impl Handler for Jobs {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        self.handle = Some(conn.handle());
+    }
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        let h = self.handle.clone().unwrap();
+        let gate = self.gate.clone();
+        let reply = [b"done ", frame.payload(), b"\n"].concat();
+        if self
+            .pool
+            .try_execute(move || {
+                gate.wait();
+                let _ = h.write(reply);
+            })
+            .is_err()
+        {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            conn.hold_frame();
+        }
+    }
+}
+
+/// Five pipelined lines, one worker, room for one job in the queue: the third line finds the
+/// queue full and is held (counted by the handler) while the first job blocks. Once the gate
+/// opens, every line is run and answered, in order: a held frame is neither lost nor repeated.
+fn full_worker_queue_holds_the_frame_and_resumes(kind: BackendKind) {
+    let pool = WorkerPool::new("limits-test", 1, 1).unwrap();
+    let gate = Arc::new(Gate::default());
+    let held = Arc::new(AtomicUsize::new(0));
+    let (p, g, h) = (pool.clone(), gate.clone(), held.clone());
+    let server = Server::new(any_port(), Lines::new(64), move |_| Jobs {
+        pool: p.clone(),
+        gate: g.clone(),
+        held: h.clone(),
+        handle: None,
+    });
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        gate.open();
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    c.write_all(b"1\n2\n3\n4\n5\n").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while held.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no frame was held with the queue full"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    gate.open();
+    let want = b"done 1\ndone 2\ndone 3\ndone 4\ndone 5\n";
+    let mut got = vec![0u8; want.len()];
+    c.read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("replies after the queue drained: {e}"));
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    println!(
+        "a full queue held a frame {} times",
+        held.load(Ordering::SeqCst)
+    );
+    c.shutdown(Shutdown::Write).unwrap();
+    let (n, end) = read_to_end(&mut c);
+    assert_eq!(
+        (n, end),
+        (0, End::Eof),
+        "nothing more than the five replies"
+    );
+    stop(running);
+    pool.shutdown(Duration::from_secs(1));
+}
+
+/// Echoes lines; `close` closes the connection (nothing echoed).
+struct Counted;
+impl Handler for Counted {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        if frame.payload() == b"close" {
+            conn.close();
+        } else {
+            conn.write(frame.raw());
+        }
+    }
+}
+
+fn echo_line(c: &mut TcpStream, line: &[u8]) {
+    c.write_all(line).unwrap();
+    let mut back = vec![0u8; line.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, line);
+}
+
+/// Every counter of `StatsSnapshot`, exactly, after a scripted sequence (each step waits for
+/// its own outcome): accepted, active, rejected (`max_connections(2)`), bytes in and out,
+/// frames, and a close for each of peer-closed, reset, local, protocol and shutdown. (Idle
+/// timeout, handler panic and backpressure pauses are counted in their own tests above and in
+/// `handler_panic.rs`; accept errors in `lifecycle.rs`.)
+fn every_counter_is_counted(kind: BackendKind) {
+    let server = Server::new(any_port(), Lines::new(64), |_| Counted).max_connections(2);
+    let Some((running, server)) = start(kind, Duration::from_secs(2), server) else {
+        return;
+    };
+    let addr = server.local_addr();
+    let mut c1 = connect(addr);
+    let mut c2 = connect(addr);
+    echo_line(&mut c1, b"a\n");
+    echo_line(&mut c2, b"b\n");
+    wait_stats(&server, "two open", |s| s.active == 2);
+
+    // A third is accepted and closed at once.
+    let mut c3 = connect(addr);
+    let (n, _) = read_to_end(&mut c3);
+    assert_eq!(n, 0);
+    wait_stats(&server, "the third rejected", |s| s.rejected == 1);
+
+    // Local: the handler closes; the client sees EOF, then leaves.
+    c1.write_all(b"close\n").unwrap();
+    assert_eq!(read_to_end(&mut c1), (0, End::Eof));
+    drop(c1);
+    wait_stats(&server, "local close", |s| {
+        s.closed_by(&CloseReason::Local) == 1
+    });
+
+    // Protocol: a line over 64 bytes.
+    c2.write_all(&[b'x'; 100]).unwrap();
+    let (n, _) = read_to_end(&mut c2);
+    assert_eq!(n, 0);
+    drop(c2);
+    wait_stats(&server, "protocol close", |s| {
+        s.closed_by(&CloseReason::Protocol(String::new())) == 1
+    });
+
+    // Peer closed: the client leaves cleanly.
+    let mut c4 = connect(addr);
+    echo_line(&mut c4, b"d\n");
+    c4.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c4), (0, End::Eof));
+    drop(c4);
+    wait_stats(&server, "peer close", |s| {
+        s.closed_by(&CloseReason::PeerClosed) == 1
+    });
+
+    // Reset: the client resets.
+    let mut c5 = connect(addr);
+    echo_line(&mut c5, b"e\n");
+    socket2::SockRef::from(&c5)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c5);
+    wait_stats(&server, "reset", |s| s.closed_by(&CloseReason::Reset) == 1);
+
+    // Shutdown: still open when the engine stops.
+    let mut c6 = connect(addr);
+    echo_line(&mut c6, b"f\n");
+    wait_stats(&server, "c6 open", |s| s.active == 1);
+    running.shutdown_handle().shutdown();
+    assert_eq!(read_to_end(&mut c6), (0, End::Eof));
+    drop(c6);
+    running.join();
+
+    let s = server.stats().snapshot();
+    let mut closed: std::collections::BTreeMap<&'static str, u64> =
+        CloseReason::NAMES.iter().map(|n| (*n, 0)).collect();
+    for r in [
+        CloseReason::PeerClosed,
+        CloseReason::Reset,
+        CloseReason::Local,
+        CloseReason::Protocol(String::new()),
+        CloseReason::Shutdown,
+    ] {
+        closed.insert(r.name(), 1);
+    }
+    let want = StatsSnapshot {
+        accepted: 6,
+        active: 0,
+        rejected: 1,
+        accept_errors: 0,
+        // a, b, close, 100 x, d, e, f
+        bytes_in: 2 + 2 + 6 + 100 + 2 + 2 + 2,
+        bytes_out: 2 * 5,
+        frames_in: 6,
+        // the 100 x line is longer than the codec allows
+        decode_errors: 1,
+        handshakes: 0,
+        backpressure_pauses: 0,
+        closed,
+    };
+    assert_eq!(s, want);
+}
+
+on_every_backend!(
+    watermarks_pause_and_resume,
+    drain_deadline_resets_what_is_left,
+    idle_timeout_closes_a_peer_that_never_reads,
+    max_buffered_input_closes_with_protocol,
+    full_worker_queue_holds_the_frame_and_resumes,
+    every_counter_is_counted,
+);
