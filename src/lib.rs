@@ -15,6 +15,7 @@
 //!  codec      sans-IO framing: Raw, LengthDelimited, Lines    src/codec/
 //!  engine     IO threads, connection table, flush, limits,    src/engine/
 //!             shutdown, Connector
+//!  metrics    Prometheus text exposition, /metrics responder   src/metrics/
 //!  pool       worker pool for blocking work                   src/pool.rs
 //!  sys        Backend trait: io_uring | epoll (mio)           src/sys/  (the only unsafe code)
 //! ```
@@ -64,6 +65,7 @@ mod error;
 mod handle;
 mod handler;
 mod info;
+pub mod metrics;
 pub mod pool;
 mod sockopt;
 mod stats;
@@ -81,8 +83,9 @@ pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};
 pub use handler::{ConnectOptions, Frame, Handler};
 pub use info::{CloseReason, ConnInfo};
+pub use metrics::Metrics;
 pub use sockopt::SocketOptions;
-pub use stats::{ServerStats, StatsSnapshot};
+pub use stats::{LoopSnapshot, ServerStats, StatsSnapshot};
 
 use std::fmt;
 use std::str::FromStr;

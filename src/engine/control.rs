@@ -16,6 +16,7 @@ use crate::handler::{ConnectOptions, Handler, Typed};
 use crate::stats::ServerStats;
 
 use super::inbox::{Msg, ThreadShared};
+use super::restart::{self, Restart};
 
 /// Opens outgoing connections from any thread, served by the engine's IO threads and backend
 /// exactly like accepted ones (same handler API, same limits machinery). Cheap to clone.
@@ -167,12 +168,24 @@ impl SignalWaiter {
     pub(crate) fn spawn(
         mut signals: signal_hook::iterator::Signals,
         shutdown: ShutdownHandle,
+        restart: Option<Restart>,
     ) -> std::io::Result<SignalWaiter> {
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
             .name("ringport-signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
+                let mut restart = restart;
+                for sig in signals.forever() {
+                    if sig == signal_hook::consts::SIGHUP {
+                        // Drain only once a successor serves; else go on serving.
+                        if !restart.as_ref().is_some_and(Restart::hand_over) {
+                            continue;
+                        }
+                    } else {
+                        restart::notify(&[sd_notify::NotifyState::Stopping]);
+                    }
+                    // Our copies of the listeners close with it.
+                    restart = None;
                     // Logged once every IO thread has closed its listeners (or after 1 s, if
                     // a handler blocks one): from this line on, nothing new is accepted.
                     let all = shutdown.shutdown_and_wait(Duration::from_secs(1));
@@ -181,7 +194,9 @@ impl SignalWaiter {
                         stopped_accepting = all,
                         "shutting down: draining connections"
                     );
+                    break;
                 }
+                drop(restart);
             })?;
         Ok(SignalWaiter { handle, thread })
     }

@@ -266,6 +266,9 @@ impl State {
     pub(super) fn finish(&mut self, e: &mut Entry, default: CloseReason) {
         let server = &self.servers[e.core.server];
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(peers) = &server.peers {
+            peers.release(e.core.info.peer.ip());
+        }
         e.core.kill_handles();
         let reason = e.core.reason.take().unwrap_or(default);
         self.ctx.stats(e.core.server).closed[reason.index()].add(1);

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) mod epoll;
+pub(crate) mod inherit;
 pub(crate) mod uring;
 
 /// Identifies one connection within one IO thread: the index of its slot in the engine's table.

@@ -15,6 +15,7 @@
 
 #![allow(dead_code)]
 
+pub mod deploy;
 pub mod line;
 pub mod packet;
 
