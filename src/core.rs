@@ -79,6 +79,9 @@ pub(crate) struct ConnCore {
     pub dirty: bool,
     /// Last input, send progress or finished work (the idle timeout's clock).
     pub last_active: Instant,
+    /// Some input has arrived (a shutdown spares a connection that has sent nothing yet for a
+    /// moment: its first request is on its way).
+    pub received: bool,
     /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
     pub stalled_since: Option<Instant>,
     /// Shared with handles (allocated when the first handle is made).
@@ -117,6 +120,7 @@ impl ConnCore {
             last_words: Vec::new(),
             dirty: false,
             last_active: now,
+            received: false,
             stalled_since: None,
             shared: None,
             write_low: 0,

@@ -178,7 +178,7 @@ impl SignalWaiter {
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
                         // Drain only once a successor serves; else go on serving.
-                        if !restart.as_ref().is_some_and(Restart::hand_over) {
+                        if !restart.as_ref().is_some_and(|r| r.hand_over(&shutdown)) {
                             continue;
                         }
                     } else {

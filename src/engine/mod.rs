@@ -432,6 +432,8 @@ impl Engine {
         } else {
             None
         };
+        // A restart's successor starts accepting only once its predecessor has stopped.
+        restart::await_go(self.ready.take(), self.cfg.restart_ready_timeout);
         let mut per_thread: Vec<Vec<TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let mut servers = Vec::new();
         for spec in self.servers {
@@ -490,7 +492,7 @@ impl Engine {
                 restart,
             )?);
         }
-        restart::report_ready(self.ready.take());
+        restart::notify(&[sd_notify::NotifyState::Ready]);
         Ok(running)
     }
 

@@ -1,9 +1,19 @@
 //! Zero-downtime restart: on SIGHUP the running process starts its successor (the same
-//! executable and arguments) with its listening sockets inherited, waits until the successor
-//! says `READY=1` on a socket pair of their own, and only then stops accepting and drains as on
-//! SIGTERM. Both processes hold the same listening sockets during the switch, so a connection
-//! attempt always finds a listener that accepts: none is refused. If the successor fails to
-//! start (exits, or is not ready within the timeout) it is killed and this process serves on.
+//! executable and arguments) with its listening sockets inherited, and they talk over a socket
+//! pair of their own:
+//!
+//! 1. the successor builds its engine on the inherited listeners (io_uring probed, servers
+//!    added, `listening on` printed) and says `READY=1`;
+//! 2. the old process stops accepting (every IO thread has cancelled its accepts) and says
+//!    `GO`; from then on it drains as on SIGTERM;
+//! 3. the successor starts its IO threads, whose first accepts take whatever queued meanwhile.
+//!
+//! The listening sockets never close, so no connection attempt is refused: between 2 and 3
+//! they wait in the kernel's backlog. The two processes never accept from the same socket at
+//! the same time, which matters on io_uring: an accept's wake-up is exclusive, and one that
+//! lands on a request being cancelled is lost, leaving a connection queued that nobody is
+//! woken for. If the successor fails before step 1 (exits, or is not ready within the
+//! timeout) it is killed and this process serves on.
 //!
 //! Under systemd (`NOTIFY_SOCKET` set) the old process reports `RELOADING=1`, then the
 //! successor's `MAINPID`; the successor reports `READY=1` itself (the unit needs
@@ -21,6 +31,8 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::sys::inherit::{spawn_inheriting, HANDOVER_ENV, READY_ENV};
+
+use super::control::ShutdownHandle;
 
 /// What a restart needs: the program, its arguments, and a copy of every listener to hand on.
 pub(crate) struct Restart {
@@ -46,8 +58,9 @@ impl Restart {
         })
     }
 
-    /// Starts the successor and waits for its readiness; its pid.
-    pub(crate) fn start_successor(&self) -> io::Result<u32> {
+    /// Starts the successor and waits for its readiness; its pid, and the socket to tell it
+    /// `GO` on.
+    pub(crate) fn start_successor(&self) -> io::Result<(u32, UnixStream)> {
         let (mine, theirs) = UnixStream::pair()?;
         let mut fds: Vec<_> = self
             .groups
@@ -83,7 +96,7 @@ impl Restart {
         let mut line = String::new();
         let got = BufReader::new(&mine).read_line(&mut line);
         if matches!(got, Ok(n) if n > 0) && line.trim_end() == "READY=1" {
-            return Ok(pid);
+            return Ok((pid, mine));
         }
         let _ = child.kill();
         let status = child.wait()?;
@@ -99,19 +112,24 @@ impl Restart {
 }
 
 impl Restart {
-    /// SIGHUP: starts the successor; `true` once it serves (this process must then drain),
-    /// `false` if it failed (this process serves on).
-    pub(crate) fn hand_over(&self) -> bool {
+    /// SIGHUP: starts the successor; once it is ready, stops accepting and lets it start
+    /// (`true`: this process drains now), else `false` (this process serves on).
+    pub(crate) fn hand_over(&self, shutdown: &ShutdownHandle) -> bool {
         let mut reloading = vec![sd_notify::NotifyState::Reloading];
         if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
             reloading.push(now);
         }
         notify(&reloading);
         match self.start_successor() {
-            Ok(pid) => {
+            Ok((pid, mut go)) => {
+                let stopped = shutdown.shutdown_and_wait(Duration::from_secs(1));
+                if let Err(e) = go.write_all(b"GO\n") {
+                    warn!(error = %e, "restart: could not tell the successor to start");
+                }
                 notify(&[sd_notify::NotifyState::MainPid(pid)]);
                 info!(
                     successor_pid = pid,
+                    stopped_accepting = stopped,
                     "restart: successor ready; handing over and draining"
                 );
                 true
@@ -125,15 +143,26 @@ impl Restart {
     }
 }
 
-/// In a successor: tells the process it replaces that this one serves (the engine's IO threads
-/// run and own the listeners). Does nothing in a process not started by a restart.
-pub(crate) fn report_ready(ready: Option<UnixStream>) {
-    if let Some(mut s) = ready {
-        if let Err(e) = s.write_all(b"READY=1\n") {
-            warn!(error = %e, "could not tell the previous process that this one is ready");
-        }
+/// In a successor, right before its IO threads start: tells the process it replaces that this
+/// one is ready, and waits (bounded) until that one has stopped accepting. Does nothing in a
+/// process not started by a restart.
+pub(crate) fn await_go(ready: Option<UnixStream>, timeout: Duration) {
+    let Some(mut s) = ready else {
+        return;
+    };
+    if let Err(e) = s.write_all(b"READY=1\n") {
+        warn!(error = %e, "could not tell the previous process that this one is ready");
+        return;
     }
-    notify(&[sd_notify::NotifyState::Ready]);
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut line = String::new();
+    match BufReader::new(&s).read_line(&mut line) {
+        Ok(_) if line.trim_end() == "GO" => {}
+        other => warn!(
+            answer = ?other.map(|_| line.trim_end().to_string()),
+            "the previous process did not say GO; starting anyway"
+        ),
+    }
 }
 
 /// `sd_notify` where `NOTIFY_SOCKET` is set (systemd `Type=notify`); a failure is logged only.

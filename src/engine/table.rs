@@ -50,6 +50,9 @@ pub(super) struct State {
     pub drain: Duration,
     pub shutdown_deadline: Option<Instant>,
     pub last_tick: Instant,
+    /// Connections whose `on_shutdown` waits for their first input (token, generation, at
+    /// the latest): a client that just connected gets its first request answered.
+    pub deferred_shutdown: Vec<(Token, u64, Instant)>,
 }
 
 impl State {
@@ -109,6 +112,7 @@ impl State {
             .bytes_in
             .add(data.len() as u64);
         c.last_active = self.ctx.now;
+        c.received = true;
         if c.phase != Phase::Open || c.decode_failed {
             return; // closing, or past a decode error: input is read and discarded
         }

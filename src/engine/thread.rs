@@ -33,6 +33,10 @@ use super::server::SharedServer;
 use super::table::{Entry, ListenerState, State};
 use super::Spawned;
 
+/// How long a shutdown waits for the first input of a connection that has sent nothing yet
+/// before it tells its handler (at most half the drain time).
+const FRESH_GRACE: Duration = Duration::from_secs(1);
+
 /// Inbox messages handled per loop turn (the rest wait for the next turn).
 const INBOX_BATCH: usize = 4096;
 
@@ -158,6 +162,7 @@ impl IoThread {
                 drain,
                 shutdown_deadline: None,
                 last_tick: now,
+                deferred_shutdown: Vec::new(),
             },
         })
     }
@@ -187,6 +192,7 @@ impl IoThread {
             self.retry_held();
             self.resume_accepts();
             self.st.fire_timers();
+            self.deferred_shutdowns();
             self.st.tick();
             self.open_requested();
             self.st.flush(self.backend.as_mut());
@@ -462,15 +468,49 @@ impl IoThread {
             connections = st.live,
             "stopped accepting; draining"
         );
+        let spare_until = (st.ctx.now + FRESH_GRACE).min(st.ctx.now + st.drain / 2);
         for (token, slot) in st.entries.iter_mut().enumerate() {
             if let Some(e) = slot.as_mut() {
                 e.core.set_reason(CloseReason::Shutdown); // whoever closes it from now on
                 if e.core.phase == Phase::Open {
-                    e.app.shutdown(&mut e.core, &mut st.ctx, token);
+                    let fresh = !e.core.received && e.core.server != st.ctx.client_server;
+                    match st.ctx.slots.gen(token) {
+                        Some(gen) if fresh => st.deferred_shutdown.push((token, gen, spare_until)),
+                        _ => e.app.shutdown(&mut e.core, &mut st.ctx, token),
+                    }
                 }
                 st.ctx.mark_dirty(token, &mut e.core);
             }
         }
+    }
+
+    /// The deferred `on_shutdown` of connections that had sent nothing when the shutdown
+    /// began: once their first input has been handled, or at the latest after the grace.
+    fn deferred_shutdowns(&mut self) {
+        let st = &mut self.st;
+        if st.deferred_shutdown.is_empty() {
+            return;
+        }
+        let now = st.ctx.now;
+        let mut waiting = std::mem::take(&mut st.deferred_shutdown);
+        waiting.retain(|&(token, gen, until)| {
+            if st.ctx.slots.gen(token) != Some(gen) {
+                return false;
+            }
+            let Some(e) = st.entries.get_mut(token).and_then(Option::as_mut) else {
+                return false;
+            };
+            if e.core.phase != Phase::Open {
+                return false;
+            }
+            if !e.core.received && now < until {
+                return true;
+            }
+            e.app.shutdown(&mut e.core, &mut st.ctx, token);
+            st.ctx.mark_dirty(token, &mut e.core);
+            false
+        });
+        st.deferred_shutdown = waiting;
     }
 
     /// Accepting again once an accept error's back-off has passed.

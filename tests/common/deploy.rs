@@ -123,3 +123,129 @@ pub fn promtool_check(promtool: &std::path::Path, exposition: &str) -> (bool, St
     );
     (out.status.success(), text)
 }
+
+/// A process started by a deployment test (an example under another launcher, or with its
+/// own `--listen`): stdout and stderr collected, SIGKILLed on drop with every pid in `also`.
+pub struct Proc {
+    pub child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Processes it started (restart successors) to kill with it.
+    pub also: Vec<i32>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipes: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for pipe in pipes {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Proc {
+            child,
+            out,
+            also: Vec::new(),
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for an output line starting with `prefix`; the rest of that line.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(rest) = self
+                .output()
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+            {
+                return Some(rest);
+            }
+            if Instant::now() >= deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(50)); // the last lines
+                return self
+                    .output()
+                    .lines()
+                    .find_map(|l| l.strip_prefix(prefix).map(str::to_string));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The address of the first `listening on ADDR (backend: ...)` line.
+    pub fn listening(&mut self, timeout: Duration) -> SocketAddr {
+        let rest = self
+            .wait_line("listening on ", timeout)
+            .unwrap_or_else(|| panic!("no listening line:\n{}", self.output()));
+        rest.split(' ').next().unwrap().parse().expect("address")
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        for &pid in &self.also {
+            kill(pid, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- output of {:?} ---\n{}", self.child.id(), self.output());
+        }
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet: it no longer serves).
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
