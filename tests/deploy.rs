@@ -68,8 +68,9 @@ fn reuse_port_shares_one_port(b: Backend) {
         "bound beside another process:\n{}",
         refused.output()
     );
+    let error = refused.wait_line("error: ", Duration::from_secs(5));
     assert!(
-        refused.output().contains("in use"),
+        error.is_some_and(|e| e.contains("in use")),
         "no address-in-use error:\n{}",
         refused.output()
     );

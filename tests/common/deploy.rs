@@ -181,7 +181,7 @@ impl Proc {
                 return Some(rest);
             }
             if Instant::now() >= deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(50)); // the last lines
+                std::thread::sleep(Duration::from_millis(200)); // the last lines
                 return self
                     .output()
                     .lines()
