@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::handle::{ConnShared, ConnectionHandle, Inbox};
 use crate::info::{CloseReason, ConnInfo};
+use crate::layer::{Layer, Stack};
 use crate::sockopt::SocketOptions;
 use crate::stats::{ServerStats, ThreadStats};
 use crate::timers::{TimerRecord, Timers};
@@ -91,6 +92,18 @@ pub(crate) struct ConnCore {
     pub write_high: usize,
     /// Timer ids armed for this connection with their sequence numbers.
     pub timers: Vec<TimerRecord>,
+    /// The connection's layers (TLS, ...), if its server has any.
+    pub layers: Option<Box<Stack>>,
+    /// Bytes the layers produced, ready to send (with layers, `out` holds plaintext).
+    pub wire: Vec<u8>,
+    /// `on_open` has run (with layers: once they are ready, e.g. the handshake is done).
+    pub opened: bool,
+    /// When the layers must be ready by.
+    pub layer_deadline: Option<Instant>,
+    /// How long the layers may take once the transport is up (outgoing connections).
+    pub layer_timeout: Duration,
+    /// The top layer reported the peer's end of stream (TLS close_notify).
+    pub layer_eof: bool,
 }
 
 impl ConnCore {
@@ -126,13 +139,19 @@ impl ConnCore {
             write_low: 0,
             write_high: usize::MAX,
             timers: Vec::new(),
+            layers: None,
+            wire: Vec::new(),
+            opened: false,
+            layer_deadline: None,
+            layer_timeout: crate::layer::DEFAULT_HANDSHAKE_TIMEOUT,
+            layer_eof: false,
         }
     }
 
     /// Bytes queued or in flight, including what handles posted and this thread has not
     /// taken from its inbox yet.
     pub(crate) fn queued(&self) -> usize {
-        let own = self.out.len() + self.inflight;
+        let own = self.out.len() + self.wire.len() + self.inflight;
         match &self.shared {
             Some(s) => own + s.posted.load(Ordering::Acquire),
             None => own,
@@ -157,6 +176,20 @@ impl ConnCore {
         if !matches!(self.phase, Phase::Closed | Phase::Aborting) {
             self.set_phase(Phase::Aborting);
             self.set_reason(reason);
+        }
+    }
+
+    /// Closes because a layer failed or timed out: what the handler queued is dropped (it can
+    /// no longer be sent meaningfully), what the layer queued (an alert) is still sent, and
+    /// `reason` replaces any reason recorded before.
+    pub(crate) fn force_close(&mut self, reason: CloseReason) {
+        self.out.clear();
+        self.last_words.clear();
+        self.work = 0;
+        self.decode_failed = true;
+        self.reason = Some(reason);
+        if self.phase == Phase::Open {
+            self.phase = Phase::Closing;
         }
     }
 
@@ -271,6 +304,9 @@ impl Slots {
 /// An outgoing connection a callback asked for (`Conn::connect`): opened by the engine right
 /// after the callback returns, on this IO thread.
 pub(crate) struct ConnectRequest {
+    /// Layers of the new connection (TLS client), bottom first, or why they cannot be made.
+    pub layers: Result<Vec<Box<dyn Layer>>, String>,
+    pub handshake_timeout: Duration,
     pub token: Token,
     pub gen: u64,
     pub addr: SocketAddr,

@@ -150,6 +150,9 @@ pub struct ConnectionHandle {
     pub(crate) token: usize,
     pub(crate) gen: u64,
     pub(crate) shared: Arc<ConnShared>,
+    /// The handle of a [`Work`]: its writes answer an accepted request and are never refused
+    /// for being over the watermark (they still count toward it).
+    reply: bool,
 }
 
 impl std::fmt::Debug for ConnectionHandle {
@@ -174,6 +177,7 @@ impl ConnectionHandle {
             token,
             gen,
             shared,
+            reply: false,
         }
     }
 
@@ -198,11 +202,15 @@ impl ConnectionHandle {
     /// Counts against the connection's write watermarks: when the bytes already queued are at
     /// or above the high watermark the write is refused with [`HandleError::Full`] and nothing
     /// is queued (one write may take the queue past the mark by its own size).
+    ///
+    /// Through a [`Work`] the write is a reply to a request the connection sent, and is never
+    /// refused for being full: the connection stops reading above the high watermark, so the
+    /// requests it may have outstanding (and their replies) are bounded at the source.
     pub fn write(&self, data: impl Into<Vec<u8>>) -> Result<(), HandleError> {
         if !self.is_open() {
             return Err(HandleError::Closed);
         }
-        if self.shared.backlog() >= self.shared.high {
+        if !self.reply && self.shared.backlog() >= self.shared.high {
             return Err(HandleError::Full);
         }
         let data = data.into();
@@ -317,13 +325,17 @@ pub struct Work {
 }
 
 impl Work {
-    pub(crate) fn new(handle: ConnectionHandle, counted: bool) -> Work {
+    pub(crate) fn new(mut handle: ConnectionHandle, counted: bool) -> Work {
+        handle.reply = true;
         Work { handle, counted }
     }
 
-    /// A plain handle to the same connection (not counted as work).
+    /// A plain handle to the same connection (not counted as work; its writes are bounded by
+    /// the watermarks like any handle's).
     pub fn handle(&self) -> ConnectionHandle {
-        self.handle.clone()
+        let mut h = self.handle.clone();
+        h.reply = false;
+        h
     }
 }
 

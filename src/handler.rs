@@ -94,8 +94,8 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// How an outgoing connection is made: timeout and socket options.
-#[derive(Debug, Clone)]
+/// How an outgoing connection is made: timeout, socket options, TLS.
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Give up (reason `Io(TimedOut)`) if not connected by then. Default 10 s.
     pub timeout: Option<Duration>,
@@ -103,6 +103,26 @@ pub struct ConnectOptions {
     pub socket: SocketOptions,
     /// Write watermarks (low, high) of the new connection; default the engine's defaults.
     pub write_watermarks: (usize, usize),
+    /// TLS client configuration and the server name to verify (`None`: plaintext).
+    #[cfg(feature = "tls")]
+    pub tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// How long the TLS handshake may take after the TCP connect.
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("ConnectOptions");
+        d.field("timeout", &self.timeout)
+            .field("socket", &self.socket)
+            .field("write_watermarks", &self.write_watermarks);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.as_ref().map(|(_, name)| name));
+        d.finish()
+    }
 }
 
 impl Default for ConnectOptions {
@@ -114,6 +134,9 @@ impl Default for ConnectOptions {
                 crate::engine::DEFAULT_WRITE_LOW,
                 crate::engine::DEFAULT_WRITE_HIGH,
             ),
+            #[cfg(feature = "tls")]
+            tls: None,
+            handshake_timeout: crate::layer::DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -128,6 +151,31 @@ impl ConnectOptions {
     pub fn socket(mut self, s: SocketOptions) -> Self {
         self.socket = s;
         self
+    }
+    /// Speaks TLS to the server, verifying it as `server_name` with `config` (root store,
+    /// optional client certificate).
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        self.tls = Some((config, server_name));
+        self
+    }
+
+    /// The layers these options ask for, bottom first; `Err` if one cannot be made.
+    pub(crate) fn layers(&self) -> Result<Vec<Box<dyn crate::layer::Layer>>, String> {
+        #[allow(unused_mut)]
+        let mut layers: Vec<Box<dyn crate::layer::Layer>> = Vec::new();
+        #[cfg(feature = "tls")]
+        if let Some((config, name)) = &self.tls {
+            layers.push(Box::new(crate::layer::tls::TlsLayer::client(
+                config,
+                name.clone(),
+            )?));
+        }
+        Ok(layers)
     }
 }
 
@@ -177,6 +225,8 @@ impl Conn<'_> {
         );
         let handle = ConnectionHandle::new(self.ctx.inbox.clone(), token, gen, shared.clone());
         self.ctx.connects.push(ConnectRequest {
+            layers: options.layers(),
+            handshake_timeout: options.handshake_timeout,
             token,
             gen,
             addr,

@@ -14,6 +14,35 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Unique within the engine for its lifetime (IO thread index in the top 16 bits).
     pub id: u64,
+    /// What the TLS handshake negotiated (`None`: plaintext).
+    pub tls: Option<TlsInfo>,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr, id: u64) -> ConnInfo {
+        ConnInfo {
+            peer,
+            local,
+            id,
+            tls: None,
+        }
+    }
+}
+
+/// What a TLS connection's handshake settled, for the handler (`conn.info().tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version, e.g. `TLSv1_3`.
+    pub version: String,
+    /// The cipher suite, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher_suite: String,
+    /// The server name the client asked for (SNI), on accepted connections.
+    pub sni: Option<String>,
+    /// The application protocol agreed with ALPN.
+    pub alpn: Option<Vec<u8>>,
+    /// The peer's certificate chain (DER, end entity first): a client's when client
+    /// authentication is on, the server's on outgoing connections.
+    pub peer_certificates: Vec<Vec<u8>>,
 }
 
 /// Why a connection closed; passed to [`Handler::on_close`](crate::Handler::on_close) and
@@ -47,11 +76,16 @@ pub enum CloseReason {
     /// The engine's drain deadline passed with the connection still open or flushing: it was
     /// reset, and whatever it still had queued was dropped.
     DrainTimeout,
+    /// The TLS layer failed: not TLS (plaintext or garbage), a bad record, an unsupported
+    /// version, a refused certificate, EOF during the handshake, ... (the message says which).
+    TlsError(String),
+    /// The TLS handshake did not finish within the server's handshake timeout.
+    TlsHandshakeTimeout,
 }
 
 impl CloseReason {
     /// Number of distinct kinds of reason.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
 
     /// Every kind's [`name`](CloseReason::name), in [`index`](CloseReason::index) order.
     pub const NAMES: [&'static str; CloseReason::COUNT] = [
@@ -65,6 +99,8 @@ impl CloseReason {
         "handler-panic",
         "flush-stalled",
         "drain-timeout",
+        "tls-error",
+        "tls-handshake-timeout",
     ];
 
     /// A stable index per kind of reason, for counters.
@@ -80,6 +116,8 @@ impl CloseReason {
             CloseReason::HandlerPanic => 7,
             CloseReason::FlushStalled => 8,
             CloseReason::DrainTimeout => 9,
+            CloseReason::TlsError(_) => 10,
+            CloseReason::TlsHandshakeTimeout => 11,
         }
     }
 
@@ -113,6 +151,7 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::Protocol(m) => write!(f, "protocol: {m}"),
             CloseReason::Io(_, m) => write!(f, "io-error: {m}"),
+            CloseReason::TlsError(m) => write!(f, "tls-error: {m}"),
             other => f.write_str(other.name()),
         }
     }
@@ -135,6 +174,8 @@ mod tests {
             CloseReason::HandlerPanic,
             CloseReason::FlushStalled,
             CloseReason::DrainTimeout,
+            CloseReason::TlsError(String::new()),
+            CloseReason::TlsHandshakeTimeout,
         ];
         for (i, r) in all.iter().enumerate() {
             assert_eq!(r.index(), i);

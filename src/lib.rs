@@ -65,6 +65,7 @@ mod error;
 mod handle;
 mod handler;
 mod info;
+mod layer;
 pub mod metrics;
 pub mod pool;
 mod sockopt;
@@ -82,8 +83,12 @@ pub use engine::{
 pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};
 pub use handler::{ConnectOptions, Frame, Handler};
-pub use info::{CloseReason, ConnInfo};
+pub use info::{CloseReason, ConnInfo, TlsInfo};
+pub use layer::DEFAULT_HANDSHAKE_TIMEOUT;
 pub use metrics::Metrics;
+/// rustls, re-exported: the version ringport's TLS options take.
+#[cfg(feature = "tls")]
+pub use rustls;
 pub use sockopt::SocketOptions;
 pub use stats::{LoopSnapshot, ServerStats, StatsSnapshot};
 

@@ -40,6 +40,7 @@ pub(crate) struct ThreadStats {
     pub bytes_out: Counter,
     pub frames_in: Counter,
     pub decode_errors: Counter,
+    pub handshakes: Counter,
     pub backpressure_pauses: Counter,
     pub closed: [Counter; CloseReason::COUNT],
 }
@@ -80,6 +81,7 @@ impl ServerStats {
             bytes_out: sum(&|t| &t.bytes_out),
             frames_in: sum(&|t| &t.frames_in),
             decode_errors: sum(&|t| &t.decode_errors),
+            handshakes: sum(&|t| &t.handshakes),
             backpressure_pauses: sum(&|t| &t.backpressure_pauses),
             closed,
         }
@@ -110,6 +112,8 @@ pub struct StatsSnapshot {
     pub frames_in: u64,
     /// Connections whose input the decoder rejected (frame or line too long, ...).
     pub decode_errors: u64,
+    /// Connections whose layers became ready (TLS handshakes completed).
+    pub handshakes: u64,
     /// Times a connection stopped reading because its write queue passed the high watermark.
     pub backpressure_pauses: u64,
     /// Connections closed, keyed by [`CloseReason::name`] (every name is present).

@@ -15,6 +15,7 @@
 //! | [`Raw`] | `mod.rs` | every available byte is one frame (echo, proxies) |
 //! | [`LengthDelimited`] | `length.rs` | a 1/2/4/8-byte length header, big or little endian, then the payload |
 //! | [`Lines`] | `line.rs` | lines ending in `"\r\n"` (a bare `"\n"` is accepted too) |
+//! | [`Resp`] | `resp.rs` | Redis commands (RESP2 arrays of bulk strings, inline commands); replies encoded without allocation |
 //!
 //! [`Decoder`] is the contract between the engine and every codec;
 //! [`DecodeError`] says why a stream was rejected. [`LengthDelimited::encode`]
@@ -65,6 +66,7 @@
 mod encode;
 pub mod length;
 pub mod line;
+pub mod resp;
 #[cfg(test)]
 mod tests;
 
@@ -73,6 +75,7 @@ use std::ops::Range;
 pub use encode::Encoder;
 pub use length::{EncodeError, Endian, LayoutError, LengthDelimited, DEFAULT_MAX_FRAME};
 pub use line::{Lines, DEFAULT_MAX_LINE};
+pub use resp::Resp;
 
 /// One decoded frame's position inside the buffer handed to [`Decoder::decode`].
 ///
@@ -154,6 +157,10 @@ pub enum DecodeError {
         /// The raw value of the length field.
         len: u64,
     },
+    /// The bytes break the protocol's grammar or one of its limits, as the
+    /// text says (for [`Resp`]: Redis's own wording, e.g. `invalid bulk length`).
+    #[error("{0}")]
+    Malformed(String),
 }
 
 /// Every available byte is one frame: the echo server's codec.

@@ -76,14 +76,44 @@ impl State {
             let words = std::mem::take(&mut c.last_words);
             c.out.extend_from_slice(&words);
         }
+        // Layers (TLS) turn the handler's plaintext into wire bytes, and end a graceful close
+        // or half-close with their own last bytes (close_notify) once everything is answered.
+        if let Some(stack) = c.layers.as_mut() {
+            if c.opened && !c.out.is_empty() {
+                if c.wire.capacity() == 0 {
+                    c.wire = self.ctx.bufs.get();
+                }
+                let r = stack.output(&c.out, &mut c.wire);
+                c.out.clear();
+                if let Err(reason) = r {
+                    c.force_close(reason);
+                }
+            }
+        }
+        let ending = c.phase == Phase::Closing || c.shut_write_pending;
+        if ending && c.opened && c.work == 0 && c.out.is_empty() && c.last_words.is_empty() {
+            if let Some(stack) = c.layers.as_mut() {
+                stack.close(&mut c.wire); // once; nothing after a failure
+            }
+        }
         // One send in flight per connection; everything queued meanwhile goes in the next.
-        if !c.sending && !c.out.is_empty() && c.writable() {
-            let buf = std::mem::take(&mut c.out);
+        let can_send = !c.sending && c.writable();
+        let sendable = if c.layers.is_some() {
+            &mut c.wire
+        } else {
+            &mut c.out
+        };
+        if can_send && !sendable.is_empty() {
+            let buf = std::mem::take(sendable);
             c.inflight = buf.len();
             c.sending = true;
             backend.send(token, buf);
         }
-        let drained = !c.sending && c.out.is_empty() && c.work == 0 && c.last_words.is_empty();
+        let drained = !c.sending
+            && c.out.is_empty()
+            && c.wire.is_empty()
+            && c.work == 0
+            && c.last_words.is_empty();
         // Half-close: FIN after everything queued (and answered) is sent; reading goes on.
         if c.shut_write_pending && c.phase == Phase::Open && drained {
             c.shut_write_pending = false;

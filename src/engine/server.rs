@@ -10,6 +10,7 @@ use crate::codec::Decoder;
 use crate::core::DynConn;
 use crate::handler::{Handler, Typed};
 use crate::info::ConnInfo;
+use crate::layer::{LayerFactory, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::sockopt::SocketOptions;
 use crate::stats::ServerStats;
 
@@ -27,7 +28,7 @@ pub struct Server {
     pub(crate) limits: Limits,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Limits {
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
@@ -40,6 +41,9 @@ pub(crate) struct Limits {
     pub max_connections_per_ip: Option<usize>,
     /// Connections per second per address, and the burst allowed above it.
     pub accept_rate_per_ip: Option<(u32, u32)>,
+    /// Each accepted connection's layers, bottom first.
+    pub layers: Vec<LayerFactory>,
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -55,6 +59,8 @@ impl Default for Limits {
             reuse_port: false,
             max_connections_per_ip: None,
             accept_rate_per_ip: None,
+            layers: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -135,6 +141,37 @@ impl Server {
     /// (counted as `rejected_rate`). `per_second` 0 turns the limit off (the default).
     pub fn accept_rate_per_ip(mut self, per_second: u32, burst: u32) -> Self {
         self.limits.accept_rate_per_ip = (per_second > 0).then_some((per_second, burst.max(1)));
+        self
+    }
+
+    /// Serves TLS: every accepted connection does a rustls handshake (server side) before
+    /// `on_open`; handlers read and write plaintext. `conn.info().tls` tells what was
+    /// negotiated (version, cipher suite, SNI, ALPN, the client's certificates). A handshake
+    /// that fails or does not finish in time closes that connection only, counted as
+    /// `tls-error` or `tls-handshake-timeout`.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use ringport::{codec::Raw, rustls, Conn, Frame, Handler, Server};
+    /// # struct Echo;
+    /// # impl Handler for Echo { fn on_frame(&mut self, c: &mut Conn<'_>, f: Frame<'_>) { c.write(f.raw()) } }
+    /// # fn config() -> rustls::ServerConfig { unimplemented!() }
+    /// let server = Server::new("127.0.0.1:5001".parse()?, Raw, |_| Echo).tls(Arc::new(config()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.limits.layers.push(Arc::new(move || {
+            crate::layer::tls::TlsLayer::server(&config)
+                .map(|l| Box::new(l) as Box<dyn crate::layer::Layer>)
+        }));
+        self
+    }
+
+    /// How long a connection's layers (the TLS handshake) may take before it is reset
+    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
         self
     }
 

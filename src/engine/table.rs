@@ -53,6 +53,8 @@ pub(super) struct State {
     /// Connections whose `on_shutdown` waits for their first input (token, generation, at
     /// the latest): a client that just connected gets its first request answered.
     pub deferred_shutdown: Vec<(Token, u64, Instant)>,
+    /// Scratch for plaintext coming out of layers.
+    pub plain: Vec<u8>,
 }
 
 impl State {
@@ -101,8 +103,7 @@ impl State {
         t
     }
 
-    /// Delivers input, straight from the backend's buffer when nothing is held back (the
-    /// common case: no copy), else after appending it to what is.
+    /// Bytes arrived: through the layers if the connection has any, then to the decoder.
     pub(super) fn on_data(&mut self, token: Token, data: &[u8]) {
         let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
             return;
@@ -113,7 +114,85 @@ impl State {
             .add(data.len() as u64);
         c.last_active = self.ctx.now;
         c.received = true;
-        if c.phase != Phase::Open || c.decode_failed {
+        if c.layers.is_some() {
+            self.on_layered_data(token, data);
+        } else {
+            self.deliver(token, data);
+        }
+    }
+
+    /// Runs received bytes up through the connection's layers: what they send on their own
+    /// (handshake, alerts) is queued on the wire, the plaintext goes to the decoder, the
+    /// handler is opened once the layers are ready, and a layer's end of stream is an EOF.
+    fn on_layered_data(&mut self, token: Token, data: &[u8]) {
+        let mut plain = std::mem::take(&mut self.plain);
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        if matches!(c.phase, Phase::Aborting | Phase::Closed) {
+            self.plain = plain;
+            return;
+        }
+        let stack = c.layers.as_mut().expect("layered");
+        let result = stack.input(data, &mut plain, &mut c.wire);
+        let ready = stack.ready();
+        self.ctx.mark_dirty(token, c);
+        match result {
+            Err(reason) => {
+                warn!(peer = %c.info.peer, %reason, "closing connection: layer failed");
+                c.force_close(reason);
+            }
+            Ok(input) => {
+                if ready && !c.opened {
+                    self.ctx.stats[c.server].threads[self.index]
+                        .handshakes
+                        .add(1);
+                    self.open_conn(token);
+                }
+                if !plain.is_empty() {
+                    self.deliver(token, &plain);
+                }
+                if input.eof {
+                    if let Some(e) = self.entries[token].as_mut() {
+                        e.core.layer_eof = true;
+                    }
+                    self.on_read_closed(token);
+                }
+            }
+        }
+        plain.clear();
+        self.plain = plain;
+    }
+
+    /// Runs `on_open` (once): at accept or connect, or once the layers are ready.
+    pub(super) fn open_conn(&mut self, token: Token) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        if c.opened {
+            return;
+        }
+        c.opened = true;
+        c.layer_deadline = None;
+        if let Some(stack) = &c.layers {
+            stack.describe(&mut c.info);
+        }
+        if c.phase == Phase::Open {
+            e.app.open(&mut e.core, &mut self.ctx, token);
+        }
+        self.ctx.mark_dirty(token, &mut e.core);
+    }
+
+    /// Delivers plaintext input, straight from the receive buffer when nothing is held back
+    /// (the common case: no copy), else after appending it to what is.
+    fn deliver(&mut self, token: Token, data: &[u8]) {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        if c.phase != Phase::Open || c.decode_failed || !c.opened {
             return; // closing, or past a decode error: input is read and discarded
         }
         if c.rbuf.is_empty() {
@@ -180,6 +259,22 @@ impl State {
         let Some(e) = self.entry(token) else {
             return;
         };
+        let c = &mut e.core;
+        if c.read_closed {
+            c.reading = false; // TCP's EOF after the layer's own end of stream
+            return;
+        }
+        if c.layers.is_some() && !c.opened && matches!(c.phase, Phase::Open | Phase::Closing) {
+            warn!(peer = %c.info.peer, "closing connection: EOF before the handshake finished");
+            c.read_closed = true;
+            c.reading = false;
+            c.force_close(CloseReason::TlsError("EOF during the handshake".into()));
+            self.mark(token);
+            return;
+        }
+        if c.layers.is_some() && !c.layer_eof && c.phase == Phase::Open {
+            debug!(peer = %c.info.peer, "TLS connection truncated: EOF without close_notify");
+        }
         e.core.read_closed = true;
         e.core.reading = false;
         if e.core.phase == Phase::Open {
@@ -416,6 +511,16 @@ impl State {
                 continue;
             };
             let c = &mut e.core;
+            if !c.opened && c.layer_deadline.is_some_and(|d| d <= now) {
+                let reason = c
+                    .layers
+                    .as_ref()
+                    .map_or(CloseReason::Local, |l| l.timeout_reason());
+                warn!(peer = %c.info.peer, %reason, "closing connection: handshake not finished in time");
+                c.force_abort(reason);
+                self.ctx.mark_dirty(token, c);
+                continue;
+            }
             if c.connecting && c.connect_deadline.is_some_and(|d| d <= now) {
                 c.begin_abort(CloseReason::Io(
                     io::ErrorKind::TimedOut,

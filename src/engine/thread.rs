@@ -22,6 +22,7 @@ use crate::core::{BufPool, ConnCore, ConnectRequest, DynConn, Phase, Slots, Thre
 use crate::handle::Inbox;
 use crate::handler::ConnectOptions;
 use crate::info::{CloseReason, ConnInfo};
+use crate::layer::Stack;
 use crate::stats::LoopStats;
 use crate::sys::{self, Backend, BackendConfig, Event};
 use crate::timers::Timers;
@@ -163,6 +164,7 @@ impl IoThread {
                 shutdown_deadline: None,
                 last_tick: now,
                 deferred_shutdown: Vec::new(),
+                plain: Vec::new(),
             },
         })
     }
@@ -300,11 +302,7 @@ impl IoThread {
             return;
         }
         let _ = server.limits.socket.apply(socket2::SockRef::from(&stream));
-        let info = ConnInfo {
-            peer,
-            local,
-            id: st.ctx.new_id(),
-        };
+        let info = ConnInfo::new(peer, local, st.ctx.new_id());
         // The handler first: a factory that panics costs this connection only.
         let Some(factory) = server.factory.as_ref() else {
             release(&server);
@@ -330,10 +328,29 @@ impl IoThread {
         let mut core = ConnCore::new(listener, gen, info, st.ctx.now);
         core.write_low = server.limits.write_low;
         core.write_high = server.limits.write_high;
+        let layered = !server.limits.layers.is_empty();
+        if layered {
+            // `on_open` waits until the layers are ready (the TLS handshake is done).
+            let made: Result<Vec<_>, String> = server.limits.layers.iter().map(|f| f()).collect();
+            match made {
+                Ok(layers) => {
+                    let mut stack = Stack::new(layers);
+                    if let Err(reason) = stack.start(&mut core.wire) {
+                        core.force_close(reason);
+                    }
+                    core.layers = Some(Box::new(stack));
+                    core.layer_deadline = Some(st.ctx.now + server.limits.handshake_timeout);
+                }
+                Err(e) => core.force_close(CloseReason::TlsError(e)),
+            }
+        }
         st.insert(token, Entry { core, app });
-        let entry = st.entries[token].as_mut().expect("just inserted");
-        entry.app.open(&mut entry.core, &mut st.ctx, token);
-        st.ctx.mark_dirty(token, &mut entry.core);
+        if !layered {
+            st.open_conn(token);
+        }
+        if let Some(entry) = st.entries[token].as_mut() {
+            st.ctx.mark_dirty(token, &mut entry.core);
+        }
     }
 
     fn on_connected(&mut self, token: usize) {
@@ -344,10 +361,17 @@ impl IoThread {
         e.core.connecting = false;
         e.core.connect_deadline = None;
         e.core.reading = true; // the backend reads once connected
-        if e.core.phase == Phase::Open {
-            e.app.open(&mut e.core, &mut st.ctx, token);
+        let c = &mut e.core;
+        if let Some(stack) = c.layers.as_mut() {
+            // The TLS client speaks first; `on_open` waits for the handshake.
+            if let Err(reason) = stack.start(&mut c.wire) {
+                c.force_close(reason);
+            }
+            c.layer_deadline = Some(st.ctx.now + c.layer_timeout);
+            st.ctx.mark_dirty(token, c);
+            return;
         }
-        st.ctx.mark_dirty(token, &mut e.core);
+        st.open_conn(token);
     }
 
     /// Opens the outgoing connections callbacks asked for with `Conn::connect`.
@@ -369,6 +393,8 @@ impl IoThread {
     ) {
         let (token, gen) = self.st.ctx.slots.alloc();
         self.open_outgoing(ConnectRequest {
+            layers: options.layers(),
+            handshake_timeout: options.handshake_timeout,
             token,
             gen,
             addr,
@@ -384,11 +410,11 @@ impl IoThread {
         use socket2::{Domain, Protocol, Socket, Type};
         let st = &mut self.st;
         let server = st.ctx.client_server;
-        let info = ConnInfo {
-            peer: req.addr,
-            local: SocketAddr::from(([0, 0, 0, 0], 0)),
-            id: st.ctx.new_id(),
-        };
+        let info = ConnInfo::new(
+            req.addr,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            st.ctx.new_id(),
+        );
         let mut app = req.app;
         st.ctx.stats(server).accepted.add(1);
         let fail = |st: &mut State, app: &mut Box<dyn DynConn>, reason: CloseReason| {
@@ -403,6 +429,13 @@ impl IoThread {
             fail(st, &mut app, CloseReason::Shutdown);
             return;
         }
+        let layers = match req.layers {
+            Ok(l) => l,
+            Err(e) => {
+                fail(st, &mut app, CloseReason::TlsError(e));
+                return;
+            }
+        };
         let socket = Socket::new(
             Domain::for_address(req.addr),
             Type::STREAM,
@@ -431,6 +464,10 @@ impl IoThread {
         core.write_low = req.watermarks.0.min(req.watermarks.1);
         core.write_high = req.watermarks.1;
         core.shared = req.shared;
+        if !layers.is_empty() {
+            core.layers = Some(Box::new(Stack::new(layers)));
+            core.layer_timeout = req.handshake_timeout;
+        }
         st.insert(req.token, Entry { core, app });
         self.backend.connect(req.token, socket, req.addr);
     }
@@ -472,12 +509,14 @@ impl IoThread {
         for (token, slot) in st.entries.iter_mut().enumerate() {
             if let Some(e) = slot.as_mut() {
                 e.core.set_reason(CloseReason::Shutdown); // whoever closes it from now on
-                if e.core.phase == Phase::Open {
+                if e.core.phase == Phase::Open && e.core.opened {
                     let fresh = !e.core.received && e.core.server != st.ctx.client_server;
                     match st.ctx.slots.gen(token) {
                         Some(gen) if fresh => st.deferred_shutdown.push((token, gen, spare_until)),
                         _ => e.app.shutdown(&mut e.core, &mut st.ctx, token),
                     }
+                } else {
+                    e.core.begin_close(CloseReason::Shutdown); // never opened: just close
                 }
                 st.ctx.mark_dirty(token, &mut e.core);
             }

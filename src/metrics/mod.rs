@@ -14,6 +14,7 @@
 //! | `ringport_frames_received_total` | server | frames handed to handlers |
 //! | `ringport_decode_errors_total` | server | input the decoder refused |
 //! | `ringport_backpressure_pauses_total` | server | reads paused by a full write queue |
+//! | `ringport_layer_handshakes_total` | server | connections whose layers became ready (TLS) |
 //! | `ringport_io_loop_turns_total` | thread | IO loop turns |
 //! | `ringport_io_completions_total` | thread | completions handled |
 //! | `ringport_io_busy_seconds_total` | thread | time working between waits (handlers included) |
@@ -239,6 +240,13 @@ impl Collector for Collect {
             "ringport_backpressure_pauses",
             "Times a connection stopped reading because its write queue passed the high watermark.",
             &per_server(&|s| s.backpressure_pauses),
+        )?;
+
+        counter_rows(
+            e,
+            "ringport_layer_handshakes",
+            "Connections whose layers became ready (TLS handshakes completed).",
+            &per_server(&|s| s.handshakes),
         )?;
 
         let loops: Vec<_> = inner.loops.iter().map(LoopStats::snapshot).collect();

@@ -1,0 +1,199 @@
+//! Layers: sans-IO transformations between the socket and the codec.
+//!
+//! ```text
+//! socket ─▶ [layer 0: PROXY header, once] ─▶ [layer 1: TLS records] ─▶ codec ─▶ Handler
+//! Handler ─▶ write queue (plaintext) ─▶ [layer 1] ─▶ [layer 0] ─▶ wire queue ─▶ send
+//! ```
+//!
+//! A [`Layer`] takes bytes from below and produces bytes for the layer above, plus bytes it
+//! must send on its own (a TLS handshake, an alert); it turns bytes from above into bytes for
+//! below; it says when it is established (the handshake is done: `on_open` waits for it) and
+//! adds its facts to [`ConnInfo`]. It owns its limits; a failure costs only its connection, with
+//! a [`CloseReason`] of its own. The engine knows a [`Stack`] of layers, not TLS by name: a layer
+//! for the PROXY protocol header sits below TLS without the engine changing.
+
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+
+use std::time::Duration;
+
+use crate::info::{CloseReason, ConnInfo};
+
+/// What a layer's input produced besides bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Input {
+    /// The peer ended the stream at this layer (TLS close_notify): EOF for the layers above.
+    pub eof: bool,
+}
+
+/// One sans-IO layer of a connection.
+pub(crate) trait Layer: Send {
+    /// The transport is connected: bytes this side sends first (a TLS ClientHello) go to `down`.
+    fn start(&mut self, down: &mut Vec<u8>) -> Result<(), CloseReason>;
+    /// Consumes `data` from below: what it carries goes to `up`, what this layer must send
+    /// itself (handshake, alerts) to `down`. After an `Err` (bytes in `down` are still sent:
+    /// an alert) the layer is dead.
+    fn input(
+        &mut self,
+        data: &[u8],
+        up: &mut Vec<u8>,
+        down: &mut Vec<u8>,
+    ) -> Result<Input, CloseReason>;
+    /// Wraps `data` from above into `down`.
+    fn output(&mut self, data: &[u8], down: &mut Vec<u8>) -> Result<(), CloseReason>;
+    /// A graceful end of our sending side: the layer's last bytes (TLS close_notify).
+    fn close(&mut self, down: &mut Vec<u8>);
+    /// Established: application bytes flow both ways.
+    fn ready(&self) -> bool;
+    /// Adds what the layer learned to the connection's facts (once ready).
+    fn describe(&self, info: &mut ConnInfo);
+    /// The reason to give when the layer is not ready within its setup time.
+    fn timeout_reason(&self) -> CloseReason;
+}
+
+/// A connection's layers, bottom (socket side) first.
+pub(crate) struct Stack {
+    layers: Vec<Box<dyn Layer>>,
+    /// Scratch buffers between layers (reused; empty between calls).
+    scratch: Vec<u8>,
+    failed: bool,
+    closed: bool,
+}
+
+impl Stack {
+    pub(crate) fn new(layers: Vec<Box<dyn Layer>>) -> Stack {
+        Stack {
+            layers,
+            scratch: Vec::new(),
+            failed: false,
+            closed: false,
+        }
+    }
+
+    pub(crate) fn start(&mut self, down: &mut Vec<u8>) -> Result<(), CloseReason> {
+        for l in &mut self.layers {
+            l.start(down).inspect_err(|_| self.failed = true)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `data` up through every layer; bytes layers send on their own go to `down`
+    /// (through the layers below them).
+    pub(crate) fn input(
+        &mut self,
+        data: &[u8],
+        up: &mut Vec<u8>,
+        down: &mut Vec<u8>,
+    ) -> Result<Input, CloseReason> {
+        if self.failed {
+            return Ok(Input::default());
+        }
+        let n = self.layers.len();
+        let mut input = Input::default();
+        let mut cur = std::mem::take(&mut self.scratch);
+        cur.clear();
+        cur.extend_from_slice(data);
+        for i in 0..n {
+            let mut next = Vec::new();
+            let mut own = Vec::new();
+            let r = self.layers[i].input(&cur, &mut next, &mut own);
+            // What layer i sends itself passes through the layers below it.
+            self.wrap_below(i, &own, down);
+            match r {
+                Ok(s) => input.eof |= s.eof,
+                Err(reason) => {
+                    self.failed = true;
+                    return Err(reason);
+                }
+            }
+            cur = next;
+            if cur.is_empty() {
+                break;
+            }
+        }
+        up.extend_from_slice(&cur);
+        cur.clear();
+        self.scratch = cur;
+        Ok(input)
+    }
+
+    /// Passes `bytes` produced by layer `i` down through layers `i-1 .. 0` into `down`.
+    fn wrap_below(&mut self, i: usize, bytes: &[u8], down: &mut Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut cur = bytes.to_vec();
+        for l in self.layers[..i].iter_mut().rev() {
+            let mut next = Vec::new();
+            if l.output(&cur, &mut next).is_err() {
+                return;
+            }
+            cur = next;
+        }
+        down.extend_from_slice(&cur);
+    }
+
+    /// Wraps application bytes through every layer, top first.
+    pub(crate) fn output(&mut self, data: &[u8], down: &mut Vec<u8>) -> Result<(), CloseReason> {
+        if self.failed || self.closed {
+            return Ok(());
+        }
+        let r = if self.layers.len() == 1 {
+            self.layers[0].output(data, down) // the common case: no intermediate copy
+        } else {
+            let mut cur = data.to_vec();
+            let mut r = Ok(());
+            for l in self.layers.iter_mut().rev() {
+                let mut next = Vec::new();
+                r = l.output(&cur, &mut next);
+                if r.is_err() {
+                    break;
+                }
+                cur = next;
+            }
+            if r.is_ok() {
+                down.extend_from_slice(&cur);
+            }
+            r
+        };
+        r.inspect_err(|_| self.failed = true)
+    }
+
+    /// The last bytes of a graceful close (each layer's, top first), once.
+    pub(crate) fn close(&mut self, down: &mut Vec<u8>) {
+        if self.failed || self.closed {
+            return;
+        }
+        self.closed = true;
+        for i in (0..self.layers.len()).rev() {
+            let mut own = Vec::new();
+            self.layers[i].close(&mut own);
+            self.wrap_below(i, &own, down);
+        }
+    }
+
+    pub(crate) fn ready(&self) -> bool {
+        self.layers.iter().all(|l| l.ready())
+    }
+
+    pub(crate) fn describe(&self, info: &mut ConnInfo) {
+        for l in &self.layers {
+            l.describe(info);
+        }
+    }
+
+    /// The reason of the first layer not ready (for a setup timeout).
+    pub(crate) fn timeout_reason(&self) -> CloseReason {
+        self.layers
+            .iter()
+            .find(|l| !l.ready())
+            .map_or(CloseReason::Local, |l| l.timeout_reason())
+    }
+}
+
+/// Makes one layer per connection of a server (or for one outgoing connection).
+pub(crate) type LayerFactory =
+    std::sync::Arc<dyn Fn() -> Result<Box<dyn Layer>, String> + Send + Sync>;
+
+/// Default time a connection's layers have to become ready (the TLS handshake).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,143 @@
+//! TLS as a [`Layer`], on rustls' sans-IO connection API (`read_tls` / `process_new_packets` /
+//! `write_tls` over engine buffers; no async runtime). One type serves both sides:
+//! `rustls::Connection` is a server connection on accepted sockets and a client connection on
+//! outgoing ones.
+//!
+//! Bounds: rustls holds at most one incoming record being deframed; decrypted bytes are moved
+//! out at once into the connection's input buffer (bounded by `max_buffered_input`); bytes to
+//! send are encrypted in chunks of at most 16 KiB and moved out at once into the wire queue
+//! (bounded by the write watermarks). So TLS adds no unbounded buffer.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use super::{Input, Layer};
+use crate::info::{CloseReason, ConnInfo, TlsInfo};
+
+/// Plaintext handed to rustls per `write` (one TLS record's worth).
+const CHUNK: usize = 16 << 10;
+
+pub(crate) struct TlsLayer {
+    conn: Connection,
+}
+
+impl TlsLayer {
+    pub(crate) fn server(config: &Arc<ServerConfig>) -> Result<TlsLayer, String> {
+        let conn = ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
+        Ok(TlsLayer { conn: conn.into() })
+    }
+
+    pub(crate) fn client(
+        config: &Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<TlsLayer, String> {
+        let conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+        Ok(TlsLayer { conn: conn.into() })
+    }
+
+    /// Moves every TLS byte rustls has ready into `down`.
+    fn drain(&mut self, down: &mut Vec<u8>) {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(down) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+fn tls_error(e: impl std::fmt::Display) -> CloseReason {
+    CloseReason::TlsError(e.to_string())
+}
+
+impl Layer for TlsLayer {
+    fn start(&mut self, down: &mut Vec<u8>) -> Result<(), CloseReason> {
+        self.drain(down); // a client's ClientHello; nothing for a server
+        Ok(())
+    }
+
+    fn input(
+        &mut self,
+        data: &[u8],
+        up: &mut Vec<u8>,
+        down: &mut Vec<u8>,
+    ) -> Result<Input, CloseReason> {
+        let mut rest = data;
+        let mut input = Input::default();
+        while !rest.is_empty() {
+            if let Err(e) = self.conn.read_tls(&mut rest) {
+                return Err(tls_error(e));
+            }
+            match self.conn.process_new_packets() {
+                Ok(state) => {
+                    let n = state.plaintext_bytes_to_read();
+                    if n > 0 {
+                        let start = up.len();
+                        up.resize(start + n, 0);
+                        if let Err(e) = self.conn.reader().read_exact(&mut up[start..]) {
+                            up.truncate(start);
+                            return Err(tls_error(e));
+                        }
+                    }
+                    input.eof |= state.peer_has_closed();
+                }
+                Err(e) => {
+                    self.drain(down); // the alert that tells the peer why
+                    return Err(tls_error(e));
+                }
+            }
+        }
+        self.drain(down); // handshake messages, key updates
+        Ok(input)
+    }
+
+    fn output(&mut self, data: &[u8], down: &mut Vec<u8>) -> Result<(), CloseReason> {
+        for chunk in data.chunks(CHUNK) {
+            self.conn.writer().write_all(chunk).map_err(tls_error)?;
+            self.drain(down);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, down: &mut Vec<u8>) {
+        self.conn.send_close_notify();
+        self.drain(down);
+    }
+
+    fn ready(&self) -> bool {
+        !self.conn.is_handshaking()
+    }
+
+    fn describe(&self, info: &mut ConnInfo) {
+        let sni = match &self.conn {
+            Connection::Server(s) => s.server_name().map(str::to_string),
+            Connection::Client(_) => None,
+        };
+        info.tls = Some(TlsInfo {
+            version: self
+                .conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher_suite: self
+                .conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            sni,
+            alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
+            peer_certificates: self
+                .conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+                .unwrap_or_default(),
+        });
+    }
+
+    fn timeout_reason(&self) -> CloseReason {
+        CloseReason::TlsHandshakeTimeout
+    }
+}
