@@ -173,6 +173,18 @@ fn socket_activation_serves_and_reports_ready(b: Backend) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Kills the restart successors it holds when dropped, also when a test fails (they are not
+/// children of the test, so nothing else would).
+struct Successors(Vec<i32>);
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
 /// The pid named by the last `successor_pid=N` in `log` after `skip` bytes.
 fn successor_pid(log: &str) -> Option<i32> {
     log.rsplit("successor_pid=")
@@ -208,7 +220,7 @@ fn restart_under_load(b: Backend) {
             })
         })
         .collect();
-    let mut successors: Vec<i32> = Vec::new();
+    let mut successors = Successors(Vec::new());
     let mut current = server.pid();
     for round in 1..=3 {
         let before = ok.load(Ordering::Relaxed);
@@ -219,7 +231,7 @@ fn restart_under_load(b: Backend) {
             "restart {round}: no successor handed over"
         );
         let next = successor_pid(&server.stderr_text()[seen..]).unwrap();
-        successors.push(next);
+        successors.0.push(next);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_gone(current) {
             assert!(
@@ -253,9 +265,7 @@ fn restart_under_load(b: Backend) {
     while !is_gone(current) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for pid in &successors {
-        kill(*pid, libc::SIGKILL); // if the test failed above
-    }
+    drop(successors);
     let errors = errors.lock().unwrap();
     assert!(
         errors.is_empty(),
@@ -285,6 +295,7 @@ fn restart_answers_in_flight_requests(b: Backend) {
         "no successor handed over"
     );
     let next = successor_pid(&server.stderr_text()[seen..]).unwrap();
+    let _reap = Successors(vec![next]);
     slow.expect(
         "+SLEPT 800",
         "the request in flight at the restart is answered",
@@ -296,5 +307,4 @@ fn restart_answers_in_flight_requests(b: Backend) {
     while !is_gone(next) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill(next, libc::SIGKILL);
 }
