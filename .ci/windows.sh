@@ -21,8 +21,9 @@ export RINGPORT_TEST_REQUIRE_URING=1
 export RINGPORT_TEST_REQUIRE_TOOLS=1
 
 cargo clippy --target "$T" --workspace --all-targets -- -D warnings
-# macOS: the library, the examples and the load client compile (poll is kqueue there); not run.
-cargo check --target x86_64-apple-darwin -p ringport -p ringport-load --lib --bins --examples
+# macOS: the library compiles (poll is kqueue there); not run. Without the `tls` feature: ring's C
+# code needs an Apple C toolchain, which this Linux machine does not have.
+cargo check --target x86_64-apple-darwin -p ringport --lib --no-default-features
 
 # Wine's server kept running for the whole leg (a fresh prefix's first start is slow).
 wineserver -p 600 || true # "already running" is fine

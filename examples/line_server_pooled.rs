@@ -90,6 +90,7 @@ fn main() {
     let mut engine = args.common.engine(None);
     let pool = WorkerPool::new("ringport-worker", args.workers, args.queue)
         .unwrap_or_else(|e| common::fail(e));
+    engine.metrics().add_pool("workers", &pool);
     let codec = Lines::new(args.max_line);
     let p = pool.clone();
     let server = Server::new(args.listen, codec, move |_| Session {

@@ -80,6 +80,9 @@ pub(crate) struct ConnCore {
     pub dirty: bool,
     /// Last input, send progress or finished work (the idle timeout's clock).
     pub last_active: Instant,
+    /// Some input has arrived (a shutdown spares a connection that has sent nothing yet for a
+    /// moment: its first request is on its way).
+    pub received: bool,
     /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
     pub stalled_since: Option<Instant>,
     /// The kernel's unacknowledged bytes at the last stall check (SIOCOUTQ).
@@ -132,6 +135,7 @@ impl ConnCore {
             last_words: Vec::new(),
             dirty: false,
             last_active: now,
+            received: false,
             stalled_since: None,
             last_unsent: None,
             shared: None,

@@ -15,6 +15,7 @@
 //!  codec      sans-IO framing: Raw, LengthDelimited, Lines    src/codec/
 //!  engine     IO threads, connection table, flush, limits,    src/engine/
 //!             shutdown, Connector
+//!  metrics    Prometheus text exposition, /metrics responder   src/metrics/
 //!  pool       worker pool for blocking work                   src/pool.rs
 //!  sys        Backend trait: io_uring | epoll (mio)           src/sys/  (the only unsafe code)
 //! ```
@@ -65,6 +66,7 @@ mod handle;
 mod handler;
 mod info;
 mod layer;
+pub mod metrics;
 pub mod pool;
 mod sockopt;
 mod stats;
@@ -83,11 +85,12 @@ pub use handle::{ConnectionHandle, HandleError, Work};
 pub use handler::{ConnectOptions, Frame, Handler};
 pub use info::{CloseReason, ConnInfo, TlsInfo};
 pub use layer::DEFAULT_HANDSHAKE_TIMEOUT;
+pub use metrics::Metrics;
 /// rustls, re-exported: the version ringport's TLS options take.
 #[cfg(feature = "tls")]
 pub use rustls;
 pub use sockopt::SocketOptions;
-pub use stats::{ServerStats, StatsSnapshot};
+pub use stats::{LoopSnapshot, ServerStats, StatsSnapshot};
 
 use std::fmt;
 use std::str::FromStr;

@@ -43,6 +43,8 @@ struct Shared {
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     workers: usize,
+    /// Workers running a job now.
+    busy: std::sync::atomic::AtomicUsize,
 }
 
 /// A fixed number of named worker threads fed by a bounded FIFO queue. Cheap to clone.
@@ -70,6 +72,7 @@ impl WorkerPool {
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             workers,
+            busy: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -99,6 +102,16 @@ impl WorkerPool {
     /// Jobs waiting in the queue.
     pub fn queued(&self) -> usize {
         self.shared.tx.len()
+    }
+
+    /// Workers running a job now.
+    pub fn busy(&self) -> usize {
+        self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Worker threads in the pool.
+    pub fn workers(&self) -> usize {
+        self.shared.workers
     }
 
     /// Whether [`WorkerPool::shutdown`] has begun.
@@ -142,9 +155,11 @@ fn worker(rx: Receiver<Option<Job>>, shared: Arc<Shared>) {
         if shared.stopping.load(Ordering::Acquire) {
             continue; // drop jobs not yet started
         }
+        shared.busy.fetch_add(1, Ordering::Relaxed);
         if catch_unwind(AssertUnwindSafe(job)).is_err() {
             tracing::error!("a worker job panicked; the worker goes on");
         }
+        shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

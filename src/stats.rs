@@ -33,6 +33,8 @@ impl Counter {
 pub(crate) struct ThreadStats {
     pub accepted: Counter,
     pub rejected: Counter,
+    pub rejected_per_ip: Counter,
+    pub rejected_rate: Counter,
     pub accept_errors: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
@@ -72,6 +74,8 @@ impl ServerStats {
             accepted: sum(&|t| &t.accepted),
             active: self.active.load(Relaxed) as u64,
             rejected: sum(&|t| &t.rejected),
+            rejected_per_ip: sum(&|t| &t.rejected_per_ip),
+            rejected_rate: sum(&|t| &t.rejected_rate),
             accept_errors: sum(&|t| &t.accept_errors),
             bytes_in: sum(&|t| &t.bytes_in),
             bytes_out: sum(&|t| &t.bytes_out),
@@ -87,12 +91,17 @@ impl ServerStats {
 /// A copy of a server's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
-    /// Connections accepted (including those then rejected by the connection limit).
+    /// Connections accepted (including those then rejected by a connection limit).
     pub accepted: u64,
     /// Connections open now.
     pub active: u64,
     /// Connections closed at once because `max_connections` was reached.
     pub rejected: u64,
+    /// Connections closed at once because their address already had
+    /// `max_connections_per_ip` open.
+    pub rejected_per_ip: u64,
+    /// Connections closed at once because their address exceeded its accept rate.
+    pub rejected_rate: u64,
     /// Failed accept calls (EMFILE, ENFILE, ...), each followed by a back-off.
     pub accept_errors: u64,
     /// Bytes received.
@@ -120,5 +129,38 @@ impl StatsSnapshot {
     /// Connections closed, all reasons together.
     pub fn closed_total(&self) -> u64 {
         self.closed.values().sum()
+    }
+}
+
+/// One IO thread's loop counters (single writer: the thread itself).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct LoopStats {
+    /// Loop turns (one wait for completions each).
+    pub turns: Counter,
+    /// Completions drained (accepts, receives, sends, closes, ...).
+    pub completions: Counter,
+    /// Nanoseconds spent between waits: completions, handler callbacks, inbox, timers, flush.
+    pub busy_nanos: Counter,
+}
+
+/// A copy of one IO thread's loop counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopSnapshot {
+    /// Loop turns (one wait for completions each).
+    pub turns: u64,
+    /// Completions handled.
+    pub completions: u64,
+    /// Nanoseconds spent working between waits (handler callbacks included).
+    pub busy_nanos: u64,
+}
+
+impl LoopStats {
+    pub(crate) fn snapshot(&self) -> LoopSnapshot {
+        LoopSnapshot {
+            turns: self.turns.get(),
+            completions: self.completions.get(),
+            busy_nanos: self.busy_nanos.get(),
+        }
     }
 }

@@ -29,6 +29,23 @@ pub struct CommonArgs {
     /// On SIGINT/SIGTERM, seconds to flush queued replies before resetting what is left
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub drain_timeout: u64,
+    /// Open connections allowed per client IP address [default: no limit]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections allowed per client IP address per second [default: no limit]
+    #[arg(long, value_name = "N")]
+    pub accept_rate_per_ip: Option<u32>,
+    /// Burst of new connections per IP above --accept-rate-per-ip [default: the rate]
+    #[arg(long, value_name = "N")]
+    pub accept_burst_per_ip: Option<u32>,
+    /// Let other processes listen on the same port (SO_REUSEPORT: the kernel spreads new
+    /// connections over all of them); without it, an address another process listens on fails
+    #[arg(long)]
+    pub reuse_port: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port; a
+    /// `metrics on ADDR` line says which)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl CommonArgs {
@@ -38,7 +55,9 @@ impl CommonArgs {
         init_logging();
         let mut b = Engine::builder()
             .backend(self.backend)
-            .drain_timeout(Duration::from_secs(self.drain_timeout));
+            .drain_timeout(Duration::from_secs(self.drain_timeout))
+            // SIGHUP: a successor (same binary and arguments) takes over the listeners.
+            .restart_on_sighup(true, Duration::from_secs(30));
         if let Some(n) = self.io_threads {
             b = b.io_threads(n);
         }
@@ -46,6 +65,10 @@ impl CommonArgs {
             b = b.recv_buffer_size(n);
         }
         let mut engine = b.build().unwrap_or_else(|e| fail(e));
+        if let Some(addr) = self.metrics {
+            let m = engine.serve_metrics(addr).unwrap_or_else(|e| fail(e));
+            println!("metrics on {}", m.local_addr());
+        }
         // Before the `listening on` line: a signal sent right after it must find the handler.
         engine.catch_signals().unwrap_or_else(|e| fail(e));
         engine
@@ -55,7 +78,13 @@ impl CommonArgs {
     pub fn add(&self, engine: &mut Engine, server: Server) -> ServerHandle {
         let server = server
             .max_connections(self.max_connections)
-            .idle_timeout(self.idle_timeout.map(Duration::from_secs));
+            .idle_timeout(self.idle_timeout.map(Duration::from_secs))
+            .max_connections_per_ip(self.max_connections_per_ip)
+            .reuse_port(self.reuse_port);
+        let server = match self.accept_rate_per_ip {
+            Some(rate) => server.accept_rate_per_ip(rate, self.accept_burst_per_ip.unwrap_or(rate)),
+            None => server,
+        };
         engine.add_server(server).unwrap_or_else(|e| fail(e))
     }
 }

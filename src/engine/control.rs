@@ -16,6 +16,7 @@ use crate::handler::{ConnectOptions, Handler, Typed};
 use crate::stats::ServerStats;
 
 use super::inbox::{Msg, ThreadShared};
+use super::restart::{self, Restart};
 
 /// Opens outgoing connections from any thread, served by the engine's IO threads and backend
 /// exactly like accepted ones (same handler API, same limits machinery). Cheap to clone.
@@ -167,12 +168,24 @@ impl SignalWaiter {
     pub(crate) fn spawn(
         mut signals: crate::sys::signals::Signals,
         shutdown: ShutdownHandle,
+        restart: Option<Restart>,
     ) -> std::io::Result<SignalWaiter> {
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
             .name("ringport-signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.wait() {
+                let mut restart = restart;
+                while let Some(sig) = signals.wait() {
+                    if sig == "SIGHUP" {
+                        // Drain only once a successor serves; else go on serving.
+                        if !restart.as_ref().is_some_and(|r| r.hand_over(&shutdown)) {
+                            continue;
+                        }
+                    } else {
+                        restart::notify_stopping();
+                    }
+                    // Our copies of the listeners close with it.
+                    let _ = restart.take();
                     // Logged once every IO thread has closed its listeners (or after 1 s, if
                     // a handler blocks one): from this line on, nothing new is accepted.
                     let all = shutdown.shutdown_and_wait(Duration::from_secs(1));
@@ -181,6 +194,7 @@ impl SignalWaiter {
                         stopped_accepting = all,
                         "shutting down: draining connections"
                     );
+                    break;
                 }
             })?;
         Ok(SignalWaiter { handle, thread })

@@ -14,6 +14,8 @@
 //! | `thread.rs` | the IO thread's loop, read top to bottom in `IoThread::run` |
 //! | `table.rs` | the connection table and what each completion does to a connection |
 //! | `flush.rs` | the end of a loop turn: sends, half-closes, watermarks, closes |
+//! | `peers.rs` | per-IP connection counts and accept rates |
+//! | `restart.rs` | the SIGHUP restart: a successor inherits the listeners |
 //!
 //! Dependencies point down: `thread` uses `flush` and `table`; `table` uses the connection
 //! layers (`core`, `conn`, `handler`); nothing below knows the engine.
@@ -21,24 +23,37 @@
 mod control;
 mod flush;
 mod inbox;
+mod peers;
+#[cfg(unix)]
+mod restart;
+#[cfg(not(unix))]
+#[path = "restart_none.rs"]
+mod restart;
 mod server;
 mod table;
 mod thread;
 
+use std::collections::VecDeque;
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tracing::{info, warn};
+
 pub use control::{Connector, ShutdownHandle};
 pub use server::{Server, ServerHandle};
 
+use crate::codec::Lines;
+use crate::metrics::{Metrics, MetricsHttp};
 use crate::stats::ServerStats;
 use crate::sys::{self, BackendConfig};
 use crate::{BackendKind, Error};
 use control::SignalWaiter;
-use server::{Factory, Limits, SharedServer};
+use peers::PeerLimits;
+use restart::Restart;
+use server::{check_port_free, Factory, Limits, SharedServer};
 
 /// Default maximum of open connections per server.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
@@ -72,6 +87,9 @@ pub struct EngineBuilder {
     recv_buffer_size: usize,
     recv_buffer_count: u16,
     handle_signals: bool,
+    inherit_listeners: bool,
+    restart_on_sighup: bool,
+    restart_ready_timeout: Duration,
 }
 
 impl Default for EngineBuilder {
@@ -83,6 +101,9 @@ impl Default for EngineBuilder {
             recv_buffer_size: 16 << 10,
             recv_buffer_count: 512,
             handle_signals: true,
+            inherit_listeners: true,
+            restart_on_sighup: false,
+            restart_ready_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -123,6 +144,25 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether [`Engine::add_server`] takes listening sockets handed to this process instead
+    /// of binding (default on): systemd socket activation (`LISTEN_FDS`/`LISTEN_PID`, one
+    /// socket per server in the unit's order) or a restart handover. The i-th server added
+    /// takes the i-th inherited socket, whatever its configured address.
+    pub fn inherit_listeners(mut self, on: bool) -> Self {
+        self.inherit_listeners = on;
+        self
+    }
+
+    /// On SIGHUP, start a successor (this executable, same arguments) that inherits the
+    /// listening sockets; once it reports ready (within `ready_timeout`), stop accepting and
+    /// drain as on SIGTERM. A successor that fails to start is killed and this process serves
+    /// on. Needs [`handle_signals`](EngineBuilder::handle_signals) (the default). Default off.
+    pub fn restart_on_sighup(mut self, on: bool, ready_timeout: Duration) -> Self {
+        self.restart_on_sighup = on;
+        self.restart_ready_timeout = ready_timeout;
+        self
+    }
+
     /// Resolves the backend (probing io_uring for `auto`) and makes the engine.
     pub fn build(self) -> Result<Engine, Error> {
         if self.io_threads == 0 || self.io_threads > 1024 {
@@ -153,7 +193,19 @@ impl EngineBuilder {
         // Probes io_uring for `auto`/`uring` on Linux; an unavailable backend is an error.
         let kind = sys::select(asked, &bcfg)?;
         let client_stats = ServerStats::new(self.io_threads);
+        let metrics = Metrics::new(self.io_threads);
+        metrics.add_server("outgoing".into(), client_stats.clone());
+        let (inherited, ready) = if self.inherit_listeners {
+            let groups = sys::inherit::take_listeners()
+                .map_err(|e| Error::Config(format!("inherited listening sockets: {e}")))?;
+            (groups.into(), sys::inherit::take_ready_socket())
+        } else {
+            (VecDeque::new(), None)
+        };
         Ok(Engine {
+            metrics,
+            inherited,
+            ready,
             connector: Connector::new(client_stats.clone()),
             client_stats,
             cfg: self,
@@ -170,6 +222,8 @@ struct ServerSpec {
     limits: Limits,
     stats: Arc<ServerStats>,
     listeners: Vec<TcpListener>,
+    /// Handed to a restart's successor (every server but the metrics one).
+    handover: bool,
 }
 
 /// IO threads and the servers they run. Add servers, then [`Engine::run`] (or
@@ -182,6 +236,11 @@ pub struct Engine {
     signals: Option<sys::signals::Signals>,
     connector: Connector,
     client_stats: Arc<ServerStats>,
+    metrics: Metrics,
+    /// Listener groups handed to this process, for the next servers added.
+    inherited: VecDeque<Vec<TcpListener>>,
+    /// A restart's successor tells its predecessor here when it serves.
+    ready: Option<sys::inherit::ReadySocket>,
 }
 
 impl Engine {
@@ -203,24 +262,105 @@ impl Engine {
 
     /// Binds a server's listeners (one per IO thread, SO_REUSEPORT). Connections queue in the
     /// kernel's backlog from now on and are accepted once the engine runs.
+    ///
+    /// Where this process was handed listening sockets (systemd socket activation, or a
+    /// restart; see [`EngineBuilder::inherit_listeners`]) the server takes the next of those
+    /// instead of binding its address.
     pub fn add_server(&mut self, server: Server) -> Result<ServerHandle, Error> {
+        if let Some(group) = self.inherited.pop_front() {
+            let addr = group.first().and_then(|l| l.local_addr().ok());
+            info!(
+                configured = %server.addr,
+                inherited = ?addr,
+                listeners = group.len(),
+                "using inherited listening socket"
+            );
+            return self.add_server_with_listeners(server, group);
+        }
+        self.bind_server(server, true)
+    }
+
+    fn bind_server(&mut self, server: Server, handover: bool) -> Result<ServerHandle, Error> {
         let n = self.cfg.io_threads;
-        let listeners =
-            sys::bind_listeners(server.addr, server.limits.backlog, n).map_err(|source| {
-                Error::Listen {
-                    addr: server.addr,
-                    source,
-                }
-            })?;
-        let addr = listeners[0].local_addr()?; // port 0: the port the first got
-        let stats = ServerStats::new(n);
+        let addr = server.addr;
+        if !server.limits.reuse_port && addr.port() != 0 {
+            check_port_free(addr).map_err(|source| Error::Listen { addr, source })?;
+        }
+        let listeners = sys::bind_listeners(addr, server.limits.backlog, n)
+            .map_err(|source| Error::Listen { addr, source })?;
+        Ok(self.push_server(server, listeners, handover))
+    }
+
+    /// Adds a server on listening sockets made elsewhere (systemd, a supervisor, a test):
+    /// one per IO thread is used; fewer are shared by several IO threads (each accepts from
+    /// the same queue), more are closed with a warning.
+    pub fn add_server_with_listeners(
+        &mut self,
+        server: Server,
+        mut listeners: Vec<TcpListener>,
+    ) -> Result<ServerHandle, Error> {
+        let n = self.cfg.io_threads;
+        if listeners.is_empty() {
+            return Err(Error::Config("no listening socket given".into()));
+        }
+        for l in &listeners {
+            l.set_nonblocking(true)?;
+        }
+        if listeners.len() > n {
+            warn!(
+                given = listeners.len(),
+                io_threads = n,
+                "more listening sockets than IO threads; closing the rest"
+            );
+            listeners.truncate(n);
+        }
+        let given = listeners.len();
+        for i in given..n {
+            let l = listeners[i % given].try_clone()?;
+            listeners.push(l);
+        }
+        Ok(self.push_server(server, listeners, true))
+    }
+
+    fn push_server(
+        &mut self,
+        server: Server,
+        listeners: Vec<TcpListener>,
+        handover: bool,
+    ) -> ServerHandle {
+        let addr = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(server.addr);
+        let stats = ServerStats::new(self.cfg.io_threads);
+        self.metrics.add_server(addr.to_string(), stats.clone());
         self.servers.push(ServerSpec {
             factory: server.factory,
             limits: server.limits,
             stats: stats.clone(),
             listeners,
+            handover,
         });
-        Ok(ServerHandle { addr, stats })
+        ServerHandle { addr, stats }
+    }
+
+    /// The engine's metrics (every server added, the IO threads, worker pools added with
+    /// [`Metrics::add_pool`]).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Serves the engine's [`Metrics`] at `GET /metrics` on `addr` (HTTP/1.1, one answer per
+    /// connection, `Connection: close`): one more server of this engine, on its IO threads.
+    pub fn serve_metrics(&mut self, addr: SocketAddr) -> Result<ServerHandle, Error> {
+        let metrics = self.metrics.clone();
+        let server = Server::new(addr, Lines::new(8192), move |_| {
+            MetricsHttp::new(metrics.clone())
+        })
+        .max_connections(1024)
+        .idle_timeout(Some(Duration::from_secs(10)))
+        .reuse_port(true); // a restart's successor binds it while this process still does
+        self.bind_server(server, false)
     }
 
     /// Registers the SIGINT/SIGTERM handlers now rather than when the engine starts: call it
@@ -229,7 +369,7 @@ impl Engine {
     /// [`Engine::start`] (then [`RunningEngine::join`]) both drain gracefully on them.
     pub fn catch_signals(&mut self) -> Result<(), Error> {
         if self.signals.is_none() {
-            self.signals = Some(sys::signals::Signals::new()?);
+            self.signals = Some(sys::signals::Signals::new(self.cfg.restart_on_sighup)?);
         }
         Ok(())
     }
@@ -242,6 +382,22 @@ impl Engine {
             self.catch_signals()?;
         }
         let n = self.cfg.io_threads;
+        let restart = if self.cfg.restart_on_sighup {
+            let mut groups = Vec::new();
+            for spec in self.servers.iter().filter(|s| s.handover) {
+                groups.push(
+                    spec.listeners
+                        .iter()
+                        .map(TcpListener::try_clone)
+                        .collect::<io::Result<Vec<_>>>()?,
+                );
+            }
+            Some(Restart::new(groups, self.cfg.restart_ready_timeout)?)
+        } else {
+            None
+        };
+        // A restart's successor starts accepting only once its predecessor has stopped.
+        restart::await_go(self.ready.take(), self.cfg.restart_ready_timeout);
         let mut per_thread: Vec<Vec<TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let mut servers = Vec::new();
         for spec in self.servers {
@@ -250,6 +406,10 @@ impl Engine {
             }
             servers.push(Arc::new(SharedServer {
                 factory: Some(spec.factory),
+                peers: PeerLimits::new(
+                    spec.limits.max_connections_per_ip,
+                    spec.limits.accept_rate_per_ip,
+                ),
                 limits: spec.limits,
                 stats: spec.stats,
             }));
@@ -257,6 +417,7 @@ impl Engine {
         // Outgoing connections count under one more "server" of their own.
         servers.push(Arc::new(SharedServer {
             factory: None,
+            peers: None,
             limits: Limits::default(),
             stats: self.client_stats.clone(),
         }));
@@ -266,7 +427,12 @@ impl Engine {
             servers,
             per_thread,
             self.cfg.drain_timeout,
+            self.metrics.loops(),
         )?;
+        let inboxes = shareds.clone();
+        self.metrics.set_inbox_depths(Box::new(move || {
+            inboxes.iter().map(|t| t.tx.len()).collect()
+        }));
         let shutdown = ShutdownHandle {
             threads: shareds.clone(),
         };
@@ -284,8 +450,13 @@ impl Engine {
             return Err(Error::Io(e));
         }
         if let Some(signals) = self.signals.take() {
-            running.signals = Some(SignalWaiter::spawn(signals, running.shutdown.clone())?);
+            running.signals = Some(SignalWaiter::spawn(
+                signals,
+                running.shutdown.clone(),
+                restart,
+            )?);
         }
+        restart::notify_ready();
         Ok(running)
     }
 

@@ -1,6 +1,7 @@
 //! [`Server`]: an address, a decoder, a handler factory and the limits of its connections;
 //! [`ServerHandle`]: a running server's address and counters.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::layer::{LayerFactory, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::sockopt::SocketOptions;
 use crate::stats::ServerStats;
 
+use super::peers::PeerLimits;
 use super::{
     DEFAULT_MAX_BUFFERED_INPUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_HIGH, DEFAULT_WRITE_LOW,
 };
@@ -35,6 +37,10 @@ pub(crate) struct Limits {
     pub max_buffered_input: usize,
     pub backlog: i32,
     pub socket: SocketOptions,
+    pub reuse_port: bool,
+    pub max_connections_per_ip: Option<usize>,
+    /// Connections per second per address, and the burst allowed above it.
+    pub accept_rate_per_ip: Option<(u32, u32)>,
     /// Each accepted connection's layers, bottom first.
     pub layers: Vec<LayerFactory>,
     pub handshake_timeout: Duration,
@@ -50,6 +56,9 @@ impl Default for Limits {
             max_buffered_input: DEFAULT_MAX_BUFFERED_INPUT,
             backlog: 1024,
             socket: SocketOptions::default(),
+            reuse_port: false,
+            max_connections_per_ip: None,
+            accept_rate_per_ip: None,
             layers: Vec::new(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
@@ -108,6 +117,30 @@ impl Server {
     /// The listen(2) backlog of each listener.
     pub fn backlog(mut self, n: i32) -> Self {
         self.limits.backlog = n;
+        self
+    }
+
+    /// Let other processes listen on the same address and port (SO_REUSEPORT; the kernel
+    /// spreads new connections over every listener of the group). Off (the default), adding
+    /// the server fails with "address in use" when another process already listens there.
+    /// (This process's own listeners, one per IO thread, always share the port.)
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.limits.reuse_port = on;
+        self
+    }
+
+    /// Open connections allowed per client IP address; beyond it a new connection from that
+    /// address is accepted and closed at once (counted as `rejected_per_ip`). Default: none.
+    pub fn max_connections_per_ip(mut self, n: Option<usize>) -> Self {
+        self.limits.max_connections_per_ip = n;
+        self
+    }
+
+    /// New connections allowed per client IP address per second, with bursts of up to `burst`
+    /// (a GCRA token bucket); beyond it a new connection is accepted and closed at once
+    /// (counted as `rejected_rate`). `per_second` 0 turns the limit off (the default).
+    pub fn accept_rate_per_ip(mut self, per_second: u32, burst: u32) -> Self {
+        self.limits.accept_rate_per_ip = (per_second > 0).then_some((per_second, burst.max(1)));
         self
     }
 
@@ -173,4 +206,28 @@ pub(crate) struct SharedServer {
     pub factory: Option<Factory>,
     pub limits: Limits,
     pub stats: Arc<ServerStats>,
+    /// Per-IP limits; `None` when the server has none.
+    pub peers: Option<PeerLimits>,
+}
+
+/// Fails with `AddrInUse` when a listener of another process holds `addr`: a socket without
+/// SO_REUSEPORT cannot bind beside a listening one (SO_REUSEADDR only lets it pass sockets in
+/// TIME_WAIT). Nothing is kept bound.
+pub(crate) fn check_port_free(addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                e.kind(),
+                "address in use by another process (Server::reuse_port / --reuse-port shares it)",
+            )
+        } else {
+            e
+        }
+    })
 }

@@ -50,6 +50,9 @@ pub(super) struct State {
     pub drain: Duration,
     pub shutdown_deadline: Option<Instant>,
     pub last_tick: Instant,
+    /// Connections whose `on_shutdown` waits for their first input (token, generation, at
+    /// the latest): a client that just connected gets its first request answered.
+    pub deferred_shutdown: Vec<(Token, u64, Instant)>,
     /// Scratch for plaintext coming out of layers.
     pub plain: Vec<u8>,
 }
@@ -110,6 +113,7 @@ impl State {
             .bytes_in
             .add(data.len() as u64);
         c.last_active = self.ctx.now;
+        c.received = true;
         if c.layers.is_some() {
             self.on_layered_data(token, data);
         } else {
@@ -361,6 +365,9 @@ impl State {
     pub(super) fn finish(&mut self, e: &mut Entry, default: CloseReason) {
         let server = &self.servers[e.core.server];
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(peers) = &server.peers {
+            peers.release(e.core.info.peer.ip());
+        }
         e.core.kill_handles();
         let reason = e.core.reason.take().unwrap_or(default);
         self.ctx.stats(e.core.server).closed[reason.index()].add(1);

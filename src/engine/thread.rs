@@ -23,14 +23,20 @@ use crate::handle::Inbox;
 use crate::handler::ConnectOptions;
 use crate::info::{CloseReason, ConnInfo};
 use crate::layer::Stack;
+use crate::stats::LoopStats;
 use crate::sys::{self, Backend, BackendConfig, Event};
 use crate::timers::Timers;
 use crate::BackendKind;
 
 use super::inbox::{Msg, ThreadShared};
+use super::peers::PeerRefusal;
 use super::server::SharedServer;
 use super::table::{Entry, ListenerState, State};
 use super::Spawned;
+
+/// How long a shutdown waits for the first input of a connection that has sent nothing yet
+/// before it tells its handler (at most half the drain time).
+const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 /// Inbox messages handled per loop turn (the rest wait for the next turn).
 const INBOX_BATCH: usize = 4096;
@@ -42,6 +48,7 @@ pub(super) fn spawn_all(
     servers: Vec<Arc<SharedServer>>,
     per_thread: Vec<Vec<TcpListener>>,
     drain: Duration,
+    loops: Arc<[LoopStats]>,
 ) -> io::Result<Spawned> {
     let n = per_thread.len();
     let mut threads = Vec::new();
@@ -52,6 +59,7 @@ pub(super) fn spawn_all(
         let servers = servers.clone();
         let bcfg = bcfg.clone();
         let ready = ready_tx.clone();
+        let loops = loops.clone();
         let (shared_tx, shared_rx) = crossbeam_channel::bounded(1);
         let h = std::thread::Builder::new()
             .name(format!("ringport-io-{t}"))
@@ -66,7 +74,7 @@ pub(super) fn spawn_all(
                 let shared = Arc::new(ThreadShared::new(tx, backend.waker()));
                 shared.enter();
                 let _ = shared_tx.send(shared.clone());
-                match IoThread::new(t, backend, servers, listeners, shared, rx, drain) {
+                match IoThread::new(t, backend, servers, listeners, shared, rx, drain, loops) {
                     Ok(io) => {
                         let _ = ready.send(Ok(()));
                         io.run();
@@ -99,9 +107,12 @@ struct IoThread {
     backend: Box<dyn Backend>,
     st: State,
     rx: Receiver<Msg>,
+    /// Every IO thread's loop counters; this thread writes `loops[st.index]` only.
+    loops: Arc<[LoopStats]>,
 }
 
 impl IoThread {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         index: usize,
         mut backend: Box<dyn Backend>,
@@ -110,6 +121,7 @@ impl IoThread {
         shared: Arc<ThreadShared>,
         rx: Receiver<Msg>,
         drain: Duration,
+        loops: Arc<[LoopStats]>,
     ) -> io::Result<Self> {
         let n = listeners.len();
         for (id, l) in listeners.into_iter().enumerate() {
@@ -120,6 +132,7 @@ impl IoThread {
         Ok(IoThread {
             backend,
             rx,
+            loops,
             st: State {
                 index,
                 entries: Vec::new(),
@@ -150,6 +163,7 @@ impl IoThread {
                 drain,
                 shutdown_deadline: None,
                 last_tick: now,
+                deferred_shutdown: Vec::new(),
                 plain: Vec::new(),
             },
         })
@@ -173,16 +187,24 @@ impl IoThread {
                 break;
             }
             self.st.ctx.now = Instant::now();
-            self.drain_completions();
+            let turn_start = self.st.ctx.now;
+            let completions = self.drain_completions();
             self.open_requested();
             self.drain_inbox();
             self.retry_held();
             self.resume_accepts();
             self.st.fire_timers();
+            self.deferred_shutdowns();
             self.st.tick(self.backend.as_ref());
             self.open_requested();
             self.st.flush(self.backend.as_mut());
             self.open_requested();
+            let loop_stats = &self.loops[self.st.index];
+            loop_stats.turns.add(1);
+            loop_stats.completions.add(completions);
+            loop_stats
+                .busy_nanos
+                .add(turn_start.elapsed().as_nanos() as u64);
             if let Some(deadline) = self.st.shutdown_deadline {
                 if self.st.live == 0 || self.st.ctx.now >= deadline + Duration::from_secs(1) {
                     break;
@@ -200,10 +222,13 @@ impl IoThread {
         debug!(thread = self.st.index, "IO thread stopped");
     }
 
-    fn drain_completions(&mut self) {
+    /// Handles every completion the backend has; returns how many.
+    fn drain_completions(&mut self) -> u64 {
+        let mut n = 0;
         loop {
+            n += 1;
             match self.backend.next() {
-                None => break,
+                None => return n - 1,
                 Some(Event::Data { token, data }) => self.st.on_data(token, data),
                 Some(Event::Accepted { listener, stream }) => self.on_accept(listener, stream),
                 Some(Event::AcceptError { listener, error }) => {
@@ -239,9 +264,36 @@ impl IoThread {
         if st.shutdown_deadline.is_some() {
             return; // dropping the stream closes it
         }
+        let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
+            (Ok(p), Ok(l)) => (p, l),
+            (Err(e), _) | (_, Err(e)) => {
+                // The peer vanished between the kernel's accept and ours: its connection only.
+                stats.closed[CloseReason::from_io(&e).index()].add(1);
+                debug!(error = %e, "accepted connection already gone");
+                return;
+            }
+        };
+        if let Some(peers) = &server.peers {
+            if let Err(why) = peers.admit(peer.ip()) {
+                let (counter, what) = match why {
+                    PeerRefusal::Connections => (&stats.rejected_per_ip, "per-IP connection limit"),
+                    PeerRefusal::Rate => (&stats.rejected_rate, "per-IP accept rate"),
+                };
+                counter.add(1);
+                debug!(%peer, "{what} reached; closing new connection");
+                return;
+            }
+        }
+        // From here on, every early return undoes what `admit` and `active` counted.
+        let release = |server: &SharedServer| {
+            server.stats.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(peers) = &server.peers {
+                peers.release(peer.ip());
+            }
+        };
         let active = server.stats.active.fetch_add(1, Ordering::Relaxed);
         if active >= server.limits.max_connections {
-            server.stats.active.fetch_sub(1, Ordering::Relaxed);
+            release(&server);
             stats.rejected.add(1);
             debug!(
                 max = server.limits.max_connections,
@@ -250,26 +302,17 @@ impl IoThread {
             return;
         }
         let _ = server.limits.socket.apply(socket2::SockRef::from(&stream));
-        let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
-            (Ok(p), Ok(l)) => (p, l),
-            (Err(e), _) | (_, Err(e)) => {
-                // The peer vanished between the kernel's accept and ours: its connection only.
-                server.stats.active.fetch_sub(1, Ordering::Relaxed);
-                stats.closed[CloseReason::from_io(&e).index()].add(1);
-                debug!(error = %e, "accepted connection already gone");
-                return;
-            }
-        };
         let info = ConnInfo::new(peer, local, st.ctx.new_id());
         // The handler first: a factory that panics costs this connection only.
         let Some(factory) = server.factory.as_ref() else {
+            release(&server);
             return;
         };
         let app = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory(&info))) {
             Ok(app) => app,
             Err(_) => {
                 error!(%peer, "handler factory panicked; closing the new connection");
-                server.stats.active.fetch_sub(1, Ordering::Relaxed);
+                release(&server);
                 st.ctx.stats(listener).closed[CloseReason::HandlerPanic.index()].add(1);
                 return;
             }
@@ -277,7 +320,7 @@ impl IoThread {
         let (token, gen) = st.ctx.slots.alloc();
         if let Err(e) = self.backend.register(token, stream) {
             warn!(%peer, error = %e, "cannot register connection; closing it");
-            server.stats.active.fetch_sub(1, Ordering::Relaxed);
+            release(&server);
             st.ctx.stats(listener).closed[CloseReason::from_io(&e).index()].add(1);
             st.ctx.slots.release(token);
             return;
@@ -462,17 +505,51 @@ impl IoThread {
             connections = st.live,
             "stopped accepting; draining"
         );
+        let spare_until = (st.ctx.now + FRESH_GRACE).min(st.ctx.now + st.drain / 2);
         for (token, slot) in st.entries.iter_mut().enumerate() {
             if let Some(e) = slot.as_mut() {
                 e.core.set_reason(CloseReason::Shutdown); // whoever closes it from now on
                 if e.core.phase == Phase::Open && e.core.opened {
-                    e.app.shutdown(&mut e.core, &mut st.ctx, token);
+                    let fresh = !e.core.received && e.core.server != st.ctx.client_server;
+                    match st.ctx.slots.gen(token) {
+                        Some(gen) if fresh => st.deferred_shutdown.push((token, gen, spare_until)),
+                        _ => e.app.shutdown(&mut e.core, &mut st.ctx, token),
+                    }
                 } else {
                     e.core.begin_close(CloseReason::Shutdown); // never opened: just close
                 }
                 st.ctx.mark_dirty(token, &mut e.core);
             }
         }
+    }
+
+    /// The deferred `on_shutdown` of connections that had sent nothing when the shutdown
+    /// began: once their first input has been handled, or at the latest after the grace.
+    fn deferred_shutdowns(&mut self) {
+        let st = &mut self.st;
+        if st.deferred_shutdown.is_empty() {
+            return;
+        }
+        let now = st.ctx.now;
+        let mut waiting = std::mem::take(&mut st.deferred_shutdown);
+        waiting.retain(|&(token, gen, until)| {
+            if st.ctx.slots.gen(token) != Some(gen) {
+                return false;
+            }
+            let Some(e) = st.entries.get_mut(token).and_then(Option::as_mut) else {
+                return false;
+            };
+            if e.core.phase != Phase::Open {
+                return false;
+            }
+            if !e.core.received && now < until {
+                return true;
+            }
+            e.app.shutdown(&mut e.core, &mut st.ctx, token);
+            st.ctx.mark_dirty(token, &mut e.core);
+            false
+        });
+        st.deferred_shutdown = waiting;
     }
 
     /// Accepting again once an accept error's back-off has passed.

@@ -33,6 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) mod epoll;
+#[cfg(unix)]
+pub(crate) mod inherit;
+#[cfg(not(unix))]
+#[path = "inherit_none.rs"]
+pub(crate) mod inherit;
 #[cfg(windows)]
 pub(crate) mod iocp;
 #[cfg(target_os = "linux")]

@@ -20,7 +20,7 @@ pub(crate) use windows::{Signals, SignalsHandle};
 #[cfg(unix)]
 mod unix {
     use super::io;
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
     /// Catches SIGINT and SIGTERM from the moment it is made.
     pub(crate) struct Signals(signal_hook::iterator::Signals);
@@ -29,10 +29,13 @@ mod unix {
     pub(crate) struct SignalsHandle(signal_hook::iterator::Handle);
 
     impl Signals {
-        pub(crate) fn new() -> io::Result<Signals> {
-            Ok(Signals(signal_hook::iterator::Signals::new([
-                SIGINT, SIGTERM,
-            ])?))
+        /// SIGINT and SIGTERM, and SIGHUP when `hup` (the restart signal).
+        pub(crate) fn new(hup: bool) -> io::Result<Signals> {
+            let mut signals = vec![SIGINT, SIGTERM];
+            if hup {
+                signals.push(SIGHUP);
+            }
+            Ok(Signals(signal_hook::iterator::Signals::new(signals)?))
         }
 
         pub(crate) fn handle(&self) -> SignalsHandle {
@@ -44,6 +47,7 @@ mod unix {
             self.0.forever().next().map(|sig| match sig {
                 SIGINT => "SIGINT",
                 SIGTERM => "SIGTERM",
+                SIGHUP => "SIGHUP",
                 _ => "signal",
             })
         }
@@ -141,7 +145,8 @@ mod windows {
     }
 
     impl Signals {
-        pub(crate) fn new() -> io::Result<Signals> {
+        /// Ctrl-C, Ctrl-Break, console close, logoff, shutdown (`_hup`: no SIGHUP here).
+        pub(crate) fn new(_hup: bool) -> io::Result<Signals> {
             let mut err = None;
             INSTALL.call_once(|| {
                 // SAFETY: `on_ctrl` is a valid handler for the whole life of the process (a

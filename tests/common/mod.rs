@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod close;
+pub mod deploy;
 pub mod line;
 mod observe;
 pub mod packet;

@@ -1,0 +1,153 @@
+//! Listening sockets handed to this process, and handed on to a successor.
+//!
+//! Two ways in: systemd socket activation (`LISTEN_FDS` / `LISTEN_PID`, read with the
+//! `sd-notify` crate: each descriptor is one server, in the order of the socket unit), and a
+//! restart handover from the process this one replaces ([`HANDOVER_ENV`]: `3,4;5,6` is two
+//! servers of two listeners each, one per IO thread). Each descriptor is checked to be a
+//! listening TCP socket before it is owned. The variables are removed once read, so that
+//! processes this one starts do not take them for their own.
+//!
+//! One way out: [`spawn_inheriting`] starts a process that inherits the given descriptors
+//! (close-on-exec cleared in the child only, between fork and exec).
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+/// Names the descriptors a restarted process inherits from the one it replaces.
+pub(crate) const HANDOVER_ENV: &str = "RINGPORT_LISTEN_FDS";
+/// Names the descriptor on which a restarted process says `READY=1` to the one it replaces.
+pub(crate) const READY_ENV: &str = "RINGPORT_READY_FD";
+
+/// The listener groups this process was given (one group per server), or none.
+pub(crate) fn take_listeners() -> io::Result<Vec<Vec<TcpListener>>> {
+    let groups: Vec<Vec<RawFd>> = if let Ok(spec) = std::env::var(HANDOVER_ENV) {
+        std::env::remove_var(HANDOVER_ENV);
+        parse_groups(&spec)?
+    } else {
+        let fds: Vec<RawFd> = sd_notify::listen_fds()?.collect();
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDNAMES");
+        fds.into_iter().map(|fd| vec![fd]).collect()
+    };
+    groups
+        .into_iter()
+        .map(|g| g.into_iter().map(own_listener).collect())
+        .collect()
+}
+
+fn parse_groups(spec: &str) -> io::Result<Vec<Vec<RawFd>>> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad {HANDOVER_ENV} {spec:?}"),
+        )
+    };
+    spec.split(';')
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            g.split(',')
+                .map(|fd| fd.trim().parse::<RawFd>().ok().filter(|&fd| fd > 2))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+/// Takes ownership of `fd` once it is known to be a listening TCP socket; non-blocking and
+/// close-on-exec like the engine's own listeners.
+fn own_listener(fd: RawFd) -> io::Result<TcpListener> {
+    // SAFETY: fcntl(F_GETFD) on any number is harmless; it tells whether `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("inherited descriptor {fd} is not open"),
+        ));
+    }
+    // SAFETY: `fd` is open, was handed to this process to own (LISTEN_FDS or the handover
+    // variable, both removed above so nothing else takes it), and is owned only here.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let sock = socket2::SockRef::from(&listener);
+    let is_tcp_listener = sock.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
+        && sock.is_listener().unwrap_or(false)
+        && listener.local_addr().is_ok();
+    if !is_tcp_listener {
+        // Not ours to close either: give the descriptor back untouched.
+        std::mem::forget(listener);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("inherited descriptor {fd} is not a listening TCP socket"),
+        ));
+    }
+    sock.set_cloexec(true)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The readiness socket a restarted process was given ([`READY_ENV`]), if any.
+/// The socket a restart's successor reports readiness on.
+pub(crate) type ReadySocket = std::os::unix::net::UnixStream;
+
+pub(crate) fn take_ready_socket() -> Option<ReadySocket> {
+    let fd: RawFd = std::env::var(READY_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(READY_ENV);
+    // SAFETY: as in `own_listener`: is `fd` open at all?
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is open and was handed to this process to own (the variable is removed).
+    let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    let _ = socket2::SockRef::from(&s).set_cloexec(true);
+    Some(s)
+}
+
+/// Spawns `cmd` with `fds` inherited (open across exec, same numbers).
+pub(crate) fn spawn_inheriting(cmd: &mut Command, fds: Vec<RawFd>) -> io::Result<Child> {
+    // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe, on descriptors
+    // that are open in the parent (and so in the child).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handover_groups_parse() {
+        assert_eq!(
+            parse_groups("3,4;5,6").unwrap(),
+            vec![vec![3, 4], vec![5, 6]]
+        );
+        assert_eq!(parse_groups("7").unwrap(), vec![vec![7]]);
+        assert!(parse_groups("3,x").is_err());
+        assert!(parse_groups("1").is_err(), "stdio is never a listener");
+    }
+
+    #[test]
+    fn only_listening_tcp_sockets_are_owned() {
+        use std::os::fd::IntoRawFd;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let owned = own_listener(l.into_raw_fd()).expect("a listener is owned");
+        assert_eq!(owned.local_addr().unwrap(), addr);
+
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = owned.accept().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        assert!(own_listener(fd).is_err(), "a connected socket is refused");
+        drop((c, s));
+    }
+}

@@ -1,0 +1,251 @@
+//! Helpers of the deployment tests: outside tools (skipped with a printed line where missing,
+//! a failure under `RINGPORT_TEST_REQUIRE_TOOLS=1`), HTTP scrapes of the metrics server, and
+//! reading a Prometheus exposition.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of `tool`, or `None` after printing `skipped: <tool> not installed (<why>)`;
+/// panics instead when `RINGPORT_TEST_REQUIRE_TOOLS=1`.
+pub fn tool(name: &str, why: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var_os("RINGPORT_TEST_REQUIRE_TOOLS").is_some_and(|v| v != "0") {
+            panic!("{name} required (RINGPORT_TEST_REQUIRE_TOOLS) but not installed ({why})");
+        }
+        println!("skipped: {name} not installed ({why})");
+    }
+    found
+}
+
+/// The address of a `metrics on ADDR` line in `stdout`.
+pub fn metrics_addr(stdout: &str) -> SocketAddr {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics on "))
+        .unwrap_or_else(|| panic!("no `metrics on` line in {stdout:?}"))
+        .trim()
+        .parse()
+        .expect("metrics address")
+}
+
+/// `GET path` over HTTP/1.1; the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, super::CONNECT_TIMEOUT).expect("connect");
+    s.set_read_timeout(Some(super::IO_TIMEOUT))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .expect("response (Connection: close)");
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Content-Length");
+    assert_eq!(body.len(), len, "body length matches Content-Length");
+    (status, body.to_string())
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered, e.g.
+/// `server="127.0.0.1:5001"`), or `None` if absent.
+pub fn sample(exposition: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    exposition.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == key).then(|| v.parse().ok())?
+    })
+}
+
+/// Sum of every sample of metric `name` whose labels contain `contains`.
+pub fn sum_samples(exposition: &str, name: &str, contains: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let metric = k.split('{').next()?;
+            (metric == name && k.contains(contains)).then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Runs `promtool check metrics` on `exposition`; its exit status and output.
+pub fn promtool_check(promtool: &std::path::Path, exposition: &str) -> (bool, String) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(_st) = child.try_wait().expect("wait promtool") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "promtool did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("promtool output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A process started by a deployment test (an example under another launcher, or with its
+/// own `--listen`): stdout and stderr collected, SIGKILLed on drop with every pid in `also`.
+pub struct Proc {
+    pub child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Processes it started (restart successors) to kill with it.
+    pub also: Vec<i32>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipes: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for pipe in pipes {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Proc {
+            child,
+            out,
+            also: Vec::new(),
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for an output line starting with `prefix`; the rest of that line.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(rest) = self
+                .output()
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+            {
+                return Some(rest);
+            }
+            if Instant::now() >= deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(200)); // the last lines
+                return self
+                    .output()
+                    .lines()
+                    .find_map(|l| l.strip_prefix(prefix).map(str::to_string));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The address of the first `listening on ADDR (backend: ...)` line.
+    pub fn listening(&mut self, timeout: Duration) -> SocketAddr {
+        let rest = self
+            .wait_line("listening on ", timeout)
+            .unwrap_or_else(|| panic!("no listening line:\n{}", self.output()));
+        rest.split(' ').next().unwrap().parse().expect("address")
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        for &pid in &self.also {
+            kill(pid, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- output of {:?} ---\n{}", self.child.id(), self.output());
+        }
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet: it no longer serves).
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
