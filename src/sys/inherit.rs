@@ -57,6 +57,25 @@ fn parse_groups(spec: &str) -> io::Result<Vec<Vec<RawFd>>> {
         .collect()
 }
 
+/// SO_ACCEPTCONN: whether `fd` is a socket in the listening state (socket2 offers it only on
+/// some systems; every unix has the option).
+fn is_listening(fd: RawFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `on`, which is a valid, correctly sized
+    // int; an fd that is not a socket only makes the call fail.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && on != 0
+}
+
 /// Takes ownership of `fd` once it is known to be a listening TCP socket; non-blocking and
 /// close-on-exec like the engine's own listeners.
 fn own_listener(fd: RawFd) -> io::Result<TcpListener> {
@@ -72,7 +91,7 @@ fn own_listener(fd: RawFd) -> io::Result<TcpListener> {
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let sock = socket2::SockRef::from(&listener);
     let is_tcp_listener = sock.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
-        && sock.is_listener().unwrap_or(false)
+        && is_listening(fd)
         && listener.local_addr().is_ok();
     if !is_tcp_listener {
         // Not ours to close either: give the descriptor back untouched.
