@@ -364,7 +364,7 @@ fn drain_deadline_resets_what_is_left(backend: Backend) {
         echoed.len() >> 10
     );
     assert_eq!(
-        stats.closed_by(&ringport::CloseReason::Shutdown),
+        stats.closed_by(&ringport::CloseReason::DrainTimeout),
         1,
         "{stats:?}"
     );

@@ -149,7 +149,8 @@ impl FinalStats {
             .filter(|l| l.contains(" stopped ") && l.contains("stats=StatsSnapshot {"))
             .map(|l| {
                 let body = &l[l.find("StatsSnapshot {").unwrap() + "StatsSnapshot {".len()..];
-                let (scalars, closed) = body.split_once("closed: [").expect("closed: [..]");
+                // `closed: {"drain-timeout": 0, "flush-stalled": 0, ...}`, keyed by reason name.
+                let (scalars, closed) = body.split_once("closed: {").expect("closed: {..}");
                 let counters = scalars
                     .split(',')
                     .filter_map(|kv| {
@@ -157,12 +158,22 @@ impl FinalStats {
                         Some((k.trim().to_string(), v.trim().parse().ok()?))
                     })
                     .collect();
-                let closed = closed
-                    .split(']')
+                let named: HashMap<String, u64> = closed
+                    .split('}')
                     .next()
                     .unwrap()
                     .split(',')
-                    .map(|v| v.trim().parse().expect("a closed counter"))
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once(':')?;
+                        Some((
+                            k.trim().trim_matches('"').to_string(),
+                            v.trim().parse().ok()?,
+                        ))
+                    })
+                    .collect();
+                let closed = ringport::CloseReason::NAMES
+                    .iter()
+                    .map(|n| named.get(*n).copied().unwrap_or(0))
                     .collect();
                 FinalStats { counters, closed }
             })
