@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 pub mod line_protocol;
+pub mod tls;
 
 use clap::Args;
 use ringport::codec::{Endian, LengthDelimited};
@@ -28,6 +29,8 @@ pub struct CommonArgs {
     /// On SIGINT/SIGTERM, seconds to flush queued replies before resetting what is left
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub drain_timeout: u64,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 impl CommonArgs {
@@ -55,6 +58,7 @@ impl CommonArgs {
         let server = server
             .max_connections(self.max_connections)
             .idle_timeout(self.idle_timeout.map(Duration::from_secs));
+        let server = self.tls.apply(server);
         engine.add_server(server).unwrap_or_else(|e| fail(e))
     }
 }
