@@ -17,6 +17,7 @@
 
 pub mod line;
 pub mod packet;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fmt;
