@@ -45,6 +45,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Connects each worker has in flight at once.
     pub connect_batch: usize,
+    /// `--tls`: connections speak TLS.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 /// Cache-line padded counter, one per worker.
@@ -84,6 +86,7 @@ macro_rules! ctx {
     ($w:expr) => {
         Ctx {
             proto: &$w.cfg.proto,
+            tls: $w.cfg.tls.as_ref(),
             registry: $w.poll.registry(),
             read_buf: &mut $w.read_buf,
             scratch: &mut $w.scratch,
