@@ -81,6 +81,10 @@ pub struct Conn {
     pub in_heap: bool,
     /// Whether the worker already counted this connection as finished.
     pub finished: bool,
+    /// `--reconnect-every`: reconnect once this many messages completed.
+    pub batch_end: u64,
+    /// Re-established, first reply not yet complete.
+    fresh: bool,
 }
 
 impl Conn {
@@ -101,6 +105,8 @@ impl Conn {
             next_due: now,
             in_heap: false,
             finished: false,
+            batch_end: u64::MAX,
+            fresh: false,
         }
     }
 
@@ -137,6 +143,20 @@ impl Conn {
             }
             Err(e) => self.connect_failed(e, attempt, ctx),
         }
+    }
+
+    /// `--reconnect-every`: closes this connection (nothing outstanding) and
+    /// opens a new one; a refusal now fails it at once (no retries).
+    pub fn reconnect(&mut self, addr: SocketAddr, ctx: &mut Ctx<'_>) {
+        self.stream = None;
+        self.state = State::Idle;
+        self.out.clear();
+        self.out_pos = 0;
+        self.greeting = ReplyCursor::default();
+        self.reply = ReplyCursor::default();
+        self.connect_started = None;
+        self.fresh = true;
+        self.start_connect(addr, MAX_CONNECT_RETRIES, ctx);
     }
 
     /// Handles an event while connecting: completes or fails the connect.
@@ -331,6 +351,9 @@ impl Conn {
                     data = &data[used..];
                     let m = self.inflight.pop_front().expect("front exists");
                     self.completed += 1;
+                    if std::mem::take(&mut self.fresh) && ctx.recording {
+                        ctx.stats.handshake(now);
+                    }
                     if ctx.recording {
                         ctx.stats.complete(m.start, now);
                     }

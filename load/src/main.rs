@@ -108,6 +108,10 @@ struct Common {
     /// the hold starts.
     #[arg(long, default_value_t = 0.0)]
     hold: f64,
+    /// Close each connection and open a new one after every N messages (with
+    /// --tls, a full handshake each time); the report gives handshakes/s.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    reconnect_every: Option<u64>,
     /// Speak TLS (rustls); needs --ca PEM or --insecure.
     #[arg(long)]
     tls: bool,
@@ -221,6 +225,7 @@ fn build_config(cli: Cli) -> Result<(Config, Common, usize), String> {
         limit,
         connect_timeout: secs("connect-timeout", common.connect_timeout)?,
         connect_batch: common.connect_batch.div_ceil(threads).max(1),
+        reconnect_every: common.reconnect_every,
         tls: match common.tls {
             true => {
                 let host = common.target.rsplit_once(':').map_or("", |(h, _)| h);

@@ -90,6 +90,19 @@ fn echo_and_packet_over_tls_all_verified() {
         assert_eq!(v["messages"], 100, "{v}");
         assert_eq!(v["errors"], 0, "{v}");
     }
+    // A new connection (a full handshake) every 5 messages: 4 per connection.
+    let args = [
+        "echo", "--target", &target, "-c", "4", "-l", "100", "-n", "25",
+    ];
+    let (out, v) = run(&[&args[..], &["--tls", "--ca", &ca, "--reconnect-every", "5"]].concat());
+    assert!(out.status.success(), "{v}");
+    assert_eq!(
+        (v["messages"].as_u64(), v["errors"].as_u64()),
+        (Some(100), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["handshakes"], 16, "{v}");
+    assert!(v["handshakes_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     // The certificate does not name 127.0.0.1: verification fails, so does the run.
     let ip_target = addr.to_string();
     let (out, v) = run(&[
