@@ -31,6 +31,48 @@ backend_tests!("line_server"; line_server_over_tls);
 backend_tests!("line_server_pooled"; line_server_pooled_over_tls);
 backend_tests!("tcp_proxy"; proxy_to_openssl_s_server);
 
+/// A missing or malformed PEM file stops the server with one `error: <flag> <file>: ...` line.
+#[test]
+fn bad_pem_file_is_a_one_line_error() {
+    let pki = Pki::new();
+    let junk = pki.dir.join("junk.pem");
+    std::fs::write(&junk, "not a PEM file\n").unwrap();
+    let (junk, cert, key) = (
+        junk.to_string_lossy().into_owned(),
+        pki.path("server.pem"),
+        pki.path("server-key.pem"),
+    );
+    let missing = pki.path("missing.pem");
+    for (args, flag) in [
+        (
+            ["--tls-cert", missing.as_str(), "--tls-key", key.as_str()],
+            "--tls-cert",
+        ),
+        (
+            ["--tls-cert", junk.as_str(), "--tls-key", key.as_str()],
+            "--tls-cert",
+        ),
+        (
+            ["--tls-cert", cert.as_str(), "--tls-key", junk.as_str()],
+            "--tls-key",
+        ),
+    ] {
+        let out = std::process::Command::new(require_example("echo_server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.starts_with(&format!("error: {flag} ")),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: no listening line");
+    }
+}
+
 fn tls_server(
     name: &str,
     backend: Backend,

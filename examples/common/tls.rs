@@ -41,15 +41,18 @@ impl TlsArgs {
     /// The server configuration these flags ask for (`None`: plaintext).
     pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
         let (cert, key) = (self.tls_cert.as_ref()?, self.tls_key.as_ref()?);
-        let chain = certs(cert);
+        let chain = certs("--tls-cert", cert);
         let key = PrivateKeyDer::from_pem_file(key)
             .unwrap_or_else(|e| fail(format!("--tls-key {}: {e}", key.display())));
         let builder = ServerConfig::builder();
         let builder = match &self.tls_client_ca {
             Some(ca) => {
-                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(ca)))
-                    .build()
-                    .unwrap_or_else(|e| fail(format!("--tls-client-ca {}: {e}", ca.display())));
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(
+                    "--tls-client-ca",
+                    ca,
+                )))
+                .build()
+                .unwrap_or_else(|e| fail(format!("--tls-client-ca {}: {e}", ca.display())));
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -98,7 +101,7 @@ impl UpstreamTlsArgs {
             fail("--upstream-tls needs --upstream-ca PEM (the CA that signed the upstream's certificate)");
         };
         let config = ClientConfig::builder()
-            .with_root_certificates(roots(ca))
+            .with_root_certificates(roots("--upstream-ca", ca))
             .with_no_client_auth();
         let name = self.upstream_name.as_deref().unwrap_or(host).to_string();
         let name =
@@ -118,22 +121,23 @@ pub fn with_tls(
     }
 }
 
-fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+/// The certificates of a PEM file given as `flag`.
+fn certs(flag: &str, path: &Path) -> Vec<CertificateDer<'static>> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<_, _>>())
-        .unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+        .unwrap_or_else(|e| fail(format!("{flag} {}: {e}", path.display())));
     if certs.is_empty() {
-        fail(format!("{}: no certificate found", path.display()));
+        fail(format!("{flag} {}: no certificate found", path.display()));
     }
     certs
 }
 
-fn roots(path: &Path) -> RootCertStore {
+fn roots(flag: &str, path: &Path) -> RootCertStore {
     let mut roots = RootCertStore::empty();
-    for cert in certs(path) {
+    for cert in certs(flag, path) {
         roots
             .add(cert)
-            .unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+            .unwrap_or_else(|e| fail(format!("{flag} {}: {e}", path.display())));
     }
     roots
 }
