@@ -456,6 +456,9 @@ impl Drop for SServer {
     }
 }
 
+/// What the examples' final statistics line contains.
+const STOPPED: &str = " stopped addr=";
+
 /// Stops `server` with SIGTERM and returns how many connections it counted under `reason` (from
 /// the `stopped ... closed: {"reason": N, ...}` line it logs at shutdown).
 pub fn closed_count_at_stop(server: &mut Server, reason: &str) -> u64 {
@@ -463,14 +466,17 @@ pub fn closed_count_at_stop(server: &mut Server, reason: &str) -> u64 {
     server
         .wait_exit(Duration::from_secs(20))
         .expect("server exits after SIGTERM");
-    let ok = server.wait_for_stderr(Duration::from_secs(5), |s| s.contains("stopped"));
+    // (Not just `stopped`: the earlier shutdown line says `stopped_accepting=true`.)
+    let ok = server.wait_for_stderr(Duration::from_secs(5), |s| {
+        s.find(STOPPED).is_some_and(|i| s[i..].contains('\n')) // the whole line
+    });
     assert!(ok, "no `stopped` line:\n{}", server.stderr_text());
     closed_count(&server.stderr_text(), reason)
 }
 
 /// The count under `reason` in the last `closed: {...}` map of `log` (0 when absent).
 pub fn closed_count(log: &str, reason: &str) -> u64 {
-    let Some(line) = log.lines().rev().find(|l| l.contains("stopped")) else {
+    let Some(line) = log.lines().rev().find(|l| l.contains(STOPPED)) else {
         return 0;
     };
     let key = format!("\"{reason}\": ");
