@@ -22,6 +22,8 @@
 //! cargo run --release --example tcp_proxy -- --upstream 127.0.0.1:5001
 //! socat - TCP:127.0.0.1:5006
 //! ```
+//! With `--upstream-tls --upstream-ca CA.pem` the upstream connection speaks TLS (plaintext in,
+//! TLS out), verifying the upstream as `--upstream-name` (default: the upstream's IP address).
 
 mod common;
 
@@ -47,6 +49,8 @@ struct Args {
     /// Seconds to wait for the upstream to accept before closing the client
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     connect_timeout: u64,
+    #[command(flatten)]
+    upstream_tls: common::tls::UpstreamTlsArgs,
     #[command(flatten)]
     common: common::CommonArgs,
 }
@@ -111,7 +115,14 @@ struct Client {
     side: Side,
     upstream: SocketAddr,
     timeout: Duration,
+    /// TLS to the upstream (`--upstream-tls`).
+    tls: UpstreamTls,
 }
+
+type UpstreamTls = Option<(
+    std::sync::Arc<ringport::rustls::ClientConfig>,
+    ringport::rustls::pki_types::ServerName<'static>,
+)>;
 
 /// The handler of the connection to the upstream server.
 struct Upstream(Side);
@@ -124,6 +135,7 @@ impl Handler for Client {
             name: "upstream",
         });
         let options = ConnectOptions::default().timeout(Some(self.timeout));
+        let options = common::tls::with_tls(options, &self.tls);
         self.side.peer = Some(conn.connect(self.upstream, Raw, up, options));
     }
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
@@ -159,6 +171,9 @@ fn main() {
     let args = Args::parse();
     let mut engine = args.common.engine(None);
     let (upstream, timeout) = (args.upstream, Duration::from_secs(args.connect_timeout));
+    let tls = args
+        .upstream_tls
+        .connect_options(&args.upstream.ip().to_string());
     let server = Server::new(args.listen, Raw, move |_| Client {
         side: Side {
             peer: None,
@@ -166,6 +181,7 @@ fn main() {
         },
         upstream,
         timeout,
+        tls: tls.clone(),
     });
     let server = args.common.add(&mut engine, server);
     common::run(engine, &[&server]);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 pub mod line_protocol;
+pub mod tls;
 
 use clap::Args;
 use ringport::codec::{Endian, LengthDelimited};
@@ -46,6 +47,8 @@ pub struct CommonArgs {
     /// `metrics on ADDR` line says which)
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 impl CommonArgs {
@@ -85,6 +88,7 @@ impl CommonArgs {
             Some(rate) => server.accept_rate_per_ip(rate, self.accept_burst_per_ip.unwrap_or(rate)),
             None => server,
         };
+        let server = self.tls.apply(server);
         engine.add_server(server).unwrap_or_else(|e| fail(e))
     }
 }

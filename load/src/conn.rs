@@ -6,7 +6,7 @@
 //! `WouldBlock`, and the caller gets an event again only after that.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::proto::{message_seed, Feed, Proto, ReplyCursor};
 use crate::report::{ErrorKind, ThreadStats};
+use crate::tls::{Stream, TlsClient};
 
 /// Connect attempts refused by the server are retried this many times.
 pub const MAX_CONNECT_RETRIES: u32 = 5;
@@ -40,6 +41,8 @@ pub enum State {
 /// Everything a connection needs from its worker while handling an event.
 pub struct Ctx<'a> {
     pub proto: &'a Proto,
+    /// `--tls`: what connections speak TLS with.
+    pub tls: Option<&'a TlsClient>,
     pub registry: &'a Registry,
     /// Read buffer shared by all of the worker's connections.
     pub read_buf: &'a mut [u8],
@@ -60,7 +63,7 @@ pub struct Conn {
     /// Global connection number (seeds its payloads).
     pub id: u64,
     token: Token,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     pub state: State,
     connect_started: Option<Instant>,
     out: Vec<u8>,
@@ -78,6 +81,10 @@ pub struct Conn {
     pub in_heap: bool,
     /// Whether the worker already counted this connection as finished.
     pub finished: bool,
+    /// `--reconnect-every`: reconnect once this many messages completed.
+    pub batch_end: u64,
+    /// Re-established, first reply not yet complete.
+    fresh: bool,
 }
 
 impl Conn {
@@ -98,6 +105,8 @@ impl Conn {
             next_due: now,
             in_heap: false,
             finished: false,
+            batch_end: u64::MAX,
+            fresh: false,
         }
     }
 
@@ -122,7 +131,7 @@ impl Conn {
         let result = TcpStream::connect(addr).and_then(|mut s| {
             ctx.registry
                 .register(&mut s, self.token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(s)
+            Stream::new(s, ctx.tls)
         });
         match result {
             Ok(s) => {
@@ -136,6 +145,20 @@ impl Conn {
         }
     }
 
+    /// `--reconnect-every`: closes this connection (nothing outstanding) and
+    /// opens a new one; a refusal now fails it at once (no retries).
+    pub fn reconnect(&mut self, addr: SocketAddr, ctx: &mut Ctx<'_>) {
+        self.stream = None;
+        self.state = State::Idle;
+        self.out.clear();
+        self.out_pos = 0;
+        self.greeting = ReplyCursor::default();
+        self.reply = ReplyCursor::default();
+        self.connect_started = None;
+        self.fresh = true;
+        self.start_connect(addr, MAX_CONNECT_RETRIES, ctx);
+    }
+
     /// Handles an event while connecting: completes or fails the connect.
     pub fn check_connect(&mut self, ctx: &mut Ctx<'_>) {
         let State::Connecting { attempt, .. } = self.state else {
@@ -144,11 +167,11 @@ impl Conn {
         let Some(stream) = self.stream.as_ref() else {
             return;
         };
-        match stream.take_error() {
+        match stream.sock().take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => return self.connect_failed(e, attempt, ctx),
         }
-        match stream.peer_addr() {
+        match stream.sock().peer_addr() {
             Ok(_) => {}
             // Spurious wake-up: still connecting.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -156,7 +179,7 @@ impl Conn {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return,
             Err(e) => return self.connect_failed(e, attempt, ctx),
         }
-        let _ = stream.set_nodelay(true);
+        let _ = stream.sock().set_nodelay(true);
         if let Some(t0) = self.connect_started {
             ctx.stats.record_connect(t0.elapsed());
         }
@@ -166,6 +189,10 @@ impl Conn {
         } else {
             State::Greeting
         };
+        // TLS: the ClientHello goes out now.
+        if let Some(Err(e)) = self.stream.as_mut().map(|s| s.flush_tls()) {
+            return self.io_error(e, "write", ctx);
+        }
         // Data (a greeting) may already be waiting, and with edge-triggered
         // notification we may not be told again.
         self.on_readable(false, ctx);
@@ -259,8 +286,10 @@ impl Conn {
                     // Move the buffer out so `consume` can borrow ctx mutably.
                     let buf = std::mem::take(&mut ctx.read_buf);
                     // Not on Windows: mio re-arms readiness there only after a
-                    // `WouldBlock`, so every read goes on until one.
-                    let drained = peer_open && n < buf.len() && cfg!(not(windows));
+                    // `WouldBlock`, so every read goes on until one. With TLS a short read
+                    // proves nothing: more records may wait.
+                    let drained =
+                        peer_open && n < buf.len() && cfg!(not(windows)) && !stream.is_tls();
                     self.consume(&buf[..n], now, ctx);
                     ctx.read_buf = buf;
                     if drained {
@@ -326,6 +355,9 @@ impl Conn {
                     data = &data[used..];
                     let m = self.inflight.pop_front().expect("front exists");
                     self.completed += 1;
+                    if std::mem::take(&mut self.fresh) && ctx.recording {
+                        ctx.stats.handshake(now);
+                    }
                     if ctx.recording {
                         ctx.stats.complete(m.start, now);
                     }
@@ -373,6 +405,10 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.io_error(e, "write", ctx),
             }
+        }
+        // TLS bytes a full socket refused earlier.
+        if let Some(Err(e)) = self.stream.as_mut().map(|s| s.flush_tls()) {
+            return self.io_error(e, "write", ctx);
         }
         if self.out_pos == self.out.len() {
             self.out.clear();

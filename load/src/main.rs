@@ -10,6 +10,7 @@
 mod conn;
 mod proto;
 mod report;
+mod tls;
 mod worker;
 
 use std::io::{IsTerminal, Write};
@@ -107,6 +108,28 @@ struct Common {
     /// the hold starts.
     #[arg(long, default_value_t = 0.0)]
     hold: f64,
+    /// Close each connection and open a new one after every N messages (with
+    /// --tls, a full handshake each time); the report gives handshakes/s.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    reconnect_every: Option<u64>,
+    /// Speak TLS (rustls); needs --ca PEM or --insecure.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the server's certificate if a CA in this PEM file signed it.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls",
+        conflicts_with = "insecure"
+    )]
+    ca: Option<std::path::PathBuf>,
+    /// With --tls: accept any server certificate (benchmarks only).
+    #[arg(long, requires = "tls")]
+    insecure: bool,
+    /// With --tls: the name the certificate must carry, also sent as SNI
+    /// [default: the host of --target].
+    #[arg(long, requires = "tls")]
+    server_name: Option<String>,
 }
 
 fn parse_width(s: &str) -> Result<u8, String> {
@@ -209,6 +232,20 @@ fn build_config(cli: Cli) -> Result<(Config, Common, usize), String> {
         limit,
         connect_timeout: secs("connect-timeout", common.connect_timeout)?,
         connect_batch: common.connect_batch.div_ceil(threads).max(1),
+        reconnect_every: common.reconnect_every,
+        tls: match common.tls {
+            true => {
+                let host = common.target.rsplit_once(':').map_or("", |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = common.server_name.as_deref().unwrap_or(host);
+                Some(tls::TlsClient::new(
+                    common.ca.as_deref(),
+                    common.insecure,
+                    name,
+                )?)
+            }
+            false => None,
+        },
     };
     secs("hold", common.hold)?;
     Ok((cfg, common, threads))

@@ -76,6 +76,9 @@ pub struct ThreadStats {
     pub error_details: Vec<String>,
     pub connected: u64,
     pub connect_retries: u64,
+    /// `--reconnect-every`: new connections (with --tls, handshakes) whose
+    /// first reply completed inside the window.
+    pub handshakes: u64,
     /// Measurement window: [start, end). `end` is None for -n runs.
     pub window_start: Instant,
     pub window_end: Option<Instant>,
@@ -93,6 +96,7 @@ impl ThreadStats {
             error_details: Vec::new(),
             connected: 0,
             connect_retries: 0,
+            handshakes: 0,
             window_start: now,
             window_end: None,
         }
@@ -123,6 +127,13 @@ impl ThreadStats {
     pub fn add_received(&mut self, n: u64, now: Instant) {
         if self.in_window(now) {
             self.bytes_received += n;
+        }
+    }
+
+    /// A re-established connection completed its first reply at `now`.
+    pub fn handshake(&mut self, now: Instant) {
+        if self.in_window(now) {
+            self.handshakes += 1;
         }
     }
 
@@ -192,6 +203,10 @@ pub struct Summary {
     pub duration_secs: f64,
     pub messages: u64,
     pub messages_per_sec: f64,
+    /// `--reconnect-every`: connections re-established (and, with --tls,
+    /// handshakes completed) in the window, and their rate.
+    pub handshakes: u64,
+    pub handshakes_per_sec: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// MB = 10^6 bytes.
@@ -232,6 +247,7 @@ pub fn summarize(info: RunInfo, results: Vec<WorkerResult>) -> Summary {
     let (mut messages, mut sent, mut received, mut connected, mut retries, mut open) =
         (0, 0, 0, 0, 0, 0);
     let mut samples = Vec::new();
+    let mut handshakes = 0;
     let mut measured = Duration::ZERO;
     for r in results {
         let s = r.stats;
@@ -245,6 +261,7 @@ pub fn summarize(info: RunInfo, results: Vec<WorkerResult>) -> Summary {
         received += s.bytes_received;
         connected += s.connected;
         retries += s.connect_retries;
+        handshakes += s.handshakes;
         open += r.open_at_end;
         samples.extend(s.error_details);
         measured = measured.max(r.measured);
@@ -273,6 +290,8 @@ pub fn summarize(info: RunInfo, results: Vec<WorkerResult>) -> Summary {
         duration_secs: (secs * 1000.0).round() / 1000.0,
         messages,
         messages_per_sec: round2(per_sec(messages as f64)),
+        handshakes,
+        handshakes_per_sec: round2(per_sec(handshakes as f64)),
         bytes_sent: sent,
         bytes_received: received,
         mb_per_sec_sent: round2(per_sec(sent as f64) / 1e6),
@@ -349,6 +368,12 @@ pub fn print_text(s: &Summary) {
         "messages:    {} in {:.3} s (after {} s warm-up) = {:.0} msg/s",
         s.messages, s.duration_secs, s.warmup_secs, s.messages_per_sec
     );
+    if s.handshakes > 0 {
+        println!(
+            "handshakes:  {} = {:.0}/s (a new connection every --reconnect-every messages)",
+            s.handshakes, s.handshakes_per_sec
+        );
+    }
     println!(
         "throughput:  {:.2} MB/s sent, {:.2} MB/s received (MB = 10^6 bytes)",
         s.mb_per_sec_sent, s.mb_per_sec_received

@@ -45,6 +45,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Connects each worker has in flight at once.
     pub connect_batch: usize,
+    /// `--reconnect-every N`: a new connection after every N messages.
+    pub reconnect_every: Option<u64>,
+    /// `--tls`: connections speak TLS.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 /// Cache-line padded counter, one per worker.
@@ -84,6 +88,7 @@ macro_rules! ctx {
     ($w:expr) => {
         Ctx {
             proto: &$w.cfg.proto,
+            tls: $w.cfg.tls.as_ref(),
             registry: $w.poll.registry(),
             read_buf: &mut $w.read_buf,
             scratch: &mut $w.scratch,
@@ -267,6 +272,9 @@ impl<'a> Worker<'a> {
 
         let mut unfinished = 0usize;
         for c in &mut self.conns {
+            if let Some(n) = self.cfg.reconnect_every {
+                c.batch_end = n;
+            }
             if c.is_open() {
                 unfinished += 1;
             } else {
@@ -382,11 +390,22 @@ impl<'a> Worker<'a> {
         for &i in idx {
             let mut ctx = ctx!(self);
             let conn = &mut self.conns[i];
+            if let Some(n) = self.cfg.reconnect_every {
+                if conn.state == State::Ready
+                    && conn.outstanding() == 0
+                    && conn.completed >= conn.batch_end
+                    && conn.completed < per_conn
+                {
+                    conn.batch_end = conn.completed + n;
+                    conn.reconnect(self.cfg.addr, &mut ctx);
+                }
+            }
+            let per_conn_now = per_conn.min(conn.batch_end);
             if conn.state == State::Ready {
                 match interval {
                     None => {
                         let now = Instant::now();
-                        while conn.outstanding() < pipeline && conn.issued < per_conn {
+                        while conn.outstanding() < pipeline && conn.issued < per_conn_now {
                             conn.issue(now, ctx.proto);
                         }
                     }
@@ -394,7 +413,7 @@ impl<'a> Worker<'a> {
                         let now = Instant::now();
                         while conn.next_due <= now
                             && conn.outstanding() < pipeline
-                            && conn.issued < per_conn
+                            && conn.issued < per_conn_now
                         {
                             let due = conn.next_due;
                             conn.issue(due, ctx.proto);
@@ -413,7 +432,8 @@ impl<'a> Worker<'a> {
             }
             // (A connection still reading its greeting comes back here when
             // the greeting arrives, and then sends whatever is due.)
-            if !conn.finished && (!conn.is_open() || conn.completed >= per_conn) {
+            let gone = !conn.is_open() && !conn.is_connecting();
+            if !conn.finished && (gone || conn.completed >= per_conn) {
                 conn.finished = true;
                 *unfinished -= 1;
             }

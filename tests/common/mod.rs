@@ -24,6 +24,7 @@ pub mod deploy;
 pub mod line;
 mod observe;
 pub mod packet;
+pub mod tls;
 
 #[allow(unused_imports)] // not every test binary watches the kernel or the final stats
 pub use observe::*;

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# TLS comparison: ringport's echo_server with --tls-cert/--tls-key (io_uring and
+# epoll) against the tokio-rustls peer (bench/src/bin/tokio_rustls_echo.rs), the
+# same client (ringport-load --tls --insecure), servers interleaved per round.
+#
+#   bench/compare_tls.sh                      # 3 rounds, 5 s per run
+#   ROUNDS=1 DURATION=3 CONNS_IDLE=2000 bench/compare_tls.sh
+#
+# Scenarios (each figure is the median over the rounds):
+#   echo50  1 KiB echo, 50 connections, pipeline 1: msg/s and server CPU us/msg
+#   hs50    a new connection (full TLS 1.3 handshake) per request, 50 at once: handshakes/s
+#   idle    CONNS_IDLE idle TLS connections (handshake done, one 16-byte echo each):
+#           server RSS growth per connection, in KiB
+# Prints a markdown table on stdout; progress on stderr. NO_BUILD=1 skips cargo.
+set -uo pipefail
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS_IDLE=${CONNS_IDLE:-10000}
+HOLD=${HOLD:-3}
+SERVERS=${SERVERS:-"ringport-uring ringport-epoll tokio-rustls"}
+REL=$ROOT/target/release
+WORK=$(mktemp -d /tmp/ringport-tls-bench.XXXXXX)
+PID=""
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+log() { printf '[tls-bench] %s\n' "$*" >&2; }
+
+if [ -z "${NO_BUILD:-}" ]; then
+    (cd "$ROOT" && cargo build --release --example echo_server &&
+        cargo build --release -p ringport-load -p ringport-bench --bin ringport-load --bin tokio_rustls_echo) >&2 ||
+        { echo "compare_tls: build failed" >&2; exit 1; }
+fi
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null ||
+    { echo "compare_tls: openssl req failed" >&2; exit 1; }
+TLS=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+
+start() { # server -> sets PID and ADDR
+    local out=$WORK/server.out
+    : >"$out"
+    case $1 in
+    ringport-uring) "$REL/examples/echo_server" --listen 127.0.0.1:0 --backend uring "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    ringport-epoll) "$REL/examples/echo_server" --listen 127.0.0.1:0 --backend epoll "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    tokio-rustls) "$REL/tokio_rustls_echo" --listen 127.0.0.1:0 "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    esac
+    PID=$!
+    for _ in $(seq 200); do
+        ADDR=$(sed -n 's/^listening on \([^ ]*\) .*/\1/p' "$out")
+        [ -n "$ADDR" ] && return 0
+        sleep 0.05
+    done
+    echo "compare_tls: $1 did not start" >&2
+    exit 1
+}
+stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=""; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+load() { "$REL/ringport-load" "$@" --tls --insecure --json --threads 2; }
+HZ=$(getconf CLK_TCK)
+
+RES=$WORK/results.tsv
+: >"$RES"
+for round in $(seq "$ROUNDS"); do
+    for s in $SERVERS; do
+        log "round $round: $s"
+        start "$s"
+        c0=$(cpu_ticks "$PID")
+        j=$(load echo --target "$ADDR" -c 50 -l 1024 -d "$DURATION" --warmup 1)
+        c1=$(cpu_ticks "$PID")
+        m=$(echo "$j" | json "['messages']")
+        mps=$(echo "$j" | json "['messages_per_sec']")
+        printf 'echo50\t%s\tmsg/s\t%s\n' "$s" "$mps" >>"$RES"
+        printf 'echo50\t%s\tcpu_us_per_msg\t%s\n' "$s" "$(python3 -c "print(round(($c1-$c0)/$HZ*1e6/max($m,1),2))")" >>"$RES"
+        j=$(load echo --target "$ADDR" -c 50 -l 16 -d "$DURATION" --reconnect-every 1)
+        printf 'hs50\t%s\thandshakes/s\t%s\n' "$s" "$(echo "$j" | json "['handshakes_per_sec']")" >>"$RES"
+        stop
+        start "$s"
+        r0=$(rss_kib "$PID")
+        "$REL/ringport-load" echo --target "$ADDR" -c "$CONNS_IDLE" -l 16 -n 1 --hold "$HOLD" \
+            --tls --insecure --json --threads 2 >"$WORK/idle.json" 2>"$WORK/idle.err" &
+        lp=$!
+        for _ in $(seq 600); do grep -q "holding" "$WORK/idle.err" && break; sleep 0.1; done
+        r1=$(rss_kib "$PID")
+        wait "$lp"
+        open=$(json "['connections_open_at_end']" <"$WORK/idle.json")
+        printf 'idle\t%s\tKiB/conn\t%s\n' "$s" "$(python3 -c "print(round(($r1-$r0)/max($open,1),2))")" >>"$RES"
+        printf 'idle\t%s\topen\t%s\n' "$s" "$open" >>"$RES"
+        stop
+    done
+done
+
+python3 - "$RES" "$SERVERS" <<'PY'
+import statistics, sys
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
+servers = sys.argv[2].split()
+metrics = [('echo50', 'msg/s'), ('echo50', 'cpu_us_per_msg'), ('hs50', 'handshakes/s'),
+           ('idle', 'KiB/conn'), ('idle', 'open')]
+print('| scenario | metric | ' + ' | '.join(servers) + ' |')
+print('|---|---|' + '---|' * len(servers))
+for sc, m in metrics:
+    cells = []
+    for s in servers:
+        v = [float(r[3]) for r in rows if r[0] == sc and r[1] == s and r[2] == m]
+        cells.append('%g' % round(statistics.median(v), 2) if v else '-')
+    print(f'| {sc} | {m} | ' + ' | '.join(cells) + ' |')
+PY
