@@ -1,39 +1,79 @@
 #!/usr/bin/env bash
-# Compare ringport's echo_server (io_uring and epoll backends) with peer echo
-# servers built from crates.io (tokio, monoio), using ringport-load.
+# Compare ringport's example servers with peers built from crates.io, using
+# ringport-load under both of its client styles (event loops; a blocking
+# thread per connection):
+#   - echo_server (io_uring and epoll backends) vs tokio and monoio echo servers;
+#   - line_server vs tokio-util Framed + LinesCodec (bench/src/bin/tokio_lines.rs);
+#   - packet_echo_server vs tokio-util Framed + LengthDelimitedCodec (tokio_packet.rs).
 #
 #   bench/compare.sh                     # everything, 3 rounds, 5 s per run
-#   ROUNDS=1 DURATION=2 bench/compare.sh # quicker
+#   bench/compare.sh --quick             # 1 round, 2 s per run, a few scenarios
+#   ROUNDS=5 SCENARIOS="pp50 pp500" SERVERS="ringport-uring ringport-uring~setup=coop" \
+#     BASELINE=ringport-uring SECTION=exp-setup bench/compare.sh   # an A/B experiment
 #
 # Environment:
 #   ROUNDS=3        rounds; servers run interleaved within each round
 #   DURATION=5      seconds per throughput run (after WARMUP)
 #   WARMUP=1        warm-up seconds per throughput run (samples discarded)
 #   HOLD=3          seconds the 10k connections are held open (RSS scenario)
-#   SERVERS="ringport-uring ringport-epoll tokio monoio"
-#   SCENARIOS="pp1 pp50 pp500 pp5000 big50 rss10k"
+#   CLIENTS="event blocking"  ringport-load client styles; every throughput scenario runs under
+#                   each (pipelined scenarios only under `event`, rss10k only under `event`)
+#   SERVERS="ringport-uring ringport-epoll tokio monoio"        echo scenarios
+#   FRAMED_SERVERS="ringport-uring ringport-epoll tokio-util"   line and packet scenarios
+#                   A ringport-uring name may carry io_uring experiment switches after `~`:
+#                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2` (setup,
+#                   recv, cq: RINGPORT_URING_SETUP / _RECV / _CQ, see src/sys/uring.rs).
+#   SCENARIOS="pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500
+#              packet50p packet500p rss10k"   (`...p`: 16 messages in flight per connection)
+#   BASELINE=       a server name: ratio columns are each server / BASELINE instead of
+#                   ringport / each peer
 #   BENCH_MD=<repo>/BENCHMARKS.md   file whose marked section is rewritten
+#   SECTION=        name of that section (`<!-- compare.sh begin NAME -->`); empty: the main
+#                   comparison section
 #   NO_BUILD=1      skip the cargo builds (use binaries already built)
-#   RINGPORT_BIN=   ringport echo_server binary (default: target/release/examples/echo_server)
+#   RINGPORT_BIN=   ringport echo_server binary (default: target/release/examples/echo_server;
+#                   line_server and packet_echo_server are taken from the same directory)
 #
-# Each figure is the median over the rounds. Client and server share the
-# same machine (and its cores); that is expected and noted in the output.
-# The script stops by itself and cleans up any server it started.
+# Each figure is the median over the rounds. Server CPU per message is read from
+# /proc/PID/stat (utime, stime) before and after each run and split into user and
+# system time. Client and server share the same machine (and its cores); that is
+# expected and noted in the output. The script stops by itself and cleans up any
+# server it started.
 
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+QUICK=""
+for arg in "$@"; do
+    case $arg in
+    --quick) QUICK=1 ;;
+    *)
+        echo "usage: bench/compare.sh [--quick]   (settings: environment, see the header)" >&2
+        exit 2
+        ;;
+    esac
+done
 CALLER_SET=""
-for v in HOLD SERVERS SCENARIOS; do # recorded in the command line only when set by the caller
+for v in HOLD CLIENTS SERVERS FRAMED_SERVERS SCENARIOS BASELINE; do # recorded in the command line only when set by the caller
     if [ -n "${!v+x}" ]; then CALLER_SET="$CALLER_SET $v"; fi
 done
+if [ -n "$QUICK" ]; then
+    ROUNDS=${ROUNDS:-1}
+    DURATION=${DURATION:-2}
+    WARMUP=${WARMUP:-0.5}
+    SCENARIOS=${SCENARIOS:-"pp1 pp50 pp500 line50 packet50p"}
+fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 HOLD=${HOLD:-3}
+CLIENTS=${CLIENTS:-"event blocking"}
 SERVERS=${SERVERS:-"ringport-uring ringport-epoll tokio monoio"}
-SCENARIOS=${SCENARIOS:-"pp1 pp50 pp500 pp5000 big50 rss10k"}
+FRAMED_SERVERS=${FRAMED_SERVERS:-"ringport-uring ringport-epoll tokio-util"}
+SCENARIOS=${SCENARIOS:-"pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500 packet50p packet500p rss10k"}
+BASELINE=${BASELINE:-}
 BENCH_MD=${BENCH_MD:-$ROOT/BENCHMARKS.md}
+SECTION=${SECTION:-}
 COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP"
 for v in $CALLER_SET; do
     COMMAND="$COMMAND $v=\"${!v}\""
@@ -41,7 +81,7 @@ done
 COMMAND="$COMMAND bench/compare.sh${*:+ $*}"
 
 WORK=$(mktemp -d /tmp/ringport-compare.XXXXXX)
-RESULTS=$WORK/results.tsv # scenario, server, round, metric, value
+RESULTS=$WORK/results.tsv # scenario@client, server, round, metric, value
 NOTES=$WORK/notes.txt
 : >"$RESULTS"
 : >"$NOTES"
@@ -86,82 +126,110 @@ trap 'log "interrupted"; exit 130' INT TERM
 cd "$ROOT" || exit 1
 TARGET=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])') || TARGET=$ROOT/target
-MEMBERS=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
-    python3 -c 'import json,sys; print(" ".join(p["name"] for p in json.load(sys.stdin)["packages"]))')
-
-# Until load/ and bench/ are workspace members they build standalone, each
-# with its own target directory.
-if [[ " $MEMBERS " == *" ringport-load "* ]]; then
-    LOAD_BIN=$TARGET/release/ringport-load
-    BENCH_DIR=$TARGET/release
-    IN_WORKSPACE=1
-else
-    LOAD_BIN=${LOAD_TARGET:-/tmp/load-target}/release/ringport-load
-    BENCH_DIR=${BENCH_TARGET:-/tmp/bench-target}/release
-    IN_WORKSPACE=0
-fi
+LOAD_BIN=$TARGET/release/ringport-load
+BENCH_DIR=$TARGET/release
 RINGPORT_BIN=${RINGPORT_BIN:-$TARGET/release/examples/echo_server}
+RP_DIR=$(dirname "$RINGPORT_BIN")
 
 if [ -z "${NO_BUILD:-}" ]; then
     log "building (release)..."
-    if [ -f "$ROOT/examples/echo_server.rs" ] || [ -d "$ROOT/examples/echo_server" ]; then
-        cargo build --release --examples -p ringport >&2 ||
-            note "ringport examples failed to build; ringport servers skipped"
-    else
-        note "examples/echo_server does not exist yet; ringport servers skipped"
-    fi
-    if [ "$IN_WORKSPACE" = 1 ]; then
-        cargo build --release -p ringport-bench -p ringport-load >&2 || {
-            log "building ringport-bench / ringport-load failed"
-            exit 1
-        }
-    else
-        CARGO_TARGET_DIR=${LOAD_TARGET:-/tmp/load-target} \
-            cargo build --release --manifest-path "$ROOT/load/Cargo.toml" >&2 &&
-            CARGO_TARGET_DIR=${BENCH_TARGET:-/tmp/bench-target} \
-                cargo build --release --manifest-path "$ROOT/bench/Cargo.toml" >&2 || {
-            log "building ringport-bench / ringport-load failed"
-            exit 1
-        }
-    fi
+    cargo build --release -p ringport --example echo_server --example line_server \
+        --example packet_echo_server >&2 ||
+        note "ringport examples failed to build; ringport servers skipped"
+    cargo build --release -p ringport-bench -p ringport-load >&2 || {
+        log "building ringport-bench / ringport-load failed"
+        exit 1
+    }
 fi
 [ -x "$LOAD_BIN" ] || {
     log "no load client at $LOAD_BIN"
     exit 1
 }
 
-server_cmd() { # name -> command line (empty if its binary is missing)
+family() { # scenario -> echo | line | packet
     case $1 in
-    ringport-uring) [ -x "$RINGPORT_BIN" ] && echo "$RINGPORT_BIN --listen 127.0.0.1:0 --backend uring" ;;
-    ringport-epoll) [ -x "$RINGPORT_BIN" ] && echo "$RINGPORT_BIN --listen 127.0.0.1:0 --backend epoll" ;;
-    tokio) [ -x "$BENCH_DIR/tokio_echo" ] && echo "$BENCH_DIR/tokio_echo --listen 127.0.0.1:0" ;;
-    monoio) [ -x "$BENCH_DIR/monoio_echo" ] && echo "$BENCH_DIR/monoio_echo --listen 127.0.0.1:0" ;;
-    std) [ -x "$BENCH_DIR/std_echo" ] && echo "$BENCH_DIR/std_echo --listen 127.0.0.1:0" ;;
+    line*) echo line ;;
+    packet*) echo packet ;;
+    *) echo echo ;;
+    esac
+}
+
+# The experiment switches in a server name (`ringport-uring~setup=coop,recv=single`) as
+# environment assignments for env(1); fails on an unknown switch.
+server_env() {
+    local spec=${1#*~} kv out=""
+    [ "$spec" != "$1" ] || return 0
+    for kv in ${spec//,/ }; do
+        case ${kv%%=*} in
+        setup) out="$out RINGPORT_URING_SETUP=${kv#*=}" ;;
+        recv) out="$out RINGPORT_URING_RECV=${kv#*=}" ;;
+        cq) out="$out RINGPORT_URING_CQ=${kv#*=}" ;;
+        *) return 1 ;;
+        esac
+    done
+    echo "${out# }"
+}
+
+server_cmd() { # family name -> command line (empty if its binary is missing)
+    local base=${2%%~*} bin
+    case $1 in
+    echo) bin=$RINGPORT_BIN ;;
+    line) bin=$RP_DIR/line_server ;;
+    packet) bin=$RP_DIR/packet_echo_server ;;
+    esac
+    case $1/$base in
+    */ringport-uring) [ -x "$bin" ] && echo "env $(server_env "$2") $bin --listen 127.0.0.1:0 --backend uring" ;;
+    */ringport-epoll) [ -x "$bin" ] && echo "$bin --listen 127.0.0.1:0 --backend epoll" ;;
+    echo/tokio) [ -x "$BENCH_DIR/tokio_echo" ] && echo "$BENCH_DIR/tokio_echo --listen 127.0.0.1:0" ;;
+    echo/monoio) [ -x "$BENCH_DIR/monoio_echo" ] && echo "$BENCH_DIR/monoio_echo --listen 127.0.0.1:0" ;;
+    echo/std) [ -x "$BENCH_DIR/std_echo" ] && echo "$BENCH_DIR/std_echo --listen 127.0.0.1:0" ;;
+    line/tokio-util) [ -x "$BENCH_DIR/tokio_lines" ] && echo "$BENCH_DIR/tokio_lines --listen 127.0.0.1:0" ;;
+    packet/tokio-util) [ -x "$BENCH_DIR/tokio_packet" ] && echo "$BENCH_DIR/tokio_packet --listen 127.0.0.1:0" ;;
     *) return 1 ;;
     esac
 }
 
-ACTIVE=""
-for s in $SERVERS; do
-    if [ -n "$(server_cmd "$s")" ]; then
-        ACTIVE="$ACTIVE $s"
-    else
-        note "server $s: binary not found, skipped"
-    fi
+servers_of() { # family -> the configured servers of that family
+    if [ "$1" = echo ]; then echo "$SERVERS"; else echo "$FRAMED_SERVERS"; fi
+}
+
+active_servers() { # family -> the servers of that family whose binary exists
+    local s out=""
+    for s in $(servers_of "$1"); do
+        [ -n "$(server_cmd "$1" "$s")" ] && out="$out $s"
+    done
+    echo "${out# }"
+}
+
+ACTIVE_ALL=""
+for sc in $SCENARIOS; do
+    fam=$(family "$sc")
+    for s in $(servers_of "$fam"); do
+        server_env "$s" >/dev/null || {
+            log "server $s: unknown experiment switch (known: setup, recv, cq)"
+            exit 2
+        }
+        if [ -z "$(server_cmd "$fam" "$s")" ]; then
+            grep -qF -- "- server $s ($fam)" "$NOTES" || note "server $s ($fam): binary not found, skipped"
+        elif [[ " $ACTIVE_ALL " != *" $s "* ]]; then
+            ACTIVE_ALL="$ACTIVE_ALL $s"
+        fi
+    done
 done
-ACTIVE=${ACTIVE# }
-[ -n "$ACTIVE" ] || {
+ACTIVE_ALL=${ACTIVE_ALL# }
+[ -n "$ACTIVE_ALL" ] || {
     log "no server to benchmark"
     exit 1
 }
 
 # ---------------------------------------------------------------- running
 PORT=""
-start_server() { # name -> sets SERVER_PID and PORT; fails if no listening line in 20 s
+start_server() { # family name -> sets SERVER_PID and PORT; fails if no listening line in 20 s
     local out=$WORK/server.out
     : >"$out"
+    # `exec` so that SERVER_PID is the server itself (its /proc/PID/stat is read).
     # shellcheck disable=SC2046 # the command line is split on purpose
-    $(server_cmd "$1") >"$out" 2>"$WORK/server.err" &
+    (exec $(server_cmd "$1" "$2")) >"$out" 2>"$WORK/server.err" &
     SERVER_PID=$!
     PORT=""
     for _ in $(seq 200); do
@@ -170,7 +238,7 @@ start_server() { # name -> sets SERVER_PID and PORT; fails if no listening line 
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.1
     done
-    note "server $1 did not print its listening line: $(head -c 300 "$WORK/server.err")"
+    note "server $2 did not print its listening line: $(head -c 300 "$WORK/server.err")"
     stop_server
     return 1
 }
@@ -180,35 +248,42 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
 
 # Extracts figures from the load client's JSON and records them.
-record_json() { # scenario server round json-file exit-code [server-cpu-ticks run-secs]
+record_json() { # scenario@client server round json-file exit-code [user-ticks sys-ticks run-secs]
     python3 - "$@" >>"$RESULTS" <<'EOF'
 import json, os, sys
 scenario, server, rnd, path, rc = sys.argv[1:6]
-cpu_ticks, run_secs = (sys.argv[6:8] + [None, None])[:2]
+utime, stime, run_secs = (sys.argv[6:9] + [None] * 3)[:3]
 try:
     d = json.load(open(path))
 except Exception as e:
     print(f"{scenario}\t{server}\t{rnd}\tfailed\tbad JSON: {e}")
     sys.exit(1)
 lat = d["latency_us"]
-print(f"[compare]   {server}: {d['messages_per_sec']:,.0f} msg/s, p50 {lat['p50']} us, "
-      f"p99 {lat['p99']} us, errors {d['errors']}", file=sys.stderr)
 out = {
     "msgs": d["messages_per_sec"],
     "mbps": d["mb_per_sec_received"],
-    "p50": d["latency_us"]["p50"],
-    "p99": d["latency_us"]["p99"],
-    "p999": d["latency_us"]["p999"],
+    "p50": lat["p50"],
+    "p99": lat["p99"],
+    "p999": lat["p999"],
     "errors": d["errors"],
 }
-if cpu_ticks and d["messages_per_sec"]:
-    # Server CPU (user + system) per message: the server's own cost, whatever share of the
-    # two cores the client took. Approximate: CPU over warm-up + run, messages at the run's rate.
-    secs = int(cpu_ticks) / os.sysconf("SC_CLK_TCK")
-    out["cpu_us"] = secs * 1e6 / (d["messages_per_sec"] * float(run_secs))
+cpu = ""
+if utime is not None and d["messages_per_sec"]:
+    # Server CPU per message, user and system time apart: the server's own cost, whatever
+    # share of the cores the client took. Approximate: CPU over warm-up + run, messages at the
+    # run's rate; clock ticks of 1/SC_CLK_TCK s.
+    msgs = d["messages_per_sec"] * float(run_secs)
+    tick = 1e6 / os.sysconf("SC_CLK_TCK")
+    out["cpu_user_us"] = int(utime) * tick / msgs
+    out["cpu_sys_us"] = int(stime) * tick / msgs
+    out["cpu_us"] = out["cpu_user_us"] + out["cpu_sys_us"]
+    cpu = (f", CPU {out['cpu_us']:.2f} us/msg (user {out['cpu_user_us']:.2f}, "
+           f"sys {out['cpu_sys_us']:.2f})")
+print(f"[compare]   {server}: {d['messages_per_sec']:,.0f} msg/s, p50 {lat['p50']} us, "
+      f"p99 {lat['p99']} us, p99.9 {lat['p999']} us{cpu}, errors {d['errors']}", file=sys.stderr)
 for k, v in out.items():
     print(f"{scenario}\t{server}\t{rnd}\t{k}\t{v}")
-if d["errors"] or rc != "0":
+if d["errors"] or rc != "0" or (run_secs is not None and not d["messages"]):
     kinds = {k: v for k, v in d["error_kinds"].items() if v}
     print(f"{scenario}\t{server}\t{rnd}\tfailed\texit {rc}, errors {kinds}, "
           f"{d['connections']}/{d['connections_requested']} connected")
@@ -222,51 +297,62 @@ run_load() { # json-out err-out timeout args... ; runs in background, sets LOAD_
     LOAD_PID=$!
 }
 
-scenario_args() {
+scenario_args() { # scenario -> ringport-load mode and arguments
     case $1 in
-    pp1) echo "-c 1 -l 128" ;;
-    pp50) echo "-c 50 -l 128" ;;
-    pp500) echo "-c 500 -l 128" ;;
-    pp5000) echo "-c 5000 -l 128" ;;
-    big50) echo "-c 50 -l 16384" ;;
-    rss10k) echo "-c 10000 -l 64 -n 1" ;;
+    pp1) echo "echo -c 1 -l 128" ;;
+    pp50) echo "echo -c 50 -l 128" ;;
+    pp500) echo "echo -c 500 -l 128" ;;
+    pp5000) echo "echo -c 5000 -l 128" ;;
+    big50) echo "echo -c 50 -l 16384" ;;
+    rss10k) echo "echo -c 10000 -l 64 -n 1" ;;
+    line50) echo "line -c 50 -l 64" ;;
+    line500) echo "line -c 500 -l 64" ;;
+    line50p) echo "line -c 50 -l 64 --pipeline 16" ;;
+    line500p) echo "line -c 500 -l 64 --pipeline 16" ;;
+    packet50) echo "packet -c 50 -l 128" ;;
+    packet500) echo "packet -c 500 -l 128" ;;
+    packet50p) echo "packet -c 50 -l 128 --pipeline 16" ;;
+    packet500p) echo "packet -c 500 -l 128 --pipeline 16" ;;
     *) return 1 ;;
     esac
 }
 
-scenario_title() {
-    case $1 in
-    pp1) echo "128 B ping-pong, 1 conn" ;;
-    pp50) echo "128 B ping-pong, 50 conns" ;;
-    pp500) echo "128 B ping-pong, 500 conns" ;;
-    pp5000) echo "128 B ping-pong, 5000 conns" ;;
-    big50) echo "16 KiB echo, 50 conns" ;;
-    rss10k) echo "RSS, 10k idle conns (after 1x64 B echo each)" ;;
-    esac
+scenario_clients() { # scenario -> the client styles it runs under
+    local c out=""
+    for c in $CLIENTS; do
+        case $1/$c in
+        rss10k/blocking | *p/blocking) ;; # memory scenario; pipelining needs the event client
+        *) out="$out $c" ;;
+        esac
+    done
+    echo "${out# }"
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat" 2>/dev/null || echo 0 0; }
 
-run_throughput() { # scenario server round
-    local json=$WORK/load.json err=$WORK/load.err rc c0 c1
-    c0=$(cpu_ticks "$SERVER_PID")
+run_throughput() { # scenario client server round
+    local json=$WORK/load.json err=$WORK/load.err rc u0 s0 u1 s1
+    read -r u0 s0 <<<"$(cpu_ticks "$SERVER_PID")"
     # shellcheck disable=SC2046
     run_load "$json" "$err" "$(awk "BEGIN { print $DURATION + $WARMUP + 120 }")" \
-        echo --target "127.0.0.1:$PORT" $(scenario_args "$1") -d "$DURATION" --warmup "$WARMUP"
+        $(scenario_args "$1") --client "$2" --target "127.0.0.1:$PORT" \
+        -d "$DURATION" --warmup "$WARMUP"
     wait "$LOAD_PID"
     rc=$?
     LOAD_PID=""
-    c1=$(cpu_ticks "$SERVER_PID")
-    record_json "$1" "$2" "$3" "$json" "$rc" "$((c1 - c0))" "$(awk "BEGIN { print $DURATION + $WARMUP }")" || log "  $2: no result (exit $rc): $(tail -c 300 "$err")"
+    read -r u1 s1 <<<"$(cpu_ticks "$SERVER_PID")"
+    record_json "$1@$2" "$3" "$4" "$json" "$rc" "$((u1 - u0))" "$((s1 - s0))" \
+        "$(awk "BEGIN { print $DURATION + $WARMUP }")" ||
+        log "  $3: no result (exit $rc): $(tail -c 300 "$err")"
 }
 
 run_rss() { # scenario server round
-    local json=$WORK/load.json err=$WORK/load.err rc idle busy
+    local json=$WORK/load.json err=$WORK/load.err rc idle busy key=$1@event
     sleep 0.3
     idle=$(rss_kib "$SERVER_PID")
     # shellcheck disable=SC2046
     run_load "$json" "$err" "$(awk "BEGIN { print $HOLD + 180 }")" \
-        echo --target "127.0.0.1:$PORT" $(scenario_args "$1") --hold "$HOLD"
+        $(scenario_args "$1") --target "127.0.0.1:$PORT" --hold "$HOLD"
     busy=""
     for _ in $(seq 1200); do # up to 120 s for the connect storm
         if grep -q "holding connections open" "$err" 2>/dev/null; then
@@ -280,45 +366,49 @@ run_rss() { # scenario server round
     wait "$LOAD_PID"
     rc=$?
     LOAD_PID=""
-    record_json "$1" "$2" "$3" "$json" "$rc"
+    record_json "$key" "$2" "$3" "$json" "$rc"
     if [ -n "$idle" ] && [ -n "$busy" ]; then
-        record "$1" "$2" "$3" rss_idle_kib "$idle"
-        record "$1" "$2" "$3" rss_conns_kib "$busy"
-        record "$1" "$2" "$3" kib_per_conn "$(python3 -c "print(($busy - $idle) / 10000)")"
+        record "$key" "$2" "$3" rss_idle_kib "$idle"
+        record "$key" "$2" "$3" rss_conns_kib "$busy"
+        record "$key" "$2" "$3" kib_per_conn "$(python3 -c "print(($busy - $idle) / 10000)")"
         log "  $2: idle ${idle} KiB, with 10k conns ${busy} KiB, $(python3 -c "print(round(($busy - $idle) / 10000, 2))") KiB/conn"
     else
-        record "$1" "$2" "$3" failed "could not read RSS (exit $rc): $(tail -c 200 "$err")"
+        record "$key" "$2" "$3" failed "could not read RSS (exit $rc): $(tail -c 200 "$err")"
         log "  $2: could not read RSS (exit $rc)"
     fi
 }
 
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
-log "servers: $ACTIVE; scenarios: $SCENARIOS; rounds: $ROUNDS; load average now: $LOADAVG"
+log "servers: $ACTIVE_ALL; scenarios: $SCENARIOS; clients: $CLIENTS; rounds: $ROUNDS; load average now: $LOADAVG"
 for scenario in $SCENARIOS; do
     scenario_args "$scenario" >/dev/null || {
         note "unknown scenario $scenario skipped"
         continue
     }
-    for round in $(seq "$ROUNDS"); do
-        log "$(scenario_title "$scenario"): round $round/$ROUNDS"
-        for server in $ACTIVE; do
-            start_server "$server" || {
-                record "$scenario" "$server" "$round" failed "server did not start"
-                continue
-            }
-            if [ "$scenario" = rss10k ]; then
-                run_rss "$scenario" "$server" "$round"
-            else
-                run_throughput "$scenario" "$server" "$round"
-            fi
-            if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-                note "server $server died during $scenario round $round: $(tail -c 300 "$WORK/server.err")"
-                record "$scenario" "$server" "$round" failed "server died"
-            fi
-            stop_server
+    fam=$(family "$scenario")
+    for client in $(scenario_clients "$scenario"); do
+        for round in $(seq "$ROUNDS"); do
+            log "$scenario, $client client: round $round/$ROUNDS"
+            for server in $(active_servers "$fam"); do
+                start_server "$fam" "$server" || {
+                    record "$scenario@$client" "$server" "$round" failed "server did not start"
+                    continue
+                }
+                if [ "$scenario" = rss10k ]; then
+                    run_rss "$scenario" "$server" "$round"
+                else
+                    run_throughput "$scenario" "$client" "$server" "$round"
+                fi
+                if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+                    note "server $server died during $scenario ($client client) round $round: $(tail -c 300 "$WORK/server.err")"
+                    record "$scenario@$client" "$server" "$round" failed "server died"
+                fi
+                stop_server
+            done
         done
     done
 done
+LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
 MACHINE="$(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM"
@@ -326,13 +416,16 @@ KERNEL=$(uname -r)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 
 TABLE=$WORK/table.md
-python3 - "$RESULTS" "$ACTIVE" "$SCENARIOS" "$NOTES" >"$TABLE" <<'EOF'
+python3 - "$RESULTS" "$SERVERS" "$FRAMED_SERVERS" "$ACTIVE_ALL" "$SCENARIOS" "$CLIENTS" "$NOTES" "$BASELINE" >"$TABLE" <<'EOF'
 import sys, statistics
 from collections import defaultdict
 
-results, active, scenarios, notes_path = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
-vals = defaultdict(list)          # (scenario, server, metric) -> [float]
-failures = defaultdict(list)      # (scenario, server) -> [str]
+(results, echo_servers, framed_servers, active_all, scenarios, clients, notes_path,
+ baseline) = sys.argv[1:9]
+active_all = set(active_all.split())
+scenarios, clients = scenarios.split(), clients.split()
+vals = defaultdict(list)          # (scenario@client, server, metric) -> [float]
+failures = defaultdict(list)      # (scenario@client, server) -> [str]
 for line in open(results):
     parts = line.rstrip("\n").split("\t")
     if len(parts) != 5:
@@ -353,18 +446,33 @@ titles = {
     "pp5000": "128 B ping-pong, 5000 conns",
     "big50": "16 KiB echo, 50 conns",
     "rss10k": "10k conns (1x64 B echo each, then held open)",
+    "line50": "ECHO 64 B, 50 conns",
+    "line500": "ECHO 64 B, 500 conns",
+    "line50p": "ECHO 64 B, 50 conns, 16 in flight",
+    "line500p": "ECHO 64 B, 500 conns, 16 in flight",
+    "packet50": "128 B frames, 50 conns",
+    "packet500": "128 B frames, 500 conns",
+    "packet50p": "128 B frames, 50 conns, 16 in flight",
+    "packet500p": "128 B frames, 500 conns, 16 in flight",
 }
+families = [
+    ("echo", "echo_server vs tokio / monoio echo servers", echo_servers.split()),
+    ("line", "line_server vs tokio-util `Framed` + `LinesCodec`", framed_servers.split()),
+    ("packet", "packet_echo_server vs tokio-util `Framed` + `LengthDelimitedCodec`",
+     framed_servers.split()),
+]
+def family(sc):
+    return "line" if sc.startswith("line") else "packet" if sc.startswith("packet") else "echo"
+
+cpu = [("cpu_us", "server CPU us/msg", 2), ("cpu_user_us", "  user us/msg", 2),
+       ("cpu_sys_us", "  system us/msg", 2)]
 metrics = {
     "rss10k": [("kib_per_conn", "server RSS KiB/conn", 2), ("rss_conns_kib", "server RSS with conns, MiB", -1),
                ("rss_idle_kib", "server RSS idle, MiB", -1)],
-    "big50": [("msgs", "msg/s", 0), ("mbps", "MB/s echoed", 1), ("cpu_us", "server CPU us/msg", 2), ("p50", "p50 us", 1), ("p99", "p99 us", 1)],
+    "big50": [("msgs", "msg/s", 0), ("mbps", "MB/s echoed", 1)] + cpu + [("p50", "p50 us", 1), ("p99", "p99 us", 1)],
 }
-default_metrics = [("msgs", "msg/s", 0), ("cpu_us", "server CPU us/msg", 2), ("p50", "p50 us", 1),
-                   ("p99", "p99 us", 1), ("p999", "p99.9 us", 1)]
-
-ringports = [s for s in active if s.startswith("ringport")]
-peers = [s for s in active if not s.startswith("ringport")]
-pairs = [(r, p) for r in ringports for p in peers]
+default_metrics = [("msgs", "msg/s", 0)] + cpu + [("p50", "p50 us", 1), ("p99", "p99 us", 1),
+                   ("p999", "p99.9 us", 1)]
 short = lambda s: s.replace("ringport-", "")
 
 def fmt(v, digits):
@@ -378,31 +486,56 @@ def median(key):
     xs = vals.get(key)
     return statistics.median(xs) if xs else None
 
-head = ["scenario", "metric"] + active + [f"{short(r)}/{p}" for r, p in pairs]
-print("| " + " | ".join(head) + " |")
-print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
-for sc in scenarios:
-    if sc not in titles:
+def client_list(sc):
+    if sc == "rss10k":
+        return ["event"] if "event" in clients else []
+    return [c for c in clients if not (sc.endswith("p") and c == "blocking")]
+
+first = True
+for fam, heading, servers in families:
+    fam_scen = [sc for sc in scenarios if sc in titles and family(sc) == fam]
+    active = [s for s in servers if s in active_all]
+    if not fam_scen or not active:
         continue
-    for metric, label, digits in metrics.get(sc, default_metrics):
-        row = [titles[sc], label]
-        med = {}
-        for sv in active:
-            m = median((sc, sv, metric))
-            med[sv] = m
-            cell = fmt(m, digits)
-            if failures.get((sc, sv)):
-                cell += " (!)"
-            row.append(cell)
-        for r, p in pairs:
-            a, b = med.get(r), med.get(p)
-            row.append(f"{a / b:.2f}x" if a is not None and b else "-")
-        print("| " + " | ".join(row) + " |")
+    if baseline and baseline in active:
+        pairs = [(s, baseline) for s in active if s != baseline]
+    else:
+        ringports = [s for s in active if s.startswith("ringport")]
+        peers = [s for s in active if not s.startswith("ringport")]
+        pairs = [(r, p) for r in ringports for p in peers]
+    if not first:
+        print()
+    first = False
+    print(f"### {heading}")
+    print()
+    head = ["scenario", "client", "metric"] + active + [f"{short(a)}/{short(b)}" for a, b in pairs]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
+    for sc in fam_scen:
+        for cl in client_list(sc):
+            key = f"{sc}@{cl}"
+            for metric, label, digits in metrics.get(sc, default_metrics):
+                row = [titles[sc], cl, label]
+                med = {}
+                for sv in active:
+                    m = median((key, sv, metric))
+                    med[sv] = m
+                    cell = fmt(m, digits)
+                    if failures.get((key, sv)):
+                        cell += " (!)"
+                    row.append(cell)
+                for a, b in pairs:
+                    x, y = med.get(a), med.get(b)
+                    row.append(f"{x / y:.2f}x" if x is not None and y else "-")
+                print("| " + " | ".join(row) + " |")
 
 print()
-print("Medians of the rounds. Ratios are ringport / peer: above 1 is better for msg/s and MB/s, "
-      "below 1 is better for latency and RSS. Latency is measured by the client from each "
-      "message's send to its verified reply (closed loop, 1 message outstanding per connection). "
+print("Medians of the rounds. Ratios: above 1 is better for msg/s and MB/s, below 1 is better "
+      "for CPU, latency and RSS. Server CPU per message is the server process's user + system "
+      "time (from /proc/PID/stat) over the warm-up and the run, divided by the messages at the "
+      "run's rate. Latency is measured by the client from each message's send to its verified "
+      "reply. Clients: `event` = ringport-load's event loops (2 threads, many connections each); "
+      "`blocking` = a thread per connection, one message in flight (rust_echo_bench style). "
       "RSS is the server's VmRSS (user-space memory; kernel socket buffers are not included); "
       "KiB/conn = (RSS with the 10k connections open - RSS idle before) / 10000.")
 fails = [(k, v) for k, v in failures.items() if v]
@@ -413,39 +546,48 @@ if fails or extra:
     if extra:
         print(extra)
     for (sc, sv), msgs in sorted(fails):
+        name, _, cl = sc.partition("@")
         for m in msgs:
-            print(f"- (!) {sv}, {titles.get(sc, sc)}, {m}")
+            print(f"- (!) {sv}, {titles.get(name, name)} ({cl} client), {m}")
 EOF
 
-SECTION=$WORK/section.md
+if [ -n "$SECTION" ]; then
+    BEGIN_MARK="<!-- compare.sh begin $SECTION -->"
+    END_MARK="<!-- compare.sh end $SECTION -->"
+    HEADING="## bench/compare.sh: $SECTION"
+else
+    BEGIN_MARK="<!-- compare.sh begin -->"
+    END_MARK="<!-- compare.sh end -->"
+    HEADING="## Server comparison (both client styles)"
+fi
+SECTION_MD=$WORK/section.md
 {
-    echo "<!-- compare.sh begin -->"
-    echo "## Echo server comparison"
+    echo "$BEGIN_MARK"
+    echo "$HEADING"
     echo
     echo "- Date: $DATE"
-    echo "- Machine: $MACHINE; load average at start: $LOADAVG"
+    echo "- Machine: $MACHINE; load average at start: $LOADAVG, at end: $LOADAVG_END"
     echo "- Kernel: $KERNEL"
     echo "- Command: \`$COMMAND\` (${DURATION} s per run after ${WARMUP} s warm-up, $ROUNDS round(s), servers interleaved)"
-    echo "- Client and servers run on the same machine and share its $(nproc) cores (ringport-load uses $(nproc) threads, each server its default thread count), over loopback: figures compare servers under identical conditions, not absolute capacity."
+    echo "- Client and servers run on the same machine and share its $(nproc) cores (the event client uses $(nproc) threads, the blocking client one per connection; each server its default thread count), over loopback: figures compare servers under identical conditions, not absolute capacity."
     echo
     cat "$TABLE"
-    echo "<!-- compare.sh end -->"
-} >"$SECTION"
+    echo "$END_MARK"
+} >"$SECTION_MD"
 
 echo
 cat "$TABLE"
 
-python3 - "$BENCH_MD" "$SECTION" <<'EOF'
+python3 - "$BENCH_MD" "$SECTION_MD" "$BEGIN_MARK" "$END_MARK" <<'EOF'
 import os, sys
-path, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
-begin, end = "<!-- compare.sh begin -->", "<!-- compare.sh end -->"
+path, section, begin, end = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n", sys.argv[3], sys.argv[4]
 if os.path.exists(path):
     text = open(path).read()
 else:
     text = ("# Benchmarks\n\n"
-            "Throughput, latency and memory of ringport's `echo_server` example (io_uring and epoll "
-            "backends) against echo servers built on tokio and monoio, measured with `ringport-load` "
-            "(`load/`). The section below is rewritten by `bench/compare.sh`.\n\n")
+            "Throughput, latency and memory of ringport's example servers against peers built "
+            "on tokio, tokio-util and monoio, measured with `ringport-load` (`load/`). The "
+            "sections between compare.sh markers are rewritten by `bench/compare.sh`.\n\n")
 if begin in text and end in text and text.index(begin) < text.index(end):
     pre = text[: text.index(begin)]
     post = text[text.index(end) + len(end):]

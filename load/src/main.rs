@@ -7,6 +7,7 @@
 //! `proto` builds and verifies messages, `conn` is one connection's state
 //! machine, `worker` is one thread's event loop, `report` the statistics.
 
+mod blocking;
 mod conn;
 mod proto;
 mod report;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use proto::{FrameLayout, Mode, Proto};
 use report::{RunInfo, Summary};
@@ -59,12 +60,36 @@ enum ModeCmd {
     Line(Common),
 }
 
+/// How the client drives its connections.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientStyle {
+    /// A few threads, each running an event loop (mio) over many
+    /// non-blocking connections.
+    Event,
+    /// One thread per connection, a blocking socket, one message in flight
+    /// (the rust_echo_bench style).
+    Blocking,
+}
+
+impl ClientStyle {
+    fn name(self) -> &'static str {
+        match self {
+            ClientStyle::Event => "event",
+            ClientStyle::Blocking => "blocking",
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("limit").required(true).args(["duration", "messages"])))]
 struct Common {
     /// Server address (host:port).
     #[arg(long)]
     target: String,
+    /// Client style: `event` (event loops, any pipeline or rate) or
+    /// `blocking` (a thread per connection, one message in flight).
+    #[arg(long, value_enum, default_value_t = ClientStyle::Event)]
+    client: ClientStyle,
     /// Number of connections.
     #[arg(short = 'c', long = "connections", default_value_t = 1)]
     connections: u64,
@@ -214,8 +239,21 @@ fn build_config(cli: Cli) -> Result<(Config, Common, usize), String> {
             return Err("--rate must be a positive number".into());
         }
     }
-    let threads = common
-        .threads
+    if common.client == ClientStyle::Blocking {
+        if common.pipeline != 1 {
+            return Err(
+                "--client blocking keeps one message in flight: --pipeline must be 1".into(),
+            );
+        }
+        if common.rate.is_some() {
+            return Err("--client blocking is closed loop: --rate is not supported".into());
+        }
+    }
+    let threads = match common.client {
+        ClientStyle::Event => common.threads,
+        ClientStyle::Blocking => Some(common.connections as usize),
+    };
+    let threads = threads
         .unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -231,7 +269,12 @@ fn build_config(cli: Cli) -> Result<(Config, Common, usize), String> {
         warmup: secs("warmup", common.warmup)?,
         limit,
         connect_timeout: secs("connect-timeout", common.connect_timeout)?,
-        connect_batch: common.connect_batch.div_ceil(threads).max(1),
+        connect_batch: match common.client {
+            // Event: each worker connects its share in batches.
+            ClientStyle::Event => common.connect_batch.div_ceil(threads).max(1),
+            // Blocking: one gate over all connection threads.
+            ClientStyle::Blocking => common.connect_batch.max(1),
+        },
         reconnect_every: common.reconnect_every,
         tls: match common.tls {
             true => {
@@ -284,30 +327,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// A thread to join: an event-loop worker (with its results) or a
+/// connection thread of the blocking client (results in its pool).
+enum Joined<'scope> {
+    Worker(std::thread::ScopedJoinHandle<'scope, report::WorkerResult>),
+    Conn(std::thread::ScopedJoinHandle<'scope, ()>),
+}
+
 fn run(cfg: &Config, common: &Common, threads: usize) -> Summary {
+    let blocking = common.client == ClientStyle::Blocking;
+    let counters = if blocking {
+        blocking::shard_count(cfg.total_conns)
+    } else {
+        threads
+    };
     let shared = Shared {
         connected: Barrier::new(threads + 1),
         done: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
-        progress: (0..threads).map(|_| Padded::default()).collect(),
+        progress: (0..counters).map(|_| Padded::default()).collect(),
     };
+    let pool = blocking.then(|| blocking::Pool::new(cfg));
     let tty = std::io::stderr().is_terminal();
     let connect_start = Instant::now();
     let mut connect_phase = Duration::ZERO;
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                // Connections are dealt round-robin over the threads.
-                let ids: Vec<u64> = (t as u64..cfg.total_conns).step_by(threads).collect();
-                let shared = &shared;
-                std::thread::Builder::new()
-                    .name(format!("load-{t}"))
-                    .spawn_scoped(s, move || {
-                        Worker::new(t, cfg, shared, ids).expect("create poll").run()
-                    })
-                    .expect("spawn worker")
-            })
-            .collect();
+    let mut results = std::thread::scope(|s| {
+        let handles: Vec<_> = match &pool {
+            Some(pool) => match pool.spawn(s, cfg, &shared) {
+                Ok(h) => h.into_iter().map(Joined::Conn).collect(),
+                Err(e) => {
+                    // The threads already started wait at the barrier forever.
+                    eprintln!("ringport-load: cannot start a thread per connection: {e}");
+                    std::process::exit(2);
+                }
+            },
+            None => (0..threads)
+                .map(|t| {
+                    // Connections are dealt round-robin over the threads.
+                    let ids: Vec<u64> = (t as u64..cfg.total_conns).step_by(threads).collect();
+                    let shared = &shared;
+                    std::thread::Builder::new()
+                        .name(format!("load-{t}"))
+                        .spawn_scoped(s, move || {
+                            Worker::new(t, cfg, shared, ids).expect("create poll").run()
+                        })
+                        .expect("spawn worker")
+                })
+                .map(Joined::Worker)
+                .collect(),
+        };
 
         if tty {
             eprint!("connecting {} connection(s)...", cfg.total_conns);
@@ -350,10 +418,20 @@ fn run(cfg: &Config, common: &Common, threads: usize) -> Summary {
         shared.stop.store(true, Ordering::Release);
         handles
             .into_iter()
-            .map(|h| h.join().expect("worker panicked"))
+            .filter_map(|h| match h {
+                Joined::Worker(h) => Some(h.join().expect("worker panicked")),
+                Joined::Conn(h) => {
+                    h.join().expect("connection thread panicked");
+                    None
+                }
+            })
             .collect::<Vec<_>>()
     });
+    if let Some(pool) = pool {
+        results.extend(pool.into_results());
+    }
     let info = RunInfo {
+        client: common.client.name().to_string(),
         mode: cfg.proto.mode().name().to_string(),
         target: cfg.addr.to_string(),
         threads,

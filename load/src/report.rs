@@ -188,6 +188,8 @@ pub struct ConnectStats {
 /// The run's result. Field names are the `--json` schema.
 #[derive(Serialize, Debug)]
 pub struct Summary {
+    /// `event` or `blocking` (`--client`).
+    pub client: String,
     pub mode: String,
     pub target: String,
     pub threads: usize,
@@ -221,6 +223,7 @@ pub struct Summary {
 
 /// Run parameters the summary echoes back.
 pub struct RunInfo {
+    pub client: String,
     pub mode: String,
     pub target: String,
     pub threads: usize,
@@ -277,6 +280,7 @@ pub fn summarize(info: RunInfo, results: Vec<WorkerResult>) -> Summary {
         }
     };
     Summary {
+        client: info.client,
         mode: info.mode,
         target: info.target,
         threads: info.threads,
@@ -350,8 +354,15 @@ pub fn print_text(s: &Summary) {
         None => "closed loop".to_string(),
     };
     println!(
-        "{} -> {}: {} payload bytes, {} connection(s), pipeline {}, {}, {} thread(s)",
-        s.mode, s.target, s.payload_bytes, s.connections_requested, s.pipeline, rate, s.threads
+        "{} -> {}: {} payload bytes, {} connection(s), pipeline {}, {}, {} client, {} thread(s)",
+        s.mode,
+        s.target,
+        s.payload_bytes,
+        s.connections_requested,
+        s.pipeline,
+        rate,
+        s.client,
+        s.threads
     );
     println!(
         "connections: {} established, {} open at end; connect time (us): mean {} p50 {} p99 {} max {} ({} retries, phase {:.3} s)",
@@ -424,6 +435,7 @@ mod tests {
         let mut b = ThreadStats::new(now);
         b.error(ErrorKind::Mismatch, "z".into());
         let info = RunInfo {
+            client: "event".into(),
             mode: "echo".into(),
             target: "t".into(),
             threads: 2,

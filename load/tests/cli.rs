@@ -338,3 +338,143 @@ fn text_report_and_usage_errors() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+// ---- --client blocking: a thread per connection, one message in flight ----
+
+fn run_blocking(mode: &str, addr: SocketAddr, extra: &[&str]) -> (Output, serde_json::Value) {
+    let mut args = vec!["--client", "blocking"];
+    args.extend_from_slice(extra);
+    run_json(mode, addr, &args)
+}
+
+#[test]
+fn blocking_echo_all_verified() {
+    let addr = spawn_server(Behaviour::Echo);
+    let (out, v) = run_blocking("echo", addr, &["-c", "4", "-l", "1000", "-n", "50"]);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["client"], "blocking");
+    assert_eq!(v["threads"], 4, "{v}");
+    assert_eq!(v["messages"], 200);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["connections"], 4);
+    assert_eq!(v["connections_open_at_end"], 4);
+    assert_eq!(v["bytes_sent"], 200_000);
+    assert_eq!(v["bytes_received"], 200_000);
+    for k in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["latency_us"][k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    // The event client says which it is too.
+    let (_, v) = run_json("echo", addr, &["-c", "1", "-l", "10", "-n", "1"]);
+    assert_eq!(v["client"], "event");
+}
+
+#[test]
+fn blocking_errors_by_kind() {
+    let addr = spawn_server(Behaviour::CorruptAt(300));
+    let (out, v) = run_blocking("echo", addr, &["-c", "2", "-l", "128", "-n", "10"]);
+    assert!(!out.status.success());
+    assert_eq!(v["error_kinds"]["mismatch"], 2, "{v}");
+    assert_eq!(
+        v["messages"], 4,
+        "two whole replies each before the bad byte: {v}"
+    );
+
+    let addr = spawn_server(Behaviour::CloseAfter(200));
+    let (out, v) = run_blocking("echo", addr, &["-c", "3", "-l", "128", "-n", "10"]);
+    assert!(!out.status.success());
+    assert_eq!(v["error_kinds"]["short_reply"], 3, "{v}");
+
+    let addr = spawn_server(Behaviour::CloseAfter(256));
+    let (out, v) = run_blocking("echo", addr, &["-c", "3", "-l", "128", "-n", "10"]);
+    assert!(!out.status.success());
+    assert_eq!(v["error_kinds"]["dropped"], 3, "{v}");
+    assert_eq!(v["messages"], 6);
+    assert_eq!(v["connections_open_at_end"], 0);
+}
+
+#[test]
+fn blocking_refused_connect_fails_after_bounded_retries() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (out, v) = run_blocking("echo", addr, &["-c", "2", "-l", "8", "-n", "1"]);
+    assert!(!out.status.success());
+    assert_eq!(v["error_kinds"]["connect_failed"], 2, "{v}");
+    assert_eq!(v["connections"], 0);
+}
+
+#[test]
+fn blocking_line_and_packet_modes() {
+    let addr = spawn_server(Behaviour::Line);
+    let (out, v) = run_blocking("line", addr, &["-c", "3", "-l", "64", "-n", "20"]);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["messages"], 60);
+    // No greeting from a plain echo server: the line client times out.
+    let addr = spawn_server(Behaviour::Echo);
+    let (out, v) = run_blocking(
+        "line",
+        addr,
+        &["-c", "1", "-l", "64", "-n", "1", "--timeout", "1"],
+    );
+    assert!(!out.status.success(), "{v}");
+    assert_eq!(v["error_kinds"]["timeout"], 1, "{v}");
+
+    let addr = spawn_server(Behaviour::Framed(2, true, true));
+    let (out, v) = run_blocking(
+        "packet",
+        addr,
+        &[
+            "-c",
+            "2",
+            "-l",
+            "200",
+            "-n",
+            "30",
+            "--length-width",
+            "2",
+            "--little-endian",
+            "--length-includes-header",
+        ],
+    );
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["messages"], 60);
+}
+
+#[test]
+fn blocking_duration_warmup_and_hold() {
+    let addr = spawn_server(Behaviour::Echo);
+    let (out, v) = run_blocking(
+        "echo",
+        addr,
+        &[
+            "-c", "3", "-l", "64", "-d", "0.5", "--warmup", "0.2", "--hold", "0.3",
+        ],
+    );
+    assert!(out.status.success(), "{v}");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        (v["duration_secs"].as_f64().unwrap() - 0.5).abs() < 0.01,
+        "{v}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holding connections open"));
+    assert_eq!(v["connections_open_at_end"], 3);
+    // Sent and received bytes are whole messages of the window.
+    let m = v["messages"].as_u64().unwrap();
+    let rx = v["bytes_received"].as_u64().unwrap();
+    assert_eq!(rx, m * 64, "{v}");
+}
+
+#[test]
+fn blocking_rejects_pipeline_and_rate() {
+    let addr = spawn_server(Behaviour::Echo).to_string();
+    for extra in [["--pipeline", "2"], ["--rate", "100"]] {
+        let mut args = vec![
+            "echo", "--target", &addr, "--client", "blocking", "-l", "8", "-n", "1",
+        ];
+        args.extend_from_slice(&extra);
+        let out = load(&args);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--client blocking"));
+    }
+}

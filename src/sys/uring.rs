@@ -55,6 +55,10 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 use super::{Backend, BackendConfig, Event, Token, Waker};
+use tuning::{tuning, Setup};
+
+#[path = "uring_tuning.rs"]
+mod tuning;
 
 /// The buffer group id of the (single) provided-buffer ring.
 const BGID: u16 = 0;
@@ -104,20 +108,29 @@ fn decode(user_data: u64) -> Option<(Kind, usize)> {
     Some((kind, (user_data & ((1 << 56) - 1)) as usize))
 }
 
-/// Sets up a ring, best flags first: SINGLE_ISSUER|DEFER_TASKRUN (6.1), COOP_TASKRUN (5.19), plain.
+/// Sets up a ring, best flags first (see [`Setup`]); falls back to fewer flags on older kernels.
 fn build_ring(entries: u32) -> io::Result<IoUring> {
-    let cq = entries.saturating_mul(4);
+    let t = tuning();
+    let cq = entries.saturating_mul(t.cq_factor).max(entries);
     let mut best = IoUring::builder();
-    best.setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(cq);
+    best.setup_cqsize(cq);
+    match t.setup {
+        Setup::Defer => best.setup_single_issuer().setup_defer_taskrun(),
+        Setup::Coop => best.setup_coop_taskrun().setup_taskrun_flag(),
+        Setup::Single => best.setup_single_issuer(),
+        Setup::Plain => &mut best,
+    };
     let mut coop = IoUring::builder();
     coop.setup_coop_taskrun().setup_cqsize(cq);
     let mut plain = IoUring::builder();
     plain.setup_cqsize(cq);
-    best.build(entries)
-        .or_else(|_| coop.build(entries))
-        .or_else(|_| plain.build(entries))
+    let first = best.build(entries);
+    match t.setup {
+        Setup::Defer => first
+            .or_else(|_| coop.build(entries))
+            .or_else(|_| plain.build(entries)),
+        _ => first.or_else(|_| plain.build(entries)),
+    }
 }
 
 /// Whether the kernel can run this backend; `Err` holds a short human reason.
@@ -539,10 +552,19 @@ impl UringBackend {
             return;
         }
         c.recv = true;
-        let entry = opcode::RecvMulti::new(Fd(c.fd), BGID)
-            .build()
-            .user_data(user_data(Kind::Recv, token));
-        self.push(entry);
+        let fd = Fd(c.fd);
+        let entry = if tuning().multishot_recv {
+            opcode::RecvMulti::new(fd, BGID).build()
+        } else {
+            // Single-shot: the kernel picks a buffer from the ring (no address given); the CQE
+            // ends the op and complete_recv re-arms it.
+            let len = self.bufs.size.min(u32::MAX as usize) as u32;
+            opcode::Recv::new(fd, std::ptr::null_mut(), len)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        };
+        self.push(entry.user_data(user_data(Kind::Recv, token)));
     }
 
     fn cancel_recv(&mut self, token: Token) {
