@@ -391,19 +391,8 @@ impl IoThread {
         app: Box<dyn DynConn + Send>,
         options: ConnectOptions,
     ) {
-        let (token, gen) = self.st.ctx.slots.alloc();
-        self.open_outgoing(ConnectRequest {
-            layers: options.layers(),
-            handshake_timeout: options.handshake_timeout,
-            token,
-            gen,
-            addr,
-            timeout: options.timeout,
-            options: options.socket,
-            watermarks: options.write_watermarks,
-            shared: None,
-            app,
-        });
+        let slot = self.st.ctx.slots.alloc();
+        self.open_outgoing(options.request(slot, addr, None, app));
     }
 
     fn open_outgoing(&mut self, req: ConnectRequest) {
