@@ -3,7 +3,7 @@
 //! The engine (`crate::engine`) is completion-shaped: it *submits* operations
 //! (accept, recv, send, connect, close) to a [`Backend`] and *reacts* to the
 //! [`Event`]s those operations complete with. io_uring does this natively
-//! (`sys/uring.rs`, Linux) and so does the I/O completion port (`sys/iocp/`, Windows); the
+//! (`sys/uring/`, Linux) and so does the I/O completion port (`sys/iocp/`, Windows); the
 //! readiness backend (`sys/epoll.rs`, on `mio`: epoll on Linux, kqueue on macOS, AFD polling on
 //! Windows) emulates it by performing the non-blocking syscall when the socket is ready.
 //!
