@@ -1,4 +1,3 @@
-#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
 //! The limits and shutdown guarantees, library-level (an `Engine` in this process, one IO
 //! thread, on every backend), each checked so that the test fails when the guarantee is
 //! removed: write watermarks pause reading and resume it (and the pause is counted); the drain

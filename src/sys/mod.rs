@@ -100,6 +100,12 @@ pub(crate) trait Backend {
     fn add_listener(&mut self, id: usize, listener: TcpListener) -> io::Result<()>;
     /// Accepts again on `id` after an [`Event::AcceptError`].
     fn resume_accept(&mut self, id: usize);
+    /// Whether this backend's listeners accept for every IO thread: one listening socket that
+    /// only one thread's backend can accept on (IOCP: a socket belongs to one completion port).
+    /// The engine then hands what that thread accepts round-robin to every IO thread.
+    fn accepts_for_all(&self) -> bool {
+        false
+    }
     /// Stops accepting on every listener and closes them (shutdown).
     fn close_listeners(&mut self);
     /// Takes ownership of an accepted connection and starts reading from it.

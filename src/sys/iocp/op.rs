@@ -20,6 +20,10 @@ use super::super::{Event, Token, Waker};
 
 /// `AcceptEx` calls kept outstanding per listener.
 pub(crate) const ACCEPTS_PER_LISTENER: usize = 8;
+/// Bytes one `WSASend` carries at most: each completion short of a buffer's end is reported as
+/// send progress (see the module doc). 64 KiB: a reader taking 6.4 KB/s still moves one piece
+/// per `FLUSH_STALL`; one completion per 64 KiB costs little next to copying them.
+pub(crate) const MAX_SEND: usize = 64 << 10;
 /// Completions dequeued per `GetQueuedCompletionStatusEx`.
 pub(super) const BATCH: usize = 256;
 /// The completion key of wake-up packets (sockets are associated with key 0).
