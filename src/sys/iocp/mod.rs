@@ -381,9 +381,20 @@ impl IocpBackend {
             OpKind::Accept { .. } => unreachable!(),
             OpKind::Recv => {
                 c.recv_pending = false;
-                // Data, the FIN or an error is there: `recv` tells which.
-                c.readable = true;
-                self.queue_read(token);
+                match result {
+                    // Data or the FIN is there: `recv` tells which.
+                    Ok(_) => {
+                        c.readable = true;
+                        self.queue_read(token);
+                    }
+                    // The error (a reset) is reported here: the `recv` after it may no longer
+                    // see it (under Wine it then reads a clean EOF).
+                    Err(error) => {
+                        c.reading = false;
+                        c.read_done = true;
+                        self.done.push_back(Event::ReadError { token, error });
+                    }
+                }
             }
             OpKind::Send { buf, off } => match result {
                 Ok(n) if off + n < buf.len() && n > 0 => {
