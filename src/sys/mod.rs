@@ -87,6 +87,24 @@ pub(crate) enum Event<'a> {
     Wake,
 }
 
+impl Event<'_> {
+    /// The connection this event is about (`None` for listener events and wake-ups). Backends
+    /// use it to drop what they queued for a connection being closed.
+    pub(crate) fn token(&self) -> Option<Token> {
+        match self {
+            Event::Data { token, .. }
+            | Event::ReadClosed { token }
+            | Event::ReadError { token, .. }
+            | Event::SendProgress { token, .. }
+            | Event::SendDone { token, .. }
+            | Event::SendError { token, .. }
+            | Event::Connected { token, .. }
+            | Event::Closed { token } => Some(*token),
+            Event::Accepted { .. } | Event::AcceptError { .. } | Event::Wake => None,
+        }
+    }
+}
+
 /// Lets another thread interrupt an IO thread's [`Backend::wait`].
 pub(crate) trait Waker: Send + Sync {
     fn wake(&self);

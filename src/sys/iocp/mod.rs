@@ -75,8 +75,8 @@ mod op;
 mod tests;
 
 use op::{
-    event_token, op_result, raw, set_opt, socket2_buf, wsa_error, Conn, IocpWaker, Listener, Op,
-    OpKind, Port, ADDR_LEN, BATCH, WAKE_KEY,
+    op_result, raw, set_opt, socket2_buf, wsa_error, Conn, IocpWaker, Listener, Op, OpKind, Port,
+    ADDR_LEN, BATCH, WAKE_KEY,
 };
 pub(crate) use op::{ACCEPTS_PER_LISTENER, MAX_SEND};
 
@@ -657,7 +657,7 @@ impl Backend for IocpBackend {
 
     fn close(&mut self, token: Token, abort: bool) {
         // After `close`, nothing but `Closed` is delivered for the token.
-        self.done.retain(|ev| event_token(ev) != Some(token));
+        self.done.retain(|ev| ev.token() != Some(token));
         let Some(c) = self.conn(token) else {
             self.done.push_back(Event::Closed { token });
             return;

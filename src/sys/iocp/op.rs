@@ -16,7 +16,7 @@ use windows_sys::Win32::Networking::WinSock::{
 };
 use windows_sys::Win32::System::IO::{PostQueuedCompletionStatus, OVERLAPPED};
 
-use super::super::{Event, Token, Waker};
+use super::super::Waker;
 
 /// `AcceptEx` calls kept outstanding per listener.
 pub(crate) const ACCEPTS_PER_LISTENER: usize = 8;
@@ -196,21 +196,6 @@ impl Conn {
 
     pub(super) fn sock_ref(&self) -> &Socket {
         &self.sock
-    }
-}
-
-/// The connection an event is about (`None` for listener and wake-up events).
-pub(super) fn event_token(ev: &Event<'_>) -> Option<Token> {
-    match ev {
-        Event::Data { token, .. }
-        | Event::ReadClosed { token }
-        | Event::ReadError { token, .. }
-        | Event::SendProgress { token, .. }
-        | Event::SendDone { token, .. }
-        | Event::SendError { token, .. }
-        | Event::Connected { token, .. }
-        | Event::Closed { token } => Some(*token),
-        Event::Accepted { .. } | Event::AcceptError { .. } | Event::Wake => None,
     }
 }
 
