@@ -119,8 +119,8 @@ struct IoThread {
     rx: Receiver<Msg>,
     /// Every IO thread's loop counters; this thread writes `loops[st.index]` only.
     loops: Arc<[LoopStats]>,
-    /// The other IO threads' inboxes: where accepted connections are handed when the backend
-    /// accepts for every thread (`Backend::accepts_for_all`).
+    /// Every IO thread's inbox (this one's too): where accepted connections are handed when
+    /// the backend accepts for every thread (`Backend::accepts_for_all`).
     peers: Peers,
     /// The IO thread the next hand-off goes to (round robin).
     next_peer: usize,
