@@ -8,7 +8,9 @@
 //!   re-posted until [`Backend::resume_accept`] (the engine backs off).
 //! - **Receive: idle connections hold no buffer.** Each connection keeps one *zero-byte*
 //!   `WSARecv` outstanding: it lends the kernel no memory and completes when data (or the FIN, or
-//!   an error) is there. Then a non-blocking `recv` fills this thread's one receive buffer, which
+//!   an error) is there. An error (a peer's reset) is reported from that completion itself: the
+//!   `recv` after it may no longer see it (under Wine it then read a clean EOF). On success a
+//!   non-blocking `recv` fills this thread's one receive buffer, which
 //!   is lent to the engine as [`Event::Data`] until the next `next()` (the same contract and the
 //!   same fairness as the epoll backend: a full read is repeated on the next turn; a short read
 //!   or `WSAEWOULDBLOCK` re-posts the zero-byte receive). A receive posted with a real buffer
