@@ -1,4 +1,6 @@
-#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
+// The process harness (tests/common) is unix-only (SIGTERM, seccomp, rlimits); the in-process
+// close paths that also run on Windows are in close_paths_engine.rs (see ARCHITECTURE.md, Windows).
+#![cfg(target_os = "linux")]
 //! The close-path matrix: every way a connection ends, on every backend, with and without a
 //! worker pool (`line_server` / `line_server_pooled`, `packet_echo_server` /
 //! `large_packet_echo_server`). The guarantee under test: **every request the server accepted
@@ -10,12 +12,12 @@
 //! graceful SIGTERM (process-level tests), or from `ServerHandle::stats()` (the in-process
 //! handler-panic tests at the end).
 //!
-//! Three tests take 10 to 20 s per backend: a slow but steady reader during a close (one send in
-//! flight for longer than `FLUSH_STALL` while bytes keep moving; once with a small kernel send
-//! buffer, once with the kernel's default, which fills to ~4 MB), and a peer that never reads
-//! (reset after `FLUSH_STALL`). The two slow-reader tests reproduced real losses (progress seen
-//! only as bytes the kernel accepted; a uring send blocking in an io-wq worker) and failed
-//! until the engine fixes; they now run in every `cargo test`.
+//! One test takes ~16 s per backend: a slow but steady reader during a close (one send in
+//! flight for longer than `FLUSH_STALL` while bytes keep moving) with the kernel's default send
+//! buffer, which fills to ~4 MB. It reproduced a real loss (progress seen only as bytes the
+//! kernel accepted) and failed until the engine fix; it now runs in every `cargo test`. Its
+//! in-process twin with a small send buffer, and the never-reading peer, are in
+//! `close_paths_engine.rs`.
 
 #[macro_use]
 mod common;
