@@ -124,7 +124,7 @@ pub struct StatsSnapshot {
     pub frames_in: u64,
     /// Connections whose input the decoder rejected (frame or line too long, ...).
     pub decode_errors: u64,
-    /// Connections whose layers became ready (TLS handshakes completed).
+    /// Connections whose layers became ready (TLS handshakes completed, PROXY headers read).
     pub handshakes: u64,
     /// Times a connection stopped reading because its write queue passed the high watermark.
     pub backpressure_pauses: u64,
