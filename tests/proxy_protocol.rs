@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,7 +133,11 @@ fn echoes(r: &mut BufReader<TcpStream>, data: &[u8]) {
 fn refused(mut s: TcpStream) {
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
-        Ok(0) | Err(_) => {}
+        Ok(0) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            panic!("the server did not close the connection within {LIMIT:?}")
+        }
+        Err(_) => {} // a reset
         Ok(n) => panic!("a refused connection got {n} bytes: {:?}", &buf[..n]),
     }
 }

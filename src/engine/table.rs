@@ -557,7 +557,11 @@ impl State {
                 continue;
             };
             let c = &mut e.core;
-            let own_expired = c.layers.as_ref().and_then(|l| l.expired(now));
+            // A layer's own setup deadline (the PROXY header's), for connections not open yet.
+            let own_expired = match &c.layers {
+                Some(l) if !c.opened => l.expired(now),
+                _ => None,
+            };
             if !c.opened && (own_expired.is_some() || c.layer_deadline.is_some_and(|d| d <= now)) {
                 let reason = own_expired.unwrap_or_else(|| {
                     c.layers
