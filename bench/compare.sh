@@ -22,7 +22,7 @@
 #   FRAMED_SERVERS="ringport-uring ringport-epoll tokio-util"   line and packet scenarios
 #                   A ringport-uring name may carry io_uring experiment switches after `~`:
 #                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2` (setup,
-#                   recv, cq: RINGPORT_URING_SETUP / _RECV / _CQ, see src/sys/uring.rs).
+#                   recv, cq: RINGPORT_URING_SETUP / _RECV / _CQ, see src/sys/uring/tuning.rs).
 #   SCENARIOS="pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500
 #              packet50p packet500p rss10k"   (`...p`: 16 messages in flight per connection)
 #   BASELINE=       a server name: ratio columns are each server / BASELINE instead of

@@ -22,8 +22,9 @@
 //! - **Keyspace** (`common/resp_store.rs`): 64 shards, each a `Mutex<HashSet>`, chosen by key
 //!   hash, shared by all IO threads: no global lock, a lock held for one map operation.
 //!   Expiry is checked lazily on access (an expired key reads as missing); a small thread of
-//!   this server sweeps expired keys out of 8 shards every 100 ms (the engine has no timers
-//!   for it yet).
+//!   this server sweeps expired keys out of 8 shards every 100 ms. The engine's timers belong
+//!   to connections (`Conn::set_timer`), and the keyspace outlives every connection, so the
+//!   sweep is not a connection's job.
 //! - **Memory**: `--maxmemory BYTES` (0: unlimited) bounds the estimated size of keys and
 //!   values; beyond it writes answer `-OOM ...` (Redis's `noeviction` policy), reads and
 //!   deletes still work. A client that never reads its replies costs at most about 4 MiB of

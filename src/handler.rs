@@ -5,12 +5,13 @@
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::{DecodeError, Decoder};
 use crate::conn::Conn;
 use crate::core::{ConnCore, ConnectRequest, DynConn, ThreadCtx, Token};
-use crate::handle::ConnectionHandle;
+use crate::handle::{ConnShared, ConnectionHandle};
 use crate::info::{CloseReason, ConnInfo};
 use crate::sockopt::SocketOptions;
 
@@ -177,6 +178,28 @@ impl ConnectOptions {
         }
         Ok(layers)
     }
+    /// The request an IO thread opens: these options for a connection to `addr` in slot
+    /// (`token`, `gen`), with the state its handle shares if one was handed out already.
+    pub(crate) fn request(
+        self,
+        (token, gen): (Token, u64),
+        addr: SocketAddr,
+        shared: Option<Arc<ConnShared>>,
+        app: Box<dyn DynConn>,
+    ) -> ConnectRequest {
+        ConnectRequest {
+            layers: self.layers(),
+            handshake_timeout: self.handshake_timeout,
+            token,
+            gen,
+            addr,
+            timeout: self.timeout,
+            options: self.socket,
+            watermarks: self.write_watermarks,
+            shared,
+            app,
+        }
+    }
 }
 
 impl Conn<'_> {
@@ -219,23 +242,18 @@ impl Conn<'_> {
         H: Handler,
     {
         let (token, gen) = self.ctx.slots.alloc();
-        let shared = crate::handle::ConnShared::new(
+        let shared = ConnShared::new(
             options.write_watermarks.0.min(options.write_watermarks.1),
             options.write_watermarks.1,
         );
         let handle = ConnectionHandle::new(self.ctx.inbox.clone(), token, gen, shared.clone());
-        self.ctx.connects.push(ConnectRequest {
-            layers: options.layers(),
-            handshake_timeout: options.handshake_timeout,
-            token,
-            gen,
+        let req = options.request(
+            (token, gen),
             addr,
-            timeout: options.timeout,
-            options: options.socket,
-            watermarks: options.write_watermarks,
-            shared: Some(shared),
-            app: Box::new(Typed::new(handler, codec)),
-        });
+            Some(shared),
+            Box::new(Typed::new(handler, codec)),
+        );
+        self.ctx.connects.push(req);
         handle
     }
 }

@@ -1,4 +1,6 @@
-#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
+// The process harness (tests/common) is unix-only (SIGTERM, seccomp, rlimits); the in-process
+// close paths that also run on Windows are in close_paths_engine.rs (see ARCHITECTURE.md, Windows).
+#![cfg(target_os = "linux")]
 //! The close-path matrix: every way a connection ends, on every backend, with and without a
 //! worker pool (`line_server` / `line_server_pooled`, `packet_echo_server` /
 //! `large_packet_echo_server`). The guarantee under test: **every request the server accepted
@@ -10,18 +12,18 @@
 //! graceful SIGTERM (process-level tests), or from `ServerHandle::stats()` (the in-process
 //! handler-panic tests at the end).
 //!
-//! Three tests take 10 to 20 s per backend: a slow but steady reader during a close (one send in
-//! flight for longer than `FLUSH_STALL` while bytes keep moving; once with a small kernel send
-//! buffer, once with the kernel's default, which fills to ~4 MB), and a peer that never reads
-//! (reset after `FLUSH_STALL`). The two slow-reader tests reproduced real losses (progress seen
-//! only as bytes the kernel accepted; a uring send blocking in an io-wq worker) and failed
-//! until the engine fixes; they now run in every `cargo test`.
+//! One test takes ~16 s per backend: a slow but steady reader during a close (one send in
+//! flight for longer than `FLUSH_STALL` while bytes keep moving) with the kernel's default send
+//! buffer, which fills to ~4 MB. It reproduced a real loss (progress seen only as bytes the
+//! kernel accepted) and failed until the engine fix; it now runs in every `cargo test`. Its
+//! in-process twin with a small send buffer, and the never-reading peer, are in
+//! `close_paths_engine.rs`.
 
 #[macro_use]
 mod common;
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -31,7 +33,7 @@ use common::close::{connect_small_rcvbuf, fresh_seed, stop_and_stats, StoppedSta
 use common::line::LineClient;
 use common::packet::Layout;
 use common::*;
-use ringport::FLUSH_STALL;
+use support::net::{send_half_close_read_slowly, SlowRead};
 
 const ECHO: &str = "echo_server";
 const PACKET: &str = "packet_echo_server";
@@ -89,7 +91,7 @@ fn slow_reader_with_full_kernel_buffer_gets_every_byte(b: Backend) {
     );
     assert_eq!(
         how,
-        Closed::Eof,
+        support::net::Closed::Eof,
         "a slow but steady reader was reset after {} of {} bytes",
         got.len(),
         data.len()
@@ -118,58 +120,6 @@ mod slow_reader_with_full_kernel_buffer_gets_every_byte {
             super::slow_reader_with_full_kernel_buffer_gets_every_byte(b)
         }
     }
-}
-
-/// How a slow client reads: at most `rate_bytes_per_sec` for `slow_for`, then at full speed.
-#[derive(Clone, Copy)]
-struct SlowRead {
-    rate_bytes_per_sec: f64,
-    slow_for: Duration,
-}
-
-/// Sends `data` from another thread and half-closes; meanwhile reads as `slow` says until EOF,
-/// a reset or 120 s. Returns what came back, how it ended, and how long after the half-close.
-fn send_half_close_read_slowly(
-    mut c: TcpStream,
-    data: &[u8],
-    slow: SlowRead,
-) -> (Vec<u8>, Closed, Duration) {
-    let mut w = c.try_clone().unwrap();
-    let sent = data.to_vec();
-    let writer = thread::spawn(move || -> std::io::Result<Instant> {
-        w.write_all(&sent)?;
-        w.shutdown(Shutdown::Write)?;
-        Ok(Instant::now())
-    });
-    let start = Instant::now();
-    let mut got = Vec::with_capacity(data.len());
-    let mut buf = vec![0u8; 64 * 1024];
-    let deadline = start + Duration::from_secs(120);
-    let how = loop {
-        let slow_now = start.elapsed() < slow.slow_for;
-        if slow_now {
-            // The pace of a slow reader: never ahead of its rate.
-            let due = start + Duration::from_secs_f64(got.len() as f64 / slow.rate_bytes_per_sec);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still reading after 120 s ({} bytes)",
-            got.len()
-        );
-        let n = if slow_now { 1024 } else { buf.len() };
-        match c.read(&mut buf[..n]) {
-            Ok(0) => break Closed::Eof,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if is_reset(&e) => break Closed::Reset,
-            Err(e) => panic!("reading after {} bytes: {e}", got.len()),
-        }
-    };
-    let half_closed = writer.join().unwrap().expect("writer");
-    (got, how, half_closed.elapsed())
 }
 
 /// Peer half-close without a pool: 2 MiB echoed, then EOF; counted `peer-closed`.
@@ -613,155 +563,21 @@ fn pooled_connection_limit_rejects_only_the_extra(b: Backend) {
 }
 
 // =============================================================================================
-// In-process engines (library level): a slow reader and a never-reading peer with a small
-// kernel send buffer, and a handler panic
+// In-process engines (library level): a handler panic. (The slow reader and the never-reading
+// peer in process are in `close_paths_engine.rs`, which runs on every OS.)
 // =============================================================================================
 
-use ringport::codec::{Lines, Raw};
+use ringport::codec::Lines;
 use ringport::pool::WorkerPool;
 use ringport::{
     BackendKind, CloseReason, Conn, Frame, HandleError, Handler, RunningEngine, Server as Srv,
-    ServerHandle, SocketOptions, StatsSnapshot,
 };
-
-/// Echoes every byte; the default `on_read_closed` closes gracefully.
-struct Echo;
-impl Handler for Echo {
-    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        conn.write(frame.raw());
-    }
-}
-
-/// An echo engine on `kind` (one IO thread) whose connections have a 16 KiB SO_SNDBUF: the
-/// kernel holds little, so what the client has not read yet stays in the engine's queue and one
-/// send stays in flight for as long as the client takes to read it.
-fn small_sndbuf_echo(kind: BackendKind) -> Option<(RunningEngine, ServerHandle)> {
-    let mut engine = support::engine(kind, 1)?;
-    let server = engine
-        .add_server(
-            Srv::new("127.0.0.1:0".parse().unwrap(), Raw, |_| Echo)
-                .socket_options(SocketOptions::default().send_buffer(Some(16 << 10))),
-        )
-        .unwrap();
-    Some((engine.start().unwrap(), server))
-}
-
-/// Waits until `n` connections of `server` have closed; returns its counters.
-fn closed_count(server: &ServerHandle, n: u64) -> StatsSnapshot {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let st = server.stats().snapshot();
-        if st.closed_total() >= n || Instant::now() >= deadline {
-            return st;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn stop(running: RunningEngine) {
     running.shutdown_handle().shutdown();
     within(Duration::from_secs(15), "join after shutdown", move || {
         running.join()
     });
-}
-
-/// Partial send progress is progress: the client (8 KiB receive buffer) sends 384 KiB,
-/// half-closes at once, and reads at 24 KiB/s. The server is Closing with one send of hundreds
-/// of KiB in flight for ~15 s, more than `FLUSH_STALL`, while bytes keep moving. Everything
-/// comes back, then EOF; `peer-closed`, not `flush-stalled`.
-fn slow_reader_during_closing_gets_every_byte(kind: BackendKind) {
-    let Some((running, server)) = small_sndbuf_echo(kind) else {
-        return;
-    };
-    let data = Rng::new(fresh_seed()).bytes(384 << 10);
-    let c = connect_small_rcvbuf(server.local_addr(), 8192);
-    let slow = SlowRead {
-        rate_bytes_per_sec: 24.0 * 1024.0,
-        slow_for: Duration::from_secs(3600),
-    };
-    let (got, how, closing_for) = send_half_close_read_slowly(c, &data, slow);
-    println!(
-        "{kind:?}: {} of {} bytes; the server was closing for {closing_for:?}",
-        got.len(),
-        data.len()
-    );
-    assert_eq!(
-        how,
-        Closed::Eof,
-        "a slow but steady reader was reset after {} of {} bytes",
-        got.len(),
-        data.len()
-    );
-    assert_bytes_eq(&got, &data, "slow reader");
-    assert!(
-        closing_for > FLUSH_STALL + Duration::from_secs(2),
-        "the server was closing for only {closing_for:?}: the test did not exercise a flush \
-         longer than FLUSH_STALL"
-    );
-    let stats = closed_count(&server, 1);
-    assert_eq!(stats.closed_by(&CloseReason::PeerClosed), 1, "{stats:?}");
-    assert_eq!(stats.closed_by(&CloseReason::FlushStalled), 0, "{stats:?}");
-    stop(running);
-}
-
-// By hand (not with `on_every_backend!`): the uring twin carried an `#[ignore]` while the uring
-// send could block in an io-wq worker (fixed with MSG_DONTWAIT + POLLOUT).
-mod slow_reader_during_closing_gets_every_byte {
-    use ringport::BackendKind;
-
-    #[test]
-    fn epoll() {
-        super::slow_reader_during_closing_gets_every_byte(BackendKind::Epoll)
-    }
-
-    #[test]
-    fn uring() {
-        super::slow_reader_during_closing_gets_every_byte(BackendKind::Uring)
-    }
-}
-
-/// The converse: a peer that half-closes and never reads is reset once the flush moved no byte
-/// for `FLUSH_STALL`; counted `flush-stalled`, not `peer-closed`.
-fn never_reading_peer_is_reset_as_flush_stalled(kind: BackendKind) {
-    let Some((running, server)) = small_sndbuf_echo(kind) else {
-        return;
-    };
-    let data = Rng::new(fresh_seed()).bytes(256 << 10);
-    let mut c = connect_small_rcvbuf(server.local_addr(), 8192);
-    c.write_all(&data).expect("256 KiB fit the server's queue");
-    c.shutdown(Shutdown::Write).unwrap();
-    let t = Instant::now();
-    let deadline = t + FLUSH_STALL + Duration::from_secs(15);
-    while server
-        .stats()
-        .snapshot()
-        .closed_by(&CloseReason::FlushStalled)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no flush-stalled reset");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let after = t.elapsed();
-    println!("{kind:?}: reset as flush-stalled after {after:?}");
-    assert!(
-        after >= FLUSH_STALL - Duration::from_millis(500),
-        "reset after only {after:?} (FLUSH_STALL is {FLUSH_STALL:?})"
-    );
-    let (got, how) = expect_closed(&mut c, IO_TIMEOUT, "after the flush-stall reset");
-    assert_eq!(how, Closed::Reset, "a stalled flush ends in a reset");
-    assert!(
-        got.len() < data.len() && data[..got.len()] == got[..],
-        "what came back must be a strict prefix of what was sent ({} bytes)",
-        got.len()
-    );
-    let stats = closed_count(&server, 1);
-    assert_eq!(stats.closed_by(&CloseReason::FlushStalled), 1, "{stats:?}");
-    assert_eq!(
-        stats.closed_by(&CloseReason::PeerClosed),
-        0,
-        "a stalled flush must not be counted as peer-closed: {stats:?}"
-    );
-    stop(running);
 }
 
 /// What the pooled variant's jobs share with the test: where they report their write's result,
@@ -895,7 +711,6 @@ fn handler_panic_with_a_job_running_resets_only_its_connection(kind: BackendKind
 }
 
 on_every_backend!(
-    never_reading_peer_is_reset_as_flush_stalled,
     handler_panic_resets_only_its_connection,
     handler_panic_with_a_job_running_resets_only_its_connection,
 );

@@ -1,4 +1,3 @@
-#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
 //! The gateway API, library-level, on every backend: bounded handle writes and writability
 //! callbacks, per-connection timers, half-close, connecting from inside a handler on the same
 //! IO thread, encoders, honest errors and configuration checks.
@@ -52,6 +51,9 @@ impl Handler for Publish {
 }
 
 fn handle_writes_are_bounded_and_writability_is_announced(kind: BackendKind) {
+    if support::skip_under_wine(kind, &[BackendKind::Poll], support::WINE_POLL_STALL) {
+        return;
+    }
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let Some((running, addr)) = start(
@@ -436,7 +438,9 @@ fn close_counts_are_keyed_by_reason_name(kind: BackendKind) {
 fn kind_name(kind: BackendKind) -> &'static str {
     match kind {
         BackendKind::Uring => "uring",
-        _ => "epoll",
+        BackendKind::Iocp => "iocp",
+        _ if cfg!(target_os = "linux") => "epoll",
+        _ => "poll",
     }
 }
 
@@ -455,7 +459,7 @@ on_every_backend!(
 #[test]
 fn too_many_receive_buffers_is_a_configuration_error() {
     match Engine::builder()
-        .backend(BackendKind::Epoll)
+        .backend(BackendKind::Poll)
         .recv_buffer_count(40_000)
         .build()
     {
@@ -464,7 +468,7 @@ fn too_many_receive_buffers_is_a_configuration_error() {
         Ok(_) => panic!("40000 receive buffers accepted"),
     }
     assert!(Engine::builder()
-        .backend(BackendKind::Epoll)
+        .backend(BackendKind::Poll)
         .recv_buffer_count(32_768)
         .build()
         .is_ok());

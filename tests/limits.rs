@@ -1,4 +1,3 @@
-#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
 //! The limits and shutdown guarantees, library-level (an `Engine` in this process, one IO
 //! thread, on every backend), each checked so that the test fails when the guarantee is
 //! removed: write watermarks pause reading and resume it (and the pause is counted); the drain
@@ -175,6 +174,9 @@ fn write_until_stalled(s: &mut TcpStream, mut offset: u64, limit: u64) -> (u64, 
 /// watermark, reading resumes, and every byte written, before and after the pause, comes back
 /// intact; `bytes_in` and `bytes_out` both equal what was written.
 fn watermarks_pause_and_resume(kind: BackendKind) {
+    if support::skip_under_wine(kind, &[BackendKind::Poll], support::WINE_POLL_STALL) {
+        return;
+    }
     const OFFER: u64 = 128 << 20;
     let (tx, _closed) = closes();
     let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone()))
@@ -264,6 +266,13 @@ impl Handler for Flood {
 /// followed by an EOF, as if it were whole), its `on_close` says `Shutdown`, and the engine
 /// stops.
 fn drain_deadline_resets_what_is_left(kind: BackendKind) {
+    if support::skip_under_wine(
+        kind,
+        &[BackendKind::Iocp, BackendKind::Poll],
+        support::WINE_NO_RESET,
+    ) {
+        return;
+    }
     let (tx, closed) = closes();
     let server = Server::new(any_port(), Raw, move |_| Flood {
         bytes: 32 << 20,
@@ -304,6 +313,13 @@ fn drain_deadline_resets_what_is_left(kind: BackendKind) {
 /// `flush-stalled` (the reset, and the loss, are what the count must show). Bounded by the
 /// flush-stall reset; no claim on how soon.
 fn idle_timeout_closes_a_peer_that_never_reads(kind: BackendKind) {
+    if support::skip_under_wine(
+        kind,
+        &[BackendKind::Iocp, BackendKind::Poll],
+        support::WINE_NO_RESET,
+    ) {
+        return;
+    }
     let (tx, closed) = closes();
     let server = Server::new(any_port(), Raw, move |_| Flood {
         bytes: 32 << 20,
@@ -499,6 +515,9 @@ fn echo_line(c: &mut TcpStream, line: &[u8]) {
 /// timeout, handler panic and backpressure pauses are counted in their own tests above and in
 /// `handler_panic.rs`; accept errors in `lifecycle.rs`.)
 fn every_counter_is_counted(kind: BackendKind) {
+    if support::skip_under_wine(kind, &[BackendKind::Poll], support::WINE_NO_RESET) {
+        return;
+    }
     let server = Server::new(any_port(), Lines::new(64), |_| Counted).max_connections(2);
     let Some((running, server)) = start(kind, Duration::from_secs(2), server) else {
         return;

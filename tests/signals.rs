@@ -1,4 +1,4 @@
-#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
+#![cfg(target_os = "linux")] // sends itself POSIX signals; Windows: ci/windows/check_servers.py
 //! `Engine::start()` + `join()` drains gracefully on SIGTERM and SIGINT, exactly like `run()`
 //! (a program that needs a `RunningEngine` is not left with signals that do nothing). One test
 //! in its own binary: the signals go to the whole test process.

@@ -1,4 +1,3 @@
-#![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
 //! TLS through the layer stack, library-level, on every backend: a rustls client against a
 //! ringport TLS server (echo, large transfers, SNI, ALPN, client certificates accepted and
 //! refused, close_notify), a ringport TLS client against a ringport TLS server, and bad input

@@ -20,6 +20,12 @@ pub(crate) enum Msg {
         app: Box<dyn DynConn + Send>,
         options: ConnectOptions,
     },
+    /// A connection another IO thread accepted for this one to serve (backends whose one
+    /// listening socket accepts for every thread: `Backend::accepts_for_all`).
+    Accepted {
+        listener: usize,
+        stream: std::net::TcpStream,
+    },
     /// Stop accepting and drain; `ack` hears once this thread's listeners are closed.
     Shutdown {
         ack: Option<crossbeam_channel::Sender<()>>,

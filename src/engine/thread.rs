@@ -12,7 +12,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -54,7 +54,10 @@ pub(super) fn spawn_all(
     let mut threads = Vec::new();
     let mut shared_rxs = Vec::new();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), io::Error>>(n);
+    // Every IO thread's inbox, known once all have started (for the accept hand-off).
+    let peers: Peers = Arc::new(OnceLock::new());
     for (t, listeners) in per_thread.into_iter().enumerate() {
+        let peers = peers.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
         let servers = servers.clone();
         let bcfg = bcfg.clone();
@@ -75,7 +78,8 @@ pub(super) fn spawn_all(
                 shared.enter();
                 let _ = shared_tx.send(shared.clone());
                 match IoThread::new(t, backend, servers, listeners, shared, rx, drain, loops) {
-                    Ok(io) => {
+                    Ok(mut io) => {
+                        io.peers = peers;
                         let _ = ready.send(Ok(()));
                         io.run();
                     }
@@ -96,12 +100,18 @@ pub(super) fn spawn_all(
             Err(_) => failure = Some(io::Error::other("an IO thread died while starting")),
         }
     }
-    let shareds = shared_rxs
+    let shareds: Vec<_> = shared_rxs
         .iter()
         .filter_map(|rx| rx.try_recv().ok())
         .collect();
+    if shareds.len() == n {
+        let _ = peers.set(shareds.clone());
+    }
     Ok((threads, shareds, failure))
 }
+
+/// Every IO thread's inbox, in thread order; set once all of them have started.
+type Peers = Arc<OnceLock<Vec<Arc<ThreadShared>>>>;
 
 struct IoThread {
     backend: Box<dyn Backend>,
@@ -109,6 +119,11 @@ struct IoThread {
     rx: Receiver<Msg>,
     /// Every IO thread's loop counters; this thread writes `loops[st.index]` only.
     loops: Arc<[LoopStats]>,
+    /// Every IO thread's inbox (this one's too): where accepted connections are handed when
+    /// the backend accepts for every thread (`Backend::accepts_for_all`).
+    peers: Peers,
+    /// The IO thread the next hand-off goes to (round robin).
+    next_peer: usize,
 }
 
 impl IoThread {
@@ -133,6 +148,8 @@ impl IoThread {
             backend,
             rx,
             loops,
+            peers: Arc::new(OnceLock::new()),
+            next_peer: index,
             st: State {
                 index,
                 entries: Vec::new(),
@@ -230,7 +247,7 @@ impl IoThread {
             match self.backend.next() {
                 None => return n - 1,
                 Some(Event::Data { token, data }) => self.st.on_data(token, data),
-                Some(Event::Accepted { listener, stream }) => self.on_accept(listener, stream),
+                Some(Event::Accepted { listener, stream }) => self.accepted(listener, stream),
                 Some(Event::AcceptError { listener, error }) => {
                     self.st.on_accept_error(listener, error)
                 }
@@ -255,12 +272,30 @@ impl IoThread {
         }
     }
 
+    /// A connection this thread's backend accepted: served here, or, when the backend accepts
+    /// for every IO thread (IOCP: one listening socket, one completion port), handed round
+    /// robin to the next IO thread, which registers it with its own backend.
+    fn accepted(&mut self, listener: usize, stream: TcpStream) {
+        self.st.listeners[listener].backoff = Duration::ZERO;
+        if self.backend.accepts_for_all() && self.st.shutdown_deadline.is_none() {
+            if let Some(peers) = self.peers.get() {
+                let target = self.next_peer % peers.len();
+                self.next_peer = (target + 1) % peers.len();
+                if target != self.st.index {
+                    // `false`: that thread has stopped (the stream closes with the message).
+                    peers[target].send(Msg::Accepted { listener, stream });
+                    return;
+                }
+            }
+        }
+        self.on_accept(listener, stream);
+    }
+
     fn on_accept(&mut self, listener: usize, stream: TcpStream) {
         let st = &mut self.st;
         let server = st.servers[listener].clone();
         let stats = st.ctx.stats(listener);
         stats.accepted.add(1);
-        st.listeners[listener].backoff = Duration::ZERO;
         if st.shutdown_deadline.is_some() {
             return; // dropping the stream closes it
         }
@@ -393,19 +428,8 @@ impl IoThread {
         app: Box<dyn DynConn + Send>,
         options: ConnectOptions,
     ) {
-        let (token, gen) = self.st.ctx.slots.alloc();
-        self.open_outgoing(ConnectRequest {
-            layers: options.layers(),
-            handshake_timeout: options.handshake_timeout,
-            token,
-            gen,
-            addr,
-            timeout: options.timeout,
-            options: options.socket,
-            watermarks: options.write_watermarks,
-            shared: None,
-            app,
-        });
+        let slot = self.st.ctx.slots.alloc();
+        self.open_outgoing(options.request(slot, addr, None, app));
     }
 
     fn open_outgoing(&mut self, req: ConnectRequest) {
@@ -487,6 +511,7 @@ impl IoThread {
                     }
                 }
                 Msg::Connect { addr, app, options } => self.connect_from_inbox(addr, app, options),
+                Msg::Accepted { listener, stream } => self.on_accept(listener, stream),
                 Msg::Handle(m) => self.st.on_handle_msg(m),
             }
             // A callback run for this message may have asked for a connection; it exists

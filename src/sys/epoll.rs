@@ -213,21 +213,6 @@ fn connect_in_progress(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-/// The connection an event is about (`None` for listener and wake-up events).
-fn event_token(ev: &Event<'_>) -> Option<Token> {
-    match ev {
-        Event::Data { token, .. }
-        | Event::ReadClosed { token }
-        | Event::ReadError { token, .. }
-        | Event::SendProgress { token, .. }
-        | Event::SendDone { token, .. }
-        | Event::SendError { token, .. }
-        | Event::Connected { token, .. }
-        | Event::Closed { token } => Some(*token),
-        Event::Accepted { .. } | Event::AcceptError { .. } | Event::Wake => None,
-    }
-}
-
 impl Backend for EpollBackend {
     fn name(&self) -> &'static str {
         if cfg!(target_os = "linux") {
@@ -379,7 +364,7 @@ impl Backend for EpollBackend {
             drop(c); // closes the descriptor; nothing of ours is left with the kernel
         }
         // After `close`, nothing but `Closed` is delivered for the token.
-        self.done.retain(|ev| event_token(ev) != Some(token));
+        self.done.retain(|ev| ev.token() != Some(token));
         self.done.push_back(Event::Closed { token });
     }
 

@@ -3,7 +3,7 @@
 //! The engine (`crate::engine`) is completion-shaped: it *submits* operations
 //! (accept, recv, send, connect, close) to a [`Backend`] and *reacts* to the
 //! [`Event`]s those operations complete with. io_uring does this natively
-//! (`sys/uring.rs`, Linux) and so does the I/O completion port (`sys/iocp/`, Windows); the
+//! (`sys/uring/`, Linux) and so does the I/O completion port (`sys/iocp/`, Windows); the
 //! readiness backend (`sys/epoll.rs`, on `mio`: epoll on Linux, kqueue on macOS, AFD polling on
 //! Windows) emulates it by performing the non-blocking syscall when the socket is ready.
 //!
@@ -87,6 +87,24 @@ pub(crate) enum Event<'a> {
     Wake,
 }
 
+impl Event<'_> {
+    /// The connection this event is about (`None` for listener events and wake-ups). Backends
+    /// use it to drop what they queued for a connection being closed.
+    pub(crate) fn token(&self) -> Option<Token> {
+        match self {
+            Event::Data { token, .. }
+            | Event::ReadClosed { token }
+            | Event::ReadError { token, .. }
+            | Event::SendProgress { token, .. }
+            | Event::SendDone { token, .. }
+            | Event::SendError { token, .. }
+            | Event::Connected { token, .. }
+            | Event::Closed { token } => Some(*token),
+            Event::Accepted { .. } | Event::AcceptError { .. } | Event::Wake => None,
+        }
+    }
+}
+
 /// Lets another thread interrupt an IO thread's [`Backend::wait`].
 pub(crate) trait Waker: Send + Sync {
     fn wake(&self);
@@ -100,6 +118,12 @@ pub(crate) trait Backend {
     fn add_listener(&mut self, id: usize, listener: TcpListener) -> io::Result<()>;
     /// Accepts again on `id` after an [`Event::AcceptError`].
     fn resume_accept(&mut self, id: usize);
+    /// Whether this backend's listeners accept for every IO thread: one listening socket that
+    /// only one thread's backend can accept on (IOCP: a socket belongs to one completion port).
+    /// The engine then hands what that thread accepts round-robin to every IO thread.
+    fn accepts_for_all(&self) -> bool {
+        false
+    }
     /// Stops accepting on every listener and closes them (shutdown).
     fn close_listeners(&mut self);
     /// Takes ownership of an accepted connection and starts reading from it.

@@ -8,15 +8,21 @@
 //!   re-posted until [`Backend::resume_accept`] (the engine backs off).
 //! - **Receive: idle connections hold no buffer.** Each connection keeps one *zero-byte*
 //!   `WSARecv` outstanding: it lends the kernel no memory and completes when data (or the FIN, or
-//!   an error) is there. Then a non-blocking `recv` fills this thread's one receive buffer, which
+//!   an error) is there. An error (a peer's reset) is reported from that completion itself: the
+//!   `recv` after it may no longer see it (under Wine it then read a clean EOF). On success a
+//!   non-blocking `recv` fills this thread's one receive buffer, which
 //!   is lent to the engine as [`Event::Data`] until the next `next()` (the same contract and the
 //!   same fairness as the epoll backend: a full read is repeated on the next turn; a short read
 //!   or `WSAEWOULDBLOCK` re-posts the zero-byte receive). A receive posted with a real buffer
 //!   would pin that buffer per idle connection for as long as it stays idle: 16 KiB × 10 000
 //!   connections is 160 MiB doing nothing. This is the classic IOCP server technique.
 //! - **Send**: `WSASend` straight from the engine-owned `Vec`, which this backend owns (inside
-//!   the operation) until the completion arrives, whatever happens to the connection meanwhile;
-//!   a partial completion re-posts the rest.
+//!   the operation) until the completion arrives, whatever happens to the connection meanwhile.
+//!   A `WSASend` completes only once the kernel has taken all of its bytes, and nothing tells
+//!   how far an outstanding one got, so each `WSASend` carries at most [`MAX_SEND`] bytes: every
+//!   completion short of the end is reported as [`Event::SendProgress`] and the rest posted
+//!   from where it stopped. The engine's flush-stall check then sees a slow reader move (a
+//!   reader slower than `MAX_SEND` per `FLUSH_STALL`, 6.4 KB/s, would still count as stalled).
 //! - **Connect**: `ConnectEx` (the socket is bound first, as it requires), then
 //!   `SO_UPDATE_CONNECT_CONTEXT`.
 //! - **Close**: `CancelIoEx` on the socket; the socket is closed (`closesocket`) and
@@ -37,8 +43,11 @@
 //!
 //! Listeners: Windows has no SO_REUSEPORT, so the engine's per-thread listeners are handles of
 //! one socket (`sys::bind_listeners`). A socket can be associated with one completion port
-//! only; the IO thread whose port takes it first accepts for every thread, the others hold
-//! their handle unused (logged at debug). Connections are then served on that thread.
+//! only, and an `AcceptEx` completes on the listening socket's port: the IO thread whose port
+//! takes the socket first keeps the accepts outstanding, the others hold their handle unused
+//! (logged at debug). The accepted socket belongs to no port yet, so the engine hands it round
+//! robin to every IO thread ([`Backend::accepts_for_all`]), whose backend associates it with
+//! its own port in `register`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -67,11 +76,11 @@ mod op;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use op::ACCEPTS_PER_LISTENER;
 use op::{
-    event_token, op_result, raw, set_opt, socket2_buf, wsa_error, Conn, IocpWaker, Listener, Op,
-    OpKind, Port, ADDR_LEN, BATCH, WAKE_KEY,
+    op_result, raw, set_opt, socket2_buf, wsa_error, Conn, IocpWaker, Listener, Op, OpKind, Port,
+    ADDR_LEN, BATCH, WAKE_KEY,
 };
+pub(crate) use op::{ACCEPTS_PER_LISTENER, MAX_SEND};
 
 pub(crate) struct IocpBackend {
     port: Arc<Port>,
@@ -225,7 +234,7 @@ impl IocpBackend {
                 };
                 let rest = &buf[*off..];
                 let wsabuf = WSABUF {
-                    len: rest.len().min(u32::MAX as usize) as u32,
+                    len: rest.len().min(MAX_SEND) as u32,
                     buf: rest.as_ptr().cast_mut(),
                 };
                 WSASend(sock, &wsabuf, 1, ptr::null_mut(), 0, &mut (*p).ovl, None) == 0
@@ -374,12 +383,27 @@ impl IocpBackend {
             OpKind::Accept { .. } => unreachable!(),
             OpKind::Recv => {
                 c.recv_pending = false;
-                // Data, the FIN or an error is there: `recv` tells which.
-                c.readable = true;
-                self.queue_read(token);
+                match result {
+                    // Data or the FIN is there: `recv` tells which.
+                    Ok(_) => {
+                        c.readable = true;
+                        self.queue_read(token);
+                    }
+                    // The error (a reset) is reported here: the `recv` after it may no longer
+                    // see it (under Wine it then reads a clean EOF).
+                    Err(error) => {
+                        c.reading = false;
+                        c.read_done = true;
+                        self.done.push_back(Event::ReadError { token, error });
+                    }
+                }
             }
             OpKind::Send { buf, off } => match result {
-                Ok(n) if off + n < buf.len() && n > 0 => self.post_send(token, buf, off + n),
+                Ok(n) if off + n < buf.len() && n > 0 => {
+                    // Short of the end (a `MAX_SEND` piece): progress, then the next piece.
+                    self.done.push_back(Event::SendProgress { token, sent: n });
+                    self.post_send(token, buf, off + n);
+                }
                 Ok(n) if off + n >= buf.len() => {
                     self.done.push_back(Event::SendDone { token, buf })
                 }
@@ -529,6 +553,10 @@ impl Backend for IocpBackend {
         Ok(())
     }
 
+    fn accepts_for_all(&self) -> bool {
+        true
+    }
+
     fn resume_accept(&mut self, id: usize) {
         if let Some(l) = self.listeners.get_mut(id).and_then(Option::as_mut) {
             l.paused = false;
@@ -631,7 +659,7 @@ impl Backend for IocpBackend {
 
     fn close(&mut self, token: Token, abort: bool) {
         // After `close`, nothing but `Closed` is delivered for the token.
-        self.done.retain(|ev| event_token(ev) != Some(token));
+        self.done.retain(|ev| ev.token() != Some(token));
         let Some(c) = self.conn(token) else {
             self.done.push_back(Event::Closed { token });
             return;

@@ -16,10 +16,14 @@ use windows_sys::Win32::Networking::WinSock::{
 };
 use windows_sys::Win32::System::IO::{PostQueuedCompletionStatus, OVERLAPPED};
 
-use super::super::{Event, Token, Waker};
+use super::super::Waker;
 
 /// `AcceptEx` calls kept outstanding per listener.
 pub(crate) const ACCEPTS_PER_LISTENER: usize = 8;
+/// Bytes one `WSASend` carries at most: each completion short of a buffer's end is reported as
+/// send progress (see the module doc). 64 KiB: a reader taking 6.4 KB/s still moves one piece
+/// per `FLUSH_STALL`; one completion per 64 KiB costs little next to copying them.
+pub(crate) const MAX_SEND: usize = 64 << 10;
 /// Completions dequeued per `GetQueuedCompletionStatusEx`.
 pub(super) const BATCH: usize = 256;
 /// The completion key of wake-up packets (sockets are associated with key 0).
@@ -192,21 +196,6 @@ impl Conn {
 
     pub(super) fn sock_ref(&self) -> &Socket {
         &self.sock
-    }
-}
-
-/// The connection an event is about (`None` for listener and wake-up events).
-pub(super) fn event_token(ev: &Event<'_>) -> Option<Token> {
-    match ev {
-        Event::Data { token, .. }
-        | Event::ReadClosed { token }
-        | Event::ReadError { token, .. }
-        | Event::SendProgress { token, .. }
-        | Event::SendDone { token, .. }
-        | Event::SendError { token, .. }
-        | Event::Connected { token, .. }
-        | Event::Closed { token } => Some(*token),
-        Event::Accepted { .. } | Event::AcceptError { .. } | Event::Wake => None,
     }
 }
 

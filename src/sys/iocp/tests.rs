@@ -136,3 +136,43 @@ fn waker_interrupts_an_unbounded_wait() {
     assert!(start.elapsed() < Duration::from_secs(5));
     t.join().unwrap();
 }
+
+#[test]
+fn a_large_send_reports_progress_per_piece_then_done() {
+    let mut b = backend();
+    let (mut client, mut seen) = accepted(&mut b);
+    let len = 4 * MAX_SEND + 1000;
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; len];
+        client.read_exact(&mut got).map(|()| got)
+    });
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    b.send(0, data.clone());
+    let mut progress = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    let back = 'done: loop {
+        assert!(Instant::now() < end, "no SendDone; events: {seen:?}");
+        b.wait(Some(Duration::from_millis(50))).unwrap();
+        while let Some(ev) = b.next() {
+            match ev {
+                Event::SendProgress { token: 0, sent } => progress.push(sent),
+                Event::SendDone { token: 0, buf } => break 'done buf,
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+    };
+    // Every WSASend carries at most MAX_SEND bytes, and each but the last is progress.
+    assert!(progress.len() >= 4, "progress: {progress:?}");
+    assert!(
+        progress.iter().all(|&n| n > 0 && n <= MAX_SEND),
+        "{progress:?}"
+    );
+    assert!(progress.iter().sum::<usize>() < len, "{progress:?}");
+    assert_eq!(back, data, "the buffer comes back whole");
+    assert_eq!(reader.join().unwrap().unwrap(), data);
+    b.close(0, false);
+    until(&mut b, &mut seen, |e| {
+        matches!(e, Event::Closed { token: 0 })
+    });
+    b.shutdown(Duration::from_secs(2));
+}

@@ -1,0 +1,473 @@
+//! The op lifecycle: what each SQE is for (its `user_data`), one small function per kernel
+//! operation, and the completions that turn CQEs into events (see the module doc of
+//! `mod.rs` for the lifecycle).
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{FromRawFd, RawFd};
+
+use io_uring::types::{CancelBuilder, Fd};
+use io_uring::{cqueue, opcode, squeue};
+
+use super::tuning::tuning;
+use super::{ConnState, Event, Out, Token, UringBackend, BGID};
+
+/// What an SQE is for; the top byte of its `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Wake = 1,
+    Accept,
+    AcceptCancel,
+    Recv,
+    RecvCancel,
+    Send,
+    Connect,
+    /// A close-path cancel of a connection's ops (by fd, or per op on old kernels).
+    CancelFd,
+    CancelOp,
+    Close,
+    /// `CancelBuilder::any()` at shutdown.
+    CancelAll,
+    /// A send found the socket full (`-EAGAIN`): wait for POLLOUT, then send the rest.
+    SendPoll,
+}
+
+const KINDS: [Kind; 12] = [
+    Kind::Wake,
+    Kind::Accept,
+    Kind::AcceptCancel,
+    Kind::Recv,
+    Kind::RecvCancel,
+    Kind::Send,
+    Kind::Connect,
+    Kind::CancelFd,
+    Kind::CancelOp,
+    Kind::Close,
+    Kind::CancelAll,
+    Kind::SendPoll,
+];
+
+pub(super) fn user_data(kind: Kind, index: usize) -> u64 {
+    ((kind as u64) << 56) | (index as u64 & ((1 << 56) - 1))
+}
+
+fn decode(user_data: u64) -> Option<(Kind, usize)> {
+    let tag = (user_data >> 56) as u8;
+    let kind = KINDS.iter().copied().find(|k| *k as u8 == tag)?;
+    Some((kind, (user_data & ((1 << 56) - 1)) as usize))
+}
+
+impl UringBackend {
+    // ---- one small function per kernel operation ----
+
+    pub(super) fn arm_wake(&mut self) {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(Fd(self.wake.0), buf.cast(), 8)
+            .build()
+            .user_data(user_data(Kind::Wake, 0));
+        self.push(entry);
+    }
+
+    pub(super) fn arm_accept(&mut self, id: usize) {
+        let Some(l) = self.listener(id) else { return };
+        if l.armed || l.cancel || l.paused || l.socket.is_none() {
+            return;
+        }
+        l.armed = true;
+        let entry = opcode::AcceptMulti::new(Fd(l.fd))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(Kind::Accept, id));
+        self.push(entry);
+    }
+
+    pub(super) fn cancel_accept(&mut self, id: usize) {
+        let Some(l) = self.listener(id) else { return };
+        if !l.armed || l.cancel {
+            return;
+        }
+        l.cancel = true;
+        let entry = opcode::AsyncCancel::new(user_data(Kind::Accept, id))
+            .build()
+            .user_data(user_data(Kind::AcceptCancel, id));
+        self.push(entry);
+    }
+
+    /// Arms the multishot recv if reading is wanted and no recv (or cancel of one) is in flight.
+    pub(super) fn arm_recv(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        if c.state != ConnState::Open || !c.reading || !c.read_open || c.recv || c.recv_cancel {
+            return;
+        }
+        c.recv = true;
+        let fd = Fd(c.fd);
+        let entry = if tuning().multishot_recv {
+            opcode::RecvMulti::new(fd, BGID).build()
+        } else {
+            // Single-shot: the kernel picks a buffer from the ring (no address given); the CQE
+            // ends the op and complete_recv re-arms it.
+            let len = self.bufs.size.min(u32::MAX as usize) as u32;
+            opcode::Recv::new(fd, std::ptr::null_mut(), len)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        };
+        self.push(entry.user_data(user_data(Kind::Recv, token)));
+    }
+
+    pub(super) fn cancel_recv(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        if !c.recv || c.recv_cancel {
+            return;
+        }
+        c.recv_cancel = true;
+        let entry = opcode::AsyncCancel::new(user_data(Kind::Recv, token))
+            .build()
+            .user_data(user_data(Kind::RecvCancel, token));
+        self.push(entry);
+    }
+
+    /// Submits (the rest of) the send held in the connection.
+    pub(super) fn submit_send(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        let Some(op) = &c.send else { return };
+        let rest = &op.buf[op.sent..];
+        let len = rest.len().min(u32::MAX as usize) as u32;
+        // MSG_DONTWAIT: a send the kernel hands to an io-wq worker must not block there until
+        // the whole buffer is out (the worker calls sendmsg without the socket's O_NONBLOCK):
+        // it completes short, reported as progress, or with -EAGAIN, and then waits for
+        // POLLOUT in the ring (`Kind::SendPoll`). A slow reader is seen moving; no kernel
+        // thread is tied up per slow connection.
+        let entry = opcode::Send::new(Fd(c.fd), rest.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            .build()
+            .user_data(user_data(Kind::Send, token));
+        self.push(entry);
+    }
+
+    /// Cancels every op the kernel holds for a closing connection.
+    pub(super) fn cancel_conn_ops(&mut self, token: Token) {
+        let by_fd = self.cancel_by_fd;
+        let Some(c) = self.conn(token) else { return };
+        let mut entries = Vec::new();
+        if by_fd {
+            // IORING_ASYNC_CANCEL_FD | ALL (5.19): one SQE for recv, send and connect alike.
+            let builder = CancelBuilder::fd(Fd(c.fd)).all();
+            entries.push(
+                opcode::AsyncCancel2::new(builder)
+                    .build()
+                    .user_data(user_data(Kind::CancelFd, token)),
+            );
+        } else {
+            let kinds = [
+                (c.recv, Kind::Recv),
+                (c.send.as_ref().is_some_and(|o| !o.polling), Kind::Send),
+                (c.send.as_ref().is_some_and(|o| o.polling), Kind::SendPoll),
+                (c.connect.is_some(), Kind::Connect),
+            ];
+            for (_, kind) in kinds.iter().filter(|(on, _)| *on) {
+                entries.push(
+                    opcode::AsyncCancel::new(user_data(*kind, token))
+                        .build()
+                        .user_data(user_data(Kind::CancelOp, token)),
+                );
+            }
+        }
+        c.cancels += entries.len() as u32;
+        for entry in entries {
+            self.push(entry);
+        }
+    }
+
+    /// Submits the close once a closing connection has nothing left in the kernel.
+    pub(super) fn finish_close(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        if c.state != ConnState::Closing || c.ops_in_flight() {
+            return;
+        }
+        c.state = ConnState::CloseSubmitted;
+        let entry = opcode::Close::new(Fd(c.fd))
+            .build()
+            .user_data(user_data(Kind::Close, token));
+        self.push(entry);
+    }
+
+    // ---- completions ----
+
+    /// Turns one CQE into an event, or `None` when it is internal or stale.
+    pub(super) fn complete(&mut self, cqe: cqueue::Entry) -> Option<Out> {
+        let (res, flags) = (cqe.result(), cqe.flags());
+        let more = cqueue::more(flags);
+        if !more {
+            self.in_flight -= 1;
+        }
+        let (kind, index) = decode(cqe.user_data())?;
+        match kind {
+            Kind::Wake => {
+                if res == -libc::ECANCELED || self.shutting_down {
+                    return None;
+                }
+                self.arm_wake();
+                Some(Out::Event(Event::Wake))
+            }
+            Kind::Accept => self.complete_accept(index, res, more),
+            Kind::AcceptCancel => {
+                if let Some(l) = self.listener(index) {
+                    l.cancel = false;
+                }
+                self.forget_closed_listener(index);
+                self.arm_accept(index);
+                None
+            }
+            Kind::Recv => self.complete_recv(index, res, flags, more),
+            Kind::RecvCancel => {
+                let c = self.conn(index)?;
+                c.recv_cancel = false;
+                self.arm_recv(index);
+                self.finish_close(index);
+                None
+            }
+            Kind::Send => self.complete_send(index, res),
+            Kind::SendPoll => self.complete_send_poll(index),
+            Kind::Connect => self.complete_connect(index, res),
+            Kind::CancelFd | Kind::CancelOp => {
+                let c = self.conn(index)?;
+                c.cancels -= 1;
+                if kind == Kind::CancelFd && res == -libc::EINVAL {
+                    // The kernel predates cancel-by-fd: cancel op by op from now on.
+                    self.cancel_by_fd = false;
+                    self.cancel_conn_ops(index);
+                }
+                self.finish_close(index);
+                None
+            }
+            Kind::Close => {
+                self.conns.get_mut(index)?.take()?;
+                Some(Out::Event(Event::Closed { token: index }))
+            }
+            Kind::CancelAll => None,
+        }
+    }
+
+    /// Drops a closed listener's entry once the kernel holds nothing for it.
+    pub(super) fn forget_closed_listener(&mut self, id: usize) {
+        if let Some(slot) = self.listeners.get_mut(id) {
+            if slot
+                .as_ref()
+                .is_some_and(|l| l.socket.is_none() && !l.armed && !l.cancel)
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    fn complete_accept(&mut self, id: usize, res: i32, more: bool) -> Option<Out> {
+        let Some(Some(l)) = self.listeners.get_mut(id) else {
+            close_fd_if(res);
+            return None;
+        };
+        if !more {
+            l.armed = false;
+        }
+        let out = if res >= 0 {
+            if l.socket.is_none() {
+                close_fd_if(res);
+                None
+            } else {
+                // SAFETY: a successful accept CQE hands us a new fd that nothing else owns.
+                let stream = unsafe { TcpStream::from_raw_fd(res) };
+                Some(Out::Event(Event::Accepted {
+                    listener: id,
+                    stream,
+                }))
+            }
+        } else if res == -libc::ECANCELED || l.socket.is_none() {
+            None
+        } else {
+            // The engine backs off; accept nothing more until resume_accept.
+            l.paused = true;
+            if more {
+                self.cancel_accept(id);
+            }
+            Some(Out::Event(Event::AcceptError {
+                listener: id,
+                error: io::Error::from_raw_os_error(-res),
+            }))
+        };
+        self.forget_closed_listener(id);
+        if !more {
+            // A multishot accept that simply ended (no error) is re-armed.
+            self.arm_accept(id);
+        }
+        out
+    }
+
+    fn complete_recv(&mut self, token: Token, res: i32, flags: u32, more: bool) -> Option<Out> {
+        let bid = cqueue::buffer_select(flags);
+        let Some(c) = self.conn(token) else {
+            // Cannot happen (the slot outlives its ops), but never lose a buffer.
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            return None;
+        };
+        if !more {
+            c.recv = false;
+        }
+        let open = c.state == ConnState::Open;
+        let out = match (res, bid) {
+            (n, Some(bid)) if n > 0 && open => Some(Out::Data {
+                token,
+                bid,
+                len: n as usize,
+            }),
+            (0, _) if open => {
+                c.read_open = false;
+                Some(Out::Event(Event::ReadClosed { token }))
+            }
+            // -ENOBUFS: the buffer ring ran dry and the multishot ended; arm_recv re-arms it
+            // below. Buffers come back on every next(), so this cannot spin forever.
+            (e, _) if e == -libc::ENOBUFS => {
+                #[cfg(test)]
+                super::tests::ENOBUFS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            (e, _) if e == -libc::ECANCELED || !open || e >= 0 => None,
+            (e, _) => {
+                c.read_open = false;
+                Some(Out::Event(Event::ReadError {
+                    token,
+                    error: io::Error::from_raw_os_error(-e),
+                }))
+            }
+        };
+        // Any buffer not lent out as Data (EOF, closing, errors) goes straight back.
+        match (bid, &out) {
+            (_, Some(Out::Data { .. })) | (None, _) => {}
+            (Some(bid), _) => self.bufs.recycle(bid),
+        }
+        if !more {
+            self.arm_recv(token);
+            self.finish_close(token);
+        }
+        out
+    }
+
+    fn complete_send(&mut self, token: Token, res: i32) -> Option<Out> {
+        let c = self.conn(token)?;
+        let mut op = c.send.take()?;
+        if c.state != ConnState::Open {
+            drop(op); // the kernel is done with it
+            self.finish_close(token);
+            return None;
+        }
+        if res == -libc::EAGAIN {
+            // The socket is full: wait for room in the ring, then send the rest.
+            op.polling = true;
+            let entry = opcode::PollAdd::new(Fd(c.fd), libc::POLLOUT as u32)
+                .build()
+                .user_data(user_data(Kind::SendPoll, token));
+            c.send = Some(op);
+            self.push(entry);
+            return None;
+        }
+        let event = match res {
+            e if e < 0 => Event::SendError {
+                token,
+                error: io::Error::from_raw_os_error(-e),
+                buf: op.buf,
+            },
+            0 => Event::SendError {
+                token,
+                error: io::ErrorKind::WriteZero.into(),
+                buf: op.buf,
+            },
+            n => {
+                op.sent += n as usize;
+                if op.sent < op.buf.len() {
+                    c.send = Some(op); // short send: the rest goes out from where it stopped
+                    self.submit_send(token);
+                    // Progress all the same: a slow reader is not a stalled one.
+                    let sent = n as usize;
+                    return Some(Out::Event(Event::SendProgress { token, sent }));
+                }
+                Event::SendDone { token, buf: op.buf }
+            }
+        };
+        Some(Out::Event(event))
+    }
+
+    /// The socket of a waiting send is writable (or the wait failed: the send tells why).
+    fn complete_send_poll(&mut self, token: Token) -> Option<Out> {
+        let c = self.conn(token)?;
+        let op = c.send.as_mut()?;
+        op.polling = false;
+        if c.state != ConnState::Open {
+            c.send = None; // the kernel holds nothing of it any more
+            self.finish_close(token);
+            return None;
+        }
+        self.submit_send(token);
+        None
+    }
+
+    fn complete_connect(&mut self, token: Token, res: i32) -> Option<Out> {
+        let c = self.conn(token)?;
+        c.connect = None;
+        if c.state != ConnState::Open {
+            self.finish_close(token);
+            return None;
+        }
+        let result = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(())
+        };
+        if result.is_ok() {
+            c.read_open = true;
+            self.arm_recv(token);
+        }
+        Some(Out::Event(Event::Connected { token, result }))
+    }
+}
+
+fn close_fd_if(fd: i32) {
+    if fd >= 0 {
+        // SAFETY: `fd` came from an accept CQE and is owned by nobody else.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Resets and closes a connection the ring could not close in time: `SO_LINGER {1, 0}`, then
+/// `shutdown(SHUT_RDWR)` (acts at once even while an in-flight operation holds a reference to
+/// the file), then `close`.
+pub(super) fn reset_and_close(fd: RawFd) {
+    if fd < 0 {
+        return;
+    }
+    set_linger_zero(fd);
+    // SAFETY: `fd` is a socket this backend owns and has not closed; shutdown(2) and close(2)
+    // share no memory with the caller.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::close(fd);
+    }
+}
+
+/// `SO_LINGER {on, 0}`: the close that follows sends a reset.
+pub(super) fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passes a live, correctly sized `linger` to setsockopt on an fd we own.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
