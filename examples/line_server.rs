@@ -6,6 +6,8 @@
 //! PING            → +PONG
 //! ECHO hi there   → +hi there
 //! SLEEP 200       → +SLEPT 200   (blocks this IO thread for 200 ms: see line_server_pooled)
+//! WHO             → +127.0.0.1:50312   (the client's address; behind HAProxy with
+//!                                        --proxy-protocol, the one its header gave)
 //! QUIT            → +BYE, then the server closes
 //! ```
 //! Lines end in `\r\n` (a bare `\n` is accepted); verbs are case-insensitive; an empty line is
@@ -21,7 +23,7 @@ use ringport::codec::{DecodeError, Lines};
 use ringport::{CloseReason, Conn, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
-#[command(about = "ringport line server: PING, ECHO, SLEEP, QUIT over \\r\\n lines")]
+#[command(about = "ringport line server: PING, ECHO, SLEEP, WHO, QUIT over \\r\\n lines")]
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5003")]
@@ -42,7 +44,7 @@ impl Handler for Session {
 
     // One call per line, in order, pipelined or not; the `Lines` codec strips the terminator.
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        let (reply, quit) = common::line_protocol::execute(frame.payload());
+        let (reply, quit) = common::line_protocol::execute(frame.payload(), conn.info().client);
         conn.write(&reply);
         if quit {
             conn.close(); // after `+BYE` is flushed

@@ -62,9 +62,10 @@ impl Handler for Session {
         }
         let line = frame.payload().to_vec();
         let quit = is_quit(&line);
+        let client = conn.info().client;
         let work = conn.work(); // counted until the job drops it
         let job = move || {
-            let (reply, close) = execute(&line);
+            let (reply, close) = execute(&line, client);
             // Errors mean the connection is gone: nothing left to answer.
             let _ = work.write(reply);
             if close {

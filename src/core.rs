@@ -106,6 +106,10 @@ pub(crate) struct ConnCore {
     pub layer_timeout: Duration,
     /// The top layer reported the peer's end of stream (TLS close_notify).
     pub layer_eof: bool,
+    /// The PROXY header is not read yet: per-IP limits and the header counts wait for it.
+    pub header_pending: bool,
+    /// The address this connection counts against in the server's per-IP limits.
+    pub peer_key: Option<std::net::IpAddr>,
 }
 
 impl ConnCore {
@@ -148,6 +152,8 @@ impl ConnCore {
             layer_deadline: None,
             layer_timeout: crate::layer::DEFAULT_HANDSHAKE_TIMEOUT,
             layer_eof: false,
+            header_pending: false,
+            peer_key: None,
         }
     }
 

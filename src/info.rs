@@ -16,6 +16,13 @@ pub struct ConnInfo {
     pub id: u64,
     /// What the TLS handshake negotiated (`None`: plaintext).
     pub tls: Option<TlsInfo>,
+    /// The address the server believes the client has: the source a PROXY protocol header
+    /// gave, else `peer` (no header, a v2 `LOCAL` health check, a v1 `UNKNOWN`). Set before
+    /// `on_open`; the handler factory, which runs at accept, sees `peer` here.
+    pub client: SocketAddr,
+    /// The PROXY protocol header the connection began with (`None`: none, or the server
+    /// does not read one).
+    pub proxy: Option<ProxyInfo>,
 }
 
 impl ConnInfo {
@@ -25,8 +32,34 @@ impl ConnInfo {
             local,
             id,
             tls: None,
+            client: peer,
+            proxy: None,
         }
     }
+}
+
+/// Which version of the PROXY protocol a header was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// What a connection's PROXY protocol header said (`conn.info().proxy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyInfo {
+    /// v1 or v2.
+    pub version: ProxyVersion,
+    /// The header carries no client address: a v2 `LOCAL` command (the balancer's own
+    /// health check), a v1 `UNKNOWN`, or an address family other than TCP over IPv4/IPv6.
+    /// The connection keeps its socket address as [`ConnInfo::client`].
+    pub local: bool,
+    /// The client's address as the balancer saw it (`None` when `local`).
+    pub source: Option<SocketAddr>,
+    /// The address the client connected to on the balancer (`None` when `local`).
+    pub destination: Option<SocketAddr>,
 }
 
 /// What a TLS connection's handshake settled, for the handler (`conn.info().tls`).
@@ -81,11 +114,16 @@ pub enum CloseReason {
     TlsError(String),
     /// The TLS handshake did not finish within the server's handshake timeout.
     TlsHandshakeTimeout,
+    /// The PROXY protocol header was missing (in `Required` mode), malformed, oversized or
+    /// cut short by EOF (the message says which).
+    ProxyHeader(String),
+    /// No complete PROXY protocol header arrived within the server's proxy header timeout.
+    ProxyHeaderTimeout,
 }
 
 impl CloseReason {
     /// Number of distinct kinds of reason.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
 
     /// Every kind's [`name`](CloseReason::name), in [`index`](CloseReason::index) order.
     pub const NAMES: [&'static str; CloseReason::COUNT] = [
@@ -101,6 +139,8 @@ impl CloseReason {
         "drain-timeout",
         "tls-error",
         "tls-handshake-timeout",
+        "proxy-header",
+        "proxy-header-timeout",
     ];
 
     /// A stable index per kind of reason, for counters.
@@ -118,6 +158,8 @@ impl CloseReason {
             CloseReason::DrainTimeout => 9,
             CloseReason::TlsError(_) => 10,
             CloseReason::TlsHandshakeTimeout => 11,
+            CloseReason::ProxyHeader(_) => 12,
+            CloseReason::ProxyHeaderTimeout => 13,
         }
     }
 
@@ -154,6 +196,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(m) => write!(f, "protocol: {m}"),
             CloseReason::Io(_, m) => write!(f, "io-error: {m}"),
             CloseReason::TlsError(m) => write!(f, "tls-error: {m}"),
+            CloseReason::ProxyHeader(m) => write!(f, "proxy-header: {m}"),
             other => f.write_str(other.name()),
         }
     }
@@ -178,6 +221,8 @@ mod tests {
             CloseReason::DrainTimeout,
             CloseReason::TlsError(String::new()),
             CloseReason::TlsHandshakeTimeout,
+            CloseReason::ProxyHeader(String::new()),
+            CloseReason::ProxyHeaderTimeout,
         ];
         for (i, r) in all.iter().enumerate() {
             assert_eq!(r.index(), i);

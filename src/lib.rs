@@ -83,14 +83,14 @@ pub use engine::{
 pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};
 pub use handler::{ConnectOptions, Frame, Handler};
-pub use info::{CloseReason, ConnInfo, TlsInfo};
-pub use layer::DEFAULT_HANDSHAKE_TIMEOUT;
+pub use info::{CloseReason, ConnInfo, ProxyInfo, ProxyVersion, TlsInfo};
+pub use layer::{ProxyProtocol, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROXY_HEADER_TIMEOUT};
 pub use metrics::Metrics;
 /// rustls, re-exported: the version ringport's TLS options take.
 #[cfg(feature = "tls")]
 pub use rustls;
 pub use sockopt::SocketOptions;
-pub use stats::{LoopSnapshot, ServerStats, StatsSnapshot};
+pub use stats::{LoopSnapshot, ProxyHeaderCounts, ServerStats, StatsSnapshot};
 
 use std::fmt;
 use std::str::FromStr;

@@ -42,6 +42,10 @@ pub(crate) struct ThreadStats {
     pub decode_errors: Counter,
     pub handshakes: Counter,
     pub backpressure_pauses: Counter,
+    pub proxy_v1: Counter,
+    pub proxy_v2: Counter,
+    pub proxy_local: Counter,
+    pub proxy_none: Counter,
     pub closed: [Counter; CloseReason::COUNT],
 }
 
@@ -83,6 +87,14 @@ impl ServerStats {
             decode_errors: sum(&|t| &t.decode_errors),
             handshakes: sum(&|t| &t.handshakes),
             backpressure_pauses: sum(&|t| &t.backpressure_pauses),
+            proxy_headers: ProxyHeaderCounts {
+                v1: sum(&|t| &t.proxy_v1),
+                v2: sum(&|t| &t.proxy_v2),
+                local: sum(&|t| &t.proxy_local),
+                none: sum(&|t| &t.proxy_none),
+                refused: sum(&|t| &t.closed[CloseReason::ProxyHeader(String::new()).index()])
+                    + sum(&|t| &t.closed[CloseReason::ProxyHeaderTimeout.index()]),
+            },
             closed,
         }
     }
@@ -112,12 +124,31 @@ pub struct StatsSnapshot {
     pub frames_in: u64,
     /// Connections whose input the decoder rejected (frame or line too long, ...).
     pub decode_errors: u64,
-    /// Connections whose layers became ready (TLS handshakes completed).
+    /// Connections whose layers became ready (TLS handshakes completed, PROXY headers read).
     pub handshakes: u64,
     /// Times a connection stopped reading because its write queue passed the high watermark.
     pub backpressure_pauses: u64,
+    /// PROXY protocol headers read (servers with [`Server::proxy_protocol`](crate::Server::proxy_protocol)).
+    pub proxy_headers: ProxyHeaderCounts,
     /// Connections closed, keyed by [`CloseReason::name`] (every name is present).
     pub closed: BTreeMap<&'static str, u64>,
+}
+
+/// How connections to a server with the PROXY protocol began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyHeaderCounts {
+    /// v1 headers with a client address.
+    pub v1: u64,
+    /// v2 `PROXY` headers with a client address.
+    pub v2: u64,
+    /// Headers without a client address (v2 `LOCAL` health checks, v1 `UNKNOWN`, other
+    /// address families): the socket's address is kept.
+    pub local: u64,
+    /// Connections without a header (`Optional` mode).
+    pub none: u64,
+    /// Connections closed for their header: missing, malformed, oversized, cut short
+    /// (`proxy-header`) or too slow (`proxy-header-timeout`).
+    pub refused: u64,
 }
 
 impl StatsSnapshot {

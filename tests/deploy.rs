@@ -1,7 +1,8 @@
 #![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
 //! Deployment: `--reuse-port` (two processes on one port, the kernel spreads connections),
 //! systemd socket activation under `systemd-socket-activate` (nobody here wrote it) with
-//! readiness over `NOTIFY_SOCKET`, and zero-downtime restarts on SIGHUP under load.
+//! readiness over `NOTIFY_SOCKET`, and zero-downtime restarts on SIGHUP under load (our own
+//! client threads, and `ringport-load` running through three restarts).
 
 #[macro_use]
 mod common;
@@ -14,13 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::deploy::{free_port, http_get, is_gone, kill, metrics_addr, sample, tool, Proc};
+use common::deploy::{
+    free_port, http_get, is_gone, kill, load_result, metrics_addr, ringport_load, sample, tool,
+    Proc,
+};
 use common::*;
 
 backend_tests!("echo_server";
     reuse_port_shares_one_port,
     socket_activation_serves_and_reports_ready,
     restart_under_load,
+    ringport_load_through_three_restarts,
 );
 
 backend_tests!("line_server_pooled";
@@ -308,4 +313,112 @@ fn restart_answers_in_flight_requests(b: Backend) {
     while !is_gone(next) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// SIGHUP to `current` (the process `server` started, or a successor): waits (bounded) for the
+/// successor's hand-over line and for `current` to be gone; the successor's pid.
+fn restart(server: &mut Server, current: i32, round: usize) -> i32 {
+    let seen = server.stderr_text().len();
+    kill(current, libc::SIGHUP);
+    assert!(
+        server.wait_for_stderr(START_TIMEOUT, |log| successor_pid(&log[seen..]).is_some()),
+        "restart {round}: no successor handed over"
+    );
+    let next = successor_pid(&server.stderr_text()[seen..]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_gone(current) {
+        assert!(
+            Instant::now() < deadline,
+            "restart {round}: old process {current} lingers"
+        );
+        if current == server.pid() {
+            let _ = server.wait_exit(Duration::from_millis(50));
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    next
+}
+
+/// `ringport-load` (a new connection per message, so every connection attempt during the
+/// switches is tested) runs through three SIGHUP restarts of `echo_server` and reports zero
+/// errors; the process left after each restart serves.
+fn ringport_load_through_three_restarts(b: Backend) {
+    let load = ringport_load();
+    let mut server = ServerBuilder::new("echo_server")
+        .backend(b)
+        .args(&["--io-threads", "2", "--metrics", "127.0.0.1:0"])
+        .start();
+    let addr = server.addr;
+    // Long enough for three restarts of a debug build; the test fails if they take longer.
+    let secs = 20.0;
+    let began = Instant::now();
+    let mut run = Proc::spawn(Command::new(load).args([
+        "echo",
+        "--target",
+        &addr.to_string(),
+        "-c",
+        "8",
+        "-l",
+        "64",
+        "-d",
+        &secs.to_string(),
+        "--reconnect-every",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+    ]));
+    // The load is under way before the first restart: the server has accepted connections.
+    let metrics = metrics_addr(&server.stdout_text());
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let (_, body) = http_get(metrics, "/metrics");
+        let n = sample(
+            &body,
+            "ringport_connections_accepted_total",
+            &format!("server=\"{addr}\""),
+        )
+        .unwrap_or(0.0);
+        if n >= 50.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the load never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut successors = Successors(Vec::new());
+    let mut current = server.pid();
+    for round in 1..=3 {
+        let next = restart(&mut server, current, round);
+        successors.0.push(next);
+        current = next;
+        echo_once(addr, format!("served after restart {round}").as_bytes())
+            .expect("the successor serves");
+    }
+    assert!(
+        began.elapsed().as_secs_f64() < secs - 1.0,
+        "three restarts took {:?}, longer than the load ran",
+        began.elapsed()
+    );
+    let st = run
+        .wait_exit(Duration::from_secs_f64(secs + 60.0))
+        .expect("ringport-load finishes");
+    let (messages, errors, json) = load_result(&run.output());
+    assert!(
+        st.success() && errors == 0,
+        "ringport-load through three restarts: {st}\n{json}"
+    );
+    assert!(messages > 100, "the load ran: {json}");
+    println!(
+        "ringport-load through 3 restarts: {messages} messages (one connection each), 0 errors"
+    );
+    kill(current, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_gone(current) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(successors);
 }

@@ -607,6 +607,7 @@ fn every_counter_is_counted(kind: BackendKind) {
         decode_errors: 1,
         handshakes: 0,
         backpressure_pauses: 0,
+        proxy_headers: Default::default(),
         closed,
     };
     assert_eq!(s, want);

@@ -1,11 +1,13 @@
 //! The line protocol of `line_server` and `line_server_pooled`, free of IO: one command line
 //! in, one reply out. The pooled server runs the very same function on a worker.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-/// The reply to one command line, and whether the connection ends after it.
+/// The reply to one command line from `client` (the address the server believes the client
+/// has: `conn.info().client`), and whether the connection ends after it.
 /// Kept free of IO so the pooled variant can run the very same function on a worker.
-pub fn execute(line: &[u8]) -> (Vec<u8>, bool) {
+pub fn execute(line: &[u8], client: SocketAddr) -> (Vec<u8>, bool) {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t,
         Err(_) => return (b"-ERR unknown command\r\n".to_vec(), false),
@@ -27,6 +29,8 @@ pub fn execute(line: &[u8]) -> (Vec<u8>, bool) {
             }
             _ => "-ERR bad sleep (0 to 10000 ms)".to_string(),
         },
+        // Behind a balancer with --proxy-protocol: the address its PROXY header gave.
+        ("WHO", None) => format!("+{client}"),
         ("QUIT", None) => return (b"+BYE\r\n".to_vec(), true),
         _ => "-ERR unknown command".to_string(),
     };

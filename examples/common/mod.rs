@@ -9,7 +9,7 @@ pub mod tls;
 
 use clap::Args;
 use ringport::codec::{Endian, LengthDelimited};
-use ringport::{BackendKind, Engine, Server, ServerHandle};
+use ringport::{BackendKind, Engine, ProxyProtocol, Server, ServerHandle};
 
 /// The flags every example server takes.
 #[derive(Args, Debug)]
@@ -47,6 +47,14 @@ pub struct CommonArgs {
     /// `metrics on ADDR` line says which)
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Read a PROXY protocol header (v1 or v2, as HAProxy's send-proxy / send-proxy-v2 write
+    /// it) before anything else: required (every connection has one) or optional (a header
+    /// if the first bytes are one) [default: none]
+    #[arg(long, value_name = "MODE")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Seconds a connection has to deliver its PROXY header
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub proxy_header_timeout: u64,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
 }
@@ -89,6 +97,13 @@ impl CommonArgs {
             None => server,
         };
         let server = self.tls.apply(server);
+        // The PROXY header is read below TLS, whatever the order of these calls.
+        let server = match self.proxy_protocol {
+            Some(mode) => server
+                .proxy_protocol(mode)
+                .proxy_header_timeout(Duration::from_secs(self.proxy_header_timeout)),
+            None => server,
+        };
         engine.add_server(server).unwrap_or_else(|e| fail(e))
     }
 }

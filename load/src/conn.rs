@@ -240,6 +240,15 @@ impl Conn {
         self.out_pos = 0;
     }
 
+    /// `--reconnect-every`: the batch is complete (nothing outstanding, no partial reply), so
+    /// the next step is closing this connection anyway.
+    fn batch_done(&self) -> bool {
+        self.state == State::Ready
+            && self.inflight.is_empty()
+            && self.reply.offset == 0
+            && self.completed >= self.batch_end
+    }
+
     /// The peer closed or reset the connection: a short reply if it was
     /// mid-reply, a dropped connection otherwise.
     fn peer_closed(&mut self, how: &str, ctx: &mut Ctx<'_>) {
@@ -273,10 +282,18 @@ impl Conn {
     /// final read that would return `WouldBlock` is skipped.
     pub fn on_readable(&mut self, peer_open: bool, ctx: &mut Ctx<'_>) {
         while self.is_open() {
+            let batch_done = self.batch_done();
             let Some(stream) = self.stream.as_mut() else {
                 return;
             };
             match stream.read(ctx.read_buf) {
+                Ok(0) if batch_done => {
+                    // `--reconnect-every`: every reply of the batch is in and this side was
+                    // about to close; the server closing first (a graceful restart draining
+                    // idle connections) loses nothing, so reconnect as planned.
+                    self.stream = None;
+                    return;
+                }
                 Ok(0) => return self.peer_closed("connection closed by peer", ctx),
                 Ok(n) => {
                     let now = Instant::now();

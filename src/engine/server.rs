@@ -10,7 +10,10 @@ use crate::codec::Decoder;
 use crate::core::DynConn;
 use crate::handler::{Handler, Typed};
 use crate::info::ConnInfo;
-use crate::layer::{LayerFactory, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::layer::proxy::ProxyLayer;
+use crate::layer::{
+    Layer, LayerFactory, ProxyProtocol, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROXY_HEADER_TIMEOUT,
+};
 use crate::sockopt::SocketOptions;
 use crate::stats::ServerStats;
 
@@ -41,9 +44,32 @@ pub(crate) struct Limits {
     pub max_connections_per_ip: Option<usize>,
     /// Connections per second per address, and the burst allowed above it.
     pub accept_rate_per_ip: Option<(u32, u32)>,
-    /// Each accepted connection's layers, bottom first.
+    /// Each accepted connection's layers above the PROXY header, bottom first.
     pub layers: Vec<LayerFactory>,
     pub handshake_timeout: Duration,
+    /// The PROXY protocol layer, always the bottom one.
+    pub proxy: Option<ProxyProtocol>,
+    pub proxy_header_timeout: Duration,
+}
+
+impl Limits {
+    /// Whether accepted connections have layers.
+    pub(crate) fn layered(&self) -> bool {
+        self.proxy.is_some() || !self.layers.is_empty()
+    }
+
+    /// A new connection's layers, bottom (socket side) first: the PROXY header below
+    /// everything else.
+    pub(crate) fn make_layers(&self) -> Result<Vec<Box<dyn Layer>>, String> {
+        let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(self.layers.len() + 1);
+        if let Some(mode) = self.proxy {
+            layers.push(Box::new(ProxyLayer::new(mode, self.proxy_header_timeout)));
+        }
+        for f in &self.layers {
+            layers.push(f()?);
+        }
+        Ok(layers)
+    }
 }
 
 impl Default for Limits {
@@ -61,6 +87,8 @@ impl Default for Limits {
             accept_rate_per_ip: None,
             layers: Vec::new(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            proxy: None,
+            proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
         }
     }
 }
@@ -131,6 +159,11 @@ impl Server {
 
     /// Open connections allowed per client IP address; beyond it a new connection from that
     /// address is accepted and closed at once (counted as `rejected_per_ip`). Default: none.
+    ///
+    /// With [`proxy_protocol`](Server::proxy_protocol), this limit and the accept rate apply
+    /// to the client address the header gives (the balancer's own address when a header has
+    /// none, or none came in `Optional` mode), checked once the header is read; a connection
+    /// refused then is counted as `rejected_per_ip` / `rejected_rate` and closed as `local`.
     pub fn max_connections_per_ip(mut self, n: Option<usize>) -> Self {
         self.limits.max_connections_per_ip = n;
         self
@@ -165,6 +198,28 @@ impl Server {
             crate::layer::tls::TlsLayer::server(&config)
                 .map(|l| Box::new(l) as Box<dyn crate::layer::Layer>)
         }));
+        self
+    }
+
+    /// Reads a PROXY protocol header (v1 or v2, as HAProxy's `send-proxy` / `send-proxy-v2`
+    /// write it) at the start of every connection, below TLS and the codec whatever order
+    /// the builder calls come in. `conn.info().client` is then the client's address the
+    /// header gave (`peer` stays the balancer's socket), `conn.info().proxy` what the header
+    /// said. A missing (`Required`), malformed or oversized header closes that connection
+    /// only (`proxy-header`), so does one not complete within
+    /// [`proxy_header_timeout`](Server::proxy_header_timeout) (`proxy-header-timeout`).
+    /// Per-IP limits then apply to the header's client address (see
+    /// [`max_connections_per_ip`](Server::max_connections_per_ip)).
+    pub fn proxy_protocol(mut self, mode: ProxyProtocol) -> Self {
+        self.limits.proxy = Some(mode);
+        self
+    }
+
+    /// How long a connection may take to deliver its PROXY header from accept (default
+    /// [`DEFAULT_PROXY_HEADER_TIMEOUT`]); the handshake timeout still bounds the layers
+    /// together.
+    pub fn proxy_header_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.proxy_header_timeout = timeout;
         self
     }
 

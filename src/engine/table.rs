@@ -137,17 +137,22 @@ impl State {
         let stack = c.layers.as_mut().expect("layered");
         let result = stack.input(data, &mut plain, &mut c.wire);
         let ready = stack.ready();
+        let header_read = c.header_pending && result.is_ok() && stack.bottom_ready();
+        if header_read {
+            c.header_pending = false;
+            stack.describe(&mut c.info);
+        }
         self.ctx.mark_dirty(token, c);
+        let (opened, server) = (c.opened, c.server);
         match result {
             Err(reason) => {
                 warn!(peer = %c.info.peer, %reason, "closing connection: layer failed");
                 c.force_close(reason);
             }
+            Ok(_) if header_read && !self.header_read(token) => {} // refused by a per-IP limit
             Ok(input) => {
-                if ready && !c.opened {
-                    self.ctx.stats[c.server].threads[self.index]
-                        .handshakes
-                        .add(1);
+                if ready && !opened {
+                    self.ctx.stats[server].threads[self.index].handshakes.add(1);
                     self.open_conn(token);
                 }
                 if !plain.is_empty() {
@@ -163,6 +168,39 @@ impl State {
         }
         plain.clear();
         self.plain = plain;
+    }
+
+    /// The PROXY header is read (`info.client` is known): counts how the connection began
+    /// and applies the server's per-IP limits to the client's address. `false`: refused (the
+    /// connection is closing).
+    fn header_read(&mut self, token: Token) -> bool {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return false;
+        };
+        let c = &mut e.core;
+        let server = &self.servers[c.server];
+        let stats = &self.ctx.stats[c.server].threads[self.index];
+        match &c.info.proxy {
+            None => stats.proxy_none.add(1),
+            Some(p) if p.local => stats.proxy_local.add(1),
+            Some(p) if p.version == crate::ProxyVersion::V1 => stats.proxy_v1.add(1),
+            Some(_) => stats.proxy_v2.add(1),
+        }
+        let Some(peers) = &server.peers else {
+            return true;
+        };
+        let ip = c.info.client.ip();
+        match peers.admit(ip) {
+            Ok(()) => {
+                c.peer_key = Some(ip);
+                true
+            }
+            Err(why) => {
+                super::thread::count_refusal(stats, why, c.info.client);
+                c.force_close(CloseReason::Local);
+                false
+            }
+        }
     }
 
     /// Runs `on_open` (once): at accept or connect, or once the layers are ready.
@@ -265,10 +303,18 @@ impl State {
             return;
         }
         if c.layers.is_some() && !c.opened && matches!(c.phase, Phase::Open | Phase::Closing) {
-            warn!(peer = %c.info.peer, "closing connection: EOF before the handshake finished");
+            let reason = c
+                .layers
+                .as_ref()
+                .map_or(CloseReason::PeerClosed, |l| l.eof_reason());
+            if reason == CloseReason::PeerClosed {
+                debug!(peer = %c.info.peer, "connection closed before sending a byte");
+            } else {
+                warn!(peer = %c.info.peer, %reason, "closing connection: EOF before the handshake finished");
+            }
             c.read_closed = true;
             c.reading = false;
-            c.force_close(CloseReason::TlsError("EOF during the handshake".into()));
+            c.force_close(reason);
             self.mark(token);
             return;
         }
@@ -365,8 +411,8 @@ impl State {
     pub(super) fn finish(&mut self, e: &mut Entry, default: CloseReason) {
         let server = &self.servers[e.core.server];
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(peers) = &server.peers {
-            peers.release(e.core.info.peer.ip());
+        if let (Some(peers), Some(ip)) = (&server.peers, e.core.peer_key.take()) {
+            peers.release(ip);
         }
         e.core.kill_handles();
         let reason = e.core.reason.take().unwrap_or(default);
@@ -511,11 +557,17 @@ impl State {
                 continue;
             };
             let c = &mut e.core;
-            if !c.opened && c.layer_deadline.is_some_and(|d| d <= now) {
-                let reason = c
-                    .layers
-                    .as_ref()
-                    .map_or(CloseReason::Local, |l| l.timeout_reason());
+            // A layer's own setup deadline (the PROXY header's), for connections not open yet.
+            let own_expired = match &c.layers {
+                Some(l) if !c.opened => l.expired(now),
+                _ => None,
+            };
+            if !c.opened && (own_expired.is_some() || c.layer_deadline.is_some_and(|d| d <= now)) {
+                let reason = own_expired.unwrap_or_else(|| {
+                    c.layers
+                        .as_ref()
+                        .map_or(CloseReason::Local, |l| l.timeout_reason())
+                });
                 warn!(peer = %c.info.peer, %reason, "closing connection: handshake not finished in time");
                 c.force_abort(reason);
                 self.ctx.mark_dirty(token, c);

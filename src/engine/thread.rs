@@ -308,22 +308,22 @@ impl IoThread {
                 return;
             }
         };
-        if let Some(peers) = &server.peers {
-            if let Err(why) = peers.admit(peer.ip()) {
-                let (counter, what) = match why {
-                    PeerRefusal::Connections => (&stats.rejected_per_ip, "per-IP connection limit"),
-                    PeerRefusal::Rate => (&stats.rejected_rate, "per-IP accept rate"),
-                };
-                counter.add(1);
-                debug!(%peer, "{what} reached; closing new connection");
-                return;
+        // Behind a PROXY header, per-IP limits wait for the client's address (table.rs).
+        let admitted = match &server.peers {
+            Some(peers) if server.limits.proxy.is_none() => {
+                if let Err(why) = peers.admit(peer.ip()) {
+                    count_refusal(stats, why, peer);
+                    return;
+                }
+                Some(peer.ip())
             }
-        }
+            _ => None,
+        };
         // From here on, every early return undoes what `admit` and `active` counted.
         let release = |server: &SharedServer| {
             server.stats.active.fetch_sub(1, Ordering::Relaxed);
-            if let Some(peers) = &server.peers {
-                peers.release(peer.ip());
+            if let (Some(peers), Some(ip)) = (&server.peers, admitted) {
+                peers.release(ip);
             }
         };
         let active = server.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -363,11 +363,13 @@ impl IoThread {
         let mut core = ConnCore::new(listener, gen, info, st.ctx.now);
         core.write_low = server.limits.write_low;
         core.write_high = server.limits.write_high;
-        let layered = !server.limits.layers.is_empty();
+        core.peer_key = admitted;
+        core.header_pending = server.limits.proxy.is_some();
+        let layered = server.limits.layered();
         if layered {
-            // `on_open` waits until the layers are ready (the TLS handshake is done).
-            let made: Result<Vec<_>, String> = server.limits.layers.iter().map(|f| f()).collect();
-            match made {
+            // `on_open` waits until the layers are ready (the PROXY header is read, the TLS
+            // handshake is done).
+            match server.limits.make_layers() {
                 Ok(layers) => {
                     let mut stack = Stack::new(layers);
                     if let Err(reason) = stack.start(&mut core.wire) {
@@ -600,4 +602,15 @@ impl IoThread {
             }
         }
     }
+}
+
+/// Counts a connection refused by a per-IP limit (at accept, or once its PROXY header named
+/// the client).
+pub(super) fn count_refusal(stats: &crate::stats::ThreadStats, why: PeerRefusal, peer: SocketAddr) {
+    let (counter, what) = match why {
+        PeerRefusal::Connections => (&stats.rejected_per_ip, "per-IP connection limit"),
+        PeerRefusal::Rate => (&stats.rejected_rate, "per-IP accept rate"),
+    };
+    counter.add(1);
+    debug!(%peer, "{what} reached; closing new connection");
 }

@@ -12,10 +12,11 @@
 //! a [`CloseReason`] of its own. The engine knows a [`Stack`] of layers, not TLS by name: a layer
 //! for the PROXY protocol header sits below TLS without the engine changing.
 
+pub(crate) mod proxy;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::info::{CloseReason, ConnInfo};
 
@@ -49,6 +50,13 @@ pub(crate) trait Layer: Send {
     fn describe(&self, info: &mut ConnInfo);
     /// The reason to give when the layer is not ready within its setup time.
     fn timeout_reason(&self) -> CloseReason;
+    /// A setup deadline of the layer's own, tighter than the connection's handshake timeout
+    /// (the PROXY header's); `None`: only the connection's.
+    fn setup_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// The reason to give when the peer ends the stream before the layer is ready.
+    fn eof_reason(&self) -> CloseReason;
 }
 
 /// A connection's layers, bottom (socket side) first.
@@ -176,10 +184,34 @@ impl Stack {
         self.layers.iter().all(|l| l.ready())
     }
 
+    /// Adds the facts of the ready layers, bottom up (a layer above one not ready knows
+    /// nothing yet).
     pub(crate) fn describe(&self, info: &mut ConnInfo) {
-        for l in &self.layers {
+        for l in self.layers.iter().take_while(|l| l.ready()) {
             l.describe(info);
         }
+    }
+
+    /// Whether the bottom layer is ready (the PROXY header, when there is one, is settled).
+    pub(crate) fn bottom_ready(&self) -> bool {
+        self.layers.first().is_none_or(|l| l.ready())
+    }
+
+    /// The first layer not ready, if its own setup deadline has passed: its timeout reason.
+    pub(crate) fn expired(&self, now: Instant) -> Option<CloseReason> {
+        self.layers
+            .iter()
+            .find(|l| !l.ready())
+            .filter(|l| l.setup_deadline().is_some_and(|d| d <= now))
+            .map(|l| l.timeout_reason())
+    }
+
+    /// Why the connection ends when the peer's EOF comes before every layer is ready.
+    pub(crate) fn eof_reason(&self) -> CloseReason {
+        self.layers
+            .iter()
+            .find(|l| !l.ready())
+            .map_or(CloseReason::PeerClosed, |l| l.eof_reason())
     }
 
     /// The reason of the first layer not ready (for a setup timeout).
@@ -194,6 +226,8 @@ impl Stack {
 /// Makes one layer per connection of a server (or for one outgoing connection).
 pub(crate) type LayerFactory =
     std::sync::Arc<dyn Fn() -> Result<Box<dyn Layer>, String> + Send + Sync>;
+
+pub use proxy::{ProxyProtocol, DEFAULT_PROXY_HEADER_TIMEOUT};
 
 /// Default time a connection's layers have to become ready (the TLS handshake).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

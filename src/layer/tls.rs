@@ -140,4 +140,8 @@ impl Layer for TlsLayer {
     fn timeout_reason(&self) -> CloseReason {
         CloseReason::TlsHandshakeTimeout
     }
+
+    fn eof_reason(&self) -> CloseReason {
+        CloseReason::TlsError("EOF during the handshake".into())
+    }
 }

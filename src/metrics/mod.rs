@@ -15,6 +15,7 @@
 //! | `ringport_decode_errors_total` | server | input the decoder refused |
 //! | `ringport_backpressure_pauses_total` | server | reads paused by a full write queue |
 //! | `ringport_layer_handshakes_total` | server | connections whose layers became ready (TLS) |
+//! | `ringport_proxy_headers_total` | server, outcome | PROXY headers: `v1`, `v2`, `local`, `none`, `refused` |
 //! | `ringport_io_loop_turns_total` | thread | IO loop turns |
 //! | `ringport_io_completions_total` | thread | completions handled |
 //! | `ringport_io_busy_seconds_total` | thread | time working between waits (handlers included) |
@@ -247,6 +248,25 @@ impl Collector for Collect {
             "ringport_layer_handshakes",
             "Connections whose layers became ready (TLS handshakes completed).",
             &per_server(&|s| s.handshakes),
+        )?;
+        let mut proxy = Vec::new();
+        for (l, s) in &servers {
+            let p = s.proxy_headers;
+            for (outcome, v) in [
+                ("v1", p.v1),
+                ("v2", p.v2),
+                ("local", p.local),
+                ("none", p.none),
+                ("refused", p.refused),
+            ] {
+                proxy.push((vec![("server", l.clone()), ("outcome", outcome.into())], v));
+            }
+        }
+        counter_rows(
+            e,
+            "ringport_proxy_headers",
+            "How connections began on servers reading the PROXY protocol: v1 or v2 header with a client address, local (a header without one: LOCAL, UNKNOWN), none (Optional mode, no header), refused (closed for the header).",
+            &proxy,
         )?;
 
         let loops: Vec<_> = inner.loops.iter().map(LoopStats::snapshot).collect();

@@ -249,3 +249,72 @@ pub fn free_port() -> u16 {
         .expect("bind port 0")
         .port()
 }
+
+/// The `ringport-load` client of this workspace, built (once per run) with the test binary's
+/// profile and target directory; a failed build panics.
+pub fn ringport_load() -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let profile_dir = super::profile_dir();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "ringport-load", "--bin", "ringport-load"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(profile_dir.parent().expect("target dir"));
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.arg("--profile").arg(other);
+            }
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(profile_dir.join("ringport-load"))
+    });
+    match built {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("building ringport-load failed: {e}"),
+    }
+}
+
+/// What a `ringport-load --json` run reported: (messages, errors, the whole JSON line).
+pub fn load_result(out: &str) -> (u64, u64, String) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON summary from ringport-load:\n{out}"))
+        .to_string();
+    let field = |name: &str| -> u64 {
+        let key = format!("\"{name}\":");
+        let at = line
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            + key.len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not a count in {line}"))
+    };
+    (field("messages"), field("errors"), line)
+}

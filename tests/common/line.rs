@@ -197,6 +197,9 @@ pub fn greeting_and_verbs(server: &str, backend: Backend) {
     c.roundtrip("", "-ERR empty command");
     c.roundtrip("NOPE", "-ERR unknown command");
     c.roundtrip("PING", "+PONG");
+    // No PROXY header here: WHO is the client socket's own address.
+    let me = c.stream.local_addr().expect("local address");
+    c.roundtrip("WHO", &format!("+{me}"));
     c.roundtrip("QUIT", "+BYE");
     let how = c.expect_close(IO_TIMEOUT, "after QUIT");
     assert_eq!(how, Closed::Eof, "QUIT must close cleanly after the flush");

@@ -113,7 +113,7 @@ pub fn uring_required() -> bool {
 }
 
 /// `target/<profile>` of this test binary (`target/<profile>/deps/<test>-<hash>`).
-fn profile_dir() -> PathBuf {
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.parent()
         .and_then(|deps| deps.parent())
