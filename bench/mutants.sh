@@ -99,19 +99,22 @@ if [ "$tier" = 2 ]; then
     fi
     echo "mutants: tier 2 re-runs $n mutants with the whole suite"
 fi
-# Tier 1's test command: the in-process tests (no example build); cargo-mutants passes the
-# arguments after `--` to `cargo test`.
-test_args=()
+# Tier 1's test targets: the in-process tests (no example build). `--cargo-arg` goes to the
+# build (`cargo test --no-run`) as well as the test run, so only these targets are rebuilt
+# per mutant (arguments after `--` would reach the test run only, and every test binary and
+# example would still be linked for each mutant).
 if [ "$tier" = 1 ]; then
-    test_args=(-- --lib --test limits --test gateway --test handles --test handler_panic
-        --test outgoing_connect --test signals)
+    for t in --lib --test=limits --test=gateway --test=handles --test=handler_panic \
+        --test=outgoing_connect --test=signals; do
+        args+=("--cargo-arg=$t")
+    done
 fi
 
 echo "mutants: $(cargo mutants --version) on $(git rev-parse --short HEAD) files: $files ${shard:+shard $shard}"
 # CI's rules: io_uring must run (a skipped uring test would hide mutants of the uring path).
 export RINGPORT_TEST_REQUIRE_URING="${RINGPORT_TEST_REQUIRE_URING:-1}"
 status=0
-cargo mutants "${args[@]}" "$@" "${test_args[@]}" || status=$?
+cargo mutants "${args[@]}" "$@" || status=$?
 # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: a figure, not a failure here.
 out="$outdir/mutants.out"
 if [ -d "$out" ]; then
