@@ -363,13 +363,15 @@ fn connector_works_before_start(kind: BackendKind) {
     stop(running);
 }
 
-/// Answers each length-prefixed frame with its payload reversed, through `send_frame`.
+/// Answers each length-prefixed frame with two, through `send_frame`: its payload reversed,
+/// then the payload as it came (the second frame joins the first in the same queue).
 struct Reverse;
 impl Handler for Reverse {
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
         let mut p = frame.payload().to_vec();
         p.reverse();
         conn.send_frame(&p).unwrap();
+        conn.send_frame(frame.payload()).unwrap();
     }
 }
 
@@ -386,9 +388,51 @@ fn send_frame_encodes_with_the_servers_codec(kind: BackendKind) {
     let running = engine.start().unwrap();
     let mut c = client(h.local_addr());
     c.write_all(&[5, 0, b'a', b'b', b'c']).unwrap();
-    let mut got = [0u8; 5];
+    let mut got = [0u8; 10];
     c.read_exact(&mut got).unwrap();
-    assert_eq!(&got, &[5, 0, b'c', b'b', b'a']);
+    assert_eq!(
+        &got,
+        &[5, 0, b'c', b'b', b'a', 5, 0, b'a', b'b', b'c'],
+        "both frames of one callback, in order"
+    );
+    stop(running);
+}
+
+/// On its first frame, reports `is_writable` before and after queueing more than the high
+/// watermark in one write.
+struct Writability(mpsc::Sender<(bool, bool, usize)>);
+impl Handler for Writability {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _: Frame<'_>) {
+        let before = conn.is_writable();
+        conn.write(&[7u8; 8192]);
+        let _ = self
+            .0
+            .send((before, conn.is_writable(), conn.queued_bytes()));
+    }
+}
+
+fn conn_is_writable_follows_the_high_watermark(kind: BackendKind) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let Some((running, addr)) = start(
+        kind,
+        |s| s.write_watermarks(1024, 4096),
+        move |_| Writability(tx.lock().unwrap().clone()),
+    ) else {
+        return;
+    };
+    let mut c = client(addr);
+    c.write_all(b"x").unwrap();
+    let (before, after, queued) = rx.recv_timeout(LIMIT).unwrap();
+    assert!(before, "an empty queue is below the high watermark");
+    assert_eq!(queued, 8192, "the write is queued whole");
+    assert!(
+        !after,
+        "8192 queued bytes are above the 4096-byte high watermark"
+    );
+    let mut got = vec![0u8; 8192];
+    c.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 7));
     stop(running);
 }
 
@@ -449,6 +493,7 @@ on_every_backend!(
     connect_from_a_handler_lands_on_the_same_io_thread,
     connector_works_before_start,
     send_frame_encodes_with_the_servers_codec,
+    conn_is_writable_follows_the_high_watermark,
     close_counts_are_keyed_by_reason_name,
 );
 
