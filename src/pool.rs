@@ -400,6 +400,33 @@ mod tests {
     }
 
     #[test]
+    fn queued_and_busy_count_what_waits_and_what_runs() {
+        let pool = WorkerPool::new("t", 1, 8).unwrap();
+        assert_eq!((pool.queued(), pool.busy(), pool.workers()), (0, 0, 1));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        pool.try_execute(move || {
+            started_tx.send(()).unwrap();
+            let _ = gate_rx.recv_timeout(Duration::from_secs(10));
+        })
+        .unwrap();
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        for i in 0..3 {
+            let done_tx = done_tx.clone();
+            pool.try_execute(move || done_tx.send(i).unwrap()).unwrap();
+        }
+        assert_eq!(pool.busy(), 1, "the blocked job runs");
+        assert_eq!(pool.queued(), 3, "three jobs wait behind it");
+        gate_tx.send(()).unwrap();
+        for i in 0..3 {
+            assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap(), i);
+        }
+        assert_eq!(pool.queued(), 0);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
     fn per_connection_limit_refuses_extra_jobs() {
         let pool = WorkerPool::new("t", 1, 4).unwrap();
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
