@@ -448,9 +448,12 @@ mod tests {
         let pool = WorkerPool::new("t", 1, 64).unwrap();
         let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (started_tx, started_rx) = mpsc::channel();
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
         pool.try_execute(move || {
             started_tx.send(()).unwrap();
             std::thread::sleep(Duration::from_millis(200));
+            f.store(true, Ordering::SeqCst);
         })
         .unwrap();
         started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -464,6 +467,10 @@ mod tests {
         let t = Instant::now();
         pool.shutdown(Duration::from_secs(5));
         assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "shutdown returned before the running job finished (well within its deadline)"
+        );
         assert_eq!(
             ran.load(Ordering::SeqCst),
             0,
