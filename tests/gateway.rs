@@ -24,6 +24,22 @@ fn client(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// The next connection on `listener`, waited for at most `LIMIT` (a connect that never comes
+/// fails the test instead of hanging it).
+fn accept_within(listener: &TcpListener) -> TcpStream {
+    let l = listener.try_clone().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(l.accept().map(|(s, _)| s));
+    });
+    let u = rx
+        .recv_timeout(LIMIT)
+        .expect("no connection arrived within the limit")
+        .unwrap();
+    u.set_read_timeout(Some(LIMIT)).unwrap();
+    u
+}
+
 /// Starts one server whose handlers come from `factory`, on one IO thread.
 fn start<H: Handler, F: Fn(&ConnInfo) -> H + Send + Sync + 'static>(
     kind: BackendKind,
@@ -317,8 +333,7 @@ fn connect_from_a_handler_lands_on_the_same_io_thread(kind: BackendKind) {
     let mut clients = Vec::new();
     for _ in 0..8 {
         let c = client(h.local_addr());
-        let (mut u, _) = upstream.accept().unwrap();
-        u.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut u = accept_within(&upstream);
         let mut line = [0u8; 15];
         u.read_exact(&mut line).unwrap();
         assert_eq!(&line, b"hello upstream\n");
@@ -355,8 +370,7 @@ fn connector_works_before_start(kind: BackendKind) {
         .connect(upstream.local_addr().unwrap(), Raw, Hello, Some(LIMIT))
         .unwrap();
     let running = engine.start().unwrap();
-    let (mut u, _) = upstream.accept().unwrap();
-    u.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut u = accept_within(&upstream);
     let mut got = Vec::new();
     u.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"hi");
