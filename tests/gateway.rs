@@ -450,6 +450,28 @@ fn conn_is_writable_follows_the_high_watermark(kind: BackendKind) {
     stop(running);
 }
 
+/// Answers its first frame with a reply, then closes with last words.
+struct LastWords;
+impl Handler for LastWords {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _: Frame<'_>) {
+        conn.write(b"reply;");
+        conn.close_after(b"bye");
+    }
+}
+
+fn close_after_sends_its_last_words_then_eof(kind: BackendKind) {
+    let Some((running, addr)) = start(kind, |s| s, |_| LastWords) else {
+        return;
+    };
+    let mut c = client(addr);
+    c.write_all(b"x").unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("a clean EOF after the last words");
+    assert_eq!(got, b"reply;bye");
+    stop(running);
+}
+
 /// Closes (gracefully) when told to by the test: `on_close` says how it ended.
 struct Report(mpsc::Sender<CloseReason>);
 impl Handler for Report {
@@ -508,6 +530,7 @@ on_every_backend!(
     connector_works_before_start,
     send_frame_encodes_with_the_servers_codec,
     conn_is_writable_follows_the_high_watermark,
+    close_after_sends_its_last_words_then_eof,
     close_counts_are_keyed_by_reason_name,
 );
 
