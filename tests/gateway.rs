@@ -450,25 +450,48 @@ fn conn_is_writable_follows_the_high_watermark(kind: BackendKind) {
     stop(running);
 }
 
-/// Answers its first frame with a reply, then closes with last words.
-struct LastWords;
+/// Answers its first frame with a reply, then closes with last words; reports `on_close`.
+struct LastWords(mpsc::Sender<CloseReason>);
 impl Handler for LastWords {
     fn on_frame(&mut self, conn: &mut Conn<'_>, _: Frame<'_>) {
         conn.write(b"reply;");
         conn.close_after(b"bye");
     }
+    fn on_close(&mut self, _: &ConnInfo, reason: &CloseReason) {
+        let _ = self.0.send(reason.clone());
+    }
 }
 
+/// `close_after`: the reply, then the last words, then EOF. The connection then lingers,
+/// reading and discarding, until the peer's EOF or `LINGER`: this client keeps its socket open
+/// and sends no EOF, so `on_close` cannot come before `LINGER` has passed since the client's
+/// request (a lower bound a correct server cannot beat; no claim on how soon after).
 fn close_after_sends_its_last_words_then_eof(kind: BackendKind) {
-    let Some((running, addr)) = start(kind, |s| s, |_| LastWords) else {
+    let (tx, closed) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let Some((running, addr)) = start(kind, |s| s, move |_| LastWords(tx.lock().unwrap().clone()))
+    else {
         return;
     };
     let mut c = client(addr);
+    let sent = Instant::now();
     c.write_all(b"x").unwrap();
     let mut got = Vec::new();
     c.read_to_end(&mut got)
         .expect("a clean EOF after the last words");
     assert_eq!(got, b"reply;bye");
+    let reason = closed
+        .recv_timeout(LIMIT)
+        .expect("on_close after the linger");
+    let after = sent.elapsed();
+    println!("closed ({reason}) {after:?} after the request");
+    assert_eq!(reason, CloseReason::Local);
+    assert!(
+        after >= ringport::LINGER,
+        "closed {after:?} after the request, while the peer was open: the linger ({:?}) was cut short",
+        ringport::LINGER
+    );
+    drop(c);
     stop(running);
 }
 
