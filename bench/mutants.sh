@@ -13,6 +13,22 @@
 #   bench/mutants.sh --list          # extra arguments go to cargo-mutants
 #   bench/mutants.sh --in-place --baseline skip   # reuse target/ (no cold build of a copy);
 #                                    # the tree is mutated meanwhile: build nothing else in it
+#   (to keep working in the tree meanwhile: `cp -a` it elsewhere, which keeps target/ and its
+#   timestamps warm, and run `--in-place` there; cargo-mutants' own copy with
+#   --copy-target=true rebuilt every dependency here, the build scripts' outputs being newer)
+#
+# Two tiers (how to fit the engine files in a few hours):
+#   MUTANTS_TIER=1 bench/mutants.sh 0/12   # tier 1: the in-process tests only (library unit
+#                      # tests and the integration tests that run an Engine in the test process,
+#                      # no example build): ~70 s per mutant here (48 in 54 min).
+#                      # Output: $MUTANTS_DIR/tier1/.
+#   MUTANTS_TIER=2 bench/mutants.sh        # tier 2: only the mutants tier 1 missed or timed out
+#                      # (read from $MUTANTS_DIR/tier1/mutants.out), each against the whole
+#                      # suite. Output: $MUTANTS_DIR/tier2/. A mutant is missed only if tier 2
+#                      # misses it too.
+# Shards are round-robin (mutant i runs in shard i % n), so each shard is a uniform sample
+# across the files; `--list` with the same shard shows which mutants it holds.
+# Exclusions (non-unix code, Debug impls) are in .cargo/mutants.toml, with reasons in TESTING.md.
 #
 # Time: one mutant costs an incremental build of the library, examples and test binaries plus,
 # when it is missed, a full suite run (~2 min on this machine); a caught mutant usually stops
@@ -36,12 +52,24 @@ if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+/[0-9]+$ ]]; then
 fi
 
 # The engine may be one file or a folder of them; globs are cargo-mutants' own.
+tier="${MUTANTS_TIER:-}"
+base="${MUTANTS_DIR:-.}"
+case "$tier" in
+    "") outdir="$base" ;;
+    1 | 2) outdir="$base/tier$tier" ;;
+    *)
+        echo "mutants: MUTANTS_TIER must be 1 or 2" >&2
+        exit 1
+        ;;
+esac
+mkdir -p "$outdir"
+
 files="${MUTANTS_FILES:-src/engine.rs src/engine/*.rs src/conn.rs src/conn/*.rs src/handle.rs src/pool.rs src/codec/mod.rs src/codec/length.rs src/codec/line.rs}"
 args=(
     --package ringport
-    --timeout "${MUTANTS_TIMEOUT:-600}"
+    --timeout "${MUTANTS_TIMEOUT:-$([ "$tier" = 1 ] && echo 240 || echo 600)}"
     --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}"
-    --output "${MUTANTS_DIR:-.}"
+    --output "$outdir"
 )
 for f in $files; do
     args+=(--file "$f")
@@ -52,7 +80,37 @@ case " $* " in
     *) args+=(--jobs 1) ;;
 esac
 if [ -n "$shard" ]; then
-    args+=(--shard "$shard")
+    args+=(--shard "$shard" --sharding round-robin)
+fi
+
+# Tier 2: select exactly the mutants tier 1 did not catch, by their listed names.
+if [ "$tier" = 2 ]; then
+    t1="$base/tier1/mutants.out"
+    if [ ! -f "$t1/missed.txt" ]; then
+        echo "mutants: no tier-1 results in $t1 (run MUTANTS_TIER=1 first)" >&2
+        exit 1
+    fi
+    n=0
+    while IFS= read -r name; do
+        [ -n "$name" ] || continue
+        args+=(--re "^$(printf '%s' "$name" | sed 's/[][\\.^$*+?(){}|]/\\&/g')\$")
+        n=$((n + 1))
+    done < <(cat "$t1/missed.txt" "$t1/timeout.txt" 2>/dev/null)
+    if [ "$n" = 0 ]; then
+        echo "mutants: tier 1 caught every mutant it ran; nothing for tier 2"
+        exit 0
+    fi
+    echo "mutants: tier 2 re-runs $n mutants with the whole suite"
+fi
+# Tier 1's test targets: the in-process tests (no example build). `--cargo-arg` goes to the
+# build (`cargo test --no-run`) as well as the test run, so only these targets are rebuilt
+# per mutant (arguments after `--` would reach the test run only, and every test binary and
+# example would still be linked for each mutant).
+if [ "$tier" = 1 ]; then
+    for t in --lib --test=limits --test=gateway --test=handles --test=handler_panic \
+        --test=outgoing_connect --test=signals; do
+        args+=("--cargo-arg=$t")
+    done
 fi
 
 echo "mutants: $(cargo mutants --version) on $(git rev-parse --short HEAD) files: $files ${shard:+shard $shard}"
@@ -61,7 +119,7 @@ export RINGPORT_TEST_REQUIRE_URING="${RINGPORT_TEST_REQUIRE_URING:-1}"
 status=0
 cargo mutants "${args[@]}" "$@" || status=$?
 # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: a figure, not a failure here.
-out="${MUTANTS_DIR:-.}/mutants.out"
+out="$outdir/mutants.out"
 if [ -d "$out" ]; then
     for k in caught missed timeout unviable; do
         printf '%-9s %s\n' "$k" "$( (cat "$out/$k.txt" 2>/dev/null || true) | grep -c . || true)"

@@ -400,6 +400,33 @@ mod tests {
     }
 
     #[test]
+    fn queued_and_busy_count_what_waits_and_what_runs() {
+        let pool = WorkerPool::new("t", 1, 8).unwrap();
+        assert_eq!((pool.queued(), pool.busy(), pool.workers()), (0, 0, 1));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        pool.try_execute(move || {
+            started_tx.send(()).unwrap();
+            let _ = gate_rx.recv_timeout(Duration::from_secs(10));
+        })
+        .unwrap();
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        for i in 0..3 {
+            let done_tx = done_tx.clone();
+            pool.try_execute(move || done_tx.send(i).unwrap()).unwrap();
+        }
+        assert_eq!(pool.busy(), 1, "the blocked job runs");
+        assert_eq!(pool.queued(), 3, "three jobs wait behind it");
+        gate_tx.send(()).unwrap();
+        for i in 0..3 {
+            assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap(), i);
+        }
+        assert_eq!(pool.queued(), 0);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
     fn per_connection_limit_refuses_extra_jobs() {
         let pool = WorkerPool::new("t", 1, 4).unwrap();
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
@@ -421,9 +448,12 @@ mod tests {
         let pool = WorkerPool::new("t", 1, 64).unwrap();
         let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (started_tx, started_rx) = mpsc::channel();
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
         pool.try_execute(move || {
             started_tx.send(()).unwrap();
             std::thread::sleep(Duration::from_millis(200));
+            f.store(true, Ordering::SeqCst);
         })
         .unwrap();
         started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -437,6 +467,10 @@ mod tests {
         let t = Instant::now();
         pool.shutdown(Duration::from_secs(5));
         assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "shutdown returned before the running job finished (well within its deadline)"
+        );
         assert_eq!(
             ran.load(Ordering::SeqCst),
             0,

@@ -23,6 +23,22 @@ fn client(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// The next connection on `listener`, waited for at most `LIMIT` (a connect that never comes
+/// fails the test instead of hanging it).
+fn accept_within(listener: &TcpListener) -> TcpStream {
+    let l = listener.try_clone().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(l.accept().map(|(s, _)| s));
+    });
+    let u = rx
+        .recv_timeout(LIMIT)
+        .expect("no connection arrived within the limit")
+        .unwrap();
+    u.set_read_timeout(Some(LIMIT)).unwrap();
+    u
+}
+
 /// Starts one server whose handlers come from `factory`, on one IO thread.
 fn start<H: Handler, F: Fn(&ConnInfo) -> H + Send + Sync + 'static>(
     kind: BackendKind,
@@ -323,8 +339,7 @@ fn connect_from_a_handler_lands_on_the_same_io_thread(kind: BackendKind) {
     let mut clients = Vec::new();
     for _ in 0..8 {
         let c = client(h.local_addr());
-        let (mut u, _) = upstream.accept().unwrap();
-        u.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut u = accept_within(&upstream);
         let mut line = [0u8; 15];
         u.read_exact(&mut line).unwrap();
         assert_eq!(&line, b"hello upstream\n");
@@ -361,21 +376,22 @@ fn connector_works_before_start(kind: BackendKind) {
         .connect(upstream.local_addr().unwrap(), Raw, Hello, Some(LIMIT))
         .unwrap();
     let running = engine.start().unwrap();
-    let (mut u, _) = upstream.accept().unwrap();
-    u.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut u = accept_within(&upstream);
     let mut got = Vec::new();
     u.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"hi");
     stop(running);
 }
 
-/// Answers each length-prefixed frame with its payload reversed, through `send_frame`.
+/// Answers each length-prefixed frame with two, through `send_frame`: its payload reversed,
+/// then the payload as it came (the second frame joins the first in the same queue).
 struct Reverse;
 impl Handler for Reverse {
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
         let mut p = frame.payload().to_vec();
         p.reverse();
         conn.send_frame(&p).unwrap();
+        conn.send_frame(frame.payload()).unwrap();
     }
 }
 
@@ -392,9 +408,96 @@ fn send_frame_encodes_with_the_servers_codec(kind: BackendKind) {
     let running = engine.start().unwrap();
     let mut c = client(h.local_addr());
     c.write_all(&[5, 0, b'a', b'b', b'c']).unwrap();
-    let mut got = [0u8; 5];
+    let mut got = [0u8; 10];
     c.read_exact(&mut got).unwrap();
-    assert_eq!(&got, &[5, 0, b'c', b'b', b'a']);
+    assert_eq!(
+        &got,
+        &[5, 0, b'c', b'b', b'a', 5, 0, b'a', b'b', b'c'],
+        "both frames of one callback, in order"
+    );
+    stop(running);
+}
+
+/// On its first frame, reports `is_writable` before and after queueing more than the high
+/// watermark in one write.
+struct Writability(mpsc::Sender<(bool, bool, usize)>);
+impl Handler for Writability {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _: Frame<'_>) {
+        let before = conn.is_writable();
+        conn.write(&[7u8; 8192]);
+        let _ = self
+            .0
+            .send((before, conn.is_writable(), conn.queued_bytes()));
+    }
+}
+
+fn conn_is_writable_follows_the_high_watermark(kind: BackendKind) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let Some((running, addr)) = start(
+        kind,
+        |s| s.write_watermarks(1024, 4096),
+        move |_| Writability(tx.lock().unwrap().clone()),
+    ) else {
+        return;
+    };
+    let mut c = client(addr);
+    c.write_all(b"x").unwrap();
+    let (before, after, queued) = rx.recv_timeout(LIMIT).unwrap();
+    assert!(before, "an empty queue is below the high watermark");
+    assert_eq!(queued, 8192, "the write is queued whole");
+    assert!(
+        !after,
+        "8192 queued bytes are above the 4096-byte high watermark"
+    );
+    let mut got = vec![0u8; 8192];
+    c.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 7));
+    stop(running);
+}
+
+/// Answers its first frame with a reply, then closes with last words; reports `on_close`.
+struct LastWords(mpsc::Sender<CloseReason>);
+impl Handler for LastWords {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _: Frame<'_>) {
+        conn.write(b"reply;");
+        conn.close_after(b"bye");
+    }
+    fn on_close(&mut self, _: &ConnInfo, reason: &CloseReason) {
+        let _ = self.0.send(reason.clone());
+    }
+}
+
+/// `close_after`: the reply, then the last words, then EOF. The connection then lingers,
+/// reading and discarding, until the peer's EOF or `LINGER`: this client keeps its socket open
+/// and sends no EOF, so `on_close` cannot come before `LINGER` has passed since the client's
+/// request (a lower bound a correct server cannot beat; no claim on how soon after).
+fn close_after_sends_its_last_words_then_eof(kind: BackendKind) {
+    let (tx, closed) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let Some((running, addr)) = start(kind, |s| s, move |_| LastWords(tx.lock().unwrap().clone()))
+    else {
+        return;
+    };
+    let mut c = client(addr);
+    let sent = Instant::now();
+    c.write_all(b"x").unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("a clean EOF after the last words");
+    assert_eq!(got, b"reply;bye");
+    let reason = closed
+        .recv_timeout(LIMIT)
+        .expect("on_close after the linger");
+    let after = sent.elapsed();
+    println!("closed ({reason}) {after:?} after the request");
+    assert_eq!(reason, CloseReason::Local);
+    assert!(
+        after >= ringport::LINGER,
+        "closed {after:?} after the request, while the peer was open: the linger ({:?}) was cut short",
+        ringport::LINGER
+    );
+    drop(c);
     stop(running);
 }
 
@@ -457,6 +560,8 @@ on_every_backend!(
     connect_from_a_handler_lands_on_the_same_io_thread,
     connector_works_before_start,
     send_frame_encodes_with_the_servers_codec,
+    conn_is_writable_follows_the_high_watermark,
+    close_after_sends_its_last_words_then_eof,
     close_counts_are_keyed_by_reason_name,
 );
 

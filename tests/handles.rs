@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 use ringport::codec::Raw;
 use ringport::{BackendKind, Conn, ConnectionHandle, Frame, HandleError, Handler, Server};
 
-/// Hands its connection's handle to the test on open; echoes nothing.
+/// Hands its connection's handle to the test on open; echoes nothing; writes `{value};` for
+/// each notification.
 struct Publish(mpsc::Sender<ConnectionHandle>);
 impl Handler for Publish {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         let _ = self.0.send(conn.handle());
     }
     fn on_frame(&mut self, _conn: &mut Conn<'_>, _frame: Frame<'_>) {}
+    fn on_notify(&mut self, conn: &mut Conn<'_>, value: u64) {
+        conn.write(format!("{value};").as_bytes());
+    }
 }
 
 fn start(
@@ -85,6 +89,25 @@ fn stale_handle_never_reaches_the_slots_next_connection(kind: BackendKind) {
     assert_eq!(hb.write(&b"after"[..]), Err(HandleError::Closed));
 }
 
+/// `notify` runs `on_notify` on the connection's IO thread, after the writes the same thread
+/// made before it.
+fn notify_reaches_on_notify_after_earlier_writes(kind: BackendKind) {
+    let Some((running, addr, handles)) = start(kind) else {
+        return;
+    };
+    let mut c = client(addr);
+    let h = handles.recv_timeout(Duration::from_secs(10)).unwrap();
+    h.write(&b"a;"[..]).unwrap();
+    h.notify(7).unwrap();
+    h.write(&b"b;"[..]).unwrap();
+    h.notify(42).unwrap();
+    let mut got = [0u8; 9];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"a;7;b;42;");
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
 fn many_writes_from_another_thread_arrive_in_order(kind: BackendKind) {
     let Some((running, addr, handles)) = start(kind) else {
         return;
@@ -115,5 +138,6 @@ fn many_writes_from_another_thread_arrive_in_order(kind: BackendKind) {
 
 on_every_backend!(
     stale_handle_never_reaches_the_slots_next_connection,
+    notify_reaches_on_notify_after_earlier_writes,
     many_writes_from_another_thread_arrive_in_order
 );

@@ -349,6 +349,38 @@ fn idle_timeout_closes_a_peer_that_never_reads(kind: BackendKind) {
     stop(running);
 }
 
+/// `idle_timeout(2 s)` on an echo connection that answers and then goes quiet: it is closed
+/// as `IdleTimeout` with a clean EOF, and never before 2 s have passed since the client sent
+/// its last byte (a lower bound a correct server cannot beat: the server's last activity is
+/// after that send). No claim on how soon after.
+fn idle_timeout_waits_for_the_idle_time(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let idle = Duration::from_secs(2);
+    let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone())).idle_timeout(Some(idle));
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    let sent = Instant::now();
+    c.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping", "served before the idle timeout");
+    let (n, end) = read_to_end(&mut c);
+    let after = sent.elapsed();
+    println!("idle close {after:?} after the last byte sent");
+    assert_eq!((n, end), (0, End::Eof), "an idle close is graceful");
+    assert!(
+        after >= idle,
+        "closed {after:?} after the last input: before the {idle:?} idle timeout"
+    );
+    let reason = next_close(&closed, WAIT, "the idle connection");
+    assert_eq!(reason, CloseReason::IdleTimeout);
+    let s = server.stats().snapshot();
+    assert_eq!(s.closed_by(&CloseReason::IdleTimeout), 1, "{s:?}");
+    stop(running);
+}
+
 /// `max_buffered_input(64 KiB)` with frames allowed up to 16 MiB: a frame announcing 1 MiB
 /// whose first 256 KiB arrive cannot be decoded within the limit, and the connection closes
 /// with `Protocol` (counted), while another connection is still served.
@@ -617,6 +649,7 @@ on_every_backend!(
     watermarks_pause_and_resume,
     drain_deadline_resets_what_is_left,
     idle_timeout_closes_a_peer_that_never_reads,
+    idle_timeout_waits_for_the_idle_time,
     max_buffered_input_closes_with_protocol,
     full_worker_queue_holds_the_frame_and_resumes,
     every_counter_is_counted,
