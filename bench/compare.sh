@@ -21,8 +21,10 @@
 #   SERVERS="ringport-uring ringport-epoll tokio monoio"        echo scenarios
 #   FRAMED_SERVERS="ringport-uring ringport-epoll tokio-util"   line and packet scenarios
 #                   A ringport-uring name may carry io_uring experiment switches after `~`:
-#                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2` (setup,
-#                   recv, cq: RINGPORT_URING_SETUP / _RECV / _CQ, see src/sys/uring/tuning.rs).
+#                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2`,
+#                   `ringport-uring~ringfd=on,fixed=on,wait=min:8:50` (setup, recv, cq,
+#                   ringfd, fixed, wait: RINGPORT_URING_SETUP / _RECV / _CQ / _RINGFD / _FIXED /
+#                   _WAIT, see src/sys/uring/tuning.rs).
 #   SCENARIOS="pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500
 #              packet50p packet500p rss10k"   (`...p`: 16 messages in flight per connection)
 #   BASELINE=       a server name: ratio columns are each server / BASELINE instead of
@@ -164,6 +166,9 @@ server_env() {
         setup) out="$out RINGPORT_URING_SETUP=${kv#*=}" ;;
         recv) out="$out RINGPORT_URING_RECV=${kv#*=}" ;;
         cq) out="$out RINGPORT_URING_CQ=${kv#*=}" ;;
+        ringfd) out="$out RINGPORT_URING_RINGFD=${kv#*=}" ;;
+        fixed) out="$out RINGPORT_URING_FIXED=${kv#*=}" ;;
+        wait) out="$out RINGPORT_URING_WAIT=${kv#*=}" ;;
         *) return 1 ;;
         esac
     done
@@ -206,7 +211,7 @@ for sc in $SCENARIOS; do
     fam=$(family "$sc")
     for s in $(servers_of "$fam"); do
         server_env "$s" >/dev/null || {
-            log "server $s: unknown experiment switch (known: setup, recv, cq)"
+            log "server $s: unknown experiment switch (known: setup, recv, cq, ringfd, fixed, wait)"
             exit 2
         }
         if [ -z "$(server_cmd "$fam" "$s")" ]; then
