@@ -4,8 +4,9 @@
 #   1. ring setup: the default (SINGLE_ISSUER+DEFER_TASKRUN) vs no flags vs COOP_TASKRUN, with
 #      tokio and monoio, at 50 and 500 connections under both client styles;
 #   2. the newer switches against the default: registered ring fd, direct descriptors, the
-#      wait with min_wait_usec batching;
-#   3. one connection against tokio and monoio (p50/p99/p99.9).
+#      wait with min_wait_usec batching, the wait without iowait accounting;
+#   3. one connection against tokio and monoio (p50/p99/p99.9);
+#   4. (only when asked: STEPS=4 COMBO=...) a combination of the winners against the default.
 # Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
 #
@@ -33,9 +34,12 @@ for s in $STEPS; do
     1) step 1 SECTION=issue13-quiet-setup SCENARIOS="pp50 pp500" BASELINE=ringport-uring \
         SERVERS="ringport-uring ringport-uring~setup=plain ringport-uring~setup=coop monoio tokio" ;;
     2) step 2 SECTION=issue13-quiet-switches SCENARIOS="pp50 pp500" BASELINE=ringport-uring \
-        SERVERS="ringport-uring ringport-uring~ringfd=on ringport-uring~fixed=on ringport-uring~wait=min:8:50" ;;
+        SERVERS="ringport-uring ringport-uring~ringfd=on ringport-uring~fixed=on ringport-uring~wait=min:8:50 ringport-uring~wait=noiowait" ;;
     3) step 3 SECTION=issue13-quiet-1conn SCENARIOS="pp1" \
         SERVERS="ringport-uring tokio monoio" ;;
+    4) # a combination chosen from steps 1 and 2, e.g. COMBO="ringport-uring~setup=plain,fixed=on"
+        step 4 SECTION=issue13-quiet-combo SCENARIOS="pp50 pp500" BASELINE=ringport-uring \
+            ROUNDS=${COMBO_ROUNDS:-3} SERVERS="ringport-uring ${COMBO:?set COMBO}" ;;
     *) echo "unknown step $s" >&2 ;;
     esac
 done
