@@ -36,7 +36,9 @@
 #   RINGPORT_BIN=   ringport echo_server binary (default: target/release/examples/echo_server;
 #                   line_server and packet_echo_server are taken from the same directory)
 #
-# Each figure is the median over the rounds. Server CPU per message is read from
+# Servers run interleaved, their order rotated by one each round so that no server always
+# runs first (runs recorded before this rotation used the listed order in every round). Each
+# figure is the median over the rounds. Server CPU per message is read from
 # /proc/PID/stat (utime, stime) before and after each run and split into user and
 # system time. Client and server share the same machine (and its cores); that is
 # expected and noted in the output. The script stops by itself and cleans up any
@@ -322,6 +324,18 @@ scenario_args() { # scenario -> ringport-load mode and arguments
     esac
 }
 
+# The servers in the order of one round: rotated by one each round, so that every server runs
+# in every position (right after a given other server) equally often over ROUNDS = #servers.
+rotated() { # round server...
+    local r=$1 i out=""
+    shift
+    local list=("$@")
+    for ((i = 0; i < ${#list[@]}; i++)); do
+        out="$out ${list[$(((i + r - 1) % ${#list[@]}))]}"
+    done
+    echo "${out# }"
+}
+
 scenario_clients() { # scenario -> the client styles it runs under
     local c out=""
     for c in $CLIENTS; do
@@ -394,7 +408,7 @@ for scenario in $SCENARIOS; do
     for client in $(scenario_clients "$scenario"); do
         for round in $(seq "$ROUNDS"); do
             log "$scenario, $client client: round $round/$ROUNDS"
-            for server in $(active_servers "$fam"); do
+            for server in $(rotated "$round" $(active_servers "$fam")); do
                 start_server "$fam" "$server" || {
                     record "$scenario@$client" "$server" "$round" failed "server did not start"
                     continue

@@ -186,7 +186,9 @@ pub(crate) struct UringBackend {
     fixed_slots: usize,
 }
 
-/// Direct-descriptor slots per ring when `RINGPORT_URING_FIXED=on` (tokens are per thread).
+/// Direct-descriptor slots per ring with `RINGPORT_URING_FIXED=on` (tokens are per thread, so
+/// this covers 4096 connections per IO thread; later ones use their fd). At most the soft
+/// RLIMIT_NOFILE, which the kernel enforces on the table.
 const FIXED_SLOTS: u32 = 4096;
 
 impl UringBackend {
@@ -241,7 +243,21 @@ impl UringBackend {
 
     /// Gives connections registered from now on a direct descriptor, slot = token, for tokens
     /// below `slots` (`RINGPORT_URING_FIXED=on`).
-    fn use_fixed_files(&mut self, slots: u32) {
+    fn use_fixed_files(&mut self, mut slots: u32) {
+        if self.fixed_slots > 0 {
+            return; // a ring has one file table
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the live struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            slots = slots.min(limit.rlim_cur.min(u32::MAX as libc::rlim_t) as u32);
+        }
+        if slots == 0 {
+            return;
+        }
         match self.ring.submitter().register_files_sparse(slots) {
             Ok(()) => self.fixed_slots = slots as usize,
             Err(e) => tracing::warn!("no file table for direct descriptors: {e}"),
