@@ -21,8 +21,10 @@
 #   SERVERS="ringport-uring ringport-epoll tokio monoio"        echo scenarios
 #   FRAMED_SERVERS="ringport-uring ringport-epoll tokio-util"   line and packet scenarios
 #                   A ringport-uring name may carry io_uring experiment switches after `~`:
-#                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2` (setup,
-#                   recv, cq: RINGPORT_URING_SETUP / _RECV / _CQ, see src/sys/uring/tuning.rs).
+#                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2`,
+#                   `ringport-uring~ringfd=on,fixed=on,wait=min:8:50` (setup, recv, cq,
+#                   ringfd, fixed, wait: RINGPORT_URING_SETUP / _RECV / _CQ / _RINGFD / _FIXED /
+#                   _WAIT, see src/sys/uring/tuning.rs).
 #   SCENARIOS="pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500
 #              packet50p packet500p rss10k"   (`...p`: 16 messages in flight per connection)
 #   BASELINE=       a server name: ratio columns are each server / BASELINE instead of
@@ -34,7 +36,9 @@
 #   RINGPORT_BIN=   ringport echo_server binary (default: target/release/examples/echo_server;
 #                   line_server and packet_echo_server are taken from the same directory)
 #
-# Each figure is the median over the rounds. Server CPU per message is read from
+# Servers run interleaved, their order rotated by one each round so that no server always
+# runs first (runs recorded before this rotation used the listed order in every round). Each
+# figure is the median over the rounds. Server CPU per message is read from
 # /proc/PID/stat (utime, stime) before and after each run and split into user and
 # system time. Client and server share the same machine (and its cores); that is
 # expected and noted in the output. The script stops by itself and cleans up any
@@ -164,6 +168,9 @@ server_env() {
         setup) out="$out RINGPORT_URING_SETUP=${kv#*=}" ;;
         recv) out="$out RINGPORT_URING_RECV=${kv#*=}" ;;
         cq) out="$out RINGPORT_URING_CQ=${kv#*=}" ;;
+        ringfd) out="$out RINGPORT_URING_RINGFD=${kv#*=}" ;;
+        fixed) out="$out RINGPORT_URING_FIXED=${kv#*=}" ;;
+        wait) out="$out RINGPORT_URING_WAIT=${kv#*=}" ;;
         *) return 1 ;;
         esac
     done
@@ -206,7 +213,7 @@ for sc in $SCENARIOS; do
     fam=$(family "$sc")
     for s in $(servers_of "$fam"); do
         server_env "$s" >/dev/null || {
-            log "server $s: unknown experiment switch (known: setup, recv, cq)"
+            log "server $s: unknown experiment switch (known: setup, recv, cq, ringfd, fixed, wait)"
             exit 2
         }
         if [ -z "$(server_cmd "$fam" "$s")" ]; then
@@ -317,6 +324,18 @@ scenario_args() { # scenario -> ringport-load mode and arguments
     esac
 }
 
+# The servers in the order of one round: rotated by one each round, so that every server runs
+# in every position (right after a given other server) equally often over ROUNDS = #servers.
+rotated() { # round server...
+    local r=$1 i out=""
+    shift
+    local list=("$@")
+    for ((i = 0; i < ${#list[@]}; i++)); do
+        out="$out ${list[$(((i + r - 1) % ${#list[@]}))]}"
+    done
+    echo "${out# }"
+}
+
 scenario_clients() { # scenario -> the client styles it runs under
     local c out=""
     for c in $CLIENTS; do
@@ -389,7 +408,7 @@ for scenario in $SCENARIOS; do
     for client in $(scenario_clients "$scenario"); do
         for round in $(seq "$ROUNDS"); do
             log "$scenario, $client client: round $round/$ROUNDS"
-            for server in $(active_servers "$fam"); do
+            for server in $(rotated "$round" $(active_servers "$fam")); do
                 start_server "$fam" "$server" || {
                     record "$scenario@$client" "$server" "$round" failed "server did not start"
                     continue

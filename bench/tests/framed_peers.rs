@@ -1,4 +1,4 @@
-//! The tokio-util peers speak the same protocols as `line_server` and
+//! The tokio and tokio-util peers speak the same protocols as `echo_server`, `line_server` and
 //! `packet_echo_server`: started as processes on loopback (port 0), driven
 //! with plain blocking sockets, every read bounded in time.
 
@@ -104,5 +104,16 @@ fn length_delimited_peer_echoes_frames() {
     assert_eq!(read_exact(&mut s, sent.len()), sent);
     // A frame announcing more than --max-frame closes the connection.
     s.write_all(&1001u32.to_be_bytes()).unwrap();
+    assert_eq!(read_to_end(&mut s), b"");
+}
+
+#[test]
+fn tokio_echo_peer_echoes_and_closes_at_eof() {
+    let server = start(env!("CARGO_BIN_EXE_tokio_echo"), "tokio", &[]);
+    let mut s = connect(server.1);
+    let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    s.write_all(&sent).unwrap();
+    assert_eq!(read_exact(&mut s, sent.len()), sent);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(read_to_end(&mut s), b"");
 }

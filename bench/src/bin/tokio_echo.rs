@@ -3,12 +3,11 @@
 //! example: echo every byte; print one `listening on IP:PORT (backend: tokio)`
 //! line on stdout once accepting.
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Parser, Debug)]
 #[command(about = "tokio echo server (benchmark peer)")]
@@ -22,53 +21,17 @@ struct Args {
 }
 
 const READ_BUF: usize = 16 * 1024;
-const BACKLOG: u32 = 4096;
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(args.listen))
-}
-
-async fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(BACKLOG)?;
-    let local = listener.local_addr()?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {local} (backend: tokio)")?;
-        out.flush()?;
-    }
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        tokio::spawn(echo(stream));
-    }
+    ringport_bench::runtime(args.threads)?.block_on(ringport_bench::serve(
+        args.listen,
+        "tokio",
+        echo,
+    ))
 }
 
 async fn echo(mut stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; READ_BUF];
     loop {
         let n = match stream.read(&mut buf).await {

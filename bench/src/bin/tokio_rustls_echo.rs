@@ -4,14 +4,13 @@
 //! with `--tls-cert/--tls-key`: echo every decrypted byte; print one
 //! `listening on IP:PORT (backend: tokio-rustls)` line once accepting.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -35,7 +34,6 @@ struct Args {
 }
 
 const READ_BUF: usize = 16 * 1024;
-const BACKLOG: u32 = 4096;
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
@@ -51,59 +49,27 @@ fn main() -> std::io::Result<()> {
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(std::io::Error::other)?;
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(args.listen, TlsAcceptor::from(Arc::new(config))))
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    ringport_bench::runtime(args.threads)?.block_on(ringport_bench::serve(
+        args.listen,
+        "tokio-rustls",
+        move |stream| echo(acceptor.clone(), stream),
+    ))
 }
 
-async fn serve(addr: SocketAddr, acceptor: TlsAcceptor) -> std::io::Result<()> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+async fn echo(acceptor: TlsAcceptor, stream: TcpStream) {
+    let Ok(mut tls) = acceptor.accept(stream).await else {
+        return;
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(BACKLOG)?;
-    let local = listener.local_addr()?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {local} (backend: tokio-rustls)")?;
-        out.flush()?;
-    }
+    let mut buf = vec![0u8; READ_BUF];
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                eprintln!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
+        let n = match tls.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
         };
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let Ok(mut tls) = acceptor.accept(stream).await else {
-                return;
-            };
-            let mut buf = vec![0u8; READ_BUF];
-            loop {
-                let n = match tls.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if tls.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-            let _ = tls.shutdown().await; // close_notify
-        });
+        if tls.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
     }
+    let _ = tls.shutdown().await; // close_notify
 }

@@ -55,7 +55,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{opcode, squeue, IoUring};
 
 use super::{Backend, BackendConfig, Event, Token, Waker};
@@ -65,6 +65,7 @@ pub(crate) use probe::probe;
 use probe::{build_ring, check_features};
 
 mod bufring;
+mod enter;
 mod ops;
 mod probe;
 mod tuning;
@@ -117,6 +118,8 @@ struct Conn {
     connect: Option<Box<socket2::SockAddr>>,
     /// Close-path cancels in the kernel.
     cancels: u32,
+    /// Its direct descriptor (slot in the ring's file table), if it has one.
+    slot: Option<u32>,
 }
 
 impl Conn {
@@ -131,6 +134,15 @@ impl Conn {
             send: None,
             connect: None,
             cancels: 0,
+            slot: None,
+        }
+    }
+
+    /// How an SQE names the socket: its direct descriptor if it has one, else its fd.
+    fn target(&self) -> (Fd, squeue::Flags) {
+        match self.slot {
+            Some(slot) => (Fd(slot as RawFd), squeue::Flags::FIXED_FILE),
+            None => (Fd(self.fd), squeue::Flags::empty()),
         }
     }
 
@@ -168,7 +180,16 @@ pub(crate) struct UringBackend {
     pending: VecDeque<Event<'static>>,
     cancel_by_fd: bool,
     shutting_down: bool,
+    /// The ring's registered index (`RINGPORT_URING_RINGFD=on`).
+    ring_index: Option<u32>,
+    /// Slots in the ring's file table (`RINGPORT_URING_FIXED=on`); tokens below it use one.
+    fixed_slots: usize,
 }
+
+/// Direct-descriptor slots per ring with `RINGPORT_URING_FIXED=on` (tokens are per thread, so
+/// this covers 4096 connections per IO thread; later ones use their fd). At most the soft
+/// RLIMIT_NOFILE, which the kernel enforces on the table.
+const FIXED_SLOTS: u32 = 4096;
 
 impl UringBackend {
     pub(crate) fn new(config: &BackendConfig) -> io::Result<Self> {
@@ -198,9 +219,49 @@ impl UringBackend {
             pending: VecDeque::new(),
             cancel_by_fd: true,
             shutting_down: false,
+            ring_index: None,
+            fixed_slots: 0,
         };
+        let t = tuning::tuning();
+        if t.ring_fd {
+            backend.use_registered_ring();
+        }
+        if t.fixed_files {
+            backend.use_fixed_files(FIXED_SLOTS);
+        }
         backend.arm_wake();
         Ok(backend)
+    }
+
+    /// Enters the ring by its registered index from now on (`RINGPORT_URING_RINGFD=on`).
+    fn use_registered_ring(&mut self) {
+        self.ring_index = enter::register_ring_fd(&self.ring);
+        if self.ring_index.is_none() {
+            tracing::warn!("registering the ring fd failed; entering the ring by its fd");
+        }
+    }
+
+    /// Gives connections registered from now on a direct descriptor, slot = token, for tokens
+    /// below `slots` (`RINGPORT_URING_FIXED=on`).
+    fn use_fixed_files(&mut self, mut slots: u32) {
+        if self.fixed_slots > 0 {
+            return; // a ring has one file table
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the live struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            slots = slots.min(limit.rlim_cur.min(u32::MAX as libc::rlim_t) as u32);
+        }
+        if slots == 0 {
+            return;
+        }
+        match self.ring.submitter().register_files_sparse(slots) {
+            Ok(()) => self.fixed_slots = slots as usize,
+            Err(e) => tracing::warn!("no file table for direct descriptors: {e}"),
+        }
     }
 
     /// Queues one SQE (see the module doc: never dropped; overflow goes to `backlog`).
@@ -318,7 +379,16 @@ impl Backend for UringBackend {
                 "token still in use",
             ));
         }
-        self.insert_conn(token, Conn::new(stream.into_raw_fd(), true));
+        let fd = stream.into_raw_fd();
+        let mut conn = Conn::new(fd, true);
+        if token < self.fixed_slots {
+            let update = self
+                .ring
+                .submitter()
+                .register_files_update(token as u32, &[fd]);
+            conn.slot = update.is_ok().then_some(token as u32);
+        }
+        self.insert_conn(token, conn);
         self.arm_recv(token);
         Ok(())
     }
@@ -398,16 +468,7 @@ impl Backend for UringBackend {
         let ready = !self.pending.is_empty()
             || !self.backlog.is_empty()
             || !self.ring.completion().is_empty();
-        let result = match timeout {
-            _ if ready => self.ring.submit(),
-            None => self.ring.submit_and_wait(1),
-            Some(timeout) => {
-                let ts = Timespec::from(timeout);
-                let args = SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-        };
-        match result {
+        match self.enter(ready, timeout) {
             Ok(_) => Ok(()),
             // Timeout, signal, or CQ overflow backpressure (reap and retry next turn).
             Err(e)
@@ -509,6 +570,9 @@ impl Drop for UringBackend {
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
         } else {
             let _ = self.ring.submitter().unregister_buf_ring(BGID);
+        }
+        if let Some(index) = self.ring_index.take() {
+            enter::unregister_ring_fd(&self.ring, index);
         }
     }
 }

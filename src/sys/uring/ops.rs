@@ -100,7 +100,7 @@ impl UringBackend {
             return;
         }
         c.recv = true;
-        let fd = Fd(c.fd);
+        let (fd, fixed) = c.target();
         let entry = if tuning().multishot_recv {
             opcode::RecvMulti::new(fd, BGID).build()
         } else {
@@ -112,7 +112,7 @@ impl UringBackend {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
         };
-        self.push(entry.user_data(user_data(Kind::Recv, token)));
+        self.push(entry.flags(fixed).user_data(user_data(Kind::Recv, token)));
     }
 
     pub(super) fn cancel_recv(&mut self, token: Token) {
@@ -138,9 +138,11 @@ impl UringBackend {
         // it completes short, reported as progress, or with -EAGAIN, and then waits for
         // POLLOUT in the ring (`Kind::SendPoll`). A slow reader is seen moving; no kernel
         // thread is tied up per slow connection.
-        let entry = opcode::Send::new(Fd(c.fd), rest.as_ptr(), len)
+        let (fd, fixed) = c.target();
+        let entry = opcode::Send::new(fd, rest.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             .build()
+            .flags(fixed)
             .user_data(user_data(Kind::Send, token));
         self.push(entry);
     }
@@ -186,7 +188,13 @@ impl UringBackend {
             return;
         }
         c.state = ConnState::CloseSubmitted;
-        let entry = opcode::Close::new(Fd(c.fd))
+        let (fd, slot) = (c.fd, c.slot.take());
+        if let Some(slot) = slot {
+            // Nothing is in flight on it: empty the slot, so that the close below drops the
+            // last reference to the socket.
+            let _ = self.ring.submitter().register_files_update(slot, &[-1]);
+        }
+        let entry = opcode::Close::new(Fd(fd))
             .build()
             .user_data(user_data(Kind::Close, token));
         self.push(entry);
@@ -364,8 +372,10 @@ impl UringBackend {
         if res == -libc::EAGAIN {
             // The socket is full: wait for room in the ring, then send the rest.
             op.polling = true;
-            let entry = opcode::PollAdd::new(Fd(c.fd), libc::POLLOUT as u32)
+            let (fd, fixed) = c.target();
+            let entry = opcode::PollAdd::new(fd, libc::POLLOUT as u32)
                 .build()
+                .flags(fixed)
                 .user_data(user_data(Kind::SendPoll, token));
             c.send = Some(op);
             self.push(entry);

@@ -101,9 +101,29 @@ fn pattern(seed: usize, len: usize) -> Vec<u8> {
 
 #[test]
 fn echo_then_half_close_then_one_closed() {
+    if let Some(b) = backend(64, 4096) {
+        echo_then_close(b, false);
+    }
+}
+
+/// The same through a registered ring fd, with the connection on a direct descriptor: the
+/// close must empty the slot, or the peer would never see the end of the stream.
+#[test]
+fn registered_ring_and_direct_descriptor_echo_and_close() {
     let Some(mut b) = backend(64, 4096) else {
         return;
     };
+    b.use_registered_ring();
+    assert!(b.ring_index.is_some(), "IORING_REGISTER_RING_FDS failed");
+    b.use_fixed_files(16); // the default may have made the table already
+    assert!(b.fixed_slots > 7, "no file table");
+    echo_then_close(b, true);
+}
+
+fn echo_then_close(mut b: UringBackend, direct: bool) {
+    if !direct {
+        b.fixed_slots = 0; // connections keep to their fd
+    }
     let addr = listen(&mut b);
     let payload = pattern(1, 48 * 1024);
     let expected = payload.clone();
@@ -119,6 +139,7 @@ fn echo_then_half_close_then_one_closed() {
         (back, rest)
     });
     accept_as(&mut b, 7);
+    assert_eq!(b.conn(7).unwrap().slot, direct.then_some(7));
     let (mut queue, mut in_flight, mut read_closed, mut close_called, mut closed) =
         (Vec::new(), false, false, false, 0);
     let end = Instant::now() + LIMIT;
@@ -153,12 +174,24 @@ fn echo_then_half_close_then_one_closed() {
 
 #[test]
 fn abort_with_send_in_flight_gives_one_closed_and_a_reset() {
-    let Some(mut b) = backend(16, 4096) else {
-        return;
-    };
+    for direct in [false, true] {
+        let Some(mut b) = backend(16, 4096) else {
+            return;
+        };
+        if direct {
+            b.use_fixed_files(4);
+        } else {
+            b.fixed_slots = 0;
+        }
+        abort_with_send_in_flight(b, direct);
+    }
+}
+
+fn abort_with_send_in_flight(mut b: UringBackend, direct: bool) {
     let addr = listen(&mut b);
     let mut client = TcpStream::connect(addr).unwrap(); // never reads until the end
     accept_as(&mut b, 1);
+    assert_eq!(b.conn(1).unwrap().slot, direct.then_some(1));
     b.send(1, vec![7; 32 << 20]);
     assert!(turn(&mut b).is_empty());
     assert!(

@@ -9,7 +9,18 @@
 //!   connection, or a single-shot recv re-armed after each completion; both take their
 //!   buffer from the provided-buffer ring;
 //! - `RINGPORT_URING_CQ=N` (1 to 64, default 4): completion queue entries per submission
-//!   queue entry.
+//!   queue entry;
+//! - `RINGPORT_URING_RINGFD=on|off` (default `off`): register the ring's own descriptor
+//!   (`IORING_REGISTER_RING_FDS`, 5.18) and enter the ring by its index, sparing the kernel a
+//!   descriptor lookup per `io_uring_enter`;
+//! - `RINGPORT_URING_FIXED=on|off` (default `off`): put every accepted socket into the ring's
+//!   file table as well (a direct descriptor, slot = token) and address recv, send and poll by
+//!   slot, sparing a file reference per operation; the regular descriptor stays for socket
+//!   options, `shutdown` and `SIOCOUTQ`;
+//! - `RINGPORT_URING_WAIT=one|noiowait|min:N:USEC` (default `one`): the wait of each loop turn.
+//!   `one` waits for one completion; `noiowait` does the same without iowait accounting
+//!   (`IORING_ENTER_NO_IOWAIT`, 6.15); `min:N:USEC` waits for N completions but for at most
+//!   USEC microseconds once one has arrived (`min_wait_usec`, 6.12), batching completions.
 
 use std::sync::OnceLock;
 
@@ -26,11 +37,25 @@ pub(super) enum Setup {
     Plain,
 }
 
+/// The wait of each loop turn (`RINGPORT_URING_WAIT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Wait for one completion. The default.
+    One,
+    /// Wait for one completion, not accounted as iowait.
+    NoIowait,
+    /// Wait for `want` completions, at most `usec` microseconds once the first has arrived.
+    Min { want: u32, usec: u32 },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Tuning {
     pub setup: Setup,
     pub multishot_recv: bool,
     pub cq_factor: u32,
+    pub ring_fd: bool,
+    pub fixed_files: bool,
+    pub wait: Wait,
 }
 
 impl Default for Tuning {
@@ -39,6 +64,33 @@ impl Default for Tuning {
             setup: Setup::Defer,
             multishot_recv: true,
             cq_factor: 4,
+            ring_fd: false,
+            fixed_files: false,
+            wait: Wait::One,
+        }
+    }
+}
+
+fn on_off(v: &str) -> Option<bool> {
+    match v {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_wait(v: &str) -> Option<Wait> {
+    match v {
+        "one" => Some(Wait::One),
+        "noiowait" => Some(Wait::NoIowait),
+        _ => {
+            let mut parts = v.strip_prefix("min:")?.split(':');
+            let want = parts.next()?.parse::<u32>().ok()?;
+            let usec = parts.next()?.parse::<u32>().ok()?;
+            let ok = parts.next().is_none()
+                && (1..=1024).contains(&want)
+                && (1..=100_000).contains(&usec);
+            ok.then_some(Wait::Min { want, usec })
         }
     }
 }
@@ -65,6 +117,23 @@ fn parse(var: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<&'static str>) {
         match v.parse::<u32>() {
             Ok(n) if (1..=64).contains(&n) => t.cq_factor = n,
             _ => bad.push("RINGPORT_URING_CQ"),
+        }
+    }
+    for (name, field) in [
+        ("RINGPORT_URING_RINGFD", &mut t.ring_fd),
+        ("RINGPORT_URING_FIXED", &mut t.fixed_files),
+    ] {
+        if let Some(v) = get(name) {
+            match on_off(&v) {
+                Some(on) => *field = on,
+                None => bad.push(name),
+            }
+        }
+    }
+    if let Some(v) = get("RINGPORT_URING_WAIT") {
+        match parse_wait(&v) {
+            Some(w) => t.wait = w,
+            None => bad.push("RINGPORT_URING_WAIT"),
         }
     }
     (t, bad)
@@ -117,6 +186,9 @@ mod tests {
             ("RINGPORT_URING_SETUP", "coop"),
             ("RINGPORT_URING_RECV", "single"),
             ("RINGPORT_URING_CQ", "2"),
+            ("RINGPORT_URING_RINGFD", "on"),
+            ("RINGPORT_URING_FIXED", "on"),
+            ("RINGPORT_URING_WAIT", "min:8:50"),
         ]);
         assert!(bad.is_empty());
         assert_eq!(
@@ -124,9 +196,17 @@ mod tests {
             Tuning {
                 setup: Setup::Coop,
                 multishot_recv: false,
-                cq_factor: 2
+                cq_factor: 2,
+                ring_fd: true,
+                fixed_files: true,
+                wait: Wait::Min { want: 8, usec: 50 },
             }
         );
+        assert_eq!(
+            parse_map(&[("RINGPORT_URING_WAIT", "noiowait")]).0.wait,
+            Wait::NoIowait
+        );
+        assert!(!parse_map(&[("RINGPORT_URING_FIXED", "off")]).0.fixed_files);
         for (v, setup) in [
             ("defer", Setup::Defer),
             ("single", Setup::Single),
@@ -142,6 +222,8 @@ mod tests {
             ("RINGPORT_URING_SETUP", "sqpoll"),
             ("RINGPORT_URING_RECV", "bundle"),
             ("RINGPORT_URING_CQ", "0"),
+            ("RINGPORT_URING_RINGFD", "yes"),
+            ("RINGPORT_URING_WAIT", "min:8"),
         ]);
         assert_eq!(t, Tuning::default());
         assert_eq!(
@@ -149,9 +231,18 @@ mod tests {
             vec![
                 "RINGPORT_URING_SETUP",
                 "RINGPORT_URING_RECV",
-                "RINGPORT_URING_CQ"
+                "RINGPORT_URING_CQ",
+                "RINGPORT_URING_RINGFD",
+                "RINGPORT_URING_WAIT"
             ]
         );
+        for v in ["min:0:50", "min:8:0", "min:8:50:1", "min:x:50", "two"] {
+            assert_eq!(
+                parse_map(&[("RINGPORT_URING_WAIT", v)]).1,
+                vec!["RINGPORT_URING_WAIT"],
+                "{v}"
+            );
+        }
         assert_eq!(
             parse_map(&[("RINGPORT_URING_CQ", "65")]).1,
             vec!["RINGPORT_URING_CQ"]

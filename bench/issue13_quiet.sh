@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The issue-13 measurements for a quiet machine, in the order they were taken (about 21
+# minutes; build the release binaries first, this script does not build):
+#   1. ring setup: the default (SINGLE_ISSUER+DEFER_TASKRUN) vs no flags vs COOP_TASKRUN, with
+#      tokio and monoio, at 50 and 500 connections under both client styles;
+#   2. the newer switches against the default: registered ring fd, direct descriptors, the
+#      wait with min_wait_usec batching, the wait without iowait accounting;
+#   3. one connection against tokio and monoio (p50/p99/p99.9);
+#   4. (only when asked: STEPS=4 COMBO=...) a combination of the winners against the default;
+#   5. line_server against tokio-util's LinesCodec, pipelined (16 in flight), 50 and 500
+#      connections (the loaded run had 0.71x at 500).
+# Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
+# printed (and recorded by compare.sh as the load average).
+#
+#   cargo build --release -p ringport --example echo_server --example line_server \
+#       --example packet_echo_server && cargo build --release -p ringport-bench -p ringport-load
+#   bench/issue13_quiet.sh            # steps 1, 2, 3 and 5
+#   STEPS="2 3" bench/issue13_quiet.sh
+
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STEPS=${STEPS:-"1 2 3 5"}
+export NO_BUILD=1 ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1}
+status=0
+
+step() { # number, then VAR=value settings for compare.sh
+    local n=$1
+    shift
+    echo "== step $n at $(date -u '+%H:%M:%S') UTC; uptime: $(uptime)" >&2
+    env "$@" "$ROOT/bench/compare.sh" || status=1
+    echo "== step $n done at $(date -u '+%H:%M:%S') UTC; uptime: $(uptime)" >&2
+}
+
+for s in $STEPS; do
+    case $s in
+    1) step 1 SECTION=issue13-quiet-setup SCENARIOS="pp50 pp500" BASELINE=ringport-uring \
+        SERVERS="ringport-uring ringport-uring~setup=plain ringport-uring~setup=coop monoio tokio" ;;
+    2) step 2 SECTION=issue13-quiet-switches SCENARIOS="pp50 pp500" BASELINE=ringport-uring \
+        SERVERS="ringport-uring ringport-uring~ringfd=on ringport-uring~fixed=on ringport-uring~wait=min:8:50 ringport-uring~wait=noiowait" ;;
+    3) step 3 SECTION=issue13-quiet-1conn SCENARIOS="pp1" \
+        SERVERS="ringport-uring tokio monoio" ;;
+    4) # a combination chosen from steps 1 and 2, e.g. COMBO="ringport-uring~setup=plain,fixed=on"
+        step 4 SECTION=issue13-quiet-combo SCENARIOS="pp50 pp500" BASELINE=ringport-uring \
+            ROUNDS=${COMBO_ROUNDS:-3} SERVERS="ringport-uring ${COMBO:?set COMBO}" ;;
+    5) step 5 SECTION=issue13-quiet-lines SCENARIOS="line50p line500p" CLIENTS=event \
+        FRAMED_SERVERS="ringport-uring tokio-util" ;;
+    *) echo "unknown step $s" >&2 ;;
+    esac
+done
+exit $status
