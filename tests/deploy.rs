@@ -230,26 +230,8 @@ fn restart_under_load(b: Backend) {
     let mut current = server.pid();
     for round in 1..=3 {
         let before = ok.load(Ordering::Relaxed);
-        let seen = server.stderr_text().len();
-        kill(current, libc::SIGHUP);
-        assert!(
-            server.wait_for_stderr(START_TIMEOUT, |log| successor_pid(&log[seen..]).is_some()),
-            "restart {round}: no successor handed over"
-        );
-        let next = successor_pid(&server.stderr_text()[seen..]).unwrap();
+        let next = restart(&mut server, current, round);
         successors.0.push(next);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_gone(current) {
-            assert!(
-                Instant::now() < deadline,
-                "restart {round}: old process {current} lingers"
-            );
-            if current == server.pid() {
-                let _ = server.wait_exit(Duration::from_millis(50));
-            } else {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         current = next;
         // The new process alone serves now.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -255,41 +255,8 @@ pub fn free_port() -> u16 {
 pub fn ringport_load() -> PathBuf {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let profile_dir = super::profile_dir();
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "ringport-load", "--bin", "ringport-load"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(profile_dir.parent().expect("target dir"));
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.arg("--profile").arg(other);
-            }
-        }
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running {cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?} failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(profile_dir.join("ringport-load"))
+        super::cargo_build(&["-p", "ringport-load", "--bin", "ringport-load"])?;
+        Ok(super::profile_dir().join("ringport-load"))
     });
     match built {
         Ok(p) => p.clone(),

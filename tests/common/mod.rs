@@ -121,6 +121,55 @@ pub fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The test binary's profile name (`debug`, `release` or a custom one).
+fn profile_name() -> String {
+    profile_dir()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string()
+}
+
+/// Runs `cargo build ARGS` for this workspace with the test binary's own profile and target
+/// directory; `Err` holds the command and cargo's stderr.
+pub fn cargo_build(args: &[&str]) -> Result<(), String> {
+    let profile_dir = profile_dir();
+    let target_dir = profile_dir
+        .parent()
+        .expect("target dir above the profile dir");
+    // The cargo that runs the tests (cargo sets `CARGO` for them), else the one that built them.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .args(args)
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile_name().as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.arg("--profile").arg(other);
+        }
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 /// Builds every example of this package once per test run, with the profile and target
 /// directory of the test binary itself, so that a test never starts a stale server (e.g. after
 /// `cargo test --test echo_server`, which does not rebuild examples). Cargo makes this a no-op
@@ -129,48 +178,9 @@ pub fn profile_dir() -> PathBuf {
 pub fn ensure_examples_built() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let result = BUILT.get_or_init(|| {
-        let profile_dir = profile_dir();
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let target_dir = profile_dir
-            .parent()
-            .expect("target dir above the profile dir");
-        // The cargo that runs the tests (cargo sets `CARGO` for them), else the one that
-        // built them.
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build")
-            .arg("--examples")
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.arg("--profile").arg(other);
-            }
-        }
         let t = Instant::now();
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running {cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?} failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        println!("examples built ({profile}) in {:?}", t.elapsed());
+        cargo_build(&["--examples"])?;
+        println!("examples built ({}) in {:?}", profile_name(), t.elapsed());
         Ok(())
     });
     if let Err(e) = result {
