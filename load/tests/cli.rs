@@ -228,14 +228,19 @@ fn line_mode() {
     );
     assert!(out.status.success(), "{v}");
     assert_eq!(v["messages"], 60);
-    // Against a plain echo server the line client sees no greeting.
+    no_greeting_fails(run_json);
+}
+
+/// Against a plain echo server the line client sees no greeting: the run fails; its report.
+fn no_greeting_fails(run: Run) -> serde_json::Value {
     let addr = spawn_server(Behaviour::Echo);
-    let (out, v) = run_json(
+    let (out, v) = run(
         "line",
         addr,
         &["-c", "1", "-l", "64", "-n", "1", "--timeout", "1"],
     );
     assert!(!out.status.success(), "{v}");
+    v
 }
 
 #[test]
@@ -407,13 +412,7 @@ fn blocking_line_and_packet_modes() {
     assert!(out.status.success(), "{v}");
     assert_eq!(v["messages"], 60);
     // No greeting from a plain echo server: the line client times out.
-    let addr = spawn_server(Behaviour::Echo);
-    let (out, v) = run_blocking(
-        "line",
-        addr,
-        &["-c", "1", "-l", "64", "-n", "1", "--timeout", "1"],
-    );
-    assert!(!out.status.success(), "{v}");
+    let v = no_greeting_fails(run_blocking);
     assert_eq!(v["error_kinds"]["timeout"], 1, "{v}");
 
     let addr = spawn_server(Behaviour::Framed(2, true, true));
