@@ -171,6 +171,19 @@ fn panic_in_on_frame_resets_only_its_connection(kind: BackendKind) {
         Err(ErrorKind::ConnectionReset),
         "the panicking connection must be reset"
     );
+    let seen = others_still_served(setup, good, bad_addr);
+    assert_eq!(seen.last().unwrap().1, CloseReason::PeerClosed);
+}
+
+/// After one connection's handler panicked (counted once): the connection `good` on the same
+/// IO thread and a fresh one are still served, and `on_close` never ran for `bad_addr`.
+/// Stops the engine; the closes `good`'s close collected.
+fn others_still_served(
+    setup: Setup,
+    mut good: TcpStream,
+    bad_addr: SocketAddr,
+) -> Vec<(SocketAddr, CloseReason)> {
+    let addr = setup.server.local_addr();
     wait_panics_counted(&setup.server, 1);
     // Same IO thread, still served; new connections too.
     assert_eq!(round_trip(&mut good, b"still here\n"), b"still here\n");
@@ -181,9 +194,9 @@ fn panic_in_on_frame_resets_only_its_connection(kind: BackendKind) {
         seen.iter().all(|(peer, _)| *peer != bad_addr),
         "on_close ran for the connection whose handler panicked: {seen:?}"
     );
-    assert_eq!(seen.last().unwrap().1, CloseReason::PeerClosed);
     drop(fresh);
     stop(setup.running);
+    seen
 }
 
 fn panic_in_on_open_resets_only_its_connection(kind: BackendKind) {
@@ -200,17 +213,7 @@ fn panic_in_on_open_resets_only_its_connection(kind: BackendKind) {
         Err(ErrorKind::ConnectionReset),
         "a connection whose on_open panicked must be reset"
     );
-    wait_panics_counted(&setup.server, 1);
-    assert_eq!(round_trip(&mut good, b"still here\n"), b"still here\n");
-    let mut fresh = connect(addr);
-    assert_eq!(round_trip(&mut fresh, b"new\n"), b"new\n");
-    let seen = close_and_collect(good, &setup.closed);
-    assert!(
-        seen.iter().all(|(peer, _)| *peer != bad_addr),
-        "on_close ran for the connection whose on_open panicked: {seen:?}"
-    );
-    drop(fresh);
-    stop(setup.running);
+    others_still_served(setup, good, bad_addr);
 }
 
 fn panic_in_factory_closes_only_the_new_connection(kind: BackendKind) {
