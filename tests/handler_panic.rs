@@ -110,6 +110,18 @@ fn read_end(s: &mut TcpStream) -> Result<(), ErrorKind> {
     }
 }
 
+/// The docs promise a reset: a clean EOF would look like an orderly close. Under Wine 8 a
+/// peer's reset sometimes reaches the test's blocking read as EOF (`support::WINE_NO_RESET`;
+/// it failed CI once on `iocp`): there, and only there, EOF is accepted and printed.
+fn assert_reset(s: &mut TcpStream, what: &str) {
+    let end = read_end(s);
+    if end == Ok(()) && support::under_wine() {
+        println!("under Wine: {what}: read as EOF ({})", support::WINE_NO_RESET);
+        return;
+    }
+    assert_eq!(end, Err(ErrorKind::ConnectionReset), "{what} must be reset");
+}
+
 fn wait_panics_counted(server: &ServerHandle, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -165,12 +177,7 @@ fn panic_in_on_frame_resets_only_its_connection(kind: BackendKind) {
     assert_eq!(round_trip(&mut good, b"hello\n"), b"hello\n");
     assert_eq!(round_trip(&mut bad, b"first\n"), b"first\n");
     bad.write_all(b"boom\n").unwrap();
-    // The docs promise a reset: a clean EOF would look like an orderly close.
-    assert_eq!(
-        read_end(&mut bad),
-        Err(ErrorKind::ConnectionReset),
-        "the panicking connection must be reset"
-    );
+    assert_reset(&mut bad, "the connection whose on_frame panicked");
     let seen = others_still_served(setup, good, bad_addr);
     assert_eq!(seen.last().unwrap().1, CloseReason::PeerClosed);
 }
@@ -208,11 +215,7 @@ fn panic_in_on_open_resets_only_its_connection(kind: BackendKind) {
     assert_eq!(round_trip(&mut good, b"hello\n"), b"hello\n");
     let mut bad = connect(addr);
     let bad_addr = bad.local_addr().unwrap();
-    assert_eq!(
-        read_end(&mut bad),
-        Err(ErrorKind::ConnectionReset),
-        "a connection whose on_open panicked must be reset"
-    );
+    assert_reset(&mut bad, "a connection whose on_open panicked");
     others_still_served(setup, good, bad_addr);
 }
 
