@@ -89,6 +89,10 @@ pub(crate) struct ConnCore {
     pub last_unsent: Option<usize>,
     /// Shared with handles (allocated when the first handle is made).
     pub shared: Option<Arc<ConnShared>>,
+    /// How much of `shared.backlog` is this thread's own queue (`own_queued`, as last
+    /// published plus the handle writes taken since); the rest is what handles posted and
+    /// this thread has not taken from its inbox yet.
+    pub published: usize,
     /// The write watermarks of the connection's server.
     pub write_low: usize,
     pub write_high: usize,
@@ -143,6 +147,7 @@ impl ConnCore {
             stalled_since: None,
             last_unsent: None,
             shared: None,
+            published: 0,
             write_low: 0,
             write_high: usize::MAX,
             timers: Vec::new(),
@@ -160,11 +165,53 @@ impl ConnCore {
     /// Bytes queued or in flight, including what handles posted and this thread has not
     /// taken from its inbox yet.
     pub(crate) fn queued(&self) -> usize {
-        let own = self.out.len() + self.wire.len() + self.inflight;
+        let own = self.own_queued();
         match &self.shared {
-            Some(s) => own + s.posted.load(Ordering::Acquire),
+            Some(s) => {
+                own + s
+                    .backlog
+                    .load(Ordering::Acquire)
+                    .saturating_sub(self.published)
+            }
             None => own,
         }
+    }
+
+    /// This thread's own queue: bytes queued (plain and layered) or in flight.
+    pub(crate) fn own_queued(&self) -> usize {
+        self.out.len() + self.wire.len() + self.inflight
+    }
+
+    /// Takes a handle's write from the inbox into the queue (or drops it, no longer
+    /// counted, when the connection takes no more bytes). The bytes stay in the handles'
+    /// `backlog`, now as this thread's own part: no atomic step. Returns the emptied buffer
+    /// the write replaced, to recycle.
+    pub(crate) fn take_handle_write(&mut self, data: Vec<u8>) -> Option<Vec<u8>> {
+        if !self.writable() {
+            if let Some(s) = &self.shared {
+                s.backlog.fetch_sub(data.len(), Ordering::AcqRel);
+            }
+            return None;
+        }
+        self.published += data.len();
+        if self.out.is_empty() {
+            return Some(std::mem::replace(&mut self.out, data));
+        }
+        self.out.extend_from_slice(&data);
+        None
+    }
+
+    /// Makes the handles' `backlog` count this thread's queue as it is now (one atomic step
+    /// by the difference, so that the handles' part is never lost or counted twice).
+    pub(crate) fn publish_queued(&mut self) {
+        let Some(s) = &self.shared else { return };
+        let own = self.own_queued();
+        if own > self.published {
+            s.backlog.fetch_add(own - self.published, Ordering::AcqRel);
+        } else if own < self.published {
+            s.backlog.fetch_sub(self.published - own, Ordering::AcqRel);
+        }
+        self.published = own;
     }
 
     /// Whether more bytes may be queued.
@@ -386,4 +433,68 @@ pub(crate) trait DynConn {
     fn timer(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, id: u64);
     fn shutdown(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token);
     fn closed(&mut self, info: &ConnInfo, reason: &CloseReason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> ConnCore {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut c = ConnCore::new(0, 1, ConnInfo::new(addr, addr, 0), Instant::now());
+        c.phase = Phase::Open;
+        c
+    }
+
+    /// What a handle sees (`backlog`) and what the IO thread sees (`queued`) agree at every
+    /// step of a write's way: posted, taken into the queue, published, in flight, sent.
+    #[test]
+    fn a_handle_write_is_counted_once_at_every_step() {
+        let mut c = core();
+        c.out.extend_from_slice(&[1; 10]); // the handler's own write, not yet published
+        let s = c.shared();
+        c.publish_queued();
+        assert_eq!((s.backlog(), c.queued()), (10, 10));
+
+        s.backlog.fetch_add(100, Ordering::AcqRel); // `ConnectionHandle::write` posts 100
+        assert_eq!((s.backlog(), c.queued()), (110, 110));
+        assert_eq!(
+            c.take_handle_write(vec![2; 100]),
+            None,
+            "appended to the queue"
+        );
+        assert_eq!(
+            (s.backlog(), c.queued()),
+            (110, 110),
+            "taken: the word is unchanged"
+        );
+        c.publish_queued();
+        assert_eq!((s.backlog(), c.queued()), (110, 110));
+
+        // 60 bytes go in flight, then 60 are sent.
+        c.out.drain(..60);
+        c.inflight = 60;
+        c.publish_queued();
+        assert_eq!((s.backlog(), c.queued()), (110, 110));
+        c.inflight = 0;
+        c.publish_queued();
+        assert_eq!((s.backlog(), c.queued()), (50, 50));
+
+        // Into an empty queue the write's own buffer becomes the queue.
+        c.out.clear();
+        c.publish_queued();
+        s.backlog.fetch_add(7, Ordering::AcqRel);
+        let old = c
+            .take_handle_write(vec![3; 7])
+            .expect("the emptied queue comes back");
+        assert!(old.is_empty());
+        assert_eq!((s.backlog(), c.queued(), c.out.len()), (7, 7, 7));
+
+        // A closed connection drops what is taken, and stops counting it.
+        c.publish_queued();
+        c.write_shut = true;
+        s.backlog.fetch_add(5, Ordering::AcqRel);
+        assert_eq!(c.take_handle_write(vec![4; 5]), None);
+        assert_eq!((s.backlog(), c.out.len()), (7, 7));
+    }
 }

@@ -64,10 +64,14 @@ pub(crate) trait Inbox: Send + Sync {
 pub(crate) struct ConnShared {
     /// Writes are still accepted (the connection is open or flushing for a graceful close).
     pub alive: AtomicBool,
-    /// Bytes written through handles that the IO thread has not taken yet.
-    pub posted: AtomicUsize,
-    /// The IO thread's own queue for the connection (queued + in flight), published at flush.
-    pub queued: AtomicUsize,
+    /// Bytes accepted for the connection and not yet sent, in one word so that a handle never
+    /// sees a write counted twice or not at all while the IO thread takes it from its inbox:
+    /// what handles posted and the IO thread has not taken yet, plus the IO thread's own
+    /// queue (queued + in flight) as it last published it (`ConnCore::published`). Handles
+    /// add and (on a failed post) remove their own writes; the IO thread moves a taken write
+    /// from one part to the other without touching the word, and publishes its queue's
+    /// changes as differences.
+    pub backlog: AtomicUsize,
     /// The server's write watermarks.
     pub high: usize,
     pub low: usize,
@@ -81,8 +85,7 @@ impl ConnShared {
     pub(crate) fn new(low: usize, high: usize) -> Arc<ConnShared> {
         Arc::new(ConnShared {
             alive: AtomicBool::new(true),
-            posted: AtomicUsize::new(0),
-            queued: AtomicUsize::new(0),
+            backlog: AtomicUsize::new(0),
             high,
             low,
             watchers: Mutex::new(Vec::new()),
@@ -99,7 +102,7 @@ impl ConnShared {
 
     /// Bytes accepted for the connection and not yet sent.
     pub(crate) fn backlog(&self) -> usize {
-        self.queued.load(Ordering::Acquire) + self.posted.load(Ordering::Acquire)
+        self.backlog.load(Ordering::Acquire)
     }
 
     /// Called by the IO thread once the queue is at or under `low`: tells every watcher.
@@ -215,14 +218,14 @@ impl ConnectionHandle {
         }
         let data = data.into();
         let len = data.len();
-        self.shared.posted.fetch_add(len, Ordering::AcqRel);
+        self.shared.backlog.fetch_add(len, Ordering::AcqRel);
         self.post(HandleMsg::Write {
             token: self.token,
             gen: self.gen,
             data,
         })
         .inspect_err(|_| {
-            self.shared.posted.fetch_sub(len, Ordering::AcqRel);
+            self.shared.backlog.fetch_sub(len, Ordering::AcqRel);
         })
     }
 

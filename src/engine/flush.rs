@@ -137,11 +137,8 @@ impl State {
                 c.bp_paused = false;
             }
         }
+        c.publish_queued();
         if let Some(s) = &c.shared {
-            s.queued.store(
-                c.out.len() + c.inflight,
-                std::sync::atomic::Ordering::Release,
-            );
             if queued <= c.write_low && s.watched.load(std::sync::atomic::Ordering::Acquire) {
                 s.wake_watchers();
             }

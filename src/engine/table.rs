@@ -432,16 +432,12 @@ impl State {
                 let Some(e) = self.entry_gen(token, gen) else {
                     return;
                 };
-                if let Some(s) = &e.core.shared {
-                    s.posted.fetch_sub(data.len(), Ordering::AcqRel);
+                let old = e.core.take_handle_write(data);
+                let taken = e.core.writable();
+                if let Some(old) = old {
+                    self.ctx.bufs.put(old);
                 }
-                if e.core.writable() {
-                    if e.core.out.is_empty() {
-                        let old = std::mem::replace(&mut e.core.out, data);
-                        self.ctx.bufs.put(old);
-                    } else {
-                        e.core.out.extend_from_slice(&data);
-                    }
+                if taken {
                     self.ctx
                         .mark_dirty(token, &mut self.entries[token].as_mut().expect("live").core);
                 }
