@@ -174,9 +174,6 @@ fn write_until_stalled(s: &mut TcpStream, mut offset: u64, limit: u64) -> (u64, 
 /// watermark, reading resumes, and every byte written, before and after the pause, comes back
 /// intact; `bytes_in` and `bytes_out` both equal what was written.
 fn watermarks_pause_and_resume(kind: BackendKind) {
-    if support::skip_under_wine(kind, &[BackendKind::Poll], support::WINE_POLL_STALL) {
-        return;
-    }
     const OFFER: u64 = 128 << 20;
     let (tx, _closed) = closes();
     let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone()))

@@ -84,8 +84,3 @@ pub fn skip_under_wine(kind: BackendKind, on: &[BackendKind], why: &str) -> bool
 /// ECONNRESET. `iocp` takes the error from its zero-byte receive's completion and counts a
 /// peer's reset as `reset`.
 pub const WINE_NO_RESET: &str = "a peer's reset is read as a clean EOF";
-
-/// `poll` under Wine 8: once the socket buffers have filled, the flow stops for good without
-/// the engine's backpressure engaging. Not diagnosed further: `iocp` passes the same tests
-/// under Wine, and whether mio's AFD polling does this on Windows itself is not checked.
-pub const WINE_POLL_STALL: &str = "poll: the flow stops once the socket buffers filled";
