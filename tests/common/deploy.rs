@@ -129,6 +129,8 @@ pub fn promtool_check(promtool: &std::path::Path, exposition: &str) -> (bool, St
 pub struct Proc {
     pub child: std::process::Child,
     out: std::sync::Arc<std::sync::Mutex<String>>,
+    /// How many of its two pipes (stdout, stderr) reached EOF: all its output is in `out`.
+    pipes_done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Processes it started (restart successors) to kill with it.
     pub also: Vec<i32>,
 }
@@ -143,12 +145,14 @@ impl Proc {
             .spawn()
             .expect("spawn");
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipes_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let pipes: [Box<dyn Read + Send>; 2] = [
             Box::new(child.stdout.take().expect("stdout")),
             Box::new(child.stderr.take().expect("stderr")),
         ];
         for pipe in pipes {
             let out = out.clone();
+            let done = pipes_done.clone();
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
@@ -156,11 +160,13 @@ impl Proc {
                     o.push_str(&line);
                     o.push('\n');
                 }
+                done.fetch_add(1, std::sync::atomic::Ordering::Release);
             });
         }
         Proc {
             child,
             out,
+            pipes_done,
             also: Vec::new(),
         }
     }
@@ -181,7 +187,7 @@ impl Proc {
                 return Some(rest);
             }
             if Instant::now() >= deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(200)); // the last lines
+                self.wait_output(Duration::from_secs(2)); // the last lines, if it exited
                 return self
                     .output()
                     .lines()
@@ -199,17 +205,31 @@ impl Proc {
         rest.split(' ').next().unwrap().parse().expect("address")
     }
 
-    /// Waits (bounded) for the process to exit.
+    /// Waits (bounded) for the process to exit, then (bounded too) for the readers to take
+    /// the rest of its output: `output()` then holds what it printed last (its exit did not
+    /// wait for our readers).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
+                self.wait_output(Duration::from_secs(5));
                 return Some(st);
             }
             if Instant::now() >= deadline {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Until both pipes reached EOF (a process that exited, unless something it started
+    /// still holds them), at most `timeout`.
+    fn wait_output(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.pipes_done.load(std::sync::atomic::Ordering::Acquire) < 2
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
