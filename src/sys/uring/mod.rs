@@ -354,6 +354,12 @@ impl Backend for UringBackend {
         Ok(())
     }
 
+    /// Only with `RINGPORT_URING_BALANCE=on` (`tuning.rs`): the engine then hands what each
+    /// thread's listener accepts to the IO threads round robin.
+    fn accepts_for_all(&self) -> bool {
+        tuning::tuning().balance
+    }
+
     fn resume_accept(&mut self, id: usize) {
         if let Some(l) = self.listener(id) {
             l.paused = false;
