@@ -15,8 +15,9 @@
 #      tokio-util, 50 and 500 connections, pipelined 16 and not, both client styles
 #      (pipelined: event client only);
 #   7. the tail: echo_server at 50 and 500 connections, both clients, the default against
-#      `wait=min:8:50` (the quiet run of step 2 gave it 0.46x / 0.81x p99.9 at 50) and tokio;
-#   8. the same default and `wait=min:8:50` with loop-turn tracing on (RINGPORT_URING_TRACE=1;
+#      `wait=min:8:50` (the quiet run of step 2 gave it 0.46x / 0.81x p99.9 at 50), against
+#      `balance=on` (connections spread round robin over the IO threads) and tokio;
+#   8. the same three ringport variants with loop-turn tracing on (RINGPORT_URING_TRACE=1;
 #      the per-thread summaries land in TRACE_DIR, default /tmp/ringport-trace), 2 rounds.
 # Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
@@ -58,12 +59,12 @@ for s in $STEPS; do
         VARIANT_DIRS="before=${BEFORE_DIR:?set BEFORE_DIR}" \
         FRAMED_SERVERS="ringport-uring ringport-uring@before tokio-util" \
         PAIRS="ringport-uring/ringport-uring@before" ;;
-    7) step 7 SECTION=issue13-quiet-tail SCENARIOS="pp50 pp500" \
-        SERVERS="ringport-uring ringport-uring~wait=min:8:50 tokio" \
-        PAIRS="ringport-uring~wait=min:8:50/ringport-uring" ;;
+    7) step 7 SECTION=issue13-quiet-tail SCENARIOS="pp50 pp500" ROUNDS=${TAIL_ROUNDS:-4} \
+        SERVERS="ringport-uring ringport-uring~wait=min:8:50 ringport-uring~balance=on tokio" \
+        PAIRS="ringport-uring~wait=min:8:50/ringport-uring ringport-uring~balance=on/ringport-uring" ;;
     8) step 8 SECTION=issue13-quiet-trace SCENARIOS="pp50" ROUNDS=${TRACE_ROUNDS:-2} \
         RINGPORT_URING_TRACE=1 TRACE_DIR=${TRACE_DIR:-/tmp/ringport-trace} \
-        SERVERS="ringport-uring ringport-uring~wait=min:8:50" \
+        SERVERS="ringport-uring ringport-uring~wait=min:8:50 ringport-uring~balance=on" \
         BASELINE=ringport-uring ;;
     *) echo "unknown step $s" >&2 ;;
     esac

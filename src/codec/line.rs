@@ -32,7 +32,9 @@
 //! # Cost
 //!
 //! The decoder remembers how far it has searched for `'\n'`, so a line that
-//! arrives in many pieces is scanned once: O(n) in total, not O(n²).
+//! arrives in many pieces is scanned once: O(n) in total, not O(n²). The
+//! search itself is `memchr` (vectorised), never more than `max_line + 2`
+//! bytes into the buffer.
 //!
 //! ```
 //! use ringport::codec::{Decoded, Decoder, Lines};
