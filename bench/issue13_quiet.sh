@@ -18,7 +18,8 @@
 #      `wait=min:8:50` (the quiet run of step 2 gave it 0.46x / 0.81x p99.9 at 50), against
 #      `balance=on` (connections spread round robin over the IO threads) and tokio;
 #   8. the same three ringport variants with loop-turn tracing on (RINGPORT_URING_TRACE=1;
-#      the per-thread summaries land in TRACE_DIR, default /tmp/ringport-trace), 2 rounds.
+#      the per-thread summaries land in TRACE_DIR, default /tmp/ringport-trace), 2 rounds;
+#   9. step 7 again at 50 connections, default vs `wait=min:8:50` vs tokio (a repeat).
 # Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
 #
@@ -26,7 +27,7 @@
 #       --example packet_echo_server && cargo build --release -p ringport-bench -p ringport-load
 #   bench/issue13_quiet.sh            # steps 1, 2, 3 and 5
 #   STEPS="2 3" bench/issue13_quiet.sh
-#   STEPS="6 7 8" BEFORE_DIR=/tmp/before-examples bench/issue13_quiet.sh   # second window
+#   STEPS="6 7 8 9" BEFORE_DIR=/tmp/before-examples bench/issue13_quiet.sh   # second window
 
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,6 +67,9 @@ for s in $STEPS; do
         RINGPORT_URING_TRACE=1 TRACE_DIR=${TRACE_DIR:-/tmp/ringport-trace} \
         SERVERS="ringport-uring ringport-uring~wait=min:8:50 ringport-uring~balance=on" \
         BASELINE=ringport-uring ;;
+    9) step 9 SECTION=issue13-quiet-tail-repeat SCENARIOS="pp50" ROUNDS=${TAIL_ROUNDS:-4} \
+        SERVERS="ringport-uring ringport-uring~wait=min:8:50 tokio" \
+        PAIRS="ringport-uring~wait=min:8:50/ringport-uring" ;;
     *) echo "unknown step $s" >&2 ;;
     esac
 done
