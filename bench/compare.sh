@@ -23,12 +23,20 @@
 #                   A ringport-uring name may carry io_uring experiment switches after `~`:
 #                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2`,
 #                   `ringport-uring~ringfd=on,fixed=on,wait=min:8:50` (setup, recv, cq,
-#                   ringfd, fixed, wait: RINGPORT_URING_SETUP / _RECV / _CQ / _RINGFD / _FIXED /
-#                   _WAIT, see src/sys/uring/tuning.rs).
+#                   ringfd, fixed, wait, balance: RINGPORT_URING_SETUP / _RECV / _CQ / _RINGFD /
+#                   _FIXED / _WAIT / _BALANCE, see src/sys/uring/tuning.rs).
 #   SCENARIOS="pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500
 #              packet50p packet500p rss10k"   (`...p`: 16 messages in flight per connection)
+#                   A ringport name may also carry `@LABEL` (before any `~`): its binaries
+#                   are taken from the directory VARIANT_DIRS gives that label, e.g.
+#                   VARIANT_DIRS="before=/tmp/main-examples" and `ringport-uring@before`
+#                   (an older build kept aside, run interleaved with the current one).
 #   BASELINE=       a server name: ratio columns are each server / BASELINE instead of
 #                   ringport / each peer
+#   PAIRS=          extra ratio columns, `a/b` server names separated by spaces (e.g.
+#                   PAIRS="ringport-uring/ringport-uring@before")
+#   TRACE_DIR=      keep each ringport server's stderr there, one file per run (with
+#                   RINGPORT_URING_TRACE=1 set, its per-IO-thread loop-turn summaries)
 #   BENCH_MD=<repo>/BENCHMARKS.md   file whose marked section is rewritten
 #   SECTION=        name of that section (`<!-- compare.sh begin NAME -->`); empty: the main
 #                   comparison section
@@ -58,7 +66,7 @@ for arg in "$@"; do
     esac
 done
 CALLER_SET=""
-for v in HOLD CLIENTS SERVERS FRAMED_SERVERS SCENARIOS BASELINE; do # recorded in the command line only when set by the caller
+for v in HOLD CLIENTS SERVERS FRAMED_SERVERS SCENARIOS BASELINE PAIRS VARIANT_DIRS; do # recorded in the command line only when set by the caller
     if [ -n "${!v+x}" ]; then CALLER_SET="$CALLER_SET $v"; fi
 done
 if [ -n "$QUICK" ]; then
@@ -76,6 +84,9 @@ SERVERS=${SERVERS:-"ringport-uring ringport-epoll tokio monoio"}
 FRAMED_SERVERS=${FRAMED_SERVERS:-"ringport-uring ringport-epoll tokio-util"}
 SCENARIOS=${SCENARIOS:-"pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500 packet50p packet500p rss10k"}
 BASELINE=${BASELINE:-}
+PAIRS=${PAIRS:-}
+VARIANT_DIRS=${VARIANT_DIRS:-}
+TRACE_DIR=${TRACE_DIR:-}
 BENCH_MD=${BENCH_MD:-$ROOT/BENCHMARKS.md}
 SECTION=${SECTION:-}
 COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP"
@@ -171,18 +182,33 @@ server_env() {
         ringfd) out="$out RINGPORT_URING_RINGFD=${kv#*=}" ;;
         fixed) out="$out RINGPORT_URING_FIXED=${kv#*=}" ;;
         wait) out="$out RINGPORT_URING_WAIT=${kv#*=}" ;;
+        balance) out="$out RINGPORT_URING_BALANCE=${kv#*=}" ;;
         *) return 1 ;;
         esac
     done
     echo "${out# }"
 }
 
+variant_dir() { # label -> its directory in VARIANT_DIRS (empty if none)
+    local kv
+    for kv in $VARIANT_DIRS; do
+        [ "${kv%%=*}" = "$1" ] && echo "${kv#*=}" && return 0
+    done
+    return 0
+}
+
 server_cmd() { # family name -> command line (empty if its binary is missing)
-    local base=${2%%~*} bin
+    local base=${2%%~*} bin dir=$RP_DIR echo_bin=$RINGPORT_BIN
+    if [[ $base == *@* ]]; then
+        dir=$(variant_dir "${base#*@}")
+        [ -n "$dir" ] || return 0
+        echo_bin=$dir/echo_server
+        base=${base%%@*}
+    fi
     case $1 in
-    echo) bin=$RINGPORT_BIN ;;
-    line) bin=$RP_DIR/line_server ;;
-    packet) bin=$RP_DIR/packet_echo_server ;;
+    echo) bin=$echo_bin ;;
+    line) bin=$dir/line_server ;;
+    packet) bin=$dir/packet_echo_server ;;
     esac
     case $1/$base in
     */ringport-uring) [ -x "$bin" ] && echo "env $(server_env "$2") $bin --listen 127.0.0.1:0 --backend uring" ;;
@@ -213,7 +239,7 @@ for sc in $SCENARIOS; do
     fam=$(family "$sc")
     for s in $(servers_of "$fam"); do
         server_env "$s" >/dev/null || {
-            log "server $s: unknown experiment switch (known: setup, recv, cq, ringfd, fixed, wait)"
+            log "server $s: unknown experiment switch (known: setup, recv, cq, ringfd, fixed, wait, balance)"
             exit 2
         }
         if [ -z "$(server_cmd "$fam" "$s")" ]; then
@@ -349,9 +375,19 @@ scenario_clients() { # scenario -> the client styles it runs under
 
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat" 2>/dev/null || echo 0 0; }
 
+# The server's threads' time waiting on a run queue (ns, schedstat's second field) and their
+# involuntary context switches, summed over its threads.
+sched_wait() {
+    local ns nv
+    ns=$(cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {print s + 0}')
+    nv=$(cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^nonvoluntary_ctxt_switches/ {s += $2} END {print s + 0}')
+    echo "$ns $nv"
+}
+
 run_throughput() { # scenario client server round
-    local json=$WORK/load.json err=$WORK/load.err rc u0 s0 u1 s1
+    local json=$WORK/load.json err=$WORK/load.err rc u0 s0 u1 s1 q0 n0 q1 n1 secs
     read -r u0 s0 <<<"$(cpu_ticks "$SERVER_PID")"
+    read -r q0 n0 <<<"$(sched_wait "$SERVER_PID")"
     # shellcheck disable=SC2046
     run_load "$json" "$err" "$(awk "BEGIN { print $DURATION + $WARMUP + 120 }")" \
         $(scenario_args "$1") --client "$2" --target "127.0.0.1:$PORT" \
@@ -360,9 +396,12 @@ run_throughput() { # scenario client server round
     rc=$?
     LOAD_PID=""
     read -r u1 s1 <<<"$(cpu_ticks "$SERVER_PID")"
-    record_json "$1@$2" "$3" "$4" "$json" "$rc" "$((u1 - u0))" "$((s1 - s0))" \
-        "$(awk "BEGIN { print $DURATION + $WARMUP }")" ||
+    read -r q1 n1 <<<"$(sched_wait "$SERVER_PID")"
+    secs=$(awk "BEGIN { print $DURATION + $WARMUP }")
+    record_json "$1@$2" "$3" "$4" "$json" "$rc" "$((u1 - u0))" "$((s1 - s0))" "$secs" ||
         log "  $3: no result (exit $rc): $(tail -c 300 "$err")"
+    record "$1@$2" "$3" "$4" runq_ms "$(awk "BEGIN { print ($q1 - $q0) / 1e6 / $secs }")"
+    record "$1@$2" "$3" "$4" nvcsw "$(awk "BEGIN { print ($n1 - $n0) / $secs }")"
 }
 
 run_rss() { # scenario server round
@@ -423,6 +462,10 @@ for scenario in $SCENARIOS; do
                     record "$scenario@$client" "$server" "$round" failed "server died"
                 fi
                 stop_server
+                if [ -n "$TRACE_DIR" ] && [[ $server == ringport* ]]; then
+                    mkdir -p "$TRACE_DIR"
+                    cp "$WORK/server.err" "$TRACE_DIR/$scenario-$client-$server-r$round.err"
+                fi
             done
         done
     done
@@ -435,12 +478,13 @@ KERNEL=$(uname -r)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 
 TABLE=$WORK/table.md
-python3 - "$RESULTS" "$SERVERS" "$FRAMED_SERVERS" "$ACTIVE_ALL" "$SCENARIOS" "$CLIENTS" "$NOTES" "$BASELINE" >"$TABLE" <<'EOF'
+python3 - "$RESULTS" "$SERVERS" "$FRAMED_SERVERS" "$ACTIVE_ALL" "$SCENARIOS" "$CLIENTS" "$NOTES" "$BASELINE" "$PAIRS" >"$TABLE" <<'EOF'
 import sys, statistics
 from collections import defaultdict
 
 (results, echo_servers, framed_servers, active_all, scenarios, clients, notes_path,
- baseline) = sys.argv[1:9]
+ baseline, extra_pairs) = sys.argv[1:10]
+extra_pairs = [tuple(p.split("/", 1)) for p in extra_pairs.split() if "/" in p]
 active_all = set(active_all.split())
 scenarios, clients = scenarios.split(), clients.split()
 vals = defaultdict(list)          # (scenario@client, server, metric) -> [float]
@@ -490,8 +534,9 @@ metrics = {
                ("rss_idle_kib", "server RSS idle, MiB", -1)],
     "big50": [("msgs", "msg/s", 0), ("mbps", "MB/s echoed", 1)] + cpu + [("p50", "p50 us", 1), ("p99", "p99 us", 1)],
 }
+sched = [("runq_ms", "server run-queue wait ms/s", 1), ("nvcsw", "server preemptions /s", 0)]
 default_metrics = [("msgs", "msg/s", 0)] + cpu + [("p50", "p50 us", 1), ("p99", "p99 us", 1),
-                   ("p999", "p99.9 us", 1)]
+                   ("p999", "p99.9 us", 1)] + sched
 short = lambda s: s.replace("ringport-", "")
 
 def fmt(v, digits):
@@ -522,6 +567,7 @@ for fam, heading, servers in families:
         ringports = [s for s in active if s.startswith("ringport")]
         peers = [s for s in active if not s.startswith("ringport")]
         pairs = [(r, p) for r in ringports for p in peers]
+    pairs += [(a, b) for a, b in extra_pairs if a in active and b in active and (a, b) not in pairs]
     if not first:
         print()
     first = False
@@ -556,7 +602,10 @@ print("Medians of the rounds. Ratios: above 1 is better for msg/s and MB/s, belo
       "reply. Clients: `event` = ringport-load's event loops (2 threads, many connections each); "
       "`blocking` = a thread per connection, one message in flight (rust_echo_bench style). "
       "RSS is the server's VmRSS (user-space memory; kernel socket buffers are not included); "
-      "KiB/conn = (RSS with the 10k connections open - RSS idle before) / 10000.")
+      "KiB/conn = (RSS with the 10k connections open - RSS idle before) / 10000. "
+      "Run-queue wait: milliseconds per second that the server's threads spent runnable but "
+      "not running (/proc/PID/task/*/schedstat), over warm-up and run; preemptions: their "
+      "involuntary context switches per second.")
 fails = [(k, v) for k, v in failures.items() if v]
 extra = open(notes_path).read().strip()
 if fails or extra:

@@ -9,6 +9,17 @@
 #   4. (only when asked: STEPS=4 COMBO=...) a combination of the winners against the default;
 #   5. line_server against tokio-util's LinesCodec, pipelined (16 in flight), 50 and 500
 #      connections (the loaded run had 0.71x at 500).
+# Second quiet window (memchr in Lines::decode, and the tail at 50 connections):
+#   6. line_server with memchr against the build before it (BEFORE_DIR: a directory holding
+#      that build's line_server, e.g. main's target/release/examples copied aside) and
+#      tokio-util, 50 and 500 connections, pipelined 16 and not, both client styles
+#      (pipelined: event client only);
+#   7. the tail: echo_server at 50 and 500 connections, both clients, the default against
+#      `wait=min:8:50` (the quiet run of step 2 gave it 0.46x / 0.81x p99.9 at 50), against
+#      `balance=on` (connections spread round robin over the IO threads) and tokio;
+#   8. the same three ringport variants with loop-turn tracing on (RINGPORT_URING_TRACE=1;
+#      the per-thread summaries land in TRACE_DIR, default /tmp/ringport-trace), 2 rounds;
+#   9. step 7 again at 50 connections, default vs `wait=min:8:50` vs tokio (a repeat).
 # Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
 #
@@ -16,6 +27,7 @@
 #       --example packet_echo_server && cargo build --release -p ringport-bench -p ringport-load
 #   bench/issue13_quiet.sh            # steps 1, 2, 3 and 5
 #   STEPS="2 3" bench/issue13_quiet.sh
+#   STEPS="6 7 8 9" BEFORE_DIR=/tmp/before-examples bench/issue13_quiet.sh   # second window
 
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,6 +56,20 @@ for s in $STEPS; do
             ROUNDS=${COMBO_ROUNDS:-3} SERVERS="ringport-uring ${COMBO:?set COMBO}" ;;
     5) step 5 SECTION=issue13-quiet-lines SCENARIOS="line50p line500p" CLIENTS=event \
         FRAMED_SERVERS="ringport-uring tokio-util" ;;
+    6) step 6 SECTION=issue13-quiet-memchr SCENARIOS="line50 line500 line50p line500p" \
+        VARIANT_DIRS="before=${BEFORE_DIR:?set BEFORE_DIR}" \
+        FRAMED_SERVERS="ringport-uring ringport-uring@before tokio-util" \
+        PAIRS="ringport-uring/ringport-uring@before" ;;
+    7) step 7 SECTION=issue13-quiet-tail SCENARIOS="pp50 pp500" ROUNDS=${TAIL_ROUNDS:-4} \
+        SERVERS="ringport-uring ringport-uring~wait=min:8:50 ringport-uring~balance=on tokio" \
+        PAIRS="ringport-uring~wait=min:8:50/ringport-uring ringport-uring~balance=on/ringport-uring" ;;
+    8) step 8 SECTION=issue13-quiet-trace SCENARIOS="pp50" ROUNDS=${TRACE_ROUNDS:-2} \
+        RINGPORT_URING_TRACE=1 TRACE_DIR=${TRACE_DIR:-/tmp/ringport-trace} \
+        SERVERS="ringport-uring ringport-uring~wait=min:8:50 ringport-uring~balance=on" \
+        BASELINE=ringport-uring ;;
+    9) step 9 SECTION=issue13-quiet-tail-repeat SCENARIOS="pp50" ROUNDS=${TAIL_ROUNDS:-4} \
+        SERVERS="ringport-uring ringport-uring~wait=min:8:50 tokio" \
+        PAIRS="ringport-uring~wait=min:8:50/ringport-uring" ;;
     *) echo "unknown step $s" >&2 ;;
     esac
 done

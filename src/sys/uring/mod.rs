@@ -68,6 +68,7 @@ mod bufring;
 mod enter;
 mod ops;
 mod probe;
+mod trace;
 mod tuning;
 
 /// The buffer group id of the (single) provided-buffer ring.
@@ -184,6 +185,8 @@ pub(crate) struct UringBackend {
     ring_index: Option<u32>,
     /// Slots in the ring's file table (`RINGPORT_URING_FIXED=on`); tokens below it use one.
     fixed_slots: usize,
+    /// Loop-turn record (`RINGPORT_URING_TRACE=1`, `trace.rs`).
+    trace: Option<Box<trace::Trace>>,
 }
 
 /// Direct-descriptor slots per ring with `RINGPORT_URING_FIXED=on` (tokens are per thread, so
@@ -221,6 +224,7 @@ impl UringBackend {
             shutting_down: false,
             ring_index: None,
             fixed_slots: 0,
+            trace: trace::enabled().then(|| Box::new(trace::Trace::new())),
         };
         let t = tuning::tuning();
         if t.ring_fd {
@@ -350,6 +354,12 @@ impl Backend for UringBackend {
         Ok(())
     }
 
+    /// Only with `RINGPORT_URING_BALANCE=on` (`tuning.rs`): the engine then hands what each
+    /// thread's listener accepts to the IO threads round robin.
+    fn accepts_for_all(&self) -> bool {
+        tuning::tuning().balance
+    }
+
     fn resume_accept(&mut self, id: usize) {
         if let Some(l) = self.listener(id) {
             l.paused = false;
@@ -390,6 +400,9 @@ impl Backend for UringBackend {
         }
         self.insert_conn(token, conn);
         self.arm_recv(token);
+        if let Some(t) = self.trace.as_mut() {
+            t.opened();
+        }
         Ok(())
     }
 
@@ -406,6 +419,9 @@ impl Backend for UringBackend {
         conn.connect = Some(addr); // the Box moves, its heap block (read by the kernel) does not
         self.insert_conn(token, conn);
         self.push(entry);
+        if let Some(t) = self.trace.as_mut() {
+            t.opened();
+        }
     }
 
     fn set_reading(&mut self, token: Token, on: bool) {
@@ -468,7 +484,14 @@ impl Backend for UringBackend {
         let ready = !self.pending.is_empty()
             || !self.backlog.is_empty()
             || !self.ring.completion().is_empty();
-        match self.enter(ready, timeout) {
+        if let Some(t) = self.trace.as_mut() {
+            t.wait_begins();
+        }
+        let entered = self.enter(ready, timeout);
+        if let Some(t) = self.trace.as_mut() {
+            t.wait_ends();
+        }
+        match entered {
             Ok(_) => Ok(()),
             // Timeout, signal, or CQ overflow backpressure (reap and retry next turn).
             Err(e)
@@ -494,6 +517,14 @@ impl Backend for UringBackend {
                 break out;
             }
         };
+        if let Some(t) = self.trace.as_mut() {
+            t.event();
+            match &out {
+                Out::Data { token, .. } => t.recv(*token),
+                Out::Event(Event::Closed { .. }) => t.closed(),
+                Out::Event(_) => {}
+            }
+        }
         Some(match out {
             Out::Event(event) => event,
             Out::Data { token, bid, len } => {
@@ -573,6 +604,9 @@ impl Drop for UringBackend {
         }
         if let Some(index) = self.ring_index.take() {
             enter::unregister_ring_fd(&self.ring, index);
+        }
+        if let Some(t) = self.trace.take() {
+            eprintln!("{}", t.summary());
         }
     }
 }

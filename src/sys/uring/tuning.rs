@@ -20,7 +20,13 @@
 //! - `RINGPORT_URING_WAIT=one|noiowait|min:N:USEC` (default `one`): the wait of each loop turn.
 //!   `one` waits for one completion; `noiowait` does the same without iowait accounting
 //!   (`IORING_ENTER_NO_IOWAIT`, 6.15); `min:N:USEC` waits for N completions but for at most
-//!   USEC microseconds once one has arrived (`min_wait_usec`, 6.12), batching completions.
+//!   USEC microseconds once one has arrived (`min_wait_usec`, 6.12), batching completions;
+//! - `RINGPORT_URING_BALANCE=on|off` (default `off`): spread accepted connections over the IO
+//!   threads round robin. Each IO thread has its own SO_REUSEPORT listener and the kernel picks
+//!   one per connection by a hash of the addresses, which can leave one thread with many more
+//!   connections than another (37 against 13 of 50 was seen); with the switch on, each thread
+//!   hands what it accepts to the IO threads in turn, as the IOCP backend always does
+//!   (`Backend::accepts_for_all`), at the cost of one inbox message per connection.
 
 use std::sync::OnceLock;
 
@@ -56,6 +62,7 @@ pub(super) struct Tuning {
     pub ring_fd: bool,
     pub fixed_files: bool,
     pub wait: Wait,
+    pub balance: bool,
 }
 
 impl Default for Tuning {
@@ -67,6 +74,7 @@ impl Default for Tuning {
             ring_fd: false,
             fixed_files: false,
             wait: Wait::One,
+            balance: false,
         }
     }
 }
@@ -122,6 +130,7 @@ fn parse(var: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<&'static str>) {
     for (name, field) in [
         ("RINGPORT_URING_RINGFD", &mut t.ring_fd),
         ("RINGPORT_URING_FIXED", &mut t.fixed_files),
+        ("RINGPORT_URING_BALANCE", &mut t.balance),
     ] {
         if let Some(v) = get(name) {
             match on_off(&v) {
@@ -189,6 +198,7 @@ mod tests {
             ("RINGPORT_URING_RINGFD", "on"),
             ("RINGPORT_URING_FIXED", "on"),
             ("RINGPORT_URING_WAIT", "min:8:50"),
+            ("RINGPORT_URING_BALANCE", "on"),
         ]);
         assert!(bad.is_empty());
         assert_eq!(
@@ -200,6 +210,7 @@ mod tests {
                 ring_fd: true,
                 fixed_files: true,
                 wait: Wait::Min { want: 8, usec: 50 },
+                balance: true,
             }
         );
         assert_eq!(
@@ -224,6 +235,7 @@ mod tests {
             ("RINGPORT_URING_CQ", "0"),
             ("RINGPORT_URING_RINGFD", "yes"),
             ("RINGPORT_URING_WAIT", "min:8"),
+            ("RINGPORT_URING_BALANCE", "1"),
         ]);
         assert_eq!(t, Tuning::default());
         assert_eq!(
@@ -233,6 +245,7 @@ mod tests {
                 "RINGPORT_URING_RECV",
                 "RINGPORT_URING_CQ",
                 "RINGPORT_URING_RINGFD",
+                "RINGPORT_URING_BALANCE",
                 "RINGPORT_URING_WAIT"
             ]
         );
