@@ -116,7 +116,10 @@ fn read_end(s: &mut TcpStream) -> Result<(), ErrorKind> {
 fn assert_reset(s: &mut TcpStream, what: &str) {
     let end = read_end(s);
     if end == Ok(()) && support::under_wine() {
-        println!("under Wine: {what}: read as EOF ({})", support::WINE_NO_RESET);
+        println!(
+            "under Wine: {what}: read as EOF ({})",
+            support::WINE_NO_RESET
+        );
         return;
     }
     assert_eq!(end, Err(ErrorKind::ConnectionReset), "{what} must be reset");

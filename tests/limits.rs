@@ -645,6 +645,85 @@ fn every_counter_is_counted(kind: BackendKind) {
     assert_eq!(s, want);
 }
 
+/// Queues 4 KiB on open; logs the input it is given (and writes nothing more).
+struct Burst(Arc<Mutex<Vec<u8>>>);
+impl Handler for Burst {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        conn.write(&[0x42; 4096]);
+    }
+    fn on_frame(&mut self, _conn: &mut Conn<'_>, frame: Frame<'_>) {
+        self.0.lock().unwrap().extend_from_slice(frame.raw());
+    }
+}
+
+/// Watermarks 1 KiB / 2 KiB: the 4 KiB written on open pause reading (counted once). The queue
+/// then drains in one send, straight from above the high watermark to empty, which is at or
+/// below the low one: reading resumes, and input sent after that ("a", then "b" once "a" was
+/// handled, so that whatever the backend read ahead before the pause is used up) reaches the
+/// handler. An engine that resumed only above the low watermark would stay paused for good.
+fn reading_resumes_when_one_send_empties_the_queue(kind: BackendKind) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let server =
+        Server::new(any_port(), Raw, move |_| Burst(l.clone())).write_watermarks(1024, 2048);
+    let Some((running, server)) = start(kind, Duration::from_secs(5), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    let mut got = vec![0u8; 4096];
+    c.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0x42));
+    let wait_log = |want: &[u8]| {
+        let deadline = Instant::now() + WAIT;
+        while log.lock().unwrap().as_slice() != want {
+            assert!(
+                Instant::now() < deadline,
+                "input {:?} not handled within {WAIT:?} (got {:?}): reading never resumed",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&log.lock().unwrap())
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    c.write_all(b"a").unwrap();
+    wait_log(b"a");
+    c.write_all(b"b").unwrap();
+    wait_log(b"ab");
+    let s = server.stats().snapshot();
+    assert_eq!(s.backpressure_pauses, 1, "{s:?}");
+    drop(c);
+    stop(running);
+}
+
+/// A drain whose connections all close stops the engine then, not at the drain deadline: with
+/// a 60 s deadline, an idle connection is closed cleanly (EOF, `Shutdown`) and `join` returns
+/// within the 20 s wait.
+fn shutdown_ends_when_the_last_connection_is_gone(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone()));
+    let Some((running, server)) = start(kind, Duration::from_secs(60), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    echo_line(&mut c, b"x\n");
+    running.shutdown_handle().shutdown();
+    let (n, end) = read_to_end(&mut c);
+    assert_eq!((n, end), (0, End::Eof));
+    assert_eq!(
+        next_close(&closed, WAIT, "the idle connection at shutdown"),
+        CloseReason::Shutdown
+    );
+    let (done, joined) = mpsc::channel();
+    thread::spawn(move || {
+        running.join();
+        let _ = done.send(());
+    });
+    joined.recv_timeout(WAIT).unwrap_or_else(|_| {
+        panic!("the engine had no connection left but did not stop within {WAIT:?} (the drain deadline is 60 s)")
+    });
+    assert_eq!(server.stats().snapshot().active, 0);
+}
+
 on_every_backend!(
     watermarks_pause_and_resume,
     drain_deadline_resets_what_is_left,
@@ -653,4 +732,6 @@ on_every_backend!(
     max_buffered_input_closes_with_protocol,
     full_worker_queue_holds_the_frame_and_resumes,
     every_counter_is_counted,
+    reading_resumes_when_one_send_empties_the_queue,
+    shutdown_ends_when_the_last_connection_is_gone,
 );
