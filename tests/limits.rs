@@ -724,6 +724,41 @@ fn shutdown_ends_when_the_last_connection_is_gone(kind: BackendKind) {
     assert_eq!(server.stats().snapshot().active, 0);
 }
 
+/// A send the peer takes only in part still counts what the kernel took: 32 MiB queued on
+/// open to a client with a 4 KiB window that does not read yet can never finish, yet
+/// `bytes_out` moves above 0 (the partial send's progress). Then the client reads it all and
+/// `bytes_out` is exactly 32 MiB: nothing counted twice.
+fn bytes_out_counts_a_send_in_progress(kind: BackendKind) {
+    const BYTES: usize = 32 << 20;
+    let (tx, _closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Flood {
+        bytes: BYTES,
+        closed: tx.clone(),
+    });
+    let Some((running, server)) = start(kind, Duration::from_secs(5), server) else {
+        return;
+    };
+    let mut c = connect_small_window(server.local_addr());
+    let s = wait_stats(&server, "part of the stalled send counted", |s| {
+        s.bytes_out > 0
+    });
+    assert!(s.bytes_out < BYTES as u64, "{s:?}");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < BYTES {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "EOF after {got} bytes");
+        assert!(buf[..n].iter().all(|&b| b == 0x5A));
+        got += n;
+    }
+    let s = wait_stats(&server, "the whole send counted", |s| {
+        s.bytes_out >= BYTES as u64
+    });
+    assert_eq!(s.bytes_out, BYTES as u64, "{s:?}");
+    drop(c);
+    stop(running);
+}
+
 on_every_backend!(
     watermarks_pause_and_resume,
     drain_deadline_resets_what_is_left,
@@ -734,4 +769,5 @@ on_every_backend!(
     every_counter_is_counted,
     reading_resumes_when_one_send_empties_the_queue,
     shutdown_ends_when_the_last_connection_is_gone,
+    bytes_out_counts_a_send_in_progress,
 );
