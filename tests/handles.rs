@@ -204,9 +204,33 @@ fn a_watcher_fires_at_once_under_the_default_low_watermark(kind: BackendKind) {
     running.join();
 }
 
+/// Once the engine has stopped, what is kept of it says so: the connector refuses with
+/// `EngineStopped` (not an `Ok` for a connect that no thread will make), and
+/// `shutdown_and_wait` returns `true` at once (every IO thread closed its listeners; none is
+/// left to answer, and none is waited for).
+fn a_stopped_engine_refuses_connects_and_shutdown_waits_for_nothing(kind: BackendKind) {
+    let Some((running, addr, _handles)) = start(kind) else {
+        return;
+    };
+    let connector = running.connector();
+    let shutdown = running.shutdown_handle();
+    shutdown.shutdown();
+    running.join();
+    let (tx, _rx) = mpsc::channel();
+    assert_eq!(
+        connector.connect(addr, Raw, Publish(tx), Some(Duration::from_secs(1))),
+        Err(HandleError::EngineStopped)
+    );
+    assert!(
+        shutdown.shutdown_and_wait(Duration::from_secs(10)),
+        "shutdown_and_wait on a stopped engine waited for threads that are gone"
+    );
+}
+
 on_every_backend!(
     stale_handle_never_reaches_the_slots_next_connection,
     notify_reaches_on_notify_after_earlier_writes,
     many_writes_from_another_thread_arrive_in_order,
     a_watcher_fires_at_once_under_the_default_low_watermark,
+    a_stopped_engine_refuses_connects_and_shutdown_waits_for_nothing,
 );
