@@ -427,6 +427,39 @@ fn max_buffered_input_closes_with_protocol(kind: BackendKind) {
     stop(running);
 }
 
+/// `max_buffered_input` is a bound, not a trigger: exactly that many undecoded bytes are kept.
+/// A frame of 64 KiB with a limit of 64 KiB: its header and all of its payload but the last 4
+/// bytes (64 KiB in all) are read and held (the test waits for `bytes_in` to say so); then the
+/// last 4 bytes complete it, and it is echoed whole. No connection is closed.
+fn max_buffered_input_holds_exactly_the_limit(kind: BackendKind) {
+    const LIMIT: usize = 64 << 10;
+    let (tx, _closed) = closes();
+    let server = Server::new(
+        any_port(),
+        LengthDelimited::new().max_frame(16 << 20),
+        move |_| Echo(tx.clone()),
+    )
+    .max_buffered_input(LIMIT);
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let frame = [&(LIMIT as u32).to_be_bytes()[..], pattern(0, LIMIT)].concat();
+    let mut c = connect(server.local_addr());
+    c.write_all(&frame[..LIMIT]).unwrap();
+    wait_stats(&server, "the first 64 KiB read", |s| {
+        s.bytes_in == LIMIT as u64
+    });
+    c.write_all(&frame[LIMIT..]).unwrap();
+    let mut back = vec![0u8; frame.len()];
+    c.read_exact(&mut back)
+        .expect("the frame echoed (the connection was closed at exactly the limit?)");
+    assert!(back == frame, "the echo differs");
+    let s = server.stats().snapshot();
+    assert_eq!(s.closed_total(), 0, "{s:?}");
+    drop(c);
+    stop(running);
+}
+
 /// A gate the test opens; jobs block on it.
 #[derive(Default)]
 struct Gate(Mutex<bool>, Condvar);
@@ -770,4 +803,5 @@ on_every_backend!(
     reading_resumes_when_one_send_empties_the_queue,
     shutdown_ends_when_the_last_connection_is_gone,
     bytes_out_counts_a_send_in_progress,
+    max_buffered_input_holds_exactly_the_limit,
 );
