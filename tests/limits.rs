@@ -460,6 +460,35 @@ fn max_buffered_input_holds_exactly_the_limit(kind: BackendKind) {
     stop(running);
 }
 
+/// A connection that is open but has sent nothing when the drain begins is spared for a
+/// moment (its request may be on the way; the engine's grace is 1 s): the test waits until
+/// the IO thread has stopped accepting (`shutdown_and_wait`), then sends a line, which is
+/// answered before the close (EOF, `Shutdown`). An engine that closed such a connection at
+/// once would answer nothing.
+fn a_fresh_connection_is_spared_at_shutdown(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone()));
+    let Some((running, server)) = start(kind, Duration::from_secs(10), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    wait_stats(&server, "the connection opened", |s| s.active == 1);
+    assert!(running.shutdown_handle().shutdown_and_wait(WAIT));
+    c.write_all(b"late request\n").unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("the answer, then a clean EOF");
+    assert_eq!(
+        got, b"late request\n",
+        "the fresh connection was closed unanswered"
+    );
+    assert_eq!(
+        next_close(&closed, WAIT, "the spared connection"),
+        CloseReason::Shutdown
+    );
+    running.join();
+}
+
 /// A gate the test opens; jobs block on it.
 #[derive(Default)]
 struct Gate(Mutex<bool>, Condvar);
@@ -804,4 +833,5 @@ on_every_backend!(
     shutdown_ends_when_the_last_connection_is_gone,
     bytes_out_counts_a_send_in_progress,
     max_buffered_input_holds_exactly_the_limit,
+    a_fresh_connection_is_spared_at_shutdown,
 );
