@@ -433,6 +433,12 @@ impl State {
                     return;
                 };
                 if let Some(s) = &e.core.shared {
+                    // Counted as queued before it stops counting as posted (the flush then
+                    // publishes the exact queue): in between, a handle saw the bytes in
+                    // neither, and `is_writable` could say yes while the queue was full.
+                    if e.core.writable() {
+                        s.queued.fetch_add(data.len(), Ordering::AcqRel);
+                    }
                     s.posted.fetch_sub(data.len(), Ordering::AcqRel);
                 }
                 if e.core.writable() {
