@@ -6,6 +6,7 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -519,6 +520,191 @@ fn close_after_sends_its_last_words_then_eof(kind: BackendKind) {
     stop(running);
 }
 
+/// Reads after `close_after`'s last words: counts the frames it is given and reports `on_close`.
+struct LingerProbe {
+    frames: Arc<AtomicUsize>,
+    closed: mpsc::Sender<CloseReason>,
+}
+impl Handler for LingerProbe {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _: Frame<'_>) {
+        self.frames.fetch_add(1, Ordering::SeqCst);
+        conn.close_after(b"bye");
+    }
+    fn on_close(&mut self, _: &ConnInfo, reason: &CloseReason) {
+        let _ = self.closed.send(reason.clone());
+    }
+}
+
+/// While a closed connection lingers it still reads, but only to discard: what the peer sends
+/// after the last words is received (`bytes_in` counts it) yet never reaches the handler (one
+/// frame, `frames_in` 1), and the peer's EOF, read like any input, ends the linger. An engine
+/// that stopped reading while lingering would close at `LINGER` with the bytes unread
+/// (`bytes_in` 1); one that delivered them would count a second frame.
+fn a_lingering_connection_reads_and_discards(kind: BackendKind) {
+    let frames = Arc::new(AtomicUsize::new(0));
+    let (tx, closed) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let f = frames.clone();
+    let mut engine = match support::engine(kind, 1) {
+        Some(e) => e,
+        None => return,
+    };
+    let h = engine
+        .add_server(Server::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Raw,
+            move |_| LingerProbe {
+                frames: f.clone(),
+                closed: tx.lock().unwrap().clone(),
+            },
+        ))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut c = client(h.local_addr());
+    c.write_all(b"x").unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("a clean EOF after the last words");
+    assert_eq!(got, b"bye");
+    // The server's FIN came: it lingers now. Send more, then our EOF.
+    c.write_all(b"after the last words").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let reason = closed.recv_timeout(LIMIT).expect("on_close");
+    assert_eq!(reason, CloseReason::Local);
+    let snap = h.stats().snapshot();
+    assert_eq!(
+        snap.bytes_in,
+        1 + b"after the last words".len() as u64,
+        "what the peer sent while the connection lingered was not read: {snap:?}"
+    );
+    assert_eq!(
+        (frames.load(Ordering::SeqCst), snap.frames_in),
+        (1, 1),
+        "input after close_after reached the handler"
+    );
+    drop(c);
+    stop(running);
+}
+
+/// Pauses reading at its first frame, resumes on a timer; logs what it sees in order.
+struct Pauser(Arc<Mutex<Vec<String>>>);
+impl Handler for Pauser {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        let text = String::from_utf8_lossy(frame.raw()).into_owned();
+        if text == "a" {
+            conn.pause_reading();
+            conn.set_timer(1, Duration::from_millis(200));
+        }
+        let paused = conn.is_reading_paused();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("frame {text} paused={paused}"));
+        conn.write(frame.raw());
+    }
+    fn on_timer(&mut self, conn: &mut Conn<'_>, _: u64) {
+        conn.resume_reading();
+        let paused = conn.is_reading_paused();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("resume paused={paused}"));
+    }
+}
+
+/// `pause_reading` holds input back until `resume_reading`, and `is_reading_paused` says
+/// which it is: "b", sent once "a" was handled (and reading paused), is delivered only after
+/// the timer resumed reading, whenever it arrives.
+fn pause_reading_holds_input_until_resumed(kind: BackendKind) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let Some((running, addr)) = start(kind, |s| s, move |_| Pauser(l.clone())) else {
+        return;
+    };
+    let mut c = client(addr);
+    c.write_all(b"a").unwrap();
+    let mut got = [0u8; 1];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"a");
+    c.write_all(b"b").unwrap();
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"b");
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "frame a paused=true",
+            "resume paused=false",
+            "frame b paused=false"
+        ]
+    );
+    stop(running);
+}
+
+/// Reports each connection's local port and IO thread (the top 16 bits of its id) on open.
+struct WhereServed(mpsc::Sender<(u16, u64)>);
+impl Handler for WhereServed {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let info = conn.info();
+        let _ = self.0.send((info.local.port(), info.id >> 48));
+    }
+    fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+}
+
+/// Where each IO thread has its own listening socket (epoll, io_uring), a connection is
+/// served by the thread that accepted it: no hand-off (that is IOCP's, whose one socket
+/// accepts for every thread). Two IO threads are given one listener each, on two ports, so
+/// which thread accepts is known: every connection to the second port must be on thread 1,
+/// to the first on thread 0 (two of each, in turn).
+#[cfg(not(windows))]
+fn connections_stay_on_the_thread_that_accepted_them(kind: BackendKind) {
+    let Some(mut engine) = support::engine(kind, 2) else {
+        return;
+    };
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    engine
+        .add_server_with_listeners(
+            Server::new("127.0.0.1:0".parse().unwrap(), Raw, move |_| {
+                WhereServed(tx.lock().unwrap().clone())
+            }),
+            listeners,
+        )
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut clients = Vec::new();
+    for thread in [1, 1, 0, 0] {
+        let port = ports[thread];
+        clients.push(client(SocketAddr::from(([127, 0, 0, 1], port))));
+        let (local, served_by) = rx.recv_timeout(LIMIT).expect("on_open");
+        assert_eq!(local, port);
+        assert_eq!(
+            served_by, thread as u64,
+            "accepted by IO thread {thread}'s listener (port {port}), served by thread {served_by}"
+        );
+    }
+    drop(clients);
+    stop(running);
+}
+
+#[cfg(not(windows))]
+mod accept_thread {
+    #[test]
+    fn epoll() {
+        super::connections_stay_on_the_thread_that_accepted_them(ringport::BackendKind::Epoll)
+    }
+    #[test]
+    fn uring() {
+        super::connections_stay_on_the_thread_that_accepted_them(ringport::BackendKind::Uring)
+    }
+}
+
 /// Closes (gracefully) when told to by the test: `on_close` says how it ended.
 struct Report(mpsc::Sender<CloseReason>);
 impl Handler for Report {
@@ -580,6 +766,8 @@ on_every_backend!(
     send_frame_encodes_with_the_servers_codec,
     conn_is_writable_follows_the_high_watermark,
     close_after_sends_its_last_words_then_eof,
+    a_lingering_connection_reads_and_discards,
+    pause_reading_holds_input_until_resumed,
     close_counts_are_keyed_by_reason_name,
 );
 
@@ -599,4 +787,41 @@ fn too_many_receive_buffers_is_a_configuration_error() {
         .recv_buffer_count(32_768)
         .build()
         .is_ok());
+}
+
+/// The builder's ranges include their ends: 64 bytes and 16 MiB receive buffers, 1 and 1024 IO
+/// threads are accepted, one step outside is a configuration error.
+#[test]
+fn builder_ranges_include_their_ends() {
+    let build = |b: ringport::EngineBuilder| b.backend(BackendKind::Poll).build();
+    for size in [64, 1 << 24] {
+        assert!(
+            build(Engine::builder().recv_buffer_size(size)).is_ok(),
+            "receive buffer size {size} refused"
+        );
+    }
+    for size in [63, (1 << 24) + 1] {
+        assert!(
+            matches!(
+                build(Engine::builder().recv_buffer_size(size)),
+                Err(Error::Config(_))
+            ),
+            "receive buffer size {size} accepted"
+        );
+    }
+    for n in [1, 1024] {
+        assert!(
+            build(Engine::builder().io_threads(n)).is_ok(),
+            "{n} IO threads refused"
+        );
+    }
+    for n in [0, 1025] {
+        assert!(
+            matches!(
+                build(Engine::builder().io_threads(n)),
+                Err(Error::Config(_))
+            ),
+            "{n} IO threads accepted"
+        );
+    }
 }

@@ -10,7 +10,9 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringport::codec::Raw;
-use ringport::{BackendKind, Conn, ConnectionHandle, Frame, HandleError, Handler, Server};
+use ringport::{
+    BackendKind, Conn, ConnectionHandle, Frame, HandleError, Handler, Server, SocketOptions,
+};
 
 /// Hands its connection's handle to the test on open; echoes nothing; writes `{value};` for
 /// each notification.
@@ -136,8 +138,99 @@ fn many_writes_from_another_thread_arrive_in_order(kind: BackendKind) {
     running.join();
 }
 
+/// Hands its handle to the test on open; reports `(value, queued bytes)` from `on_writable`.
+struct Watch {
+    handles: mpsc::Sender<ConnectionHandle>,
+    writable: mpsc::Sender<(u64, usize)>,
+}
+impl Handler for Watch {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let _ = self.handles.send(conn.handle());
+    }
+    fn on_frame(&mut self, _conn: &mut Conn<'_>, _frame: Frame<'_>) {}
+    fn on_writable(&mut self, conn: &mut Conn<'_>, value: u64) {
+        let _ = self.writable.send((value, conn.queued_bytes()));
+    }
+}
+
+/// The default low watermark is 256 KiB (`DEFAULT_WRITE_LOW`): with 200 KiB written to a
+/// client that has a 4 KiB window and reads nothing, through a 4 KiB send buffer, most of it
+/// stays queued, which is under the mark, so a writability watcher fires at once, with bytes
+/// still queued. (Were the low watermark 0, it would wait for a reader that never comes.)
+/// Then the client reads it all.
+fn a_watcher_fires_at_once_under_the_default_low_watermark(kind: BackendKind) {
+    const BYTES: usize = 200 << 10;
+    let Some(mut engine) = support::engine(kind, 1) else {
+        return;
+    };
+    let (htx, handles) = mpsc::channel();
+    let (wtx, writable) = mpsc::channel();
+    let (htx, wtx) = (Mutex::new(htx), Mutex::new(wtx));
+    let server = engine
+        .add_server(
+            Server::new("127.0.0.1:0".parse().unwrap(), Raw, move |_| Watch {
+                handles: htx.lock().unwrap().clone(),
+                writable: wtx.lock().unwrap().clone(),
+            })
+            .socket_options(SocketOptions::default().send_buffer(Some(4096))),
+        )
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut c = {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&server.local_addr().into()).unwrap();
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let h = handles.recv_timeout(Duration::from_secs(10)).unwrap();
+    h.write(vec![0x33; BYTES]).unwrap();
+    h.notify_when_writable(&h, 5);
+    let (value, queued) = writable
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no on_writable while the queue was under the default low watermark");
+    println!("on_writable with {queued} bytes queued");
+    assert_eq!(value, 5);
+    assert!(
+        queued <= ringport::DEFAULT_WRITE_LOW,
+        "{queued} bytes queued"
+    );
+    let mut got = vec![0u8; BYTES];
+    c.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0x33));
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+/// Once the engine has stopped, what is kept of it says so: the connector refuses with
+/// `EngineStopped` (not an `Ok` for a connect that no thread will make), and
+/// `shutdown_and_wait` returns `true` at once (every IO thread closed its listeners; none is
+/// left to answer, and none is waited for).
+fn a_stopped_engine_refuses_connects_and_shutdown_waits_for_nothing(kind: BackendKind) {
+    let Some((running, addr, _handles)) = start(kind) else {
+        return;
+    };
+    let connector = running.connector();
+    let shutdown = running.shutdown_handle();
+    shutdown.shutdown();
+    running.join();
+    let (tx, _rx) = mpsc::channel();
+    assert_eq!(
+        connector.connect(addr, Raw, Publish(tx), Some(Duration::from_secs(1))),
+        Err(HandleError::EngineStopped)
+    );
+    assert!(
+        shutdown.shutdown_and_wait(Duration::from_secs(10)),
+        "shutdown_and_wait on a stopped engine waited for threads that are gone"
+    );
+}
+
 on_every_backend!(
     stale_handle_never_reaches_the_slots_next_connection,
     notify_reaches_on_notify_after_earlier_writes,
-    many_writes_from_another_thread_arrive_in_order
+    many_writes_from_another_thread_arrive_in_order,
+    a_watcher_fires_at_once_under_the_default_low_watermark,
+    a_stopped_engine_refuses_connects_and_shutdown_waits_for_nothing,
 );

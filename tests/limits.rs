@@ -424,6 +424,68 @@ fn max_buffered_input_closes_with_protocol(kind: BackendKind) {
     stop(running);
 }
 
+/// `max_buffered_input` is a bound, not a trigger: exactly that many undecoded bytes are kept.
+/// A frame of 64 KiB with a limit of 64 KiB: its header and all of its payload but the last 4
+/// bytes (64 KiB in all) are read and held (the test waits for `bytes_in` to say so); then the
+/// last 4 bytes complete it, and it is echoed whole. No connection is closed.
+fn max_buffered_input_holds_exactly_the_limit(kind: BackendKind) {
+    const LIMIT: usize = 64 << 10;
+    let (tx, _closed) = closes();
+    let server = Server::new(
+        any_port(),
+        LengthDelimited::new().max_frame(16 << 20),
+        move |_| Echo(tx.clone()),
+    )
+    .max_buffered_input(LIMIT);
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let frame = [&(LIMIT as u32).to_be_bytes()[..], pattern(0, LIMIT)].concat();
+    let mut c = connect(server.local_addr());
+    c.write_all(&frame[..LIMIT]).unwrap();
+    wait_stats(&server, "the first 64 KiB read", |s| {
+        s.bytes_in == LIMIT as u64
+    });
+    c.write_all(&frame[LIMIT..]).unwrap();
+    let mut back = vec![0u8; frame.len()];
+    c.read_exact(&mut back)
+        .expect("the frame echoed (the connection was closed at exactly the limit?)");
+    assert!(back == frame, "the echo differs");
+    let s = server.stats().snapshot();
+    assert_eq!(s.closed_total(), 0, "{s:?}");
+    drop(c);
+    stop(running);
+}
+
+/// A connection that is open but has sent nothing when the drain begins is spared for a
+/// moment (its request may be on the way; the engine's grace is 1 s): the test waits until
+/// the IO thread has stopped accepting (`shutdown_and_wait`), then sends a line, which is
+/// answered before the close (EOF, `Shutdown`). An engine that closed such a connection at
+/// once would answer nothing.
+fn a_fresh_connection_is_spared_at_shutdown(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone()));
+    let Some((running, server)) = start(kind, Duration::from_secs(10), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    wait_stats(&server, "the connection opened", |s| s.active == 1);
+    assert!(running.shutdown_handle().shutdown_and_wait(WAIT));
+    c.write_all(b"late request\n").unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("the answer, then a clean EOF");
+    assert_eq!(
+        got, b"late request\n",
+        "the fresh connection was closed unanswered"
+    );
+    assert_eq!(
+        next_close(&closed, WAIT, "the spared connection"),
+        CloseReason::Shutdown
+    );
+    running.join();
+}
+
 /// A gate the test opens; jobs block on it.
 #[derive(Default)]
 struct Gate(Mutex<bool>, Condvar);
@@ -642,6 +704,120 @@ fn every_counter_is_counted(kind: BackendKind) {
     assert_eq!(s, want);
 }
 
+/// Queues 4 KiB on open; logs the input it is given (and writes nothing more).
+struct Burst(Arc<Mutex<Vec<u8>>>);
+impl Handler for Burst {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        conn.write(&[0x42; 4096]);
+    }
+    fn on_frame(&mut self, _conn: &mut Conn<'_>, frame: Frame<'_>) {
+        self.0.lock().unwrap().extend_from_slice(frame.raw());
+    }
+}
+
+/// Watermarks 1 KiB / 2 KiB: the 4 KiB written on open pause reading (counted once). The queue
+/// then drains in one send, straight from above the high watermark to empty, which is at or
+/// below the low one: reading resumes, and input sent after that ("a", then "b" once "a" was
+/// handled, so that whatever the backend read ahead before the pause is used up) reaches the
+/// handler. An engine that resumed only above the low watermark would stay paused for good.
+fn reading_resumes_when_one_send_empties_the_queue(kind: BackendKind) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let server =
+        Server::new(any_port(), Raw, move |_| Burst(l.clone())).write_watermarks(1024, 2048);
+    let Some((running, server)) = start(kind, Duration::from_secs(5), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    let mut got = vec![0u8; 4096];
+    c.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0x42));
+    let wait_log = |want: &[u8]| {
+        let deadline = Instant::now() + WAIT;
+        while log.lock().unwrap().as_slice() != want {
+            assert!(
+                Instant::now() < deadline,
+                "input {:?} not handled within {WAIT:?} (got {:?}): reading never resumed",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&log.lock().unwrap())
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    c.write_all(b"a").unwrap();
+    wait_log(b"a");
+    c.write_all(b"b").unwrap();
+    wait_log(b"ab");
+    let s = server.stats().snapshot();
+    assert_eq!(s.backpressure_pauses, 1, "{s:?}");
+    drop(c);
+    stop(running);
+}
+
+/// A drain whose connections all close stops the engine then, not at the drain deadline: with
+/// a 60 s deadline, an idle connection is closed cleanly (EOF, `Shutdown`) and `join` returns
+/// within the 20 s wait.
+fn shutdown_ends_when_the_last_connection_is_gone(kind: BackendKind) {
+    let (tx, closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Echo(tx.clone()));
+    let Some((running, server)) = start(kind, Duration::from_secs(60), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    echo_line(&mut c, b"x\n");
+    running.shutdown_handle().shutdown();
+    let (n, end) = read_to_end(&mut c);
+    assert_eq!((n, end), (0, End::Eof));
+    assert_eq!(
+        next_close(&closed, WAIT, "the idle connection at shutdown"),
+        CloseReason::Shutdown
+    );
+    let (done, joined) = mpsc::channel();
+    thread::spawn(move || {
+        running.join();
+        let _ = done.send(());
+    });
+    joined.recv_timeout(WAIT).unwrap_or_else(|_| {
+        panic!("the engine had no connection left but did not stop within {WAIT:?} (the drain deadline is 60 s)")
+    });
+    assert_eq!(server.stats().snapshot().active, 0);
+}
+
+/// A send the peer takes only in part still counts what the kernel took: 32 MiB queued on
+/// open to a client with a 4 KiB window that does not read yet can never finish, yet
+/// `bytes_out` moves above 0 (the partial send's progress). Then the client reads it all and
+/// `bytes_out` is exactly 32 MiB: nothing counted twice.
+fn bytes_out_counts_a_send_in_progress(kind: BackendKind) {
+    const BYTES: usize = 32 << 20;
+    let (tx, _closed) = closes();
+    let server = Server::new(any_port(), Raw, move |_| Flood {
+        bytes: BYTES,
+        closed: tx.clone(),
+    });
+    let Some((running, server)) = start(kind, Duration::from_secs(5), server) else {
+        return;
+    };
+    let mut c = connect_small_window(server.local_addr());
+    let s = wait_stats(&server, "part of the stalled send counted", |s| {
+        s.bytes_out > 0
+    });
+    assert!(s.bytes_out < BYTES as u64, "{s:?}");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < BYTES {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "EOF after {got} bytes");
+        assert!(buf[..n].iter().all(|&b| b == 0x5A));
+        got += n;
+    }
+    let s = wait_stats(&server, "the whole send counted", |s| {
+        s.bytes_out >= BYTES as u64
+    });
+    assert_eq!(s.bytes_out, BYTES as u64, "{s:?}");
+    drop(c);
+    stop(running);
+}
+
 on_every_backend!(
     watermarks_pause_and_resume,
     drain_deadline_resets_what_is_left,
@@ -650,4 +826,9 @@ on_every_backend!(
     max_buffered_input_closes_with_protocol,
     full_worker_queue_holds_the_frame_and_resumes,
     every_counter_is_counted,
+    reading_resumes_when_one_send_empties_the_queue,
+    shutdown_ends_when_the_last_connection_is_gone,
+    bytes_out_counts_a_send_in_progress,
+    max_buffered_input_holds_exactly_the_limit,
+    a_fresh_connection_is_spared_at_shutdown,
 );
