@@ -108,7 +108,7 @@ fi
 # example would still be linked for each mutant).
 if [ "$tier" = 1 ]; then
     for t in --lib --test=limits --test=gateway --test=handles --test=handler_panic \
-        --test=outgoing_connect --test=signals; do
+        --test=outgoing_connect --test=signals --test=accept_spread; do
         args+=("--cargo-arg=$t")
     done
 fi

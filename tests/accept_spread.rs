@@ -8,6 +8,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+#[cfg(not(windows))]
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
@@ -76,3 +78,71 @@ fn connections_are_served_by_every_io_thread(kind: BackendKind) {
 }
 
 on_every_backend!(connections_are_served_by_every_io_thread);
+
+#[cfg(not(windows))]
+/// Reports each connection's local port and IO thread (the top 16 bits of its id) on open.
+struct WhereServed(mpsc::Sender<(u16, u64)>);
+#[cfg(not(windows))]
+impl Handler for WhereServed {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let info = conn.info();
+        let _ = self.0.send((info.local.port(), info.id >> 48));
+    }
+    fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+}
+
+/// Where each IO thread has its own listening socket (epoll, io_uring), a connection is
+/// served by the thread that accepted it: no hand-off (that is IOCP's, whose one socket
+/// accepts for every thread). Two IO threads are given one listener each, on two ports, so
+/// which thread accepts is known: every connection to the second port must be on thread 1,
+/// to the first on thread 0 (two of each, in turn).
+#[cfg(not(windows))]
+fn connections_stay_on_the_thread_that_accepted_them(kind: BackendKind) {
+    let Some(mut engine) = support::engine(kind, 2) else {
+        return;
+    };
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    engine
+        .add_server_with_listeners(
+            Server::new("127.0.0.1:0".parse().unwrap(), Raw, move |_| {
+                WhereServed(tx.lock().unwrap().clone())
+            }),
+            listeners,
+        )
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut clients = Vec::new();
+    for thread in [1, 1, 0, 0] {
+        let port = ports[thread];
+        clients.push(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap());
+        let (local, served_by) = rx.recv_timeout(Duration::from_secs(10)).expect("on_open");
+        assert_eq!(local, port);
+        assert_eq!(
+            served_by, thread as u64,
+            "accepted by IO thread {thread}'s listener (port {port}), served by thread {served_by}"
+        );
+    }
+    drop(clients);
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+#[cfg(not(windows))]
+mod accept_thread {
+    #[test]
+    fn epoll() {
+        super::connections_stay_on_the_thread_that_accepted_them(ringport::BackendKind::Epoll)
+    }
+    #[test]
+    fn uring() {
+        super::connections_stay_on_the_thread_that_accepted_them(ringport::BackendKind::Uring)
+    }
+}
