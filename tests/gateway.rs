@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ringport::codec::{LengthDelimited, Raw};
 use ringport::{
     BackendKind, CloseReason, Conn, ConnInfo, ConnectOptions, ConnectionHandle, Engine, Error,
-    Frame, HandleError, Handler, RunningEngine, Server,
+    Frame, HandleError, Handler, RunningEngine, Server, ServerHandle,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -46,10 +46,19 @@ fn start<H: Handler, F: Fn(&ConnInfo) -> H + Send + Sync + 'static>(
     server: impl FnOnce(Server) -> Server,
     factory: F,
 ) -> Option<(RunningEngine, SocketAddr)> {
+    start_server(kind, server, factory).map(|(running, h)| (running, h.local_addr()))
+}
+
+/// `start`, keeping the server's handle (its address and stats).
+fn start_server<H: Handler, F: Fn(&ConnInfo) -> H + Send + Sync + 'static>(
+    kind: BackendKind,
+    server: impl FnOnce(Server) -> Server,
+    factory: F,
+) -> Option<(RunningEngine, ServerHandle)> {
     let mut engine = support::engine(kind, 1)?;
     let s = server(Server::new("127.0.0.1:0".parse().unwrap(), Raw, factory));
     let h = engine.add_server(s).unwrap();
-    Some((engine.start().unwrap(), h.local_addr()))
+    Some((engine.start().unwrap(), h))
 }
 
 fn stop(running: RunningEngine) {
@@ -545,21 +554,16 @@ fn a_lingering_connection_reads_and_discards(kind: BackendKind) {
     let (tx, closed) = mpsc::channel();
     let tx = Mutex::new(tx);
     let f = frames.clone();
-    let mut engine = match support::engine(kind, 1) {
-        Some(e) => e,
-        None => return,
+    let Some((running, h)) = start_server(
+        kind,
+        |s| s,
+        move |_| LingerProbe {
+            frames: f.clone(),
+            closed: tx.lock().unwrap().clone(),
+        },
+    ) else {
+        return;
     };
-    let h = engine
-        .add_server(Server::new(
-            "127.0.0.1:0".parse().unwrap(),
-            Raw,
-            move |_| LingerProbe {
-                frames: f.clone(),
-                closed: tx.lock().unwrap().clone(),
-            },
-        ))
-        .unwrap();
-    let running = engine.start().unwrap();
     let mut c = client(h.local_addr());
     c.write_all(b"x").unwrap();
     let mut got = Vec::new();
@@ -654,18 +658,10 @@ impl Handler for Report {
 fn close_counts_are_keyed_by_reason_name(kind: BackendKind) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
-    let mut engine = match support::engine(kind, 1) {
-        Some(e) => e,
-        None => return,
+    let Some((running, h)) = start_server(kind, |s| s, move |_| Report(tx.lock().unwrap().clone()))
+    else {
+        return;
     };
-    let h = engine
-        .add_server(Server::new(
-            "127.0.0.1:0".parse().unwrap(),
-            Raw,
-            move |_| Report(tx.lock().unwrap().clone()),
-        ))
-        .unwrap();
-    let running = engine.start().unwrap();
     let mut c = client(h.local_addr());
     c.write_all(b"x").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
