@@ -20,6 +20,14 @@
 #   8. the same three ringport variants with loop-turn tracing on (RINGPORT_URING_TRACE=1;
 #      the per-thread summaries land in TRACE_DIR, default /tmp/ringport-trace), 2 rounds;
 #   9. step 7 again at 50 connections, default vs `wait=min:8:50` vs tokio (a repeat).
+# Third quiet window (the adaptive wait, and receives into per-connection buffers):
+#  10. echo_server at 1, 50 and 500 connections, both clients: the wait of the time
+#      (`wait=one`) against `wait=adapt:8:50` (the min-wait only after a turn that reaped 8
+#      completions) and `recv=own` (single-shot receives into per-connection buffers), with
+#      tokio and monoio;
+#  11. line_server and packet_echo_server, 50 and 500 connections, pipelined 16 and not: the
+#      same two waits against tokio-util (3 rounds);
+#  12. memory at 10k idle connections: the default against `recv=own` (1 round).
 # Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
 #
@@ -28,6 +36,7 @@
 #   bench/issue13_quiet.sh            # steps 1, 2, 3 and 5
 #   STEPS="2 3" bench/issue13_quiet.sh
 #   STEPS="6 7 8 9" BEFORE_DIR=/tmp/before-examples bench/issue13_quiet.sh   # second window
+#   STEPS="10 11 12" bench/issue13_quiet.sh                                    # third window
 
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -70,6 +79,15 @@ for s in $STEPS; do
     9) step 9 SECTION=issue13-quiet-tail-repeat SCENARIOS="pp50" ROUNDS=${TAIL_ROUNDS:-4} \
         SERVERS="ringport-uring ringport-uring~wait=min:8:50 tokio" \
         PAIRS="ringport-uring~wait=min:8:50/ringport-uring" ;;
+    10) step 10 SECTION=issue13-quiet-adapt SCENARIOS="pp1 pp50 pp500" \
+        SERVERS="ringport-uring~wait=one ringport-uring~wait=adapt:8:50 ringport-uring~recv=own tokio monoio" \
+        PAIRS="ringport-uring~wait=adapt:8:50/ringport-uring~wait=one ringport-uring~recv=own/ringport-uring~wait=one" ;;
+    11) step 11 SECTION=issue13-quiet-adapt-framed ROUNDS=${FRAMED_ROUNDS:-3} \
+        SCENARIOS="line50 line500 line50p line500p packet50 packet500 packet50p packet500p" \
+        FRAMED_SERVERS="ringport-uring~wait=one ringport-uring~wait=adapt:8:50 tokio-util" \
+        PAIRS="ringport-uring~wait=adapt:8:50/ringport-uring~wait=one" ;;
+    12) step 12 SECTION=issue13-quiet-own-rss SCENARIOS="rss10k" ROUNDS=1 \
+        SERVERS="ringport-uring~wait=one ringport-uring~recv=own" ;;
     *) echo "unknown step $s" >&2 ;;
     esac
 done

@@ -78,10 +78,59 @@ pub(super) fn unregister_ring_fd(ring: &IoUring, index: u32) {
     };
 }
 
+/// Chooses each loop turn's wait from the switch and, for `adapt`, from how many completions
+/// the turn before reaped.
+pub(super) struct WaitRule {
+    configured: Wait,
+    reaped: u32,
+}
+
+impl WaitRule {
+    pub(super) fn new(ring: &IoUring) -> WaitRule {
+        let mut configured = tuning().wait;
+        if matches!(configured, Wait::Min { .. } | Wait::Adapt { .. })
+            && !ring.params().is_feature_min_timeout()
+        {
+            tracing::warn!(
+                "RINGPORT_URING_WAIT={configured:?} needs min_wait_usec (Linux 6.12); waiting for one completion"
+            );
+            configured = Wait::One;
+        }
+        WaitRule::with(configured)
+    }
+
+    fn with(configured: Wait) -> WaitRule {
+        WaitRule {
+            configured,
+            reaped: 0,
+        }
+    }
+
+    /// One completion was reaped.
+    pub(super) fn reaped(&mut self) {
+        self.reaped = self.reaped.saturating_add(1);
+    }
+
+    /// The wait of the turn that begins; the count of reaped completions starts again.
+    pub(super) fn next_turn(&mut self) -> Wait {
+        let reaped = std::mem::take(&mut self.reaped);
+        match self.configured {
+            Wait::Adapt { want, usec } if reaped >= want => Wait::Min { want, usec },
+            Wait::Adapt { .. } => Wait::One,
+            wait => wait,
+        }
+    }
+}
+
 impl UringBackend {
-    /// Submits what is queued and, unless `ready`, waits for completions (at most `timeout`).
-    pub(super) fn enter(&mut self, ready: bool, timeout: Option<Duration>) -> io::Result<usize> {
-        let wait = tuning().wait;
+    /// Submits what is queued and, unless `ready`, waits for completions (at most `timeout`)
+    /// as `wait` says.
+    pub(super) fn enter(
+        &mut self,
+        ready: bool,
+        wait: Wait,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
         let want = match (ready, wait) {
             (true, _) => 0,
             (false, Wait::Min { want, .. }) => want,
@@ -99,8 +148,10 @@ impl UringBackend {
             None => SubmitArgs::new(),
         };
         match (wait, &ts) {
-            (Wait::One, None) => self.ring.submit_and_wait(1),
-            (Wait::One, Some(_)) => self.ring.submitter().submit_with_args(1, &args),
+            (Wait::One | Wait::Adapt { .. }, None) => self.ring.submit_and_wait(1),
+            (Wait::One | Wait::Adapt { .. }, Some(_)) => {
+                self.ring.submitter().submit_with_args(1, &args)
+            }
             (Wait::NoIowait, _) => {
                 self.ring
                     .submitter()
@@ -161,6 +212,47 @@ impl UringBackend {
             Err(io::Error::last_os_error())
         } else {
             Ok(r as usize)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapt_batches_only_after_a_turn_that_reaped_enough() {
+        let batch = Wait::Min { want: 4, usec: 50 };
+        let mut rule = WaitRule::with(Wait::Adapt { want: 4, usec: 50 });
+        assert_eq!(rule.next_turn(), Wait::One, "the first turn reaped nothing");
+        for _ in 0..3 {
+            rule.reaped();
+        }
+        assert_eq!(rule.next_turn(), Wait::One, "3 of 4");
+        for _ in 0..4 {
+            rule.reaped();
+        }
+        assert_eq!(rule.next_turn(), batch, "4 of 4");
+        assert_eq!(
+            rule.next_turn(),
+            Wait::One,
+            "the count starts again each turn"
+        );
+        for _ in 0..100 {
+            rule.reaped();
+        }
+        assert_eq!(rule.next_turn(), batch);
+    }
+
+    #[test]
+    fn other_waits_do_not_depend_on_the_count() {
+        for wait in [Wait::One, Wait::NoIowait, Wait::Min { want: 8, usec: 50 }] {
+            let mut rule = WaitRule::with(wait);
+            assert_eq!(rule.next_turn(), wait);
+            for _ in 0..10 {
+                rule.reaped();
+            }
+            assert_eq!(rule.next_turn(), wait);
         }
     }
 }

@@ -187,6 +187,8 @@ pub(crate) struct UringBackend {
     fixed_slots: usize,
     /// Loop-turn record (`RINGPORT_URING_TRACE=1`, `trace.rs`).
     trace: Option<Box<trace::Trace>>,
+    /// The wait of each loop turn (`RINGPORT_URING_WAIT`, `enter.rs`).
+    wait_rule: enter::WaitRule,
 }
 
 /// Direct-descriptor slots per ring with `RINGPORT_URING_FIXED=on` (tokens are per thread, so
@@ -210,7 +212,6 @@ impl UringBackend {
             return Err(err);
         }
         let mut backend = UringBackend {
-            ring,
             bufs,
             held: None,
             wake: Arc::new(EventFd(fd)),
@@ -225,6 +226,8 @@ impl UringBackend {
             ring_index: None,
             fixed_slots: 0,
             trace: trace::enabled().then(|| Box::new(trace::Trace::new())),
+            wait_rule: enter::WaitRule::new(&ring),
+            ring,
         };
         let t = tuning::tuning();
         if t.ring_fd {
@@ -487,7 +490,8 @@ impl Backend for UringBackend {
         if let Some(t) = self.trace.as_mut() {
             t.wait_begins();
         }
-        let entered = self.enter(ready, timeout);
+        let wait = self.wait_rule.next_turn();
+        let entered = self.enter(ready, wait, timeout);
         if let Some(t) = self.trace.as_mut() {
             t.wait_ends();
         }
@@ -513,6 +517,7 @@ impl Backend for UringBackend {
         }
         let out = loop {
             let cqe = self.ring.completion().next()?;
+            self.wait_rule.reaped();
             if let Some(out) = self.complete(cqe) {
                 break out;
             }

@@ -21,6 +21,10 @@
 //!   `one` waits for one completion; `noiowait` does the same without iowait accounting
 //!   (`IORING_ENTER_NO_IOWAIT`, 6.15); `min:N:USEC` waits for N completions but for at most
 //!   USEC microseconds once one has arrived (`min_wait_usec`, 6.12), batching completions;
+//!   `adapt:N:USEC` waits as `min:N:USEC` only after a loop turn that reaped at least N
+//!   completions, else as `one`, so that a lightly loaded ring (one connection, a reply per
+//!   wake-up) never waits for company that is not coming. Without the kernel's
+//!   `IORING_FEAT_MIN_TIMEOUT` both fall back to `one`;
 //! - `RINGPORT_URING_BALANCE=on|off` (default `off`): spread accepted connections over the IO
 //!   threads round robin. Each IO thread has its own SO_REUSEPORT listener and the kernel picks
 //!   one per connection by a hash of the addresses, which can leave one thread with many more
@@ -52,6 +56,8 @@ pub(super) enum Wait {
     NoIowait,
     /// Wait for `want` completions, at most `usec` microseconds once the first has arrived.
     Min { want: u32, usec: u32 },
+    /// As `Min` after a turn that reaped at least `want` completions, else as `One`.
+    Adapt { want: u32, usec: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,13 +98,21 @@ fn parse_wait(v: &str) -> Option<Wait> {
         "one" => Some(Wait::One),
         "noiowait" => Some(Wait::NoIowait),
         _ => {
-            let mut parts = v.strip_prefix("min:")?.split(':');
+            let (adapt, rest) = match v.strip_prefix("min:") {
+                Some(rest) => (false, rest),
+                None => (true, v.strip_prefix("adapt:")?),
+            };
+            let mut parts = rest.split(':');
             let want = parts.next()?.parse::<u32>().ok()?;
             let usec = parts.next()?.parse::<u32>().ok()?;
             let ok = parts.next().is_none()
                 && (1..=1024).contains(&want)
                 && (1..=100_000).contains(&usec);
-            ok.then_some(Wait::Min { want, usec })
+            ok.then_some(if adapt {
+                Wait::Adapt { want, usec }
+            } else {
+                Wait::Min { want, usec }
+            })
         }
     }
 }
@@ -217,6 +231,10 @@ mod tests {
             parse_map(&[("RINGPORT_URING_WAIT", "noiowait")]).0.wait,
             Wait::NoIowait
         );
+        assert_eq!(
+            parse_map(&[("RINGPORT_URING_WAIT", "adapt:16:40")]).0.wait,
+            Wait::Adapt { want: 16, usec: 40 }
+        );
         assert!(!parse_map(&[("RINGPORT_URING_FIXED", "off")]).0.fixed_files);
         for (v, setup) in [
             ("defer", Setup::Defer),
@@ -249,7 +267,16 @@ mod tests {
                 "RINGPORT_URING_WAIT"
             ]
         );
-        for v in ["min:0:50", "min:8:0", "min:8:50:1", "min:x:50", "two"] {
+        for v in [
+            "min:0:50",
+            "min:8:0",
+            "min:8:50:1",
+            "min:x:50",
+            "two",
+            "adapt:8",
+            "adapt:0:50",
+            "adapt:8:50:1",
+        ] {
             assert_eq!(
                 parse_map(&[("RINGPORT_URING_WAIT", v)]).1,
                 vec!["RINGPORT_URING_WAIT"],
