@@ -21,6 +21,9 @@
 //!    the engine as `Event::Data` and goes back to the buffer ring at the next `next()`/`wait()`,
 //!    so the backend holds at most one buffer at a time. A send's `Vec` goes back to the engine in
 //!    `SendDone`/`SendError` (short sends are resubmitted from the offset reached).
+//!    With `RINGPORT_URING_RECV=own` (`ownbuf.rs`) a recv writes into the connection's own
+//!    buffer instead (`Conn::own`, lent while the recv is armed): lent to the engine the same
+//!    way, re-armed at the next `next()`/`wait()`, back to the free list when not re-armed.
 //!
 //! # A connection's ops at close
 //!
@@ -45,7 +48,8 @@
 //!
 //! The backend is split by concern: `probe.rs` (ring setup and the kernel probe), `bufring.rs`
 //! (the provided-buffer ring and the wake eventfd), `ops.rs` (SQE kinds, one function per
-//! kernel operation, and the completions), this file (per-connection state and the [`Backend`]
+//! kernel operation, and the completions), `ownbuf.rs` (per-connection receive buffers for
+//! `RINGPORT_URING_RECV=own`), this file (per-connection state and the [`Backend`]
 //! impl), `tuning.rs` (the experiment switches).
 
 use std::collections::VecDeque;
@@ -67,6 +71,7 @@ use probe::{build_ring, check_features};
 mod bufring;
 mod enter;
 mod ops;
+mod ownbuf;
 mod probe;
 mod trace;
 mod tuning;
@@ -121,6 +126,9 @@ struct Conn {
     cancels: u32,
     /// Its direct descriptor (slot in the ring's file table), if it has one.
     slot: Option<u32>,
+    /// Its receive buffer (`RINGPORT_URING_RECV=own`) while a recv on it is armed or its data
+    /// is lent; the kernel writes into it while `recv` is set.
+    own: Option<Vec<u8>>,
 }
 
 impl Conn {
@@ -136,6 +144,7 @@ impl Conn {
             connect: None,
             cancels: 0,
             slot: None,
+            own: None,
         }
     }
 
@@ -160,7 +169,16 @@ impl Conn {
 /// so that `next` can loop over swallowed CQEs without holding a borrow.
 enum Out {
     Event(Event<'static>),
-    Data { token: Token, bid: u16, len: usize },
+    Data { token: Token, buf: Lent, len: usize },
+}
+
+/// Which buffer holds the data of an `Out::Data`.
+#[derive(Clone, Copy)]
+enum Lent {
+    /// Buffer `bid` of the provided-buffer ring.
+    Ring(u16),
+    /// The connection's own buffer (`Conn::own`, `RINGPORT_URING_RECV=own`).
+    Own,
 }
 
 pub(crate) struct UringBackend {
@@ -168,6 +186,13 @@ pub(crate) struct UringBackend {
     bufs: BufRing,
     /// The buffer lent out in the last `Event::Data`.
     held: Option<u16>,
+    /// How connections receive (`RINGPORT_URING_RECV`; tests may set it before connecting).
+    recv_mode: tuning::Recv,
+    /// Per-connection receive buffers (`RINGPORT_URING_RECV=own`).
+    own: ownbuf::OwnBufs,
+    /// The connection whose own buffer was lent out in the last `Event::Data`; its recv is
+    /// re-armed at the next `next()`/`wait()`.
+    held_own: Option<Token>,
     wake: Arc<EventFd>,
     /// The eventfd read op's target; lives as long as the backend (or is leaked).
     wake_buf: Box<u64>,
@@ -214,6 +239,9 @@ impl UringBackend {
         let mut backend = UringBackend {
             bufs,
             held: None,
+            recv_mode: tuning::tuning().recv,
+            own: ownbuf::OwnBufs::new(config.recv_buffer_size),
+            held_own: None,
             wake: Arc::new(EventFd(fd)),
             wake_buf: Box::new(0),
             listeners: Vec::new(),
@@ -306,6 +334,25 @@ impl UringBackend {
     fn recycle_held(&mut self) {
         if let Some(bid) = self.held.take() {
             self.bufs.recycle(bid);
+        }
+        if let Some(token) = self.held_own.take() {
+            // The engine is done with the data: the same buffer takes the next receive.
+            self.arm_recv(token);
+            self.release_own(token);
+        }
+    }
+
+    /// Returns a connection's own buffer to the free list unless the kernel holds it (an
+    /// armed recv).
+    fn release_own(&mut self, token: Token) {
+        let Some(Some(c)) = self.conns.get_mut(token) else {
+            return;
+        };
+        if c.recv {
+            return;
+        }
+        if let Some(buf) = c.own.take() {
+            self.own.give(buf);
         }
     }
 
@@ -532,11 +579,27 @@ impl Backend for UringBackend {
         }
         Some(match out {
             Out::Event(event) => event,
-            Out::Data { token, bid, len } => {
+            Out::Data {
+                token,
+                buf: Lent::Ring(bid),
+                len,
+            } => {
                 self.held = Some(bid);
                 Event::Data {
                     token,
                     data: self.bufs.data(bid, len),
+                }
+            }
+            Out::Data {
+                token,
+                buf: Lent::Own,
+                len,
+            } => {
+                self.held_own = Some(token);
+                let buf = self.conns[token].as_ref().and_then(|c| c.own.as_deref());
+                Event::Data {
+                    token,
+                    data: &buf.expect("own buffer lent with its data")[..len],
                 }
             }
         })
@@ -621,3 +684,6 @@ mod tests;
 
 #[cfg(test)]
 mod close_tests;
+
+#[cfg(test)]
+mod own_tests;

@@ -9,8 +9,9 @@ use std::os::fd::{FromRawFd, RawFd};
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{cqueue, opcode, squeue};
 
-use super::tuning::tuning;
-use super::{ConnState, Event, Out, Token, UringBackend, BGID};
+use super::ownbuf::{filled, recv_target};
+use super::tuning::Recv;
+use super::{ConnState, Event, Lent, Out, Token, UringBackend, BGID};
 
 /// What an SQE is for; the top byte of its `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,14 +96,23 @@ impl UringBackend {
 
     /// Arms the multishot recv if reading is wanted and no recv (or cancel of one) is in flight.
     pub(super) fn arm_recv(&mut self, token: Token) {
-        let Some(c) = self.conn(token) else { return };
+        let Some(Some(c)) = self.conns.get_mut(token) else {
+            return;
+        };
         if c.state != ConnState::Open || !c.reading || !c.read_open || c.recv || c.recv_cancel {
             return;
         }
         c.recv = true;
         let (fd, fixed) = c.target();
-        let entry = if tuning().multishot_recv {
+        let entry = if self.recv_mode == Recv::Multishot {
             opcode::RecvMulti::new(fd, BGID).build()
+        } else if self.recv_mode == Recv::Own {
+            // Single-shot into the connection's own buffer (kept if it still has one, i.e.
+            // re-armed after its data was consumed). The heap block stays put in `c.own`
+            // until the CQE: `release_own` skips a connection whose `recv` is set.
+            let buf = c.own.get_or_insert_with(|| self.own.take());
+            let (ptr, len) = recv_target(buf);
+            opcode::Recv::new(fd, ptr, len).build()
         } else {
             // Single-shot: the kernel picks a buffer from the ring (no address given); the CQE
             // ends the op and complete_recv re-arms it.
@@ -250,7 +260,10 @@ impl UringBackend {
                 None
             }
             Kind::Close => {
-                self.conns.get_mut(index)?.take()?;
+                let c = self.conns.get_mut(index)?.take()?;
+                if let Some(buf) = c.own {
+                    self.own.give(buf); // nothing of it is in the kernel any more
+                }
                 Some(Out::Event(Event::Closed { token: index }))
             }
             Kind::CancelAll => None,
@@ -312,7 +325,7 @@ impl UringBackend {
 
     fn complete_recv(&mut self, token: Token, res: i32, flags: u32, more: bool) -> Option<Out> {
         let bid = cqueue::buffer_select(flags);
-        let Some(c) = self.conn(token) else {
+        let Some(Some(c)) = self.conns.get_mut(token) else {
             // Cannot happen (the slot outlives its ops), but never lose a buffer.
             if let Some(bid) = bid {
                 self.bufs.recycle(bid);
@@ -326,9 +339,19 @@ impl UringBackend {
         let out = match (res, bid) {
             (n, Some(bid)) if n > 0 && open => Some(Out::Data {
                 token,
-                bid,
+                buf: Lent::Ring(bid),
                 len: n as usize,
             }),
+            // RINGPORT_URING_RECV=own: the kernel wrote into the connection's own buffer.
+            (n, None) if n > 0 && open && c.own.is_some() => {
+                let len = n as usize;
+                filled(c.own.as_mut()?, len);
+                Some(Out::Data {
+                    token,
+                    buf: Lent::Own,
+                    len,
+                })
+            }
             (0, _) if open => {
                 c.read_open = false;
                 Some(Out::Event(Event::ReadClosed { token }))
@@ -354,10 +377,13 @@ impl UringBackend {
             (_, Some(Out::Data { .. })) | (None, _) => {}
             (Some(bid), _) => self.bufs.recycle(bid),
         }
-        if !more {
+        let own_lent = matches!(out, Some(Out::Data { buf: Lent::Own, .. }));
+        if !more && !own_lent {
             self.arm_recv(token);
+            self.release_own(token);
             self.finish_close(token);
         }
+        // Own data lent: `recycle_held` re-arms (or releases) at the next next()/wait().
         out
     }
 

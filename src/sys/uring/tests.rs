@@ -11,11 +11,11 @@ use std::thread;
 pub(super) static ENOBUFS_SEEN: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-const LIMIT: Duration = Duration::from_secs(20);
+pub(super) const LIMIT: Duration = Duration::from_secs(20);
 
 /// An owned copy of an event, so the test can call the backend while looking at it.
 #[derive(Debug)]
-enum Ev {
+pub(super) enum Ev {
     Accepted(TcpStream),
     Data(Token, Vec<u8>),
     ReadClosed(Token),
@@ -25,7 +25,7 @@ enum Ev {
     Wake,
 }
 
-fn owned(event: Event<'_>) -> Ev {
+pub(super) fn owned(event: Event<'_>) -> Ev {
     match event {
         Event::Accepted { stream, .. } => Ev::Accepted(stream),
         Event::Data { token, data } => Ev::Data(token, data.to_vec()),
@@ -38,7 +38,7 @@ fn owned(event: Event<'_>) -> Ev {
     }
 }
 
-fn backend(count: u16, size: usize) -> Option<UringBackend> {
+pub(super) fn backend(count: u16, size: usize) -> Option<UringBackend> {
     backend_with(64, count, size)
 }
 
@@ -60,7 +60,7 @@ fn backend_with(entries: u32, count: u16, size: usize) -> Option<UringBackend> {
 }
 
 /// One loop turn: wait (bounded) and collect this turn's events.
-fn turn(b: &mut UringBackend) -> Vec<Ev> {
+pub(super) fn turn(b: &mut UringBackend) -> Vec<Ev> {
     b.wait(Some(Duration::from_millis(20))).unwrap();
     let mut events = Vec::new();
     while let Some(event) = b.next() {
@@ -71,7 +71,7 @@ fn turn(b: &mut UringBackend) -> Vec<Ev> {
     events
 }
 
-fn listen(b: &mut UringBackend) -> SocketAddr {
+pub(super) fn listen(b: &mut UringBackend) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -80,7 +80,7 @@ fn listen(b: &mut UringBackend) -> SocketAddr {
 }
 
 /// Turns until an accepted stream arrives; registers it as `token`.
-fn accept_as(b: &mut UringBackend, token: Token) {
+pub(super) fn accept_as(b: &mut UringBackend, token: Token) {
     let end = Instant::now() + LIMIT;
     loop {
         let mut events = turn(b).into_iter();
@@ -95,7 +95,7 @@ fn accept_as(b: &mut UringBackend, token: Token) {
     }
 }
 
-fn pattern(seed: usize, len: usize) -> Vec<u8> {
+pub(super) fn pattern(seed: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| ((seed * 31 + i) % 251) as u8).collect()
 }
 
@@ -323,8 +323,9 @@ fn enobufs_rearms_and_all_data_arrives() {
     ids.sort();
     assert_eq!(ids, (0..8).collect::<Vec<_>>());
     clients.into_iter().for_each(|c| c.join().unwrap());
+    // With RINGPORT_URING_RECV=own the ring is not used, so it cannot run dry.
     assert!(
-        ENOBUFS_SEEN.load(Ordering::Relaxed) > 0,
+        ENOBUFS_SEEN.load(Ordering::Relaxed) > 0 || b.recv_mode == tuning::Recv::Own,
         "the ring never ran dry"
     );
     b.shutdown(LIMIT);

@@ -5,9 +5,11 @@
 //! The defaults are the configuration measured best; see ARCHITECTURE.md.
 //!
 //! - `RINGPORT_URING_SETUP=defer|coop|single|plain` (default `defer`): ring setup flags;
-//! - `RINGPORT_URING_RECV=multishot|single` (default `multishot`): one multishot recv per
+//! - `RINGPORT_URING_RECV=multishot|single|own` (default `multishot`): one multishot recv per
 //!   connection, or a single-shot recv re-armed after each completion; both take their
-//!   buffer from the provided-buffer ring;
+//!   buffer from the provided-buffer ring. `own`: a single-shot recv into a buffer of the
+//!   same size that the backend lends the connection only while a receive is armed (no
+//!   provided buffers, as monoio reads; `ownbuf.rs`);
 //! - `RINGPORT_URING_CQ=N` (1 to 64, default 4): completion queue entries per submission
 //!   queue entry;
 //! - `RINGPORT_URING_RINGFD=on|off` (default `off`): register the ring's own descriptor
@@ -60,10 +62,21 @@ pub(super) enum Wait {
     Adapt { want: u32, usec: u32 },
 }
 
+/// How a connection receives (`RINGPORT_URING_RECV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Recv {
+    /// One multishot recv from the provided-buffer ring. The default.
+    Multishot,
+    /// A single-shot recv from the provided-buffer ring, re-armed after each completion.
+    Single,
+    /// A single-shot recv into a buffer lent to the connection while it is armed.
+    Own,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Tuning {
     pub setup: Setup,
-    pub multishot_recv: bool,
+    pub recv: Recv,
     pub cq_factor: u32,
     pub ring_fd: bool,
     pub fixed_files: bool,
@@ -75,7 +88,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             setup: Setup::Defer,
-            multishot_recv: true,
+            recv: Recv::Multishot,
             cq_factor: 4,
             ring_fd: false,
             fixed_files: false,
@@ -119,7 +132,7 @@ fn parse_wait(v: &str) -> Option<Wait> {
 
 /// Reads the switches through `var` (the environment, or a test's map); returns them with
 /// the names of the variables whose values were not understood.
-fn parse(var: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<&'static str>) {
+pub(super) fn parse(var: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<&'static str>) {
     let mut t = Tuning::default();
     let mut bad = Vec::new();
     let get = |name: &str| var(name).filter(|v| !v.is_empty());
@@ -132,7 +145,8 @@ fn parse(var: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<&'static str>) {
     }
     match get("RINGPORT_URING_RECV").as_deref() {
         None | Some("multishot") => {}
-        Some("single") => t.multishot_recv = false,
+        Some("single") => t.recv = Recv::Single,
+        Some("own") => t.recv = Recv::Own,
         Some(_) => bad.push("RINGPORT_URING_RECV"),
     }
     if let Some(v) = get("RINGPORT_URING_CQ") {
@@ -219,7 +233,7 @@ mod tests {
             t,
             Tuning {
                 setup: Setup::Coop,
-                multishot_recv: false,
+                recv: Recv::Single,
                 cq_factor: 2,
                 ring_fd: true,
                 fixed_files: true,
@@ -236,6 +250,10 @@ mod tests {
             Wait::Adapt { want: 16, usec: 40 }
         );
         assert!(!parse_map(&[("RINGPORT_URING_FIXED", "off")]).0.fixed_files);
+        assert_eq!(
+            parse_map(&[("RINGPORT_URING_RECV", "own")]).0.recv,
+            Recv::Own
+        );
         for (v, setup) in [
             ("defer", Setup::Defer),
             ("single", Setup::Single),
