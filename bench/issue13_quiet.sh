@@ -27,7 +27,12 @@
 #      tokio and monoio;
 #  11. line_server and packet_echo_server, 50 and 500 connections, pipelined 16 and not: the
 #      same two waits against tokio-util (3 rounds);
-#  12. memory at 10k idle connections: the default against `recv=own` (1 round).
+#  12. memory at 10k idle connections: the default against `recv=own` (1 round);
+#  13. the adaptive wait's two numbers at 1 and 50 connections, both clients: `adapt:8:50`
+#      against a shorter batch wait (`adapt:8:20`) and a higher bar (`adapt:16:50`), with
+#      `wait=one` and tokio;
+#  14. a repeat of step 11's two worst ratios for `adapt:8:50` (line and packet at 50
+#      connections, event client: 0.85x and 0.74x msg/s), 5 rounds.
 # Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
 #
@@ -36,7 +41,7 @@
 #   bench/issue13_quiet.sh            # steps 1, 2, 3 and 5
 #   STEPS="2 3" bench/issue13_quiet.sh
 #   STEPS="6 7 8 9" BEFORE_DIR=/tmp/before-examples bench/issue13_quiet.sh   # second window
-#   STEPS="10 11 12" bench/issue13_quiet.sh                                    # third window
+#   STEPS="10 11 12 13 14" bench/issue13_quiet.sh                              # third window
 
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -88,6 +93,12 @@ for s in $STEPS; do
         PAIRS="ringport-uring~wait=adapt:8:50/ringport-uring~wait=one" ;;
     12) step 12 SECTION=issue13-quiet-own-rss SCENARIOS="rss10k" ROUNDS=1 \
         SERVERS="ringport-uring~wait=one ringport-uring~recv=own" ;;
+    13) step 13 SECTION=issue13-quiet-adapt-tune SCENARIOS="pp1 pp50" \
+        SERVERS="ringport-uring~wait=one ringport-uring~wait=adapt:8:50 ringport-uring~wait=adapt:8:20 ringport-uring~wait=adapt:16:50 tokio" \
+        PAIRS="ringport-uring~wait=adapt:8:50/ringport-uring~wait=one ringport-uring~wait=adapt:8:20/ringport-uring~wait=one ringport-uring~wait=adapt:16:50/ringport-uring~wait=one" ;;
+    14) step 14 SECTION=issue13-quiet-adapt-framed-repeat SCENARIOS="line50 packet50" CLIENTS=event \
+        FRAMED_SERVERS="ringport-uring~wait=one ringport-uring~wait=adapt:8:50 tokio-util" \
+        PAIRS="ringport-uring~wait=adapt:8:50/ringport-uring~wait=one" ;;
     *) echo "unknown step $s" >&2 ;;
     esac
 done
