@@ -14,15 +14,16 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Unique within the engine for its lifetime (IO thread index in the top 16 bits).
     pub id: u64,
-    /// What the TLS handshake negotiated (`None`: plaintext).
-    pub tls: Option<TlsInfo>,
+    /// What the TLS handshake negotiated (`None`: plaintext). Boxed, like `proxy`, so that a
+    /// plaintext connection's entry stays small (the 10k-connection memory target).
+    pub tls: Option<Box<TlsInfo>>,
     /// The address the server believes the client has: the source a PROXY protocol header
     /// gave, else `peer` (no header, a v2 `LOCAL` health check, a v1 `UNKNOWN`). Set before
     /// `on_open`; the handler factory, which runs at accept, sees `peer` here.
     pub client: SocketAddr,
     /// The PROXY protocol header the connection began with (`None`: none, or the server
     /// does not read one).
-    pub proxy: Option<ProxyInfo>,
+    pub proxy: Option<Box<ProxyInfo>>,
 }
 
 impl ConnInfo {

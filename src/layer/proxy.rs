@@ -271,7 +271,7 @@ impl Layer for ProxyLayer {
             if let Some(src) = p.source {
                 info.client = src;
             }
-            info.proxy = Some(p.clone());
+            info.proxy = Some(Box::new(p.clone()));
         }
     }
 

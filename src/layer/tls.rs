@@ -116,7 +116,7 @@ impl Layer for TlsLayer {
             Connection::Server(s) => s.server_name().map(str::to_string),
             Connection::Client(_) => None,
         };
-        info.tls = Some(TlsInfo {
+        info.tls = Some(Box::new(TlsInfo {
             version: self
                 .conn
                 .protocol_version()
@@ -134,7 +134,7 @@ impl Layer for TlsLayer {
                 .peer_certificates()
                 .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
                 .unwrap_or_default(),
-        });
+        }));
     }
 
     fn timeout_reason(&self) -> CloseReason {

@@ -19,10 +19,12 @@
 //!   file table as well (a direct descriptor, slot = token) and address recv, send and poll by
 //!   slot, sparing a file reference per operation; the regular descriptor stays for socket
 //!   options, `shutdown` and `SIOCOUTQ`;
-//! - `RINGPORT_URING_WAIT=one|noiowait|min:N:USEC` (default `one`): the wait of each loop turn.
+//! - `RINGPORT_URING_WAIT=one|noiowait|min:N:USEC|adapt:N:USEC` (default `adapt:8:50`): the
+//!   wait of each loop turn.
 //!   `one` waits for one completion; `noiowait` does the same without iowait accounting
-//!   (`IORING_ENTER_NO_IOWAIT`, 6.15); `min:N:USEC` waits for N completions but for at most
-//!   USEC microseconds once one has arrived (`min_wait_usec`, 6.12), batching completions;
+//!   (`IORING_ENTER_NO_IOWAIT`, 6.15); `min:N:USEC` waits for N completions but returns after
+//!   USEC microseconds with fewer (`min_wait_usec`, 6.12), batching completions; with no timer
+//!   due it also wakes every USEC while idle (an idle echo_server used about 30 % of a core);
 //!   `adapt:N:USEC` waits as `min:N:USEC` only after a loop turn that reaped at least N
 //!   completions, else as `one`, so that a lightly loaded ring (one connection, a reply per
 //!   wake-up) never waits for company that is not coming. Without the kernel's
@@ -52,13 +54,14 @@ pub(super) enum Setup {
 /// The wait of each loop turn (`RINGPORT_URING_WAIT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Wait {
-    /// Wait for one completion. The default.
+    /// Wait for one completion.
     One,
     /// Wait for one completion, not accounted as iowait.
     NoIowait,
     /// Wait for `want` completions, at most `usec` microseconds once the first has arrived.
     Min { want: u32, usec: u32 },
-    /// As `Min` after a turn that reaped at least `want` completions, else as `One`.
+    /// As `Min` after a turn that reaped at least `want` completions, else as `One`. The
+    /// default is `adapt:8:50` (BENCHMARKS.md, issue 13, log row 13).
     Adapt { want: u32, usec: u32 },
 }
 
@@ -92,7 +95,7 @@ impl Default for Tuning {
             cq_factor: 4,
             ring_fd: false,
             fixed_files: false,
-            wait: Wait::One,
+            wait: Wait::Adapt { want: 8, usec: 50 },
             balance: false,
         }
     }
