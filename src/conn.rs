@@ -111,7 +111,7 @@ impl<'a> Conn<'a> {
     /// it cannot take (`-ERR line too long`) without overtaking or dropping earlier replies.
     pub fn close_after(&mut self, data: &[u8]) {
         if self.core.phase == Phase::Open && !self.core.write_shut {
-            self.core.last_words.extend_from_slice(data);
+            self.core.rare_mut().last_words.extend_from_slice(data);
         }
         self.close();
     }

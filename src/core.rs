@@ -39,6 +39,24 @@ pub(crate) enum Phase {
 }
 
 /// The engine's per-connection state (the handler's own state is the `Handler` value).
+/// The part of a connection's state that most connections never use (`ConnCore::rare`).
+#[derive(Default)]
+pub(crate) struct Rare {
+    /// When an outgoing connect gives up.
+    pub connect_deadline: Option<Instant>,
+    /// Bytes to send once the outstanding work has answered, right before a graceful close.
+    pub last_words: Vec<u8>,
+    /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
+    pub stalled_since: Option<Instant>,
+    /// The kernel's unacknowledged bytes at the last stall check (SIOCOUTQ).
+    pub last_unsent: Option<usize>,
+    /// When the layers must be ready by.
+    pub layer_deadline: Option<Instant>,
+    /// How long the layers may take once the transport is up (outgoing connections; `None`:
+    /// `layer::DEFAULT_HANDSHAKE_TIMEOUT`).
+    pub layer_timeout: Option<Duration>,
+}
+
 pub(crate) struct ConnCore {
     pub server: usize,
     pub gen: u64,
@@ -63,8 +81,6 @@ pub(crate) struct ConnCore {
     pub held: bool,
     /// Outgoing connection not yet established: nothing is sent or read.
     pub connecting: bool,
-    /// When an outgoing connect gives up.
-    pub connect_deadline: Option<Instant>,
     /// The decoder failed: no more frames, no more reading (until a lingering close).
     pub decode_failed: bool,
     /// EOF arrived while frames were held back; `on_read_closed` waits until they are delivered.
@@ -75,18 +91,12 @@ pub(crate) struct ConnCore {
     pub write_shut: bool,
     /// Outstanding [`Work`](crate::Work) (counted on this thread, ended through the inbox).
     pub work: u64,
-    /// Bytes to send once the outstanding work has answered, right before a graceful close.
-    pub last_words: Vec<u8>,
     pub dirty: bool,
     /// Last input, send progress or finished work (the idle timeout's clock).
     pub last_active: Instant,
     /// Some input has arrived (a shutdown spares a connection that has sent nothing yet for a
     /// moment: its first request is on its way).
     pub received: bool,
-    /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
-    pub stalled_since: Option<Instant>,
-    /// The kernel's unacknowledged bytes at the last stall check (SIOCOUTQ).
-    pub last_unsent: Option<usize>,
     /// Shared with handles (allocated when the first handle is made).
     pub shared: Option<Arc<ConnShared>>,
     /// How much of `shared.backlog` is this thread's own queue (`own_queued`, as last
@@ -104,16 +114,16 @@ pub(crate) struct ConnCore {
     pub wire: Vec<u8>,
     /// `on_open` has run (with layers: once they are ready, e.g. the handshake is done).
     pub opened: bool,
-    /// When the layers must be ready by.
-    pub layer_deadline: Option<Instant>,
-    /// How long the layers may take once the transport is up (outgoing connections).
-    pub layer_timeout: Duration,
     /// The top layer reported the peer's end of stream (TLS close_notify).
     pub layer_eof: bool,
     /// The PROXY header is not read yet: per-IP limits and the header counts wait for it.
     pub header_pending: bool,
     /// The address this connection counts against in the server's per-IP limits.
     pub peer_key: Option<std::net::IpAddr>,
+    /// What only some connections need (outgoing connects, layers, graceful closes), boxed
+    /// so that an open connection's entry stays small: allocated by the first
+    /// [`ConnCore::rare_mut`], never for a plain connection that is only read and written.
+    pub rare: Option<Box<Rare>>,
 }
 
 impl ConnCore {
@@ -136,16 +146,12 @@ impl ConnCore {
             eof_pending: false,
             decode_failed: false,
             connecting: false,
-            connect_deadline: None,
             shut_write_pending: false,
             write_shut: false,
             work: 0,
-            last_words: Vec::new(),
             dirty: false,
             last_active: now,
             received: false,
-            stalled_since: None,
-            last_unsent: None,
             shared: None,
             published: 0,
             write_low: 0,
@@ -154,12 +160,36 @@ impl ConnCore {
             layers: None,
             wire: Vec::new(),
             opened: false,
-            layer_deadline: None,
-            layer_timeout: crate::layer::DEFAULT_HANDSHAKE_TIMEOUT,
             layer_eof: false,
             header_pending: false,
             peer_key: None,
+            rare: None,
         }
+    }
+
+    /// The connection's rarely used state, allocated on first use.
+    pub(crate) fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Its flush moved: a closing connection is not stalled (allocates nothing).
+    pub(crate) fn unstall(&mut self) {
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.stalled_since = None;
+        }
+    }
+
+    /// `close_after` bytes are waiting for the outstanding work.
+    pub(crate) fn has_last_words(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| !r.last_words.is_empty())
+    }
+
+    pub(crate) fn layer_deadline(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.layer_deadline)
+    }
+
+    pub(crate) fn connect_deadline(&self) -> Option<Instant> {
+        self.rare.as_ref().and_then(|r| r.connect_deadline)
     }
 
     /// Bytes queued or in flight, including what handles posted and this thread has not
@@ -240,7 +270,9 @@ impl ConnCore {
     /// `reason` replaces any reason recorded before.
     pub(crate) fn force_close(&mut self, reason: CloseReason) {
         self.out.clear();
-        self.last_words.clear();
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.last_words.clear();
+        }
         self.work = 0;
         self.decode_failed = true;
         self.reason = Some(reason);

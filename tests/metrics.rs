@@ -72,8 +72,19 @@ fn promtool_accepts_and_counters_move(b: Backend) {
     assert_eq!(st404, 404);
 
     echo_roundtrips(s.addr, 20, 50, 100);
-    let (_, after) = http_get(maddr, "/metrics");
     let get = |text: &str, name: &str| sample(text, name, &server).unwrap_or(0.0);
+    // Bytes are counted when the IO thread handles a send's completion, which can come a
+    // moment after the client has read the echo: scrape until the counters have caught up
+    // (bounded; the assertions below fail if they never do).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let (_, now) = http_get(maddr, "/metrics");
+        let moved = |name: &str| get(&now, name) - get(&before, name);
+        if moved("ringport_sent_bytes_total") >= 20.0 * 50.0 * 100.0 || Instant::now() >= deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         get(&after, "ringport_connections_accepted_total")
             >= get(&before, "ringport_connections_accepted_total") + 20.0,

@@ -72,8 +72,8 @@ impl State {
             return; // nothing is sent or read before the connect completes
         }
         // The last words of a close go out once every outstanding job has answered.
-        if c.phase == Phase::Closing && c.work == 0 && !c.last_words.is_empty() {
-            let words = std::mem::take(&mut c.last_words);
+        if c.phase == Phase::Closing && c.work == 0 && c.has_last_words() {
+            let words = std::mem::take(&mut c.rare_mut().last_words);
             c.out.extend_from_slice(&words);
         }
         // Layers (TLS) turn the handler's plaintext into wire bytes, and end a graceful close
@@ -91,7 +91,7 @@ impl State {
             }
         }
         let ending = c.phase == Phase::Closing || c.shut_write_pending;
-        if ending && c.opened && c.work == 0 && c.out.is_empty() && c.last_words.is_empty() {
+        if ending && c.opened && c.work == 0 && c.out.is_empty() && !c.has_last_words() {
             if let Some(stack) = c.layers.as_mut() {
                 stack.close(&mut c.wire); // once; nothing after a failure
             }
@@ -113,7 +113,7 @@ impl State {
             && c.out.is_empty()
             && c.wire.is_empty()
             && c.work == 0
-            && c.last_words.is_empty();
+            && !c.has_last_words();
         // Half-close: FIN after everything queued (and answered) is sent; reading goes on.
         if c.shut_write_pending && c.phase == Phase::Open && drained {
             c.shut_write_pending = false;

@@ -213,7 +213,9 @@ impl State {
             return;
         }
         c.opened = true;
-        c.layer_deadline = None;
+        if let Some(r) = c.rare.as_deref_mut() {
+            r.layer_deadline = None;
+        }
         if let Some(stack) = &c.layers {
             stack.describe(&mut c.info);
         }
@@ -377,7 +379,7 @@ impl State {
             .add(sent as u64);
         c.inflight = c.inflight.saturating_sub(sent);
         c.last_active = self.ctx.now;
-        c.stalled_since = None;
+        c.unstall();
         self.ctx.mark_dirty(token, c);
     }
 
@@ -392,7 +394,7 @@ impl State {
         c.inflight = 0;
         c.sending = false;
         c.last_active = self.ctx.now;
-        c.stalled_since = None;
+        c.unstall();
         self.ctx.bufs.put(buf);
         self.ctx.mark_dirty(token, c);
     }
@@ -496,7 +498,7 @@ impl State {
                 };
                 e.core.work = e.core.work.saturating_sub(1);
                 e.core.last_active = now;
-                e.core.stalled_since = None;
+                e.core.unstall();
                 self.mark(token);
             }
         }
@@ -558,7 +560,8 @@ impl State {
                 Some(l) if !c.opened => l.expired(now),
                 _ => None,
             };
-            if !c.opened && (own_expired.is_some() || c.layer_deadline.is_some_and(|d| d <= now)) {
+            if !c.opened && (own_expired.is_some() || c.layer_deadline().is_some_and(|d| d <= now))
+            {
                 let reason = own_expired.unwrap_or_else(|| {
                     c.layers
                         .as_ref()
@@ -569,7 +572,7 @@ impl State {
                 self.ctx.mark_dirty(token, c);
                 continue;
             }
-            if c.connecting && c.connect_deadline.is_some_and(|d| d <= now) {
+            if c.connecting && c.connect_deadline().is_some_and(|d| d <= now) {
                 c.begin_abort(CloseReason::Io(
                     io::ErrorKind::TimedOut,
                     "connect timed out".into(),
@@ -592,14 +595,16 @@ impl State {
                     // long time while a slow reader still takes bytes: its unacknowledged
                     // queue shrinking is progress too.
                     let unsent = backend.unsent(token);
-                    if let (Some(now_q), Some(before)) = (unsent, c.last_unsent) {
+                    let r = c.rare_mut();
+                    if let (Some(now_q), Some(before)) = (unsent, r.last_unsent) {
                         if now_q < before {
-                            c.stalled_since = None;
+                            r.stalled_since = None;
                         }
                     }
-                    c.last_unsent = unsent;
-                    match c.stalled_since {
-                        None => c.stalled_since = Some(now),
+                    r.last_unsent = unsent;
+                    let stalled_since = r.stalled_since;
+                    match stalled_since {
+                        None => r.stalled_since = Some(now),
                         Some(since) if now.duration_since(since) >= super::FLUSH_STALL => {
                             warn!(peer = %c.info.peer, queued = c.queued(), "closing connection's flush moved no byte for the stall limit; resetting");
                             c.force_abort(CloseReason::FlushStalled);

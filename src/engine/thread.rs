@@ -376,7 +376,8 @@ impl IoThread {
                         core.force_close(reason);
                     }
                     core.layers = Some(Box::new(stack));
-                    core.layer_deadline = Some(st.ctx.now + server.limits.handshake_timeout);
+                    core.rare_mut().layer_deadline =
+                        Some(st.ctx.now + server.limits.handshake_timeout);
                 }
                 Err(e) => core.force_close(CloseReason::TlsError(e)),
             }
@@ -396,7 +397,9 @@ impl IoThread {
             return;
         };
         e.core.connecting = false;
-        e.core.connect_deadline = None;
+        if let Some(r) = e.core.rare.as_deref_mut() {
+            r.connect_deadline = None;
+        }
         e.core.reading = true; // the backend reads once connected
         let c = &mut e.core;
         if let Some(stack) = c.layers.as_mut() {
@@ -404,7 +407,11 @@ impl IoThread {
             if let Err(reason) = stack.start(&mut c.wire) {
                 c.force_close(reason);
             }
-            c.layer_deadline = Some(st.ctx.now + c.layer_timeout);
+            let r = c.rare_mut();
+            let timeout = r
+                .layer_timeout
+                .unwrap_or(crate::layer::DEFAULT_HANDSHAKE_TIMEOUT);
+            r.layer_deadline = Some(st.ctx.now + timeout);
             st.ctx.mark_dirty(token, c);
             return;
         }
@@ -486,13 +493,15 @@ impl IoThread {
         let mut core = ConnCore::new(server, req.gen, info, st.ctx.now);
         core.connecting = true;
         core.reading = false;
-        core.connect_deadline = req.timeout.map(|t| st.ctx.now + t);
+        if let Some(t) = req.timeout {
+            core.rare_mut().connect_deadline = Some(st.ctx.now + t);
+        }
         core.write_low = req.watermarks.0.min(req.watermarks.1);
         core.write_high = req.watermarks.1;
         core.shared = req.shared;
         if !layers.is_empty() {
             core.layers = Some(Box::new(Stack::new(layers)));
-            core.layer_timeout = req.handshake_timeout;
+            core.rare_mut().layer_timeout = Some(req.handshake_timeout);
         }
         st.insert(req.token, Entry { core, app });
         self.backend.connect(req.token, socket, req.addr);
