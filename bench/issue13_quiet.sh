@@ -32,7 +32,9 @@
 #      against a shorter batch wait (`adapt:8:20`) and a higher bar (`adapt:16:50`), with
 #      `wait=one` and tokio;
 #  14. a repeat of step 11's two worst ratios for `adapt:8:50` (line and packet at 50
-#      connections, event client: 0.85x and 0.74x msg/s), 5 rounds.
+#      connections, event client: 0.85x and 0.74x msg/s), 5 rounds;
+#  15. completion-queue size: `cq=1` and `cq=16` (CQ entries per SQ entry) against the
+#      default 4, at 50 and 500 connections, both clients.
 # Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
 #
@@ -41,7 +43,7 @@
 #   bench/issue13_quiet.sh            # steps 1, 2, 3 and 5
 #   STEPS="2 3" bench/issue13_quiet.sh
 #   STEPS="6 7 8 9" BEFORE_DIR=/tmp/before-examples bench/issue13_quiet.sh   # second window
-#   STEPS="10 11 12 13 14" bench/issue13_quiet.sh                              # third window
+#   STEPS="10 11 12 13 14 15" bench/issue13_quiet.sh                           # third window
 
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -99,6 +101,8 @@ for s in $STEPS; do
     14) step 14 SECTION=issue13-quiet-adapt-framed-repeat SCENARIOS="line50 packet50" CLIENTS=event \
         FRAMED_SERVERS="ringport-uring~wait=one ringport-uring~wait=adapt:8:50 tokio-util" \
         PAIRS="ringport-uring~wait=adapt:8:50/ringport-uring~wait=one" ;;
+    15) step 15 SECTION=issue13-quiet-cq SCENARIOS="pp50 pp500" BASELINE=ringport-uring \
+        SERVERS="ringport-uring ringport-uring~cq=1 ringport-uring~cq=16" ;;
     *) echo "unknown step $s" >&2 ;;
     esac
 done

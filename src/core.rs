@@ -38,7 +38,6 @@ pub(crate) enum Phase {
     Closed,
 }
 
-/// The engine's per-connection state (the handler's own state is the `Handler` value).
 /// The part of a connection's state that most connections never use (`ConnCore::rare`).
 #[derive(Default)]
 pub(crate) struct Rare {
@@ -57,6 +56,7 @@ pub(crate) struct Rare {
     pub layer_timeout: Option<Duration>,
 }
 
+/// The engine's per-connection state (the handler's own state is the `Handler` value).
 pub(crate) struct ConnCore {
     pub server: usize,
     pub gen: u64,
