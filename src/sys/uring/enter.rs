@@ -91,9 +91,16 @@ impl WaitRule {
         if matches!(configured, Wait::Min { .. } | Wait::Adapt { .. })
             && !ring.params().is_feature_min_timeout()
         {
-            tracing::warn!(
-                "RINGPORT_URING_WAIT={configured:?} needs min_wait_usec (Linux 6.12); waiting for one completion"
-            );
+            // Loud only when asked for by name: the default falls back quietly on older kernels.
+            if std::env::var_os("RINGPORT_URING_WAIT").is_some() {
+                tracing::warn!(
+                    "RINGPORT_URING_WAIT={configured:?} needs min_wait_usec (Linux 6.12); waiting for one completion"
+                );
+            } else {
+                tracing::debug!(
+                    "no min_wait_usec before Linux 6.12: each turn waits for one completion"
+                );
+            }
             configured = Wait::One;
         }
         WaitRule::with(configured)
