@@ -154,6 +154,8 @@ impl UringBackend {
             Some(ts) => SubmitArgs::new().timespec(ts),
             None => SubmitArgs::new(),
         };
+        // `WaitRule::next_turn` has already turned `Adapt` into `One` or `Min`; it is matched
+        // with `One` only to keep the match whole.
         match (wait, &ts) {
             (Wait::One | Wait::Adapt { .. }, None) => self.ring.submit_and_wait(1),
             (Wait::One | Wait::Adapt { .. }, Some(_)) => {

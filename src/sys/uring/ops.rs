@@ -94,7 +94,9 @@ impl UringBackend {
         self.push(entry);
     }
 
-    /// Arms the multishot recv if reading is wanted and no recv (or cancel of one) is in flight.
+    /// Arms the connection's recv (as `RINGPORT_URING_RECV` says: multishot or single-shot
+    /// from the buffer ring, or single-shot into its own buffer) if reading is wanted and no
+    /// recv (or cancel of one) is in flight.
     pub(super) fn arm_recv(&mut self, token: Token) {
         let Some(Some(c)) = self.conns.get_mut(token) else {
             return;
@@ -104,23 +106,25 @@ impl UringBackend {
         }
         c.recv = true;
         let (fd, fixed) = c.target();
-        let entry = if self.recv_mode == Recv::Multishot {
-            opcode::RecvMulti::new(fd, BGID).build()
-        } else if self.recv_mode == Recv::Own {
-            // Single-shot into the connection's own buffer (kept if it still has one, i.e.
-            // re-armed after its data was consumed). The heap block stays put in `c.own`
-            // until the CQE: `release_own` skips a connection whose `recv` is set.
-            let buf = c.own.get_or_insert_with(|| self.own.take());
-            let (ptr, len) = recv_target(buf);
-            opcode::Recv::new(fd, ptr, len).build()
-        } else {
-            // Single-shot: the kernel picks a buffer from the ring (no address given); the CQE
-            // ends the op and complete_recv re-arms it.
-            let len = self.bufs.size.min(u32::MAX as usize) as u32;
-            opcode::Recv::new(fd, std::ptr::null_mut(), len)
-                .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
+        let entry = match self.recv_mode {
+            Recv::Multishot => opcode::RecvMulti::new(fd, BGID).build(),
+            Recv::Own => {
+                // Single-shot into the connection's own buffer (kept if it still has one, i.e.
+                // re-armed after its data was consumed). The heap block stays put in `c.own`
+                // until the CQE: `release_own` skips a connection whose `recv` is set.
+                let buf = c.own.get_or_insert_with(|| self.own.take());
+                let (ptr, len) = recv_target(buf);
+                opcode::Recv::new(fd, ptr, len).build()
+            }
+            Recv::Single => {
+                // Single-shot: the kernel picks a buffer from the ring (no address given); the
+                // CQE ends the op and complete_recv re-arms it.
+                let len = self.bufs.size.min(u32::MAX as usize) as u32;
+                opcode::Recv::new(fd, std::ptr::null_mut(), len)
+                    .buf_group(BGID)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
         };
         self.push(entry.flags(fixed).user_data(user_data(Kind::Recv, token)));
     }
