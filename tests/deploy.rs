@@ -159,7 +159,11 @@ fn socket_activation_serves_and_reports_ready(b: Backend) {
         listen,
         "the server names the inherited socket"
     );
-    assert!(p.output().contains("using inherited listening socket"));
+    assert!(
+        p.wait_text("using inherited listening socket", START_TIMEOUT),
+        "{}",
+        p.output()
+    );
     let mut msg = [0u8; 256];
     let n = notify.recv(&mut msg).expect("a readiness datagram");
     let text = String::from_utf8_lossy(&msg[..n]).to_string();

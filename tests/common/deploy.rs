@@ -177,21 +177,26 @@ impl Proc {
 
     /// Waits (bounded) for an output line starting with `prefix`; the rest of that line.
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        self.wait_find(timeout, |l| l.strip_prefix(prefix).map(str::to_string))
+    }
+
+    /// Waits (bounded) for an output line containing `needle`: a log line, which the
+    /// process writes to its other pipe, may reach us after a stdout line it wrote later.
+    pub fn wait_text(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.wait_find(timeout, |l| l.contains(needle).then_some(()))
+            .is_some()
+    }
+
+    /// Waits (bounded) for the first output line `f` maps to `Some`.
+    fn wait_find<T>(&mut self, timeout: Duration, f: impl Fn(&str) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(rest) = self
-                .output()
-                .lines()
-                .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
-            {
-                return Some(rest);
+            if let Some(found) = self.output().lines().find_map(&f) {
+                return Some(found);
             }
             if Instant::now() >= deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
                 self.wait_output(Duration::from_secs(2)); // the last lines, if it exited
-                return self
-                    .output()
-                    .lines()
-                    .find_map(|l| l.strip_prefix(prefix).map(str::to_string));
+                return self.output().lines().find_map(&f);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
