@@ -389,6 +389,10 @@ fn long_line_behind_queued_commands(server: &str, b: Backend, extra: &[&str]) {
 fn idle_timeout_with_a_command_running(server: &str, b: Backend) {
     let mut s = Server::start(server, b, &["--idle-timeout", "1"]);
     let mut c = LineClient::connect(s.addr);
+    // The lower bound is taken from before the request: the server's reply (2.5 s after the
+    // request reached it) and a second of idleness after it are both later than `asked`,
+    // however late this thread wakes to read the reply.
+    let asked = Instant::now();
     c.cmd("SLEEP 2500");
     match c.try_read_line(Duration::from_secs(10)) {
         Ok(Some(l)) => assert_eq!(l, "+SLEPT 2500"),
@@ -396,10 +400,11 @@ fn idle_timeout_with_a_command_running(server: &str, b: Backend) {
     }
     let replied = Instant::now();
     assert_eq!(c.expect_close(IO_TIMEOUT, "the idle close"), Closed::Eof);
-    let idle = replied.elapsed();
+    let (total, idle) = (asked.elapsed(), replied.elapsed());
     assert!(
-        idle >= Duration::from_millis(700) && idle < Duration::from_secs(5),
-        "idle close {idle:?} after the reply (timeout 1 s)"
+        total >= Duration::from_millis(3200) && idle < Duration::from_secs(5),
+        "idle close {total:?} after the request, {idle:?} after the reply (SLEEP 2.5 s, \
+         timeout 1 s)"
     );
     let stats = stop_and_stats(&mut s, EXIT_TIMEOUT);
     assert_eq!(stats.closed("idle-timeout"), 1, "{stats:?}");

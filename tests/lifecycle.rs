@@ -473,8 +473,10 @@ fn idle_timeout(backend: Backend) {
     let s = Server::start(SERVER, backend, &["--idle-timeout", "1"]);
     let mut idle = s.connect();
     let mut active = s.connect();
-    echo_round_trip(&mut idle, b"then silence", "idle client");
+    // Taken before the round trip: the server's last activity (the echo's send completing)
+    // is after it, so a correct server cannot close sooner than a second after `t`.
     let t = Instant::now();
+    echo_round_trip(&mut idle, b"then silence", "idle client");
     let idle_thread = thread::spawn(move || {
         let r = read_until_close(&mut idle, Duration::from_secs(6));
         (r, t.elapsed())

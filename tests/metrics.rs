@@ -156,8 +156,10 @@ fn scrape_during_many_connections(b: Backend) {
         Some(CONNS as f64),
         "{body}"
     );
+    // Generous for a loaded machine: the bound catches a scrape that waits on each
+    // connection or IO thread in turn, not a slow one.
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(5),
         "a scrape during {CONNS} connections took {took:?}"
     );
     // None was disturbed: each still echoes.
