@@ -494,6 +494,56 @@ fn the_default_input_limit_holds_a_large_frame(kind: BackendKind) {
     stop(running);
 }
 
+/// The IO loop turns so far, summed over the IO threads (`ringport_io_loop_turns_total`).
+fn loop_turns(metrics: &ringport::Metrics) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("ringport_io_loop_turns_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A connection holding half a frame costs no CPU while the rest is awaited: over a 500 ms
+/// window the IO loop turns for its 100 ms ticks (a few times), never in a spin (tens of
+/// thousands); then the rest of the frame arrives and the frame is echoed whole.
+fn a_partial_frame_does_not_spin_the_loop(kind: BackendKind) {
+    let (tx, _closed) = closes();
+    let Some(mut engine) = support::build(builder(kind, Duration::from_secs(1))) else {
+        return;
+    };
+    let metrics = engine.metrics();
+    let server = engine
+        .add_server(Server::new(any_port(), LengthDelimited::new(), move |_| {
+            Echo(tx.clone())
+        }))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let frame = [&10u32.to_be_bytes()[..], b"0123456789"].concat();
+    let mut c = connect(server.local_addr());
+    c.write_all(&frame[..7]).unwrap();
+    wait_stats(&server, "half the frame read", |s| s.bytes_in == 7);
+    let before = loop_turns(&metrics);
+    let t = Instant::now();
+    thread::sleep(Duration::from_millis(500)); // the window measured, not a wait for readiness
+    let turns = loop_turns(&metrics) - before;
+    println!(
+        "{turns} loop turns in {:?} with half a frame held",
+        t.elapsed()
+    );
+    assert!(
+        turns < 100,
+        "{turns} loop turns in {:?} while half a frame waited: the loop spins",
+        t.elapsed()
+    );
+    c.write_all(&frame[7..]).unwrap();
+    let mut back = vec![0u8; frame.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, frame);
+    drop(c);
+    stop(running);
+}
+
 /// Says when its callback starts, then is busy in it for 300 ms (a slow handler).
 struct Busy {
     entered: Arc<Mutex<mpsc::Sender<()>>>,
@@ -917,4 +967,5 @@ on_every_backend!(
     a_fresh_connection_is_spared_at_shutdown,
     the_default_input_limit_holds_a_large_frame,
     shutdown_and_wait_waits_for_a_busy_io_thread,
+    a_partial_frame_does_not_spin_the_loop,
 );
