@@ -677,6 +677,44 @@ fn close_counts_are_keyed_by_reason_name(kind: BackendKind) {
     stop(running);
 }
 
+/// Says goodbye and half-closes on open; on the peer's EOF it neither closes nor writes.
+struct BothWays(mpsc::Sender<CloseReason>);
+impl Handler for BothWays {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        conn.write(b"bye");
+        conn.shutdown_write();
+    }
+    fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+    fn on_read_closed(&mut self, _: &mut Conn<'_>) {}
+    fn on_close(&mut self, _: &ConnInfo, reason: &CloseReason) {
+        let _ = self.0.send(reason.clone());
+    }
+}
+
+/// A connection whose two directions are both over (our FIN sent, the peer's EOF delivered)
+/// is ended by the engine as `PeerClosed` even though its handler did not close it.
+fn a_connection_shut_both_ways_ends(kind: BackendKind) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let Some((running, h)) =
+        start_server(kind, |s| s, move |_| BothWays(tx.lock().unwrap().clone()))
+    else {
+        return;
+    };
+    let mut c = client(h.local_addr());
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap(); // EOF: the server's FIN
+    assert_eq!(got, b"bye");
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        rx.recv_timeout(LIMIT)
+            .expect("the connection was not ended once both directions were over"),
+        CloseReason::PeerClosed
+    );
+    assert_eq!(h.stats().snapshot().closed.get("peer-closed"), Some(&1));
+    stop(running);
+}
+
 fn kind_name(kind: BackendKind) -> &'static str {
     match kind {
         BackendKind::Uring => "uring",
@@ -700,6 +738,7 @@ on_every_backend!(
     a_lingering_connection_reads_and_discards,
     pause_reading_holds_input_until_resumed,
     close_counts_are_keyed_by_reason_name,
+    a_connection_shut_both_ways_ends,
 );
 
 #[test]

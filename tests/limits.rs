@@ -9,7 +9,7 @@ mod support;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -457,6 +457,140 @@ fn max_buffered_input_holds_exactly_the_limit(kind: BackendKind) {
     stop(running);
 }
 
+/// Without `max_buffered_input`, the default (`DEFAULT_MAX_BUFFERED_INPUT`, 8 MiB) applies: a
+/// 1 MiB frame, far more than one 4 KiB read, is held until it is whole and then echoed. Its
+/// first half is sent alone and the test waits for `bytes_in` to count it, so the server does
+/// hold half a frame for a while. No connection is closed.
+fn the_default_input_limit_holds_a_large_frame(kind: BackendKind) {
+    const PAYLOAD: usize = 1 << 20;
+    let (tx, _closed) = closes();
+    let server = Server::new(
+        any_port(),
+        LengthDelimited::new().max_frame(16 << 20),
+        move |_| Echo(tx.clone()),
+    );
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let frame: Vec<u8> = (PAYLOAD as u32)
+        .to_be_bytes()
+        .into_iter()
+        .chain((0..PAYLOAD).map(|i| (i % 251) as u8))
+        .collect();
+    let half = frame.len() / 2;
+    let mut c = connect(server.local_addr());
+    c.write_all(&frame[..half]).unwrap();
+    wait_stats(&server, "the first half of the frame read", |s| {
+        s.bytes_in == half as u64
+    });
+    c.write_all(&frame[half..]).unwrap();
+    let mut back = vec![0u8; frame.len()];
+    c.read_exact(&mut back)
+        .expect("the frame echoed (closed while holding part of it?)");
+    assert!(back == frame, "the echo differs");
+    let s = server.stats().snapshot();
+    assert_eq!(s.closed_total(), 0, "{s:?}");
+    drop(c);
+    stop(running);
+}
+
+/// The IO loop turns so far, summed over the IO threads (`ringport_io_loop_turns_total`).
+fn loop_turns(metrics: &ringport::Metrics) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("ringport_io_loop_turns_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A connection holding half a frame costs no CPU while the rest is awaited: over a 500 ms
+/// window the IO loop turns for its 100 ms ticks (a few times), never in a spin (tens of
+/// thousands); then the rest of the frame arrives and the frame is echoed whole.
+fn a_partial_frame_does_not_spin_the_loop(kind: BackendKind) {
+    let (tx, _closed) = closes();
+    let Some(mut engine) = support::build(builder(kind, Duration::from_secs(1))) else {
+        return;
+    };
+    let metrics = engine.metrics();
+    let server = engine
+        .add_server(Server::new(any_port(), LengthDelimited::new(), move |_| {
+            Echo(tx.clone())
+        }))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let frame = [&10u32.to_be_bytes()[..], b"0123456789"].concat();
+    let mut c = connect(server.local_addr());
+    c.write_all(&frame[..7]).unwrap();
+    wait_stats(&server, "half the frame read", |s| s.bytes_in == 7);
+    let before = loop_turns(&metrics);
+    let t = Instant::now();
+    thread::sleep(Duration::from_millis(500)); // the window measured, not a wait for readiness
+    let turns = loop_turns(&metrics) - before;
+    println!(
+        "{turns} loop turns in {:?} with half a frame held",
+        t.elapsed()
+    );
+    assert!(
+        turns < 100,
+        "{turns} loop turns in {:?} while half a frame waited: the loop spins",
+        t.elapsed()
+    );
+    c.write_all(&frame[7..]).unwrap();
+    let mut back = vec![0u8; frame.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, frame);
+    drop(c);
+    stop(running);
+}
+
+/// Says when its callback starts, then is busy in it for 300 ms (a slow handler).
+struct Busy {
+    entered: Arc<Mutex<mpsc::Sender<()>>>,
+    done: Arc<AtomicBool>,
+}
+impl Handler for Busy {
+    fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {
+        let _ = self.entered.lock().unwrap().send(());
+        thread::sleep(Duration::from_millis(300)); // the slowness under test, not a wait
+        self.done.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `shutdown_and_wait` waits (up to its timeout) for every IO thread to stop accepting: called
+/// while the only IO thread is busy in a 300 ms callback, it returns `true`, and only once that
+/// callback has returned.
+fn shutdown_and_wait_waits_for_a_busy_io_thread(kind: BackendKind) {
+    let (tx, entered) = mpsc::channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let server = Server::new(any_port(), Raw, move |_| Busy {
+        entered: tx.clone(),
+        done: d.clone(),
+    });
+    let Some((running, server)) = start(kind, Duration::from_secs(1), server) else {
+        return;
+    };
+    let mut c = connect(server.local_addr());
+    c.write_all(b"x").unwrap();
+    entered
+        .recv_timeout(WAIT)
+        .expect("the callback did not run");
+    let t = Instant::now();
+    assert!(
+        running.shutdown_handle().shutdown_and_wait(WAIT),
+        "shutdown_and_wait gave up on an IO thread busy for 300 ms (after {:?})",
+        t.elapsed()
+    );
+    assert!(
+        done.load(Ordering::SeqCst),
+        "shutdown_and_wait returned while the IO thread was still in its callback"
+    );
+    drop(c);
+    running.join();
+}
+
 /// A connection that is open but has sent nothing when the drain begins is spared for a
 /// moment (its request may be on the way; the engine's grace is 1 s): the test waits until
 /// the IO thread has stopped accepting (`shutdown_and_wait`), then sends a line, which is
@@ -831,4 +965,7 @@ on_every_backend!(
     bytes_out_counts_a_send_in_progress,
     max_buffered_input_holds_exactly_the_limit,
     a_fresh_connection_is_spared_at_shutdown,
+    the_default_input_limit_holds_a_large_frame,
+    shutdown_and_wait_waits_for_a_busy_io_thread,
+    a_partial_frame_does_not_spin_the_loop,
 );

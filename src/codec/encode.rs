@@ -52,9 +52,13 @@ mod tests {
     use super::*;
     use crate::codec::{Decoder, Endian};
 
-    fn roundtrip<C: Decoder + Encoder>(mut c: C, payload: &[u8]) {
+    /// Encodes through `Decoder::encoder`, the encoder `Conn::send_frame` uses.
+    fn roundtrip<C: Decoder>(mut c: C, payload: &[u8]) {
         let mut wire = Vec::new();
-        Encoder::encode(&c, payload, &mut wire).unwrap();
+        c.encoder()
+            .expect("every codec of this module has an encoder")
+            .encode(payload, &mut wire)
+            .unwrap();
         let d = c.decode(&wire).unwrap().expect("one whole frame");
         assert_eq!(d.consumed, wire.len());
         assert_eq!(&wire[d.payload], payload);
@@ -83,6 +87,11 @@ mod tests {
         let mut out = Vec::new();
         assert!(Encoder::encode(&Lines::new(4), b"a\nb", &mut out).is_err());
         assert!(Encoder::encode(&Lines::new(4), b"abcde", &mut out).is_err());
-        assert!(out.is_empty());
+        // The encoder `send_frame` uses is the codec itself, with its own limit.
+        let lines = Lines::new(4);
+        let enc = lines.encoder().expect("an encoder");
+        assert!(enc.encode(b"abcde", &mut out).is_err());
+        enc.encode(b"abcd", &mut out).unwrap();
+        assert_eq!(out, b"abcd\r\n");
     }
 }

@@ -113,6 +113,9 @@ mod tests {
         assert_eq!(p.admit(a), Ok(()));
         assert_eq!(p.admit(a), Ok(()));
         assert_eq!(p.admit(a), Err(PeerRefusal::Connections));
+        // A refusal changes nothing: the two open connections still count.
+        assert_eq!(p.admit(a), Err(PeerRefusal::Connections));
+        assert_eq!(p.tracked(), 1);
         assert_eq!(p.admit(b), Ok(()));
         p.release(a);
         assert_eq!(p.admit(a), Ok(()));
@@ -132,6 +135,15 @@ mod tests {
         }
         assert_eq!(p.admit(a), Err(PeerRefusal::Rate));
         assert_eq!(p.admit(b), Ok(()));
+    }
+
+    #[test]
+    fn a_limit_of_zero_refuses_and_tracks_nothing() {
+        let p = PeerLimits::new(Some(0), None).expect("limits");
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(p.admit(a), Err(PeerRefusal::Connections));
+        assert_eq!(p.admit(a), Err(PeerRefusal::Connections));
+        assert_eq!(p.tracked(), 0, "a refused address left an entry behind");
     }
 
     #[test]
