@@ -441,20 +441,26 @@ fn max_buffered_input_holds_exactly_the_limit(kind: BackendKind) {
         return;
     };
     let frame = [&(LIMIT as u32).to_be_bytes()[..], pattern(0, LIMIT)].concat();
+    echo_held_in_two_parts(&server, &frame, LIMIT, "exactly the limit");
+    stop(running);
+}
+
+/// Sends `frame` as its first `split` bytes, waits until the server has read them (it holds
+/// them: the frame is not whole), then the rest; the frame comes back whole and no
+/// connection was closed (`held` names what was held, for the failure message).
+fn echo_held_in_two_parts(server: &ServerHandle, frame: &[u8], split: usize, held: &str) {
     let mut c = connect(server.local_addr());
-    c.write_all(&frame[..LIMIT]).unwrap();
-    wait_stats(&server, "the first 64 KiB read", |s| {
-        s.bytes_in == LIMIT as u64
+    c.write_all(&frame[..split]).unwrap();
+    wait_stats(server, &format!("the first {split} bytes read"), |s| {
+        s.bytes_in == split as u64
     });
-    c.write_all(&frame[LIMIT..]).unwrap();
+    c.write_all(&frame[split..]).unwrap();
     let mut back = vec![0u8; frame.len()];
     c.read_exact(&mut back)
-        .expect("the frame echoed (the connection was closed at exactly the limit?)");
+        .unwrap_or_else(|e| panic!("the frame not echoed (closed holding {held}?): {e}"));
     assert!(back == frame, "the echo differs");
     let s = server.stats().snapshot();
     assert_eq!(s.closed_total(), 0, "{s:?}");
-    drop(c);
-    stop(running);
 }
 
 /// Without `max_buffered_input`, the default (`DEFAULT_MAX_BUFFERED_INPUT`, 8 MiB) applies: a
@@ -477,20 +483,7 @@ fn the_default_input_limit_holds_a_large_frame(kind: BackendKind) {
         .into_iter()
         .chain((0..PAYLOAD).map(|i| (i % 251) as u8))
         .collect();
-    let half = frame.len() / 2;
-    let mut c = connect(server.local_addr());
-    c.write_all(&frame[..half]).unwrap();
-    wait_stats(&server, "the first half of the frame read", |s| {
-        s.bytes_in == half as u64
-    });
-    c.write_all(&frame[half..]).unwrap();
-    let mut back = vec![0u8; frame.len()];
-    c.read_exact(&mut back)
-        .expect("the frame echoed (closed while holding part of it?)");
-    assert!(back == frame, "the echo differs");
-    let s = server.stats().snapshot();
-    assert_eq!(s.closed_total(), 0, "{s:?}");
-    drop(c);
+    echo_held_in_two_parts(&server, &frame, frame.len() / 2, "half of a 1 MiB frame");
     stop(running);
 }
 
