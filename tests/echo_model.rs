@@ -30,7 +30,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use common::close::{fresh_seed, stop_and_stats};
-use common::deploy::{http_get, metrics_addr, sum_samples};
+use common::deploy::{metrics_addr, wait_closes_counted};
 use common::packet::Layout;
 use common::*;
 
@@ -428,28 +428,6 @@ fn round(addr: std::net::SocketAddr, proto: Proto, rng: &mut Rng, seed: u64, tot
     }
 }
 
-/// Waits (bounded) until the server has counted the close of every client. The last clients
-/// close just before the test sends SIGTERM; a FIN the server had not read yet would be
-/// overtaken by the shutdown and counted `shutdown`, not `peer-closed`.
-fn wait_closes_counted(s: &Server, connections: u64) {
-    let maddr = metrics_addr(&s.stdout_text());
-    let server = format!("server=\"{}\"", s.addr);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, now) = http_get(maddr, "/metrics");
-        let closed = sum_samples(&now, "ringport_connections_closed_total", &server);
-        let active = sum_samples(&now, "ringport_connections_active", &server);
-        if closed >= connections as f64 && active == 0.0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{connections} closes never counted:\n{now}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn run_model(server: &str, proto: Proto, b: Backend) {
     let mut s = Server::start(server, b, &["--metrics", "127.0.0.1:0"]);
     let seed = fresh_seed();
@@ -461,7 +439,11 @@ fn run_model(server: &str, proto: Proto, b: Backend) {
     }
     s.assert_alive("after the model rounds");
     println!("{server} {b}: {totals:?} in {:?}", start.elapsed());
-    wait_closes_counted(&s, totals.connections);
+    // The last clients close just before SIGTERM: a FIN the server had not read yet would be
+    // overtaken by the shutdown and counted `shutdown`, not `peer-closed`.
+    let server = format!("server=\"{}\"", s.addr);
+    let maddr = metrics_addr(&s.stdout_text());
+    wait_closes_counted(maddr, &server, totals.connections, Duration::from_secs(15));
     let stats = stop_and_stats(&mut s, Duration::from_secs(15));
     println!(
         "{server} {b}: backpressure pauses {}, closes {:?}",

@@ -10,7 +10,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::deploy::{http_get, metrics_addr, promtool_check, sample, sum_samples, tool};
+use common::deploy::{
+    http_get, metrics_addr, promtool_check, sample, sum_samples, tool, wait_closes_counted,
+};
 use common::*;
 
 backend_tests!("echo_server";
@@ -105,17 +107,7 @@ fn promtool_accepts_and_counters_move(b: Backend) {
         "completions did not move"
     );
     // The 20 clients are gone once their closes are counted.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, now) = http_get(maddr, "/metrics");
-        if sum_samples(&now, "ringport_connections_closed_total", &server) >= 20.0
-            && get(&now, "ringport_connections_active") == 0.0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "closes never counted:\n{now}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_closes_counted(maddr, &server, 20, Duration::from_secs(10));
 
     let Some(promtool) = tool("promtool", "Debian package prometheus") else {
         return;

@@ -92,6 +92,26 @@ pub fn sum_samples(exposition: &str, name: &str, contains: &str) -> f64 {
         .sum()
 }
 
+/// Scrapes `maddr` (for at most `timeout`) until the server labelled `server` (`server="ADDR"`) has
+/// counted at least `n` closes and has no connection open: a close the test caused may be
+/// counted a moment after the test saw its effect.
+pub fn wait_closes_counted(maddr: SocketAddr, server: &str, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, now) = http_get(maddr, "/metrics");
+        if sum_samples(&now, "ringport_connections_closed_total", server) >= n as f64
+            && sum_samples(&now, "ringport_connections_active", server) == 0.0
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} closes never counted:\n{now}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `promtool check metrics` on `exposition`; its exit status and output.
 pub fn promtool_check(promtool: &std::path::Path, exposition: &str) -> (bool, String) {
     let mut child = Command::new(promtool)
