@@ -18,6 +18,8 @@ use common::*;
 backend_tests!("echo_server";
     promtool_accepts_and_counters_move,
     scrape_during_many_connections,
+    scrape_gets_through_trickling_clients,
+    trickled_request_ends_at_its_deadline,
 );
 
 backend_tests!("line_server_pooled";
@@ -190,4 +192,136 @@ fn pool_metrics(b: Backend) {
         std::thread::sleep(Duration::from_millis(20));
     }
     c.expect("+SLEPT 1500", "the pooled sleep answers");
+}
+
+/// One GET, or `None` when the server refuses or resets the connection.
+fn try_http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Sends one byte on each client every `every` until `stop` (errors ignored: the server may
+/// have reset a client). The attack of issue 20: each byte restarted the idle timer.
+fn trickle(
+    clients: Vec<TcpStream>,
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut clients = clients;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for c in &mut clients {
+                let _ = c.write_all(b"X");
+            }
+            std::thread::sleep(every); // the attack's pace, not a synchronisation
+        }
+    })
+}
+
+/// 1,100 clients that each open a request and send a byte every 500 ms (more than the
+/// endpoint's 1,024 connections) do not lock a scrape out: the oldest incomplete requests are
+/// reset to admit new connections, and the scrape is answered at once.
+fn scrape_gets_through_trickling_clients(b: Backend) {
+    const ATTACKERS: usize = 1100;
+    let s = Server::start("echo_server", b, &["--metrics", "127.0.0.1:0"]);
+    let maddr = metrics_addr(&s.stdout_text());
+    let mut clients = Vec::new();
+    for _ in 0..ATTACKERS {
+        if let Ok(mut c) = TcpStream::connect_timeout(&maddr, CONNECT_TIMEOUT) {
+            let _ = c.write_all(b"G");
+            clients.push(c);
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = trickle(clients, Duration::from_millis(500), stop.clone());
+    // Every attacker has been seen by the server (accepted, then kept or reset).
+    wait_until(Duration::from_secs(20), "every attacker accepted", || {
+        let (_, body) = try_http_get(maddr, "/metrics").unwrap_or_default();
+        sample(
+            &body,
+            "ringport_connections_accepted_total",
+            &format!("server=\"{maddr}\""),
+        )
+        .is_some_and(|v| v >= ATTACKERS as f64)
+    });
+    // Now, with the attackers still trickling, three scrapes in a row are answered.
+    for i in 0..3 {
+        let (status, body) = try_http_get(maddr, "/metrics")
+            .unwrap_or_else(|| panic!("scrape {i} refused while slow clients trickle"));
+        assert_eq!(status, 200);
+        let evicted = sample(
+            &body,
+            "ringport_metrics_requests_total",
+            "outcome=\"evicted\"",
+        )
+        .expect("evictions counted");
+        assert!(
+            evicted >= (ATTACKERS - ringport::metrics::MAX_PENDING_PER_IP) as f64,
+            "evicted {evicted}"
+        );
+        let pending =
+            sample(&body, "ringport_metrics_pending_requests", "").expect("pending gauge");
+        assert!(
+            pending <= (ringport::metrics::MAX_PENDING_PER_IP + 1) as f64,
+            "pending {pending}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().expect("trickler");
+}
+
+/// A request trickled one byte every 300 ms is closed at its deadline (the idle timeout never
+/// fires: every byte pushed it back).
+fn trickled_request_ends_at_its_deadline(b: Backend) {
+    let s = Server::start("echo_server", b, &["--metrics", "127.0.0.1:0"]);
+    let maddr = metrics_addr(&s.stdout_text());
+    let mut c = TcpStream::connect_timeout(&maddr, CONNECT_TIMEOUT).expect("connect");
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut closed = false;
+    let mut byte = [0u8; 1];
+    // Bounded: the deadline (5 s) plus a margin, well under the idle timeout's reach (a
+    // trickle resets it for ever).
+    while start.elapsed() < Duration::from_secs(15) {
+        if c.write_all(b"G").is_err() {
+            closed = true;
+            break;
+        }
+        match c.read(&mut byte) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("no answer is due to an incomplete request"),
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let took = start.elapsed();
+    assert!(closed, "a trickled request was still open after {took:?}");
+    assert!(
+        took >= ringport::metrics::REQUEST_DEADLINE - Duration::from_millis(200),
+        "closed after {took:?}, before its deadline"
+    );
+    let (_, body) = try_http_get(maddr, "/metrics").expect("scrape");
+    assert_eq!(
+        sample(
+            &body,
+            "ringport_metrics_requests_total",
+            "outcome=\"deadline\""
+        ),
+        Some(1.0),
+        "{body}"
+    );
 }

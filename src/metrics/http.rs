@@ -1,11 +1,20 @@
 //! The metrics server's handler: a minimal HTTP/1.1 responder on the engine's own IO threads.
 //! It reads the request line and headers (one line each, from the `Lines` codec), answers
 //! `GET /metrics` with the text exposition and closes (`Connection: close`); anything else
-//! gets 404 or 405.
+//! gets 404 or 405. The whole request must arrive within
+//! [`REQUEST_DEADLINE`](super::gate::REQUEST_DEADLINE), and incomplete requests are capped
+//! (`gate.rs`): slow clients cannot hold the port against a scrape.
+
+use std::sync::atomic::Ordering;
+
+use tracing::debug;
 
 use crate::codec::DecodeError;
 use crate::conn::Conn;
 use crate::handler::{Frame, Handler};
+use crate::info::{CloseReason, ConnInfo};
+
+use super::gate::REQUEST_DEADLINE;
 
 use super::Metrics;
 
@@ -16,6 +25,9 @@ pub(crate) struct MetricsHttp {
     answered: bool,
 }
 
+/// The timer that ends a request not complete in time.
+const DEADLINE_TIMER: u64 = 0;
+
 impl MetricsHttp {
     pub(crate) fn new(metrics: Metrics) -> MetricsHttp {
         MetricsHttp {
@@ -25,8 +37,17 @@ impl MetricsHttp {
         }
     }
 
-    fn answer(&mut self, conn: &mut Conn<'_>) {
+    /// The request is over (answered or refused): it no longer counts as pending.
+    fn finish(&mut self, conn: &mut Conn<'_>) {
         self.answered = true;
+        conn.cancel_timer(DEADLINE_TIMER);
+        let gate = &self.metrics.inner.gate;
+        gate.done(conn.info().id);
+        gate.counts.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn answer(&mut self, conn: &mut Conn<'_>) {
+        self.finish(conn);
         let request = self.request.take().unwrap_or_default();
         let mut parts = request.split_ascii_whitespace();
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -50,6 +71,33 @@ impl MetricsHttp {
 }
 
 impl Handler for MetricsHttp {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        conn.set_timer(DEADLINE_TIMER, REQUEST_DEADLINE);
+        let (id, ip) = (conn.info().id, conn.peer_addr().ip());
+        self.metrics.inner.gate.open(id, ip, conn.handle());
+    }
+
+    fn on_timer(&mut self, conn: &mut Conn<'_>, _id: u64) {
+        if !self.answered {
+            self.metrics.inner.gate.done(conn.info().id);
+            self.metrics
+                .inner
+                .gate
+                .counts
+                .deadline
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %conn.peer_addr(), "metrics: request not complete in time; closing");
+            conn.close_with(CloseReason::Protocol(format!(
+                "metrics request not complete within {} s",
+                REQUEST_DEADLINE.as_secs()
+            )));
+        }
+    }
+
+    fn on_close(&mut self, info: &ConnInfo, _reason: &CloseReason) {
+        self.metrics.inner.gate.done(info.id);
+    }
+
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
         if self.answered {
             return;
@@ -67,7 +115,7 @@ impl Handler for MetricsHttp {
 
     fn on_decode_error(&mut self, conn: &mut Conn<'_>, _error: &DecodeError) {
         if !self.answered {
-            self.answered = true;
+            self.finish(conn);
             conn.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
         conn.close();

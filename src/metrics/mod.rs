@@ -20,10 +20,14 @@
 //! | `ringport_io_completions_total` | thread | completions handled |
 //! | `ringport_io_busy_seconds_total` | thread | time working between waits (handlers included) |
 //! | `ringport_io_inbox_messages` | thread | messages from other threads waiting (handle writes, closes, work done) |
+//! | `ringport_metrics_requests_total` | outcome | this endpoint's requests: `answered`, `deadline` (not complete in time), `evicted` (reset to admit a newer one) |
+//! | `ringport_metrics_pending_requests` | | this endpoint's connections still sending their request |
 //! | `ringport_pool_queued_jobs`, `ringport_pool_busy_workers`, `ringport_pool_workers` | pool | worker pools |
 
+mod gate;
 mod http;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::collector::Collector;
@@ -36,6 +40,7 @@ use crate::info::CloseReason;
 use crate::pool::WorkerPool;
 use crate::stats::{LoopStats, ServerStats};
 
+pub use gate::{MAX_PENDING, MAX_PENDING_PER_IP, REQUEST_DEADLINE};
 pub(crate) use http::MetricsHttp;
 
 type InboxDepths = Box<dyn Fn() -> Vec<usize> + Send + Sync>;
@@ -52,6 +57,8 @@ struct Inner {
     loops: Arc<[LoopStats]>,
     inboxes: OnceLock<InboxDepths>,
     pools: Mutex<Vec<(String, WorkerPool)>>,
+    /// The metrics server's own admission (slow clients).
+    gate: gate::Gate,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,6 +75,7 @@ impl Metrics {
                 loops: (0..io_threads).map(|_| LoopStats::default()).collect(),
                 inboxes: OnceLock::new(),
                 pools: Mutex::new(Vec::new()),
+                gate: gate::Gate::default(),
             }),
         }
     }
@@ -317,6 +325,28 @@ impl Collector for Collect {
             "ringport_io_inbox_messages",
             "Messages from other threads (handle writes and closes, finished work) waiting for the IO thread.",
             &rows,
+        )?;
+
+        let g = &inner.gate.counts;
+        let outcomes: Vec<(Labels, u64)> = [
+            ("answered", &g.answered),
+            ("deadline", &g.deadline),
+            ("evicted", &g.evicted),
+        ]
+        .into_iter()
+        .map(|(o, v)| (vec![("outcome", o.to_string())], v.load(Relaxed)))
+        .collect();
+        counter_rows(
+            e,
+            "ringport_metrics_requests",
+            "Requests to this metrics endpoint, by outcome: answered, deadline (not complete in time), evicted (reset to admit a newer connection).",
+            &outcomes,
+        )?;
+        gauge_rows(
+            e,
+            "ringport_metrics_pending_requests",
+            "Connections to this metrics endpoint still sending their request.",
+            &[(Vec::new(), inner.gate.pending() as u64)],
         )?;
 
         // (name, queued, busy, workers)
