@@ -2,10 +2,15 @@
 //!
 //! - unix: SIGINT and SIGTERM (through `signal-hook`, which installs the handlers and hands the
 //!   signals to a waiting thread).
-//! - Windows: Ctrl-C, Ctrl-Break, the console window being closed, logoff and system shutdown
+//! - Windows: Ctrl-C, Ctrl-Break, the console window being closed and system shutdown
 //!   (`SetConsoleCtrlHandler`). Windows runs the control handler on a thread of its own and, for
-//!   a close, logoff or shutdown, terminates the process as soon as the handler returns: the
-//!   handler therefore waits (up to [`CLOSE_GRACE`]) until the drain it started has finished.
+//!   a close or shutdown, terminates the process as soon as the handler returns: the handler
+//!   therefore waits (up to [`CLOSE_GRACE`]) until the drain it started has finished. A logoff
+//!   (`CTRL_LOGOFF_EVENT`) is not a stop: only services receive it, for *any* user's logoff
+//!   (Microsoft's HandlerRoutine page; an interactive process is gone by then), so a server run
+//!   under a service wrapper would stop whenever someone logs off. It is passed on to the next
+//!   handler, which for a service is the default one that does not end the process, as
+//!   OpenJDK's `consoleHandler` does for a non-interactive session.
 //!
 //! Either way the effect is the same: [`Signals::wait`] returns the signal's name and the engine
 //! starts its graceful drain.
@@ -74,8 +79,8 @@ mod windows {
         CTRL_SHUTDOWN_EVENT,
     };
 
-    /// How long the control handler keeps the process alive after a close, logoff or
-    /// shutdown event while the drain runs (Windows itself allows about 5 s).
+    /// How long the control handler keeps the process alive after a close or shutdown event
+    /// while the drain runs (Windows itself allows about 5 s).
     const CLOSE_GRACE: Duration = Duration::from_millis(4500);
 
     #[derive(Default)]
@@ -98,15 +103,27 @@ mod windows {
         STATE.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The name of a control event that stops the server; `None`: not ours (passed on).
+    fn stop_event(ctrl_type: u32) -> Option<&'static str> {
+        match ctrl_type {
+            CTRL_C_EVENT => Some("CTRL_C"),
+            CTRL_BREAK_EVENT => Some("CTRL_BREAK"),
+            CTRL_CLOSE_EVENT => Some("CTRL_CLOSE"),
+            CTRL_SHUTDOWN_EVENT => Some("CTRL_SHUTDOWN"),
+            // Some user logged off (only services see it): not a reason to stop. See the
+            // module doc.
+            CTRL_LOGOFF_EVENT => None,
+            _ => None,
+        }
+    }
+
     /// Runs on a thread Windows creates for each console control event.
     unsafe extern "system" fn on_ctrl(ctrl_type: u32) -> BOOL {
-        let name = match ctrl_type {
-            CTRL_C_EVENT => "CTRL_C",
-            CTRL_BREAK_EVENT => "CTRL_BREAK",
-            CTRL_CLOSE_EVENT => "CTRL_CLOSE",
-            CTRL_LOGOFF_EVENT => "CTRL_LOGOFF",
-            CTRL_SHUTDOWN_EVENT => "CTRL_SHUTDOWN",
-            _ => return FALSE,
+        let Some(name) = stop_event(ctrl_type) else {
+            if ctrl_type == CTRL_LOGOFF_EVENT {
+                tracing::info!("a user logged off (CTRL_LOGOFF_EVENT): ignored, still serving");
+            }
+            return FALSE;
         };
         let mut st = state();
         if st.running == 0 {
@@ -114,10 +131,7 @@ mod windows {
         }
         st.pending.push(name);
         CHANGED.notify_all();
-        if matches!(
-            ctrl_type,
-            CTRL_CLOSE_EVENT | CTRL_LOGOFF_EVENT | CTRL_SHUTDOWN_EVENT
-        ) {
+        if matches!(ctrl_type, CTRL_CLOSE_EVENT | CTRL_SHUTDOWN_EVENT) {
             // The process ends when this returns: give the drain its time.
             let deadline = Instant::now() + CLOSE_GRACE;
             while st.running > 0 {
@@ -145,7 +159,7 @@ mod windows {
     }
 
     impl Signals {
-        /// Ctrl-C, Ctrl-Break, console close, logoff, shutdown (`_hup`: no SIGHUP here).
+        /// Ctrl-C, Ctrl-Break, console close, shutdown (`_hup`: no SIGHUP here).
         pub(crate) fn new(_hup: bool) -> io::Result<Signals> {
             let mut err = None;
             INSTALL.call_once(|| {
@@ -204,6 +218,25 @@ mod windows {
             self.closed.store(true, Ordering::Release);
             let _st = state();
             CHANGED.notify_all();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_logoff_is_passed_on_and_stops_nothing() {
+            let mut signals = Signals::new(false).expect("control handler");
+            // SAFETY: the handler is a plain function; calling it as Windows would, with a
+            // drain registered (`signals`), has no other precondition.
+            let handled = unsafe { on_ctrl(CTRL_LOGOFF_EVENT) };
+            assert_eq!(handled, FALSE, "passed on to the next (default) handler");
+            assert!(state().pending.is_empty(), "no stop queued");
+            assert_eq!(stop_event(CTRL_SHUTDOWN_EVENT), Some("CTRL_SHUTDOWN"));
+            assert_eq!(stop_event(CTRL_C_EVENT), Some("CTRL_C"));
+            signals.handle().close();
+            assert_eq!(signals.wait(), None);
         }
     }
 }
