@@ -297,6 +297,8 @@ pub(crate) fn bind_listeners(
         }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
+        #[cfg(windows)]
+        let backlog = iocp::listen_backlog(backlog);
         s.listen(backlog)?;
         Ok(s.into())
     };

@@ -60,27 +60,31 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use windows_sys::Win32::Foundation::{GetLastError, HANDLE, WAIT_TIMEOUT};
+#[cfg(test)]
+use windows_sys::Win32::Networking::WinSock::WSASetLastError;
 use windows_sys::Win32::Networking::WinSock::{
     bind, AcceptEx, WSAIoctl, WSARecv, WSASend, LPFN_CONNECTEX, SIO_GET_EXTENSION_FUNCTION_POINTER,
     SOCKET, SOCKET_ERROR, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT, WSABUF,
-    WSAECONNRESET, WSAEINVAL, WSAID_CONNECTEX, WSA_IO_PENDING,
+    WSAECONNABORTED, WSAECONNRESET, WSAEINVAL, WSAID_CONNECTEX, WSA_IO_PENDING,
 };
 use windows_sys::Win32::System::Threading::INFINITE;
 use windows_sys::Win32::System::IO::{
-    CancelIoEx, CreateIoCompletionPort, GetQueuedCompletionStatusEx, OVERLAPPED_ENTRY,
+    CreateIoCompletionPort, GetQueuedCompletionStatusEx, OVERLAPPED_ENTRY,
 };
 
 use super::{Backend, BackendConfig, Event, Token, Waker};
 
+#[cfg(test)]
+mod fault;
 mod op;
 #[cfg(test)]
 mod tests;
 
 use op::{
-    op_result, raw, set_opt, socket2_buf, wsa_error, Conn, IocpWaker, Listener, Op, OpKind, Port,
-    ADDR_LEN, BATCH, WAKE_KEY,
+    cancel_all, no_syn_retransmissions_to_loopback, op_result, raw, set_opt, socket2_buf,
+    wsa_error, Conn, IocpWaker, Listener, Op, OpKind, Port, ADDR_LEN, BATCH, WAKE_KEY,
 };
-pub(crate) use op::{ACCEPTS_PER_LISTENER, MAX_SEND};
+pub(crate) use op::{listen_backlog, ACCEPTS_PER_LISTENER, MAX_SEND};
 
 pub(crate) struct IocpBackend {
     port: Arc<Port>,
@@ -186,6 +190,12 @@ impl IocpBackend {
                 len: 0,
                 buf: ptr::NonNull::<u8>::dangling().as_ptr(),
             };
+            #[cfg(test)]
+            if let Some(e) = fault::take(fault::Call::Recv) {
+                // SAFETY: sets this thread's last WinSock error; no preconditions.
+                unsafe { WSASetLastError(e) };
+                return false;
+            }
             // SAFETY: `p` is a live Op (owned by the kernel until its completion); the WSABUF
             // array is copied by the call and describes zero bytes, so no memory is lent.
             unsafe {
@@ -206,10 +216,16 @@ impl IocpBackend {
                 c.recv_pending = true;
                 c.ops += 1;
             }
-            // `recv` will report the error itself.
-            Err(_) => {
-                c.readable = true;
-                self.queue_read(token);
+            // Failed at once (no completion will come): `WSAENOBUFS`, or `WSAEWOULDBLOCK`,
+            // which on an overlapped socket means too many outstanding requests. Retrying
+            // through `recv` would spin: it says `WSAEWOULDBLOCK` (nothing to read), which
+            // posts this receive again, which fails again. Like libuv (`uv__tcp_queue_read`:
+            // "make this req pending reporting an error"), it is the connection's read error.
+            Err((error, _)) => {
+                tracing::debug!(token, error = %error, "iocp: zero-byte WSARecv failed at once");
+                c.reading = false;
+                c.read_done = true;
+                self.done.push_back(Event::ReadError { token, error });
             }
         }
     }
@@ -224,6 +240,8 @@ impl IocpBackend {
             return;
         };
         let sock = raw(&c.sock);
+        let piece = send_piece(&c.sock, buf.len() - off);
+        debug_assert!(piece > 0 || buf.len() == off);
         let op = Op::new(token, OpKind::Send { buf, off });
         let r = self.submit(op, |p| {
             // SAFETY: `p` is a live Op; its `buf` (moved into it, never touched until the
@@ -234,7 +252,7 @@ impl IocpBackend {
                 };
                 let rest = &buf[*off..];
                 let wsabuf = WSABUF {
-                    len: rest.len().min(MAX_SEND) as u32,
+                    len: piece as u32,
                     buf: rest.as_ptr().cast_mut(),
                 };
                 WSASend(sock, &wsabuf, 1, ptr::null_mut(), 0, &mut (*p).ovl, None) == 0
@@ -307,8 +325,8 @@ impl IocpBackend {
             let l = self.listeners[id].as_mut().expect("listener present");
             match r {
                 Ok(()) => l.pending += 1,
-                // The peer reset before we took it: try the next one.
-                Err((e, _)) if e.raw_os_error() == Some(WSAECONNRESET) => {}
+                // The peer reset or aborted before we took it: try the next one.
+                Err((e, _)) if peer_gone(&e) => {}
                 Err((error, _)) => {
                     l.paused = true;
                     self.done.push_back(Event::AcceptError {
@@ -341,6 +359,11 @@ impl IocpBackend {
             };
             l.pending -= 1;
             let result = op_result(raw(&l.sock), &op.ovl);
+            #[cfg(test)]
+            let result = match fault::take(fault::Call::AcceptDone) {
+                Some(e) => Err(io::Error::from_raw_os_error(e)),
+                None => result,
+            };
             if l.closing {
                 if l.pending == 0 {
                     self.listeners[token] = None;
@@ -358,7 +381,13 @@ impl IocpBackend {
                     listener: token,
                     stream,
                 }),
-                Err(e) if e.raw_os_error() == Some(WSAECONNRESET) => {}
+                // The peer reset or gave up before we took it (`WSAECONNRESET`,
+                // `WSAECONNABORTED`): the listener is fine, only that connection is gone. Re-post
+                // quietly, as libuv (`uv__process_tcp_accept_req`) and Asio do; counting it as
+                // an accept error would pause accepting for everyone.
+                Err(e) if peer_gone(&e) => {
+                    tracing::debug!(listener = token, error = %e, "iocp: accepted peer gone");
+                }
                 Err(error) => {
                     l.paused = true;
                     self.done.push_back(Event::AcceptError {
@@ -490,6 +519,7 @@ impl IocpBackend {
         let connect_ex = self
             .connect_ex(sock)?
             .ok_or_else(|| io::Error::other("no ConnectEx"))?;
+        no_syn_retransmissions_to_loopback(sock, &addr);
         let addr = Box::new(SockAddr::from(addr));
         let (name, len) = (addr.as_ptr(), addr.len());
         let op = Op::new(token, OpKind::Connect { _addr: addr });
@@ -517,6 +547,34 @@ impl IocpBackend {
             Err((e, _)) => Err(e),
         }
     }
+}
+
+/// The bytes of the next `WSASend` for `rest` bytes left: at most [`MAX_SEND`], and less than
+/// the socket's send buffer (`SO_SNDBUF`, read at each piece that could reach it). One send
+/// that fills the whole send buffer completes only when its last segment is acknowledged,
+/// which the receiver's delayed ACK holds up to 200 ms: with one send in flight, a stall per
+/// piece (Microsoft KB 823764; its method 2 is this one). `SO_SNDBUF` is read, never set:
+/// setting it turns off Windows' dynamic send buffering. A send buffer of 0 (no buffering,
+/// asked for by the user) keeps `MAX_SEND`.
+fn send_piece(sock: &Socket, rest: usize) -> usize {
+    let piece = rest.min(MAX_SEND);
+    if piece < SMALL_SEND {
+        return piece;
+    }
+    match sock.send_buffer_size() {
+        Ok(0) | Err(_) => piece,
+        Ok(sndbuf) => piece.min(sndbuf - 1),
+    }
+}
+
+/// Pieces under this many bytes are sent without asking for the send buffer's size (no send
+/// buffer is that small in practice; a user-set one under it can still stall).
+const SMALL_SEND: usize = 4096;
+
+/// An accept failed because its peer went away first (reset, or aborted before we took it):
+/// nothing is wrong with the listener.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(WSAECONNRESET | WSAECONNABORTED))
 }
 
 impl Backend for IocpBackend {
@@ -576,9 +634,8 @@ impl Backend for IocpBackend {
             if l.pending == 0 {
                 self.listeners[id] = None;
             } else {
-                // SAFETY: cancels this process's operations on an open socket; their
-                // completions still arrive (and free the ops) before the socket is closed.
-                unsafe { CancelIoEx(raw(&l.sock) as HANDLE, ptr::null()) };
+                // Their completions still arrive (and free the ops) before the socket closes.
+                cancel_all(raw(&l.sock));
             }
         }
     }
@@ -674,9 +731,9 @@ impl Backend for IocpBackend {
             let _ = c.sock.set_linger(Some(Duration::ZERO));
         }
         if c.ops > 0 {
-            // SAFETY: cancels this process's operations on an open socket; the socket is
-            // closed only when all their completions have arrived (`maybe_finish_close`).
-            unsafe { CancelIoEx(raw(&c.sock) as HANDLE, ptr::null()) };
+            // The socket is closed only when all their completions have arrived
+            // (`maybe_finish_close`), or by `shutdown` after its bounded wait.
+            cancel_all(raw(&c.sock));
         }
         self.maybe_finish_close(token);
     }
@@ -778,6 +835,10 @@ impl Backend for IocpBackend {
                     c.readable = false;
                     c.queued = false;
                     self.post_recv(token);
+                    // A receive that failed at once reported a read error: deliver it now.
+                    if let Some(ev) = self.done.pop_front() {
+                        return Some(ev);
+                    }
                 }
                 Err(error) => {
                     c.queued = false;

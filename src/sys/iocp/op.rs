@@ -6,20 +6,34 @@ use std::mem;
 use std::os::windows::io::AsRawSocket;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use socket2::{Domain, SockAddr, Socket};
+use windows_sys::Wdk::System::SystemServices::RtlGetVersion;
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::Networking::WinSock::{
-    setsockopt, WSAGetLastError, WSAGetOverlappedResult, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR,
-    SOL_SOCKET,
+    setsockopt, WSAGetLastError, WSAGetOverlappedResult, WSAIoctl, INVALID_SOCKET, SIO_BASE_HANDLE,
+    SIO_TCP_INITIAL_RTO, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, SOL_SOCKET,
+    TCP_INITIAL_RTO_NO_SYN_RETRANSMISSIONS, TCP_INITIAL_RTO_PARAMETERS,
 };
-use windows_sys::Win32::System::IO::{PostQueuedCompletionStatus, OVERLAPPED};
+use windows_sys::Win32::System::SystemInformation::OSVERSIONINFOW;
+use windows_sys::Win32::System::IO::{CancelIoEx, PostQueuedCompletionStatus, OVERLAPPED};
 
 use super::super::Waker;
 
-/// `AcceptEx` calls kept outstanding per listener.
-pub(crate) const ACCEPTS_PER_LISTENER: usize = 8;
+/// `AcceptEx` calls kept outstanding per listener, as libuv (`uv_simultaneous_server_accepts`).
+/// Each holds a socket made in advance and 2 × [`ADDR_LEN`] bytes. Windows answers a
+/// connection that finds the backlog full with a reset (`WSAECONNREFUSED` at the client),
+/// where Linux drops the SYN and the client retries: the outstanding accepts and the backlog
+/// ([`listen_backlog`]) are what absorbs a burst while the IO thread is busy.
+pub(crate) const ACCEPTS_PER_LISTENER: usize = 32;
+
+/// The `listen` backlog argument on Windows for a requested backlog of `n`: `SOMAXCONN_HINT(n)`
+/// (`-n`). A plain value is only a hint Windows caps at about 200; the hint form asks for `n`
+/// itself, which Windows clamps to 200..=65535 (Microsoft's `listen` page).
+pub(crate) fn listen_backlog(n: i32) -> i32 {
+    -n.clamp(1, 65535)
+}
 /// Bytes one `WSASend` carries at most: each completion short of a buffer's end is reported as
 /// send progress (see the module doc). 64 KiB: a reader taking 6.4 KB/s still moves one piece
 /// per `FLUSH_STALL`; one completion per 64 KiB costs little next to copying them.
@@ -203,4 +217,92 @@ impl Conn {
 pub(super) fn socket2_buf(buf: &mut [u8]) -> &mut [mem::MaybeUninit<u8>] {
     // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout, and `recv` only writes bytes.
     unsafe { &mut *(buf as *mut [u8] as *mut [mem::MaybeUninit<u8>]) }
+}
+
+/// Windows 10 version 1709 (build 16299) or later: from then on `SIO_TCP_INITIAL_RTO` knows
+/// `TCP_INITIAL_RTO_NO_SYN_RETRANSMISSIONS` (libuv's `uv__windows10_version1709`, asked of
+/// `RtlGetVersion`, which unlike `GetVersionEx` does not depend on the manifest).
+pub(super) fn windows10_1709_or_later() -> bool {
+    static AT_LEAST: OnceLock<bool> = OnceLock::new();
+    *AT_LEAST.get_or_init(|| {
+        let mut v = OSVERSIONINFOW {
+            dwOSVersionInfoSize: mem::size_of::<OSVERSIONINFOW>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `v` is a valid OSVERSIONINFOW with its size set, as RtlGetVersion requires.
+        if unsafe { RtlGetVersion(&mut v) } != 0 {
+            return false;
+        }
+        (v.dwMajorVersion, v.dwMinorVersion, v.dwBuildNumber) >= (10, 0, 16299)
+    })
+}
+
+/// For a connect to a loopback address: no SYN retransmission, so a refused connect fails at
+/// once instead of after Windows' retransmissions (about 2 s), as libuv does in
+/// `uv__tcp_try_connect`. Only on Windows 10 1709 and later (before, the value would be taken
+/// literally); a failure is ignored (an older stack or another provider keeps its default).
+pub(super) fn no_syn_retransmissions_to_loopback(sock: SOCKET, addr: &std::net::SocketAddr) {
+    if !addr.ip().is_loopback() || !windows10_1709_or_later() {
+        return;
+    }
+    let params = TCP_INITIAL_RTO_PARAMETERS {
+        Rtt: TCP_INITIAL_RTO_NO_SYN_RETRANSMISSIONS,
+        MaxSynRetransmissions: TCP_INITIAL_RTO_NO_SYN_RETRANSMISSIONS as u8,
+    };
+    let mut bytes = 0u32;
+    // SAFETY: the input is a valid TCP_INITIAL_RTO_PARAMETERS of the stated size, no output;
+    // synchronous (no OVERLAPPED).
+    let rc = unsafe {
+        WSAIoctl(
+            sock,
+            SIO_TCP_INITIAL_RTO,
+            (&params as *const TCP_INITIAL_RTO_PARAMETERS).cast(),
+            mem::size_of::<TCP_INITIAL_RTO_PARAMETERS>() as u32,
+            ptr::null_mut(),
+            0,
+            &mut bytes,
+            ptr::null_mut(),
+            None,
+        )
+    };
+    if rc == SOCKET_ERROR {
+        tracing::debug!(error = %wsa_error(), "iocp: SIO_TCP_INITIAL_RTO not applied");
+    }
+}
+
+/// The base service provider's socket under `sock` (`SIO_BASE_HANDLE`): with a non-IFS layered
+/// provider installed, `sock` is the layer's handle and `CancelIoEx` on it may not reach the
+/// operations the base provider holds (libuv's `uv__tcp_try_cancel_reqs`). `None` when the
+/// ioctl fails (then only `sock` itself can be cancelled).
+pub(super) fn base_handle(sock: SOCKET) -> Option<SOCKET> {
+    let mut base: SOCKET = INVALID_SOCKET;
+    let mut bytes = 0u32;
+    // SAFETY: no input; the output is one SOCKET of the stated size; synchronous.
+    let rc = unsafe {
+        WSAIoctl(
+            sock,
+            SIO_BASE_HANDLE,
+            ptr::null(),
+            0,
+            (&mut base as *mut SOCKET).cast(),
+            mem::size_of::<SOCKET>() as u32,
+            &mut bytes,
+            ptr::null_mut(),
+            None,
+        )
+    };
+    (rc != SOCKET_ERROR && base != INVALID_SOCKET && base != 0).then_some(base)
+}
+
+/// Cancels every operation of this process on `sock` and, when a layered provider sits on
+/// top, on the base provider's socket under it (see [`base_handle`]). The completions still
+/// arrive (`WSA_OPERATION_ABORTED`), and the caller frees nothing before they have.
+pub(super) fn cancel_all(sock: SOCKET) {
+    // SAFETY: cancels this process's operations on an open socket; the caller keeps every
+    // operation's memory until its completion is dequeued.
+    unsafe { CancelIoEx(sock as HANDLE, ptr::null()) };
+    if let Some(base) = base_handle(sock).filter(|&b| b != sock) {
+        // SAFETY: as above; the base socket is open for as long as `sock` is.
+        unsafe { CancelIoEx(base as HANDLE, ptr::null()) };
+    }
 }

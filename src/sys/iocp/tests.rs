@@ -3,6 +3,7 @@
 use super::*;
 use std::io::{Read, Write};
 use std::time::Instant;
+use windows_sys::Win32::Networking::WinSock::{WSAENOBUFS, WSAEWOULDBLOCK};
 
 fn backend() -> IocpBackend {
     IocpBackend::new(&BackendConfig {
@@ -174,5 +175,184 @@ fn a_large_send_reports_progress_per_piece_then_done() {
     until(&mut b, &mut seen, |e| {
         matches!(e, Event::Closed { token: 0 })
     });
+    b.shutdown(Duration::from_secs(2));
+}
+
+/// Drives the zero-byte receive of a fresh connection into failing at once with `error` (a
+/// resource error real Windows gives and Wine does not) up to 1000 times in a row: the
+/// connection must get that read error from the first failure, with no retry. (Before the fix
+/// the failure re-queued a `recv`, which said `WSAEWOULDBLOCK` and re-posted the receive: the
+/// IO thread spun inside one `next()` for as long as the failure lasted.)
+fn immediate_recv_failure_is_a_read_error(error: i32) {
+    let mut b = backend();
+    fault::inject(fault::Call::Recv, error, 1000);
+    let (client, mut seen) = accepted(&mut b);
+    let mut got = None;
+    let end = Instant::now() + Duration::from_secs(5);
+    while got.is_none() {
+        assert!(
+            Instant::now() < end,
+            "no read error after {} WSARecv attempts; events: {seen:?}",
+            fault::attempts()
+        );
+        b.wait(Some(Duration::from_millis(50))).unwrap();
+        while let Some(ev) = b.next() {
+            match ev {
+                Event::ReadError { token: 0, error } => got = Some(error),
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+    }
+    assert_eq!(got.unwrap().raw_os_error(), Some(error));
+    assert_eq!(fault::attempts(), 1, "one WSARecv, no retry loop");
+    fault::clear();
+    // The connection still closes cleanly, and nothing else is outstanding for it.
+    b.close(0, true);
+    until(&mut b, &mut seen, |e| {
+        matches!(e, Event::Closed { token: 0 })
+    });
+    assert_eq!(b.in_flight, ACCEPTS_PER_LISTENER, "{seen:?}");
+    drop(client);
+    b.shutdown(Duration::from_secs(2));
+    assert_eq!(b.in_flight, 0);
+}
+
+#[test]
+fn a_zero_byte_receive_failing_with_enobufs_is_a_read_error_not_a_spin() {
+    immediate_recv_failure_is_a_read_error(WSAENOBUFS);
+}
+
+#[test]
+fn a_zero_byte_receive_failing_with_wouldblock_is_a_read_error_not_a_spin() {
+    immediate_recv_failure_is_a_read_error(WSAEWOULDBLOCK);
+}
+
+/// Binds a listener (backlog 1024, through `bind_listeners` as the engine does) as id 0.
+fn listening(b: &mut IocpBackend) -> SocketAddr {
+    let l = super::super::bind_listeners("127.0.0.1:0".parse().unwrap(), 1024, 1)
+        .unwrap()
+        .remove(0);
+    let addr = l.local_addr().unwrap();
+    b.add_listener(0, l).unwrap();
+    addr
+}
+
+#[test]
+fn an_accept_aborted_by_its_peer_is_reposted_quietly() {
+    let mut b = backend();
+    let addr = listening(&mut b);
+    assert_eq!(b.in_flight, ACCEPTS_PER_LISTENER);
+    // The next AcceptEx completes with WSAECONNABORTED (the peer gave up before we took it).
+    fault::inject(fault::Call::AcceptDone, WSAECONNABORTED, 1);
+    let _first = std::net::TcpStream::connect(addr).unwrap();
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while fault::attempts() == 0 {
+        assert!(
+            Instant::now() < end,
+            "no accept completion; events: {seen:?}"
+        );
+        b.wait(Some(Duration::from_millis(50))).unwrap();
+        while let Some(ev) = b.next() {
+            seen.push(format!("{ev:?}"));
+        }
+    }
+    fault::clear();
+    assert!(
+        !seen.iter().any(|s| s.contains("AcceptError")),
+        "an aborted accept is no accept error: {seen:?}"
+    );
+    let l = b.listeners[0].as_ref().unwrap();
+    assert!(!l.paused, "accepting goes on");
+    assert_eq!(l.pending, ACCEPTS_PER_LISTENER, "the accept was re-posted");
+    // And the next client is accepted.
+    let _second = std::net::TcpStream::connect(addr).unwrap();
+    until(&mut b, &mut seen, |e| matches!(e, Event::Accepted { .. }));
+    b.shutdown(Duration::from_secs(2));
+    assert_eq!(b.in_flight, 0);
+}
+
+#[test]
+fn thirty_two_accepts_outstanding_take_a_burst() {
+    let mut b = backend();
+    let addr = listening(&mut b);
+    assert_eq!(
+        b.in_flight, 32,
+        "AcceptEx calls outstanding (libuv keeps 32)"
+    );
+    // A burst while the IO thread does not turn: the outstanding accepts and the backlog take
+    // it, then every connection is accepted.
+    const BURST: usize = 100;
+    let clients: Vec<_> = (0..BURST)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut accepted = 0;
+    let mut other = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while accepted < BURST {
+        assert!(
+            Instant::now() < end,
+            "{accepted} of {BURST} accepted; {other:?}"
+        );
+        b.wait(Some(Duration::from_millis(50))).unwrap();
+        while let Some(ev) = b.next() {
+            match ev {
+                Event::Accepted { .. } => accepted += 1,
+                ev => other.push(format!("{ev:?}")),
+            }
+        }
+    }
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(b.in_flight, 32, "refilled");
+    drop(clients);
+    b.shutdown(Duration::from_secs(2));
+}
+
+#[test]
+fn the_backlog_is_passed_as_somaxconn_hint() {
+    assert_eq!(listen_backlog(1024), -1024);
+    assert_eq!(listen_backlog(0), -1);
+    assert_eq!(listen_backlog(i32::MAX), -65535);
+}
+
+/// Each `WSASend` piece stays under the socket's send buffer (KB 823764: a send that fills it
+/// completes only at the last segment's ACK, which a delayed ACK holds up to 200 ms).
+#[test]
+fn send_pieces_stay_under_the_send_buffer() {
+    let mut b = backend();
+    let (mut client, mut seen) = accepted(&mut b);
+    let sock = &b.conns[0].as_ref().unwrap().sock;
+    sock.set_send_buffer_size(16 << 10).unwrap();
+    // Read back as the backend reads it (a Linux host under Wine doubles the value set).
+    let sndbuf = sock.send_buffer_size().unwrap();
+    assert!(
+        sndbuf < MAX_SEND,
+        "the test needs a send buffer under MAX_SEND: {sndbuf}"
+    );
+    let len = 1 << 20;
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; len];
+        client.read_exact(&mut got).map(|()| got)
+    });
+    let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    b.send(0, data.clone());
+    let mut progress = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    'done: loop {
+        assert!(Instant::now() < end, "no SendDone; events: {seen:?}");
+        b.wait(Some(Duration::from_millis(50))).unwrap();
+        while let Some(ev) = b.next() {
+            match ev {
+                Event::SendProgress { token: 0, sent } => progress.push(sent),
+                Event::SendDone { token: 0, .. } => break 'done,
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+    }
+    assert!(
+        progress.iter().all(|&n| n > 0 && n < sndbuf),
+        "pieces {progress:?} vs SO_SNDBUF {sndbuf}"
+    );
+    assert_eq!(reader.join().unwrap().unwrap(), data);
     b.shutdown(Duration::from_secs(2));
 }
