@@ -286,8 +286,13 @@ impl Engine {
         if !server.limits.reuse_port && addr.port() != 0 {
             check_port_free(addr).map_err(|source| Error::Listen { addr, source })?;
         }
-        let listeners = sys::bind_listeners(addr, server.limits.backlog, n)
-            .map_err(|source| Error::Listen { addr, source })?;
+        let listeners = sys::bind_listeners(
+            addr,
+            server.limits.backlog,
+            n,
+            server.limits.exclusive_address,
+        )
+        .map_err(|source| Error::Listen { addr, source })?;
         Ok(self.push_server(server, listeners, handover))
     }
 

@@ -41,6 +41,8 @@ pub(crate) struct Limits {
     pub backlog: i32,
     pub socket: SocketOptions,
     pub reuse_port: bool,
+    /// Windows: SO_EXCLUSIVEADDRUSE on the listening socket.
+    pub exclusive_address: bool,
     pub max_connections_per_ip: Option<usize>,
     /// Connections per second per address, and the burst allowed above it.
     pub accept_rate_per_ip: Option<(u32, u32)>,
@@ -83,6 +85,7 @@ impl Default for Limits {
             backlog: 1024,
             socket: SocketOptions::default(),
             reuse_port: false,
+            exclusive_address: false,
             max_connections_per_ip: None,
             accept_rate_per_ip: None,
             layers: Vec::new(),
@@ -154,6 +157,20 @@ impl Server {
     /// (This process's own listeners, one per IO thread, always share the port.)
     pub fn reuse_port(mut self, on: bool) -> Self {
         self.limits.reuse_port = on;
+        self
+    }
+
+    /// Windows only: binds with `SO_EXCLUSIVEADDRUSE`, as Microsoft advises for servers. Without
+    /// it Windows lets another process bind a more specific address on the same port (a
+    /// listener on `0.0.0.0:P` beside another process's `127.0.0.1:P`: loopback clients then
+    /// reach the other process), and lets a socket with `SO_REUSEADDR` take the port. With it,
+    /// adding the server fails if any socket holds the port, and nobody can bind it afterwards.
+    /// Off by default: an exclusive bind also fails while connections of a previous instance
+    /// on the port are still open or in TIME_WAIT (Microsoft's "Using SO_REUSEADDR and
+    /// SO_EXCLUSIVEADDRUSE"), so a quick restart could not bind. No effect elsewhere: Linux
+    /// refuses another process's bind of a listening port unless both set SO_REUSEPORT.
+    pub fn exclusive_address(mut self, on: bool) -> Self {
+        self.limits.exclusive_address = on;
         self
     }
 

@@ -278,11 +278,13 @@ pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
 /// unix: `n` sockets with SO_REUSEPORT (the kernel spreads connections over them; port 0: the
 /// first gets a port, the others bind to it). Windows has no SO_REUSEPORT (its SO_REUSEADDR
 /// would let any process steal the port): one socket is bound and the others are handles to
-/// it (`try_clone`), so every IO thread accepts from the one backlog.
+/// it (`try_clone`), so every IO thread accepts from the one backlog. `exclusive`: Windows'
+/// SO_EXCLUSIVEADDRUSE (`Server::exclusive_address`; ignored elsewhere).
 pub(crate) fn bind_listeners(
     addr: SocketAddr,
     backlog: i32,
     n: usize,
+    exclusive: bool,
 ) -> io::Result<Vec<TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind = |addr: SocketAddr| -> io::Result<TcpListener> {
@@ -295,6 +297,12 @@ pub(crate) fn bind_listeners(
         if addr.is_ipv6() {
             s.set_only_v6(true)?;
         }
+        #[cfg(windows)]
+        if exclusive {
+            iocp::exclusive_addr_use(&s)?;
+        }
+        #[cfg(not(windows))]
+        let _ = exclusive;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         #[cfg(windows)]

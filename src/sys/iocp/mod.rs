@@ -84,7 +84,7 @@ use op::{
     cancel_all, no_syn_retransmissions_to_loopback, op_result, raw, set_opt, socket2_buf,
     wsa_error, Conn, IocpWaker, Listener, Op, OpKind, Port, ADDR_LEN, BATCH, WAKE_KEY,
 };
-pub(crate) use op::{listen_backlog, ACCEPTS_PER_LISTENER, MAX_SEND};
+pub(crate) use op::{exclusive_addr_use, listen_backlog, ACCEPTS_PER_LISTENER, MAX_SEND};
 
 pub(crate) struct IocpBackend {
     port: Arc<Port>,

@@ -13,7 +13,7 @@ use windows_sys::Wdk::System::SystemServices::RtlGetVersion;
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::Networking::WinSock::{
     setsockopt, WSAGetLastError, WSAGetOverlappedResult, WSAIoctl, INVALID_SOCKET, SIO_BASE_HANDLE,
-    SIO_TCP_INITIAL_RTO, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, SOL_SOCKET,
+    SIO_TCP_INITIAL_RTO, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, SOL_SOCKET, SO_EXCLUSIVEADDRUSE,
     TCP_INITIAL_RTO_NO_SYN_RETRANSMISSIONS, TCP_INITIAL_RTO_PARAMETERS,
 };
 use windows_sys::Win32::System::SystemInformation::OSVERSIONINFOW;
@@ -305,4 +305,9 @@ pub(super) fn cancel_all(sock: SOCKET) {
         // SAFETY: as above; the base socket is open for as long as `sock` is.
         unsafe { CancelIoEx(base as HANDLE, ptr::null()) };
     }
+}
+
+/// Sets `SO_EXCLUSIVEADDRUSE` on a socket not yet bound (`Server::exclusive_address`).
+pub(crate) fn exclusive_addr_use(sock: &Socket) -> io::Result<()> {
+    set_opt(raw(sock), SO_EXCLUSIVEADDRUSE, &1i32.to_ne_bytes())
 }

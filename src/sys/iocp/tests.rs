@@ -32,7 +32,7 @@ fn until(b: &mut IocpBackend, seen: &mut Vec<String>, want: impl Fn(&Event<'_>) 
 
 /// Accepts one connection through AcceptEx and registers it as token 0.
 fn accepted(b: &mut IocpBackend) -> (std::net::TcpStream, Vec<String>) {
-    let l = super::super::bind_listeners("127.0.0.1:0".parse().unwrap(), 16, 1)
+    let l = super::super::bind_listeners("127.0.0.1:0".parse().unwrap(), 16, 1, false)
         .unwrap()
         .remove(0);
     let addr = l.local_addr().unwrap();
@@ -229,7 +229,7 @@ fn a_zero_byte_receive_failing_with_wouldblock_is_a_read_error_not_a_spin() {
 
 /// Binds a listener (backlog 1024, through `bind_listeners` as the engine does) as id 0.
 fn listening(b: &mut IocpBackend) -> SocketAddr {
-    let l = super::super::bind_listeners("127.0.0.1:0".parse().unwrap(), 1024, 1)
+    let l = super::super::bind_listeners("127.0.0.1:0".parse().unwrap(), 1024, 1, false)
         .unwrap()
         .remove(0);
     let addr = l.local_addr().unwrap();
@@ -355,4 +355,36 @@ fn send_pieces_stay_under_the_send_buffer() {
     );
     assert_eq!(reader.join().unwrap().unwrap(), data);
     b.shutdown(Duration::from_secs(2));
+}
+
+/// `Server::exclusive_address`: the listener is bound with SO_EXCLUSIVEADDRUSE (read back), and
+/// a second socket cannot bind the port, not even with SO_REUSEADDR.
+#[test]
+fn an_exclusive_listener_keeps_its_port() {
+    use windows_sys::Win32::Networking::WinSock::{getsockopt, SOL_SOCKET, SO_EXCLUSIVEADDRUSE};
+    let l = super::super::bind_listeners("127.0.0.1:0".parse().unwrap(), 16, 1, true)
+        .unwrap()
+        .remove(0);
+    let addr = l.local_addr().unwrap();
+    let sock = Socket::from(l);
+    let mut on: i32 = 0;
+    let mut len = mem::size_of::<i32>() as i32;
+    // SAFETY: an open socket; the out buffer is an i32 of `len` bytes.
+    let rc = unsafe {
+        getsockopt(
+            raw(&sock),
+            SOL_SOCKET,
+            SO_EXCLUSIVEADDRUSE,
+            (&mut on as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(SO_EXCLUSIVEADDRUSE): {}", wsa_error());
+    assert_eq!(on, 1);
+    let other = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    other.set_reuse_address(true).unwrap();
+    assert!(
+        other.bind(&addr.into()).is_err(),
+        "the port is held exclusively"
+    );
 }
