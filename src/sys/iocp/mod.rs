@@ -4,8 +4,10 @@
 //!
 //! - **Accept**: [`ACCEPTS_PER_LISTENER`] `AcceptEx` calls outstanding per listener, each with
 //!   a socket made in advance; on completion `SO_UPDATE_ACCEPT_CONTEXT` makes the socket a
-//!   normal connected one, and the accept is re-posted. After an accept error no accept is
-//!   re-posted until [`Backend::resume_accept`] (the engine backs off).
+//!   normal connected one, and the accept is re-posted. An accept whose peer went away first
+//!   (`WSAECONNRESET`, `WSAECONNABORTED`) is re-posted quietly; after any other accept error
+//!   no accept is re-posted until [`Backend::resume_accept`] (the engine backs off). The
+//!   listen backlog is passed as `SOMAXCONN_HINT` ([`listen_backlog`]).
 //! - **Receive: idle connections hold no buffer.** Each connection keeps one *zero-byte*
 //!   `WSARecv` outstanding: it lends the kernel no memory and completes when data (or the FIN, or
 //!   an error) is there. An error (a peer's reset) is reported from that completion itself: the
@@ -16,16 +18,21 @@
 //!   or `WSAEWOULDBLOCK` re-posts the zero-byte receive). A receive posted with a real buffer
 //!   would pin that buffer per idle connection for as long as it stays idle: 16 KiB × 10 000
 //!   connections is 160 MiB doing nothing. This is the classic IOCP server technique.
+//!   A zero-byte receive that fails at once (no completion will come: `WSAENOBUFS`, or
+//!   `WSAEWOULDBLOCK` for too many outstanding requests) is that connection's read error.
 //! - **Send**: `WSASend` straight from the engine-owned `Vec`, which this backend owns (inside
 //!   the operation) until the completion arrives, whatever happens to the connection meanwhile.
 //!   A `WSASend` completes only once the kernel has taken all of its bytes, and nothing tells
-//!   how far an outstanding one got, so each `WSASend` carries at most [`MAX_SEND`] bytes: every
+//!   how far an outstanding one got, so each `WSASend` carries at most [`MAX_SEND`] bytes, and
+//!   less than the socket's `SO_SNDBUF` (`send_piece`: KB 823764's delayed-ACK stall): every
 //!   completion short of the end is reported as [`Event::SendProgress`] and the rest posted
 //!   from where it stopped. The engine's flush-stall check then sees a slow reader move (a
 //!   reader slower than `MAX_SEND` per `FLUSH_STALL`, 6.4 KB/s, would still count as stalled).
 //! - **Connect**: `ConnectEx` (the socket is bound first, as it requires), then
-//!   `SO_UPDATE_CONNECT_CONTEXT`.
-//! - **Close**: `CancelIoEx` on the socket; the socket is closed (`closesocket`) and
+//!   `SO_UPDATE_CONNECT_CONTEXT`. To a loopback address, no SYN retransmission
+//!   (`SIO_TCP_INITIAL_RTO`, Windows 10 1709+), so a refused connect fails at once.
+//! - **Close**: `CancelIoEx` on the socket, and on its base provider's socket when a layered
+//!   provider sits on top (`SIO_BASE_HANDLE`, as libuv); the socket is closed (`closesocket`) and
 //!   [`Event::Closed`] reported only when every completion of that connection has arrived, so no
 //!   `OVERLAPPED` or buffer is ever freed while the kernel may still write to it. Listeners close
 //!   the same way.
@@ -562,8 +569,8 @@ fn send_piece(sock: &Socket, rest: usize) -> usize {
         return piece;
     }
     match sock.send_buffer_size() {
-        Ok(0) | Err(_) => piece,
-        Ok(sndbuf) => piece.min(sndbuf - 1),
+        Ok(sndbuf) if sndbuf > 1 => piece.min(sndbuf - 1),
+        _ => piece,
     }
 }
 
