@@ -23,8 +23,9 @@
 //! - **Send**: `WSASend` straight from the engine-owned `Vec`, which this backend owns (inside
 //!   the operation) until the completion arrives, whatever happens to the connection meanwhile.
 //!   A `WSASend` completes only once the kernel has taken all of its bytes, and nothing tells
-//!   how far an outstanding one got, so each `WSASend` carries at most [`MAX_SEND`] bytes, and
-//!   less than the socket's `SO_SNDBUF` (`send_piece`: KB 823764's delayed-ACK stall): every
+//!   how far an outstanding one got, so each `WSASend` carries at most
+//!   [`MAX_SEND`](op::MAX_SEND) bytes, and less than the socket's `SO_SNDBUF` (`send_piece`:
+//!   KB 823764's delayed-ACK stall): every
 //!   completion short of the end is reported as [`Event::SendProgress`] and the rest posted
 //!   from where it stopped. The engine's flush-stall check then sees a slow reader move (a
 //!   reader slower than `MAX_SEND` per `FLUSH_STALL`, 6.4 KB/s, would still count as stalled).
@@ -58,21 +59,19 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use windows_sys::Win32::Foundation::{GetLastError, HANDLE, WAIT_TIMEOUT};
 #[cfg(test)]
 use windows_sys::Win32::Networking::WinSock::WSASetLastError;
 use windows_sys::Win32::Networking::WinSock::{
-    bind, AcceptEx, WSAIoctl, WSARecv, WSASend, LPFN_CONNECTEX, SIO_GET_EXTENSION_FUNCTION_POINTER,
-    SOCKET, SOCKET_ERROR, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT, WSABUF,
-    WSAECONNABORTED, WSAECONNRESET, WSAEINVAL, WSAID_CONNECTEX, WSA_IO_PENDING,
+    AcceptEx, WSARecv, WSASend, LPFN_CONNECTEX, SO_UPDATE_ACCEPT_CONTEXT,
+    SO_UPDATE_CONNECT_CONTEXT, WSABUF, WSA_IO_PENDING,
 };
 use windows_sys::Win32::System::Threading::INFINITE;
 use windows_sys::Win32::System::IO::{
@@ -81,6 +80,7 @@ use windows_sys::Win32::System::IO::{
 
 use super::{Backend, BackendConfig, Event, Token, Waker};
 
+mod connect;
 #[cfg(test)]
 mod fault;
 mod op;
@@ -88,10 +88,10 @@ mod op;
 mod tests;
 
 use op::{
-    cancel_all, no_syn_retransmissions_to_loopback, op_result, raw, set_opt, socket2_buf,
-    wsa_error, Conn, IocpWaker, Listener, Op, OpKind, Port, ADDR_LEN, BATCH, WAKE_KEY,
+    cancel_all, op_result, peer_gone, raw, send_piece, set_opt, socket2_buf, wsa_error, Conn,
+    IocpWaker, Listener, Op, OpKind, Port, ADDR_LEN, BATCH, WAKE_KEY,
 };
-pub(crate) use op::{exclusive_addr_use, listen_backlog, ACCEPTS_PER_LISTENER, MAX_SEND};
+pub(crate) use op::{exclusive_addr_use, listen_backlog, ACCEPTS_PER_LISTENER};
 
 pub(crate) struct IocpBackend {
     port: Arc<Port>,
@@ -478,110 +478,6 @@ impl IocpBackend {
             }
         }
     }
-
-    /// `ConnectEx` is an extension function: its address is asked of the provider once.
-    fn connect_ex(&mut self, sock: SOCKET) -> io::Result<LPFN_CONNECTEX> {
-        if self.connect_ex.is_none() {
-            let guid = WSAID_CONNECTEX;
-            let mut f: LPFN_CONNECTEX = None;
-            let mut bytes = 0u32;
-            // SAFETY: the documented way to get ConnectEx: the GUID in, a function pointer out,
-            // both buffers valid for their stated sizes; synchronous (no OVERLAPPED).
-            let rc = unsafe {
-                WSAIoctl(
-                    sock,
-                    SIO_GET_EXTENSION_FUNCTION_POINTER,
-                    (&guid as *const windows_sys::core::GUID).cast(),
-                    mem::size_of_val(&guid) as u32,
-                    (&mut f as *mut LPFN_CONNECTEX).cast(),
-                    mem::size_of::<LPFN_CONNECTEX>() as u32,
-                    &mut bytes,
-                    ptr::null_mut(),
-                    None,
-                )
-            };
-            if rc == SOCKET_ERROR {
-                return Err(wsa_error());
-            }
-            self.connect_ex = f;
-        }
-        Ok(self.connect_ex)
-    }
-
-    fn start_connect(&mut self, token: Token, addr: SocketAddr) -> io::Result<()> {
-        let sock = raw(&self.conns[token].as_ref().expect("inserted").sock);
-        self.associate(self.conns[token].as_ref().expect("inserted").sock_ref())?;
-        // ConnectEx needs a bound socket.
-        let any: SockAddr = match addr {
-            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)).into(),
-            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)).into(),
-        };
-        // SAFETY: `any` is a valid sockaddr of `any.len()` bytes.
-        if unsafe { bind(sock, any.as_ptr().cast(), any.len()) } == SOCKET_ERROR {
-            let e = wsa_error();
-            if e.raw_os_error() != Some(WSAEINVAL) {
-                return Err(e); // WSAEINVAL: bound already, fine
-            }
-        }
-        let connect_ex = self
-            .connect_ex(sock)?
-            .ok_or_else(|| io::Error::other("no ConnectEx"))?;
-        no_syn_retransmissions_to_loopback(sock, &addr);
-        let addr = Box::new(SockAddr::from(addr));
-        let (name, len) = (addr.as_ptr(), addr.len());
-        let op = Op::new(token, OpKind::Connect { _addr: addr });
-        match self.submit(op, |p| {
-            // SAFETY: `p` is a live Op that owns the (boxed, unmoved) address until the
-            // completion; no data is sent with the connect.
-            unsafe {
-                connect_ex(
-                    sock,
-                    name.cast(),
-                    len,
-                    ptr::null(),
-                    0,
-                    ptr::null_mut(),
-                    &mut (*p).ovl,
-                ) != 0
-            }
-        }) {
-            Ok(()) => {
-                if let Some(c) = self.conn(token) {
-                    c.ops += 1;
-                }
-                Ok(())
-            }
-            Err((e, _)) => Err(e),
-        }
-    }
-}
-
-/// The bytes of the next `WSASend` for `rest` bytes left: at most [`MAX_SEND`], and less than
-/// the socket's send buffer (`SO_SNDBUF`, read at each piece that could reach it). One send
-/// that fills the whole send buffer completes only when its last segment is acknowledged,
-/// which the receiver's delayed ACK holds up to 200 ms: with one send in flight, a stall per
-/// piece (Microsoft KB 823764; its method 2 is this one). `SO_SNDBUF` is read, never set:
-/// setting it turns off Windows' dynamic send buffering. A send buffer of 0 (no buffering,
-/// asked for by the user) keeps `MAX_SEND`.
-fn send_piece(sock: &Socket, rest: usize) -> usize {
-    let piece = rest.min(MAX_SEND);
-    if piece < SMALL_SEND {
-        return piece;
-    }
-    match sock.send_buffer_size() {
-        Ok(sndbuf) if sndbuf > 1 => piece.min(sndbuf - 1),
-        _ => piece,
-    }
-}
-
-/// Pieces under this many bytes are sent without asking for the send buffer's size (no send
-/// buffer is that small in practice; a user-set one under it can still stall).
-const SMALL_SEND: usize = 4096;
-
-/// An accept failed because its peer went away first (reset, or aborted before we took it):
-/// nothing is wrong with the listener.
-fn peer_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(WSAECONNRESET | WSAECONNABORTED))
 }
 
 impl Backend for IocpBackend {

@@ -14,7 +14,8 @@ use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::Networking::WinSock::{
     setsockopt, WSAGetLastError, WSAGetOverlappedResult, WSAIoctl, INVALID_SOCKET, SIO_BASE_HANDLE,
     SIO_TCP_INITIAL_RTO, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, SOL_SOCKET, SO_EXCLUSIVEADDRUSE,
-    TCP_INITIAL_RTO_NO_SYN_RETRANSMISSIONS, TCP_INITIAL_RTO_PARAMETERS,
+    TCP_INITIAL_RTO_NO_SYN_RETRANSMISSIONS, TCP_INITIAL_RTO_PARAMETERS, WSAECONNABORTED,
+    WSAECONNRESET,
 };
 use windows_sys::Win32::System::SystemInformation::OSVERSIONINFOW;
 use windows_sys::Win32::System::IO::{CancelIoEx, PostQueuedCompletionStatus, OVERLAPPED};
@@ -310,4 +311,32 @@ pub(super) fn cancel_all(sock: SOCKET) {
 /// Sets `SO_EXCLUSIVEADDRUSE` on a socket not yet bound (`Server::exclusive_address`).
 pub(crate) fn exclusive_addr_use(sock: &Socket) -> io::Result<()> {
     set_opt(raw(sock), SO_EXCLUSIVEADDRUSE, &1i32.to_ne_bytes())
+}
+
+/// The bytes of the next `WSASend` for `rest` bytes left: at most [`MAX_SEND`], and less than
+/// the socket's send buffer (`SO_SNDBUF`, read at each piece that could reach it). One send
+/// that fills the whole send buffer completes only when its last segment is acknowledged,
+/// which the receiver's delayed ACK holds up to 200 ms: with one send in flight, a stall per
+/// piece (Microsoft KB 823764; its method 2 is this one). `SO_SNDBUF` is read, never set:
+/// setting it turns off Windows' dynamic send buffering. A send buffer of 0 (no buffering,
+/// asked for by the user) keeps `MAX_SEND`.
+pub(super) fn send_piece(sock: &Socket, rest: usize) -> usize {
+    let piece = rest.min(MAX_SEND);
+    if piece < SMALL_SEND {
+        return piece;
+    }
+    match sock.send_buffer_size() {
+        Ok(sndbuf) if sndbuf > 1 => piece.min(sndbuf - 1),
+        _ => piece,
+    }
+}
+
+/// Pieces under this many bytes are sent without asking for the send buffer's size (no send
+/// buffer is that small in practice; a user-set one under it can still stall).
+const SMALL_SEND: usize = 4096;
+
+/// An accept failed because its peer went away first (reset, or aborted before we took it):
+/// nothing is wrong with the listener.
+pub(super) fn peer_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(WSAECONNRESET | WSAECONNABORTED))
 }

@@ -1,9 +1,11 @@
 //! Backend-level tests of the IOCP backend (run under Wine in CI).
 
 use super::*;
+use op::MAX_SEND;
 use std::io::{Read, Write};
+use std::mem;
 use std::time::Instant;
-use windows_sys::Win32::Networking::WinSock::{WSAENOBUFS, WSAEWOULDBLOCK};
+use windows_sys::Win32::Networking::WinSock::{WSAECONNABORTED, WSAENOBUFS, WSAEWOULDBLOCK};
 
 fn backend() -> IocpBackend {
     IocpBackend::new(&BackendConfig {
