@@ -159,6 +159,7 @@ impl ShutdownHandle {
 
     /// A restart's successor serves: every IO thread stops accepting and serves on what it
     /// has (`Handler::on_retire`); waits up to `timeout` until all have closed their listeners.
+    #[cfg_attr(not(unix), allow(dead_code))] // restarts are unix-only
     pub(crate) fn retire_and_wait(&self, timeout: Duration) -> bool {
         self.ask_all(timeout, |ack| Msg::Retire { ack })
     }
@@ -179,6 +180,7 @@ impl ShutdownHandle {
     }
 
     /// Whether a shutdown was asked for.
+    #[cfg_attr(not(unix), allow(dead_code))] // read by a retired process's watcher (unix)
     pub(crate) fn begun(&self) -> bool {
         self.begun.load(Ordering::Acquire)
     }

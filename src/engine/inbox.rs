@@ -29,6 +29,7 @@ pub(crate) enum Msg {
     /// A restart handed the listeners on: stop accepting, tell the handlers
     /// (`Handler::on_retire`) and serve on; `ack` hears once this thread's listeners are
     /// closed.
+    #[cfg_attr(not(unix), allow(dead_code))] // restarts are unix-only
     Retire {
         ack: crossbeam_channel::Sender<()>,
     },

@@ -11,6 +11,7 @@ use crate::stats::ServerStats;
 use super::ShutdownHandle;
 
 /// One server's listeners (never handed on here).
+#[allow(dead_code)] // built by the engine, read only by the unix restart
 pub(crate) struct Group {
     pub listeners: Vec<TcpListener>,
     pub metrics: bool,
