@@ -126,6 +126,12 @@ impl Handler for Session {
         conn.close_after(b"-ERR line too long\r\n");
     }
 
+    /// A restart handed the port to a new process, whose room new members join: say so (this
+    /// process serves on until the member leaves or `--restart-grace` passes).
+    fn on_retire(&mut self, conn: &mut Conn<'_>) {
+        conn.write(b"+RESTARTING reconnect to join the new room\r\n");
+    }
+
     fn on_close(&mut self, info: &ConnInfo, reason: &CloseReason) {
         let mut members = self.room.members.write().unwrap_or_else(|e| e.into_inner());
         members.remove(&self.id);

@@ -464,6 +464,7 @@ pub(crate) trait DynConn {
     fn writable(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64);
     fn timer(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, id: u64);
     fn shutdown(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token);
+    fn retire(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token);
     fn closed(&mut self, info: &ConnInfo, reason: &CloseReason);
 }
 

@@ -55,6 +55,16 @@ pub trait Handler: 'static {
         let _ = (conn, id);
     }
 
+    /// This process has handed its listeners to a successor (a SIGHUP restart): it accepts
+    /// nothing more and goes on serving this connection until it closes, or until the restart
+    /// grace passes and `on_shutdown` follows. Called once, on every connection open at the
+    /// handover (and on one that finishes its TLS or PROXY handshake later, right after
+    /// `on_open`). A protocol that can ask its client to reconnect (to reach the new process)
+    /// says so here. Default: nothing; the connection is served on as before.
+    fn on_retire(&mut self, conn: &mut Conn<'_>) {
+        let _ = conn;
+    }
+
     /// The engine is shutting down. Default: close gracefully (outstanding work answers,
     /// queued bytes flush); connections still open at the drain deadline are reset.
     fn on_shutdown(&mut self, conn: &mut Conn<'_>) {
@@ -363,6 +373,10 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
 
     fn shutdown(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
         self.guard(core, ctx, token, |h, c| h.on_shutdown(c));
+    }
+
+    fn retire(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+        self.guard(core, ctx, token, |h, c| h.on_retire(c));
     }
 
     fn closed(&mut self, info: &ConnInfo, reason: &CloseReason) {

@@ -77,8 +77,8 @@ mod timers;
 pub use conn::Conn;
 pub use engine::{
     Connector, Engine, EngineBuilder, RunningEngine, Server, ServerHandle, ShutdownHandle,
-    DEFAULT_MAX_BUFFERED_INPUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_HIGH, DEFAULT_WRITE_LOW,
-    FLUSH_STALL, LINGER, MAX_ACCEPT_BACKOFF, MAX_RECV_BUFFER_COUNT,
+    DEFAULT_MAX_BUFFERED_INPUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESTART_GRACE, DEFAULT_WRITE_HIGH,
+    DEFAULT_WRITE_LOW, FLUSH_STALL, LINGER, MAX_ACCEPT_BACKOFF, MAX_RECV_BUFFER_COUNT,
 };
 pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::deploy::{
-    free_port, http_get, is_gone, kill, load_result, metrics_addr, ringport_load, sample, tool,
-    Proc,
+    free_port, http_get, is_gone, kill, load_result, metrics_addr, ringport_load, sample,
+    successor_pid, tool, Proc, Successors,
 };
 use common::*;
 
@@ -181,27 +181,6 @@ fn socket_activation_serves_and_reports_ready(b: Backend) {
         .expect("exits on SIGTERM");
     assert!(st.success(), "{st:?}\n{}", p.output());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Kills the restart successors it holds when dropped, also when a test fails (they are not
-/// children of the test, so nothing else would).
-struct Successors(Vec<i32>);
-
-impl Drop for Successors {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
-/// The pid named by the last `successor_pid=N` in `log` after `skip` bytes.
-fn successor_pid(log: &str) -> Option<i32> {
-    log.rsplit("successor_pid=")
-        .next()
-        .filter(|_| log.contains("handing over"))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
 }
 
 fn restart_under_load(b: Backend) {

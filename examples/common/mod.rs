@@ -30,6 +30,10 @@ pub struct CommonArgs {
     /// On SIGINT/SIGTERM, seconds to flush queued replies before resetting what is left
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub drain_timeout: u64,
+    /// After a SIGHUP restart, seconds the old process serves its open connections (it
+    /// accepts nothing more; it exits once the last closes) before draining what is left
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub restart_grace: u64,
     /// Open connections allowed per client IP address [default: no limit]
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
@@ -68,7 +72,8 @@ impl CommonArgs {
             .backend(self.backend)
             .drain_timeout(Duration::from_secs(self.drain_timeout))
             // SIGHUP: a successor (same binary and arguments) takes over the listeners.
-            .restart_on_sighup(true, Duration::from_secs(30));
+            .restart_on_sighup(true, Duration::from_secs(30))
+            .restart_grace(Duration::from_secs(self.restart_grace));
         if let Some(n) = self.io_threads {
             b = b.io_threads(n);
         }

@@ -3,7 +3,7 @@
 //! into the same shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -129,12 +129,22 @@ impl Connector {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     pub(crate) threads: Vec<Arc<ThreadShared>>,
+    /// Set by the first shutdown asked for (a retired process's watcher stops looking then).
+    pub(crate) begun: Arc<AtomicBool>,
 }
 
 impl ShutdownHandle {
+    pub(crate) fn new(threads: Vec<Arc<ThreadShared>>) -> ShutdownHandle {
+        ShutdownHandle {
+            threads,
+            begun: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// Stops accepting, lets every connection answer its outstanding work and flush, closes
     /// them (resetting what is left at the drain deadline), then the IO threads exit.
     pub fn shutdown(&self) {
+        self.begun.store(true, Ordering::Release);
         for t in &self.threads {
             t.send(Msg::Shutdown { ack: None });
         }
@@ -143,18 +153,36 @@ impl ShutdownHandle {
     /// [`ShutdownHandle::shutdown`], then waits up to `timeout` until every IO thread has
     /// closed its listeners; `true` if all did (no new connection is accepted from then on).
     pub fn shutdown_and_wait(&self, timeout: Duration) -> bool {
+        self.begun.store(true, Ordering::Release);
+        self.ask_all(timeout, |ack| Msg::Shutdown { ack: Some(ack) })
+    }
+
+    /// A restart's successor serves: every IO thread stops accepting and serves on what it
+    /// has (`Handler::on_retire`); waits up to `timeout` until all have closed their listeners.
+    #[cfg_attr(not(unix), allow(dead_code))] // restarts are unix-only
+    pub(crate) fn retire_and_wait(&self, timeout: Duration) -> bool {
+        self.ask_all(timeout, |ack| Msg::Retire { ack })
+    }
+
+    fn ask_all(
+        &self,
+        timeout: Duration,
+        msg: impl Fn(crossbeam_channel::Sender<()>) -> Msg,
+    ) -> bool {
         let (tx, rx) = crossbeam_channel::bounded(self.threads.len());
         let sent = self
             .threads
             .iter()
-            .filter(|t| {
-                t.send(Msg::Shutdown {
-                    ack: Some(tx.clone()),
-                })
-            })
+            .filter(|t| t.send(msg(tx.clone())))
             .count();
         let deadline = Instant::now() + timeout;
         (0..sent).all(|_| rx.recv_deadline(deadline).is_ok())
+    }
+
+    /// Whether a shutdown was asked for.
+    #[cfg_attr(not(unix), allow(dead_code))] // read by a retired process's watcher (unix)
+    pub(crate) fn begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
     }
 }
 
@@ -175,16 +203,29 @@ impl SignalWaiter {
             .name("ringport-signals".into())
             .spawn(move || {
                 let mut restart = restart;
+                // Set once a successor took over: this process serves what it has, then exits.
+                let mut retired = false;
                 while let Some(sig) = signals.wait() {
                     if sig == "SIGHUP" {
-                        // Drain only once a successor serves; else go on serving.
-                        if !restart.as_ref().is_some_and(|r| r.hand_over(&shutdown)) {
+                        if retired {
+                            info!("SIGHUP ignored: this process has handed over already");
                             continue;
                         }
-                    } else {
+                        // Retire only once a successor serves; else go on serving.
+                        let Some(r) = restart.take() else { continue };
+                        if !r.hand_over(&shutdown) {
+                            restart = Some(r);
+                            continue;
+                        }
+                        retired = true;
+                        // Our copies of the listeners close with it.
+                        r.watch_retired(shutdown.clone());
+                        continue;
+                    }
+                    if !retired {
+                        // The successor is the unit's main process now: not ours to say.
                         restart::notify_stopping();
                     }
-                    // Our copies of the listeners close with it.
                     let _ = restart.take();
                     // Logged once every IO thread has closed its listeners (or after 1 s, if
                     // a handler blocks one): from this line on, nothing new is accepted.

@@ -26,6 +26,13 @@ pub(crate) enum Msg {
         listener: usize,
         stream: std::net::TcpStream,
     },
+    /// A restart handed the listeners on: stop accepting, tell the handlers
+    /// (`Handler::on_retire`) and serve on; `ack` hears once this thread's listeners are
+    /// closed.
+    #[cfg_attr(not(unix), allow(dead_code))] // restarts are unix-only
+    Retire {
+        ack: crossbeam_channel::Sender<()>,
+    },
     /// Stop accepting and drain; `ack` hears once this thread's listeners are closed.
     Shutdown {
         ack: Option<crossbeam_channel::Sender<()>>,

@@ -90,7 +90,11 @@ pub struct EngineBuilder {
     inherit_listeners: bool,
     restart_on_sighup: bool,
     restart_ready_timeout: Duration,
+    restart_grace: Duration,
 }
+
+/// Default of [`EngineBuilder::restart_grace`].
+pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(300);
 
 impl Default for EngineBuilder {
     fn default() -> Self {
@@ -104,6 +108,7 @@ impl Default for EngineBuilder {
             inherit_listeners: true,
             restart_on_sighup: false,
             restart_ready_timeout: Duration::from_secs(30),
+            restart_grace: DEFAULT_RESTART_GRACE,
         }
     }
 }
@@ -154,12 +159,24 @@ impl EngineBuilder {
     }
 
     /// On SIGHUP, start a successor (this executable, same arguments) that inherits the
-    /// listening sockets; once it reports ready (within `ready_timeout`), stop accepting and
-    /// drain as on SIGTERM. A successor that fails to start is killed and this process serves
-    /// on. Needs [`handle_signals`](EngineBuilder::handle_signals) (the default). Default off.
+    /// listening sockets (the metrics server's too); once it reports ready (within
+    /// `ready_timeout`), stop accepting and *retire*: every handler hears
+    /// [`Handler::on_retire`](crate::Handler::on_retire), the open connections are served on
+    /// until each closes (the process exits after the last), and once
+    /// [`restart_grace`](EngineBuilder::restart_grace) has passed what is left drains as on
+    /// SIGTERM. SIGTERM to a retired process drains it at once. A successor that fails to
+    /// start is killed and this process serves on. Needs
+    /// [`handle_signals`](EngineBuilder::handle_signals) (the default). Default off.
     pub fn restart_on_sighup(mut self, on: bool, ready_timeout: Duration) -> Self {
         self.restart_on_sighup = on;
         self.restart_ready_timeout = ready_timeout;
+        self
+    }
+
+    /// How long a process retired by a restart serves its open connections before draining
+    /// them as on SIGTERM (default [`DEFAULT_RESTART_GRACE`], 300 s).
+    pub fn restart_grace(mut self, grace: Duration) -> Self {
+        self.restart_grace = grace;
         self
     }
 
@@ -192,23 +209,43 @@ impl EngineBuilder {
         };
         // Probes io_uring for `auto`/`uring` on Linux; an unavailable backend is an error.
         let kind = sys::select(asked, &bcfg)?;
-        let client_stats = ServerStats::new(self.io_threads);
-        let metrics = Metrics::new(self.io_threads);
-        metrics.add_server("outgoing".into(), client_stats.clone());
         let (inherited, ready) = if self.inherit_listeners {
             let groups = sys::inherit::take_listeners()
                 .map_err(|e| Error::Config(format!("inherited listening sockets: {e}")))?;
-            (groups.into(), sys::inherit::take_ready_socket())
+            (groups, sys::inherit::take_ready_socket())
         } else {
-            (VecDeque::new(), None)
+            (Default::default(), None)
         };
+        let mut cfg = self;
+        // A restart's predecessor may have run more IO threads (the available parallelism
+        // dropped): one IO thread per inherited listener, so that none closes, which would
+        // reset the connections waiting in its backlog.
+        let most = inherited
+            .servers
+            .iter()
+            .chain(&inherited.metrics)
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        if most > cfg.io_threads {
+            warn!(
+                configured = cfg.io_threads,
+                inherited = most,
+                "more inherited listening sockets than IO threads; running one IO thread per socket"
+            );
+            cfg.io_threads = most;
+        }
+        let client_stats = ServerStats::new(cfg.io_threads);
+        let metrics = Metrics::new(cfg.io_threads);
+        metrics.add_server("outgoing".into(), client_stats.clone());
         Ok(Engine {
             metrics,
-            inherited,
+            inherited: inherited.servers.into(),
+            inherited_metrics: inherited.metrics,
             ready,
             connector: Connector::new(client_stats.clone()),
             client_stats,
-            cfg: self,
+            cfg,
             kind,
             bcfg,
             servers: Vec::new(),
@@ -222,8 +259,8 @@ struct ServerSpec {
     limits: Limits,
     stats: Arc<ServerStats>,
     listeners: Vec<TcpListener>,
-    /// Handed to a restart's successor (every server but the metrics one).
-    handover: bool,
+    /// The metrics server (`serve_metrics`): named as such to a restart's successor.
+    metrics: bool,
 }
 
 /// IO threads and the servers they run. Add servers, then [`Engine::run`] (or
@@ -239,6 +276,8 @@ pub struct Engine {
     metrics: Metrics,
     /// Listener groups handed to this process, for the next servers added.
     inherited: VecDeque<Vec<TcpListener>>,
+    /// The metrics server's listeners handed over by a restart, for `serve_metrics`.
+    inherited_metrics: Option<Vec<TcpListener>>,
     /// A restart's successor tells its predecessor here when it serves.
     ready: Option<sys::inherit::ReadySocket>,
 }
@@ -277,10 +316,10 @@ impl Engine {
             );
             return self.add_server_with_listeners(server, group);
         }
-        self.bind_server(server, true)
+        self.bind_server(server, false)
     }
 
-    fn bind_server(&mut self, server: Server, handover: bool) -> Result<ServerHandle, Error> {
+    fn bind_server(&mut self, server: Server, metrics: bool) -> Result<ServerHandle, Error> {
         let n = self.cfg.io_threads;
         let addr = server.addr;
         if !server.limits.reuse_port && addr.port() != 0 {
@@ -293,7 +332,7 @@ impl Engine {
             server.limits.exclusive_address,
         )
         .map_err(|source| Error::Listen { addr, source })?;
-        Ok(self.push_server(server, listeners, handover))
+        Ok(self.push_server(server, listeners, metrics))
     }
 
     /// Adds a server on listening sockets made elsewhere (systemd, a supervisor, a test):
@@ -302,7 +341,16 @@ impl Engine {
     pub fn add_server_with_listeners(
         &mut self,
         server: Server,
+        listeners: Vec<TcpListener>,
+    ) -> Result<ServerHandle, Error> {
+        self.add_given_listeners(server, listeners, false)
+    }
+
+    fn add_given_listeners(
+        &mut self,
+        server: Server,
         mut listeners: Vec<TcpListener>,
+        metrics: bool,
     ) -> Result<ServerHandle, Error> {
         let n = self.cfg.io_threads;
         if listeners.is_empty() {
@@ -324,14 +372,14 @@ impl Engine {
             let l = listeners[i % given].try_clone()?;
             listeners.push(l);
         }
-        Ok(self.push_server(server, listeners, true))
+        Ok(self.push_server(server, listeners, metrics))
     }
 
     fn push_server(
         &mut self,
         server: Server,
         listeners: Vec<TcpListener>,
-        handover: bool,
+        metrics: bool,
     ) -> ServerHandle {
         let addr = listeners
             .first()
@@ -344,7 +392,7 @@ impl Engine {
             limits: server.limits,
             stats: stats.clone(),
             listeners,
-            handover,
+            metrics,
         });
         ServerHandle { addr, stats }
     }
@@ -357,6 +405,10 @@ impl Engine {
 
     /// Serves the engine's [`Metrics`] at `GET /metrics` on `addr` (HTTP/1.1, one answer per
     /// connection, `Connection: close`): one more server of this engine, on its IO threads.
+    ///
+    /// In a restart's successor it takes the metrics listener its predecessor handed over
+    /// (whatever `addr` says), so that scrapes waiting in its backlog during the switch are
+    /// answered by the successor.
     pub fn serve_metrics(&mut self, addr: SocketAddr) -> Result<ServerHandle, Error> {
         let metrics = self.metrics.clone();
         let server = Server::new(addr, Lines::new(8192), move |_| {
@@ -364,8 +416,16 @@ impl Engine {
         })
         .max_connections(1024)
         .idle_timeout(Some(Duration::from_secs(10)))
-        .reuse_port(true); // a restart's successor binds it while this process still does
-        self.bind_server(server, false)
+        .reuse_port(true); // a successor of a version that did not hand it over binds it too
+        if let Some(group) = self.inherited_metrics.take() {
+            info!(
+                configured = %addr,
+                inherited = ?group.first().and_then(|l| l.local_addr().ok()),
+                "metrics: using the inherited listening socket"
+            );
+            return self.add_given_listeners(server, group, true);
+        }
+        self.bind_server(server, true)
     }
 
     /// Registers the SIGINT/SIGTERM handlers now rather than when the engine starts: call it
@@ -389,15 +449,24 @@ impl Engine {
         let n = self.cfg.io_threads;
         let restart = if self.cfg.restart_on_sighup {
             let mut groups = Vec::new();
-            for spec in self.servers.iter().filter(|s| s.handover) {
-                groups.push(
-                    spec.listeners
+            for spec in &self.servers {
+                groups.push(restart::Group {
+                    listeners: spec
+                        .listeners
                         .iter()
                         .map(TcpListener::try_clone)
                         .collect::<io::Result<Vec<_>>>()?,
-                );
+                    metrics: spec.metrics,
+                });
             }
-            Some(Restart::new(groups, self.cfg.restart_ready_timeout)?)
+            let mut stats: Vec<_> = self.servers.iter().map(|s| s.stats.clone()).collect();
+            stats.push(self.client_stats.clone());
+            Some(Restart::new(
+                groups,
+                self.cfg.restart_ready_timeout,
+                self.cfg.restart_grace,
+                stats,
+            )?)
         } else {
             None
         };
@@ -438,9 +507,7 @@ impl Engine {
         self.metrics.set_inbox_depths(Box::new(move || {
             inboxes.iter().map(|t| t.tx.len()).collect()
         }));
-        let shutdown = ShutdownHandle {
-            threads: shareds.clone(),
-        };
+        let shutdown = ShutdownHandle::new(shareds.clone());
         self.connector.started(shareds);
         let mut running = RunningEngine {
             threads,

@@ -4,9 +4,16 @@
 //!
 //! 1. the successor builds its engine on the inherited listeners (io_uring probed, servers
 //!    added, `listening on` printed) and says `READY=1`;
-//! 2. the old process stops accepting (every IO thread has cancelled its accepts) and says
-//!    `GO`; from then on it drains as on SIGTERM;
+//! 2. the old process stops accepting (every IO thread has cancelled its accepts and closed
+//!    its copies of the listeners) and says `GO`; it is *retired* from then on: every handler
+//!    hears `on_retire`, and it serves the connections it has until each closes;
 //! 3. the successor starts its IO threads, whose first accepts take whatever queued meanwhile.
+//!
+//! A retired process exits as soon as its last connection has closed; once the restart grace
+//! (`EngineBuilder::restart_grace`) has passed, or on SIGTERM/SIGINT, it drains what is left as
+//! on SIGTERM. A further SIGHUP to it is ignored (it has no listeners to hand on). Quick
+//! successive restarts therefore leave several generations running side by side, each serving
+//! its own connections, only the newest accepting.
 //!
 //! The listening sockets never close, so no connection attempt is refused: between 2 and 3
 //! they wait in the kernel's backlog. The two processes never accept from the same socket at
@@ -26,27 +33,46 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::sys::inherit::{spawn_inheriting, HANDOVER_ENV, READY_ENV};
+use crate::stats::ServerStats;
+use crate::sys::inherit::{spawn_inheriting, HANDOVER_ENV, METRICS_GROUP, READY_ENV};
 
 use super::control::ShutdownHandle;
 
-/// What a restart needs: the program, its arguments, and a copy of every listener to hand on.
+/// One server's listeners to hand on: one per IO thread (duplicates of the engine's own), and
+/// whether they are the metrics server's (named as such to the successor, which may add its
+/// servers in any order relative to `serve_metrics`).
+pub(crate) struct Group {
+    pub listeners: Vec<TcpListener>,
+    pub metrics: bool,
+}
+
+/// What a restart needs: the program, its arguments, a copy of every listener to hand on, and
+/// what a retired process watches (its servers' counters, the grace).
 pub(crate) struct Restart {
     exe: PathBuf,
     args: Vec<OsString>,
-    /// One group per server, one listener per IO thread (duplicates of the engine's own).
-    groups: Vec<Vec<TcpListener>>,
+    groups: Vec<Group>,
     ready_timeout: Duration,
+    grace: Duration,
+    /// Every server's counters (the outgoing connections' too): a retired process exits once
+    /// none has a connection open.
+    stats: Vec<Arc<ServerStats>>,
 }
+
+/// How often a retired process looks whether its last connection has closed.
+const RETIRED_POLL: Duration = Duration::from_millis(50);
 
 impl Restart {
     pub(crate) fn new(
-        groups: Vec<Vec<TcpListener>>,
+        groups: Vec<Group>,
         ready_timeout: Duration,
+        grace: Duration,
+        stats: Vec<Arc<ServerStats>>,
     ) -> io::Result<Restart> {
         // Resolved now: once an upgrade replaces the file, /proc/self/exe names the old one.
         let exe = std::env::current_exe()?;
@@ -55,6 +81,8 @@ impl Restart {
             args: std::env::args_os().skip(1).collect(),
             groups,
             ready_timeout,
+            grace,
+            stats,
         })
     }
 
@@ -65,21 +93,11 @@ impl Restart {
         let mut fds: Vec<_> = self
             .groups
             .iter()
-            .flatten()
+            .flat_map(|g| &g.listeners)
             .map(|l| l.as_raw_fd())
             .collect();
         fds.push(theirs.as_raw_fd());
-        let spec = self
-            .groups
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|l| l.as_raw_fd().to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .collect::<Vec<_>>()
-            .join(";");
+        let spec = handover_spec(&self.groups);
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
             .env(HANDOVER_ENV, spec)
@@ -113,7 +131,7 @@ impl Restart {
 
 impl Restart {
     /// SIGHUP: starts the successor; once it is ready, stops accepting and lets it start
-    /// (`true`: this process drains now), else `false` (this process serves on).
+    /// (`true`: this process is retired now), else `false` (this process serves on).
     pub(crate) fn hand_over(&self, shutdown: &ShutdownHandle) -> bool {
         let mut reloading = vec![sd_notify::NotifyState::Reloading];
         if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
@@ -122,7 +140,7 @@ impl Restart {
         notify(&reloading);
         match self.start_successor() {
             Ok((pid, mut go)) => {
-                let stopped = shutdown.shutdown_and_wait(Duration::from_secs(1));
+                let stopped = shutdown.retire_and_wait(Duration::from_secs(1));
                 if let Err(e) = go.write_all(b"GO\n") {
                     warn!(error = %e, "restart: could not tell the successor to start");
                 }
@@ -130,7 +148,8 @@ impl Restart {
                 info!(
                     successor_pid = pid,
                     stopped_accepting = stopped,
-                    "restart: successor ready; handing over and draining"
+                    grace_secs = self.grace.as_secs(),
+                    "restart: successor ready; handing over, serving the open connections until they close"
                 );
                 true
             }
@@ -141,6 +160,67 @@ impl Restart {
             }
         }
     }
+}
+
+impl Restart {
+    /// In a retired process: drops the listener copies and watches, on a thread of its own,
+    /// for the last connection to close (then shuts down, which ends the process at once) or
+    /// the grace to pass (then drains what is left as on SIGTERM). Ends quietly if a shutdown
+    /// was asked for meanwhile (SIGTERM).
+    pub(crate) fn watch_retired(self, shutdown: ShutdownHandle) {
+        let Restart { grace, stats, .. } = self;
+        let deadline = Instant::now() + grace;
+        let watcher = shutdown.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringport-retired".into())
+            .spawn(move || loop {
+                std::thread::sleep(RETIRED_POLL);
+                if shutdown.begun() {
+                    return;
+                }
+                let open: u64 = stats.iter().map(|s| s.snapshot().active).sum();
+                if open == 0 {
+                    info!("restart: the last connection of this retired process closed; exiting");
+                    shutdown.shutdown();
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    info!(
+                        open,
+                        grace_secs = grace.as_secs(),
+                        "restart grace passed; draining what is left"
+                    );
+                    shutdown.shutdown();
+                    return;
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "restart: no watcher thread; draining now");
+            watcher.shutdown();
+        }
+    }
+}
+
+/// `RINGPORT_LISTEN_FDS` for `groups`: `3,4;5,6` is two servers of two listeners each;
+/// `metrics=7,8` names the metrics server's.
+fn handover_spec(groups: &[Group]) -> String {
+    groups
+        .iter()
+        .map(|g| {
+            let fds = g
+                .listeners
+                .iter()
+                .map(|l| l.as_raw_fd().to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            if g.metrics {
+                format!("{METRICS_GROUP}{fds}")
+            } else {
+                fds
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// In a successor, right before its IO threads start: tells the process it replaces that this

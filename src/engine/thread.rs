@@ -124,6 +124,10 @@ struct IoThread {
     peers: Peers,
     /// The IO thread the next hand-off goes to (round robin).
     next_peer: usize,
+    /// Whether a restart retired this thread (`Msg::Retire`), and the connections that were
+    /// still in their handshake then, told once they open (token, generation).
+    retired: bool,
+    retire_pending: Vec<(crate::core::Token, u64)>,
 }
 
 impl IoThread {
@@ -150,6 +154,8 @@ impl IoThread {
             loops,
             peers: Arc::new(OnceLock::new()),
             next_peer: index,
+            retired: false,
+            retire_pending: Vec::new(),
             st: State {
                 index,
                 entries: Vec::new(),
@@ -212,6 +218,7 @@ impl IoThread {
             self.resume_accepts();
             self.st.fire_timers();
             self.deferred_shutdowns();
+            self.pending_retires();
             self.st.tick(self.backend.as_ref());
             self.open_requested();
             self.st.flush(self.backend.as_mut());
@@ -519,6 +526,10 @@ impl IoThread {
                         let _ = ack.send(());
                     }
                 }
+                Msg::Retire { ack } => {
+                    self.retire();
+                    let _ = ack.send(());
+                }
                 Msg::Connect { addr, app, options } => self.connect_from_inbox(addr, app, options),
                 Msg::Accepted { listener, stream } => self.on_accept(listener, stream),
                 Msg::Handle(m) => self.st.on_handle_msg(m),
@@ -586,6 +597,64 @@ impl IoThread {
             false
         });
         st.deferred_shutdown = waiting;
+    }
+
+    /// A restart's successor serves the listeners now: stop accepting (the listeners close;
+    /// the successor holds the same sockets, so nothing waiting in them is lost) and tell every
+    /// open connection, which this thread goes on serving until it closes or a shutdown comes.
+    fn retire(&mut self) {
+        if self.retired || self.st.shutdown_deadline.is_some() {
+            return;
+        }
+        self.retired = true;
+        self.backend.close_listeners();
+        let st = &mut self.st;
+        debug!(
+            thread = st.index,
+            connections = st.live,
+            "retired: serving on, accepting nothing"
+        );
+        for token in 0..st.entries.len() {
+            let Some(e) = st.entries[token].as_mut() else {
+                continue;
+            };
+            if e.core.phase == Phase::Open && e.core.opened {
+                e.app.retire(&mut e.core, &mut st.ctx, token);
+                st.ctx.mark_dirty(token, &mut e.core);
+            } else if let Some(gen) = st.ctx.slots.gen(token) {
+                self.retire_pending.push((token, gen));
+            }
+        }
+    }
+
+    /// `on_retire` for connections that were in their handshake at the retirement, once they
+    /// have opened (those that closed first are forgotten).
+    fn pending_retires(&mut self) {
+        if self.retire_pending.is_empty() {
+            return;
+        }
+        let st = &mut self.st;
+        if st.shutdown_deadline.is_some() {
+            self.retire_pending.clear(); // on_shutdown has taken over
+            return;
+        }
+        self.retire_pending.retain(|&(token, gen)| {
+            if st.ctx.slots.gen(token) != Some(gen) {
+                return false;
+            }
+            let Some(e) = st.entries.get_mut(token).and_then(Option::as_mut) else {
+                return false;
+            };
+            if e.core.phase != Phase::Open {
+                return false;
+            }
+            if !e.core.opened {
+                return true;
+            }
+            e.app.retire(&mut e.core, &mut st.ctx, token);
+            st.ctx.mark_dirty(token, &mut e.core);
+            false
+        });
     }
 
     /// Accepting again once an accept error's back-off has passed.

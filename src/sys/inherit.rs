@@ -3,7 +3,8 @@
 //! Two ways in: systemd socket activation (`LISTEN_FDS` / `LISTEN_PID`, read with the
 //! `sd-notify` crate: each descriptor is one server, in the order of the socket unit), and a
 //! restart handover from the process this one replaces ([`HANDOVER_ENV`]: `3,4;5,6` is two
-//! servers of two listeners each, one per IO thread). Each descriptor is checked to be a
+//! servers of two listeners each, one per IO thread; a group written `metrics=7,8` is the
+//! metrics server's, taken by `Engine::serve_metrics` rather than the next `add_server`). Each descriptor is checked to be a
 //! listening TCP socket before it is owned. The variables are removed once read, so that
 //! processes this one starts do not take them for their own.
 //!
@@ -21,40 +22,66 @@ pub(crate) const HANDOVER_ENV: &str = "RINGPORT_LISTEN_FDS";
 /// Names the descriptor on which a restarted process says `READY=1` to the one it replaces.
 pub(crate) const READY_ENV: &str = "RINGPORT_READY_FD";
 
-/// The listener groups this process was given (one group per server), or none.
-pub(crate) fn take_listeners() -> io::Result<Vec<Vec<TcpListener>>> {
-    let groups: Vec<Vec<RawFd>> = if let Ok(spec) = std::env::var(HANDOVER_ENV) {
-        std::env::remove_var(HANDOVER_ENV);
-        parse_groups(&spec)?
-    } else {
-        let fds: Vec<RawFd> = sd_notify::listen_fds()?.collect();
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDNAMES");
-        fds.into_iter().map(|fd| vec![fd]).collect()
-    };
-    groups
-        .into_iter()
-        .map(|g| g.into_iter().map(own_listener).collect())
-        .collect()
+/// Marks the metrics server's group in [`HANDOVER_ENV`].
+pub(crate) const METRICS_GROUP: &str = "metrics=";
+
+/// The listening sockets this process was given.
+#[derive(Default)]
+pub(crate) struct Inherited {
+    /// One group per server, in the order the servers are added.
+    pub servers: Vec<Vec<TcpListener>>,
+    /// The metrics server's group (a restart's handover only).
+    pub metrics: Option<Vec<TcpListener>>,
 }
 
-fn parse_groups(spec: &str) -> io::Result<Vec<Vec<RawFd>>> {
+/// The listener groups this process was given, or none.
+pub(crate) fn take_listeners() -> io::Result<Inherited> {
+    let (groups, metrics): (Vec<Vec<RawFd>>, Option<Vec<RawFd>>) =
+        if let Ok(spec) = std::env::var(HANDOVER_ENV) {
+            std::env::remove_var(HANDOVER_ENV);
+            parse_groups(&spec)?
+        } else {
+            let fds: Vec<RawFd> = sd_notify::listen_fds()?.collect();
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDNAMES");
+            (fds.into_iter().map(|fd| vec![fd]).collect(), None)
+        };
+    let own = |g: Vec<RawFd>| {
+        g.into_iter()
+            .map(own_listener)
+            .collect::<io::Result<Vec<_>>>()
+    };
+    Ok(Inherited {
+        servers: groups.into_iter().map(own).collect::<io::Result<_>>()?,
+        metrics: metrics.map(own).transpose()?,
+    })
+}
+
+/// The server groups and the metrics group of a [`HANDOVER_ENV`] value.
+#[allow(clippy::type_complexity)]
+fn parse_groups(spec: &str) -> io::Result<(Vec<Vec<RawFd>>, Option<Vec<RawFd>>)> {
     let bad = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("bad {HANDOVER_ENV} {spec:?}"),
         )
     };
-    spec.split(';')
-        .filter(|g| !g.is_empty())
-        .map(|g| {
-            g.split(',')
-                .map(|fd| fd.trim().parse::<RawFd>().ok().filter(|&fd| fd > 2))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(bad)
-        })
-        .collect()
+    let fds = |g: &str| {
+        g.split(',')
+            .map(|fd| fd.trim().parse::<RawFd>().ok().filter(|&fd| fd > 2))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)
+    };
+    let (mut servers, mut metrics) = (Vec::new(), None);
+    for g in spec.split(';').filter(|g| !g.is_empty()) {
+        match g.strip_prefix(METRICS_GROUP) {
+            Some(_) if metrics.is_some() => return Err(bad()),
+            Some(m) => metrics = Some(fds(m)?),
+            None => servers.push(fds(g)?),
+        }
+    }
+    Ok((servers, metrics))
 }
 
 /// SO_ACCEPTCONN: whether `fd` is a socket in the listening state (socket2 offers it only on
@@ -148,9 +175,17 @@ mod tests {
     fn handover_groups_parse() {
         assert_eq!(
             parse_groups("3,4;5,6").unwrap(),
-            vec![vec![3, 4], vec![5, 6]]
+            (vec![vec![3, 4], vec![5, 6]], None)
         );
-        assert_eq!(parse_groups("7").unwrap(), vec![vec![7]]);
+        assert_eq!(parse_groups("7").unwrap(), (vec![vec![7]], None));
+        assert_eq!(
+            parse_groups("3;metrics=4,5;6").unwrap(),
+            (vec![vec![3], vec![6]], Some(vec![4, 5]))
+        );
+        assert!(
+            parse_groups("metrics=3;metrics=4").is_err(),
+            "one metrics group"
+        );
         assert!(parse_groups("3,x").is_err());
         assert!(parse_groups("1").is_err(), "stdio is never a listener");
     }

@@ -7,8 +7,15 @@ use std::net::TcpListener;
 /// No readiness socket exists on this system.
 pub(crate) type ReadySocket = std::convert::Infallible;
 
-pub(crate) fn take_listeners() -> io::Result<Vec<Vec<TcpListener>>> {
-    Ok(Vec::new())
+/// The listening sockets this process was given: none here.
+#[derive(Default)]
+pub(crate) struct Inherited {
+    pub servers: Vec<Vec<TcpListener>>,
+    pub metrics: Option<Vec<TcpListener>>,
+}
+
+pub(crate) fn take_listeners() -> io::Result<Inherited> {
+    Ok(Inherited::default())
 }
 
 pub(crate) fn take_ready_socket() -> Option<ReadySocket> {

@@ -330,3 +330,36 @@ pub fn load_result(out: &str) -> (u64, u64, String) {
     };
     (field("messages"), field("errors"), line)
 }
+
+/// Kills the restart successors it holds when dropped, also when a test fails (they are not
+/// children of the test, so nothing else would).
+pub struct Successors(pub Vec<i32>);
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The pid named by the last `successor_pid=N` of a hand-over line in `log`.
+pub fn successor_pid(log: &str) -> Option<i32> {
+    log.rsplit("successor_pid=")
+        .next()
+        .filter(|_| log.contains("handing over"))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Waits (bounded) until `pid` is gone; whether it is.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !is_gone(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}

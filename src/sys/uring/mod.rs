@@ -80,7 +80,8 @@ mod tuning;
 const BGID: u16 = 0;
 
 struct Listener {
-    /// `None` once `close_listeners` closed it; late accepts are then closed, not delivered.
+    /// `None` once `close_listeners` closed it; accepts the kernel completed before that are
+    /// still delivered (the engine decides: a retired process serves them, a drain closes them).
     socket: Option<TcpListener>,
     fd: RawFd,
     /// A multishot accept is in the kernel.

@@ -295,17 +295,15 @@ impl UringBackend {
             l.armed = false;
         }
         let out = if res >= 0 {
-            if l.socket.is_none() {
-                close_fd_if(res);
-                None
-            } else {
-                // SAFETY: a successful accept CQE hands us a new fd that nothing else owns.
-                let stream = unsafe { TcpStream::from_raw_fd(res) };
-                Some(Out::Event(Event::Accepted {
-                    listener: id,
-                    stream,
-                }))
-            }
+            // Also after `close_listeners`: the kernel accepted this connection before the
+            // cancel took effect (its CQE was still unreaped). The engine serves it (a process
+            // retired by a restart serves what it accepted) or closes it (a drain).
+            // SAFETY: a successful accept CQE hands us a new fd that nothing else owns.
+            let stream = unsafe { TcpStream::from_raw_fd(res) };
+            Some(Out::Event(Event::Accepted {
+                listener: id,
+                stream,
+            }))
         } else if res == -libc::ECANCELED || l.socket.is_none() {
             None
         } else {

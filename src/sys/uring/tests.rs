@@ -424,3 +424,45 @@ fn close_listeners_then_shutdown_with_ops_in_flight() {
     assert_eq!(b.in_flight, 0, "shutdown left ops in the kernel");
     assert!(b.conns.iter().all(Option::is_none), "fds left open");
 }
+
+/// Issue 20's suspected restart seam: the kernel accepted a connection (its CQE is in the
+/// completion queue, not yet reaped) when `close_listeners` ran. The connection is delivered,
+/// not closed: a process retired by a restart serves it (a drain still closes it, in the
+/// engine). Before, the backend closed it: the client saw its accepted connection end.
+#[test]
+fn an_accept_completed_before_close_listeners_is_delivered() {
+    let Some(mut b) = backend(16, 1024) else {
+        return;
+    };
+    let addr = listen(&mut b);
+    assert!(turn(&mut b).is_empty()); // the multishot accept is in the kernel
+    let mut client = TcpStream::connect(addr).unwrap();
+    // Until the kernel has posted the accept's CQE (with DEFER_TASKRUN the accept runs in
+    // this wait); nothing else is in flight that could complete.
+    let end = Instant::now() + LIMIT;
+    while b.ring.completion().is_empty() {
+        let _ = b.ring.submit_and_wait(1);
+        assert!(Instant::now() < end, "the kernel never accepted");
+    }
+    b.close_listeners();
+    let mut accepted = None;
+    while b.listeners.iter().any(Option::is_some) || accepted.is_none() {
+        for ev in turn(&mut b) {
+            match ev {
+                Ev::Accepted(s) => accepted = Some(s),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "the connection accepted before close_listeners was not delivered"
+        );
+    }
+    let mut server_side = accepted.unwrap();
+    server_side.write_all(b"served").unwrap();
+    let mut got = [0u8; 6];
+    client.set_read_timeout(Some(LIMIT)).unwrap();
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"served");
+    b.shutdown(LIMIT);
+}
