@@ -102,12 +102,18 @@ impl Server {
         H: Handler,
         F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
     {
+        // A frame the codec accepts is never refused for its size by the input limit.
+        let max_buffered_input =
+            DEFAULT_MAX_BUFFERED_INPUT.max(codec.max_frame_input().unwrap_or(0));
         let factory: Factory =
             Arc::new(move |info| Box::new(Typed::new(factory(info), codec.clone())));
         Server {
             addr,
             factory,
-            limits: Limits::default(),
+            limits: Limits {
+                max_buffered_input,
+                ..Limits::default()
+            },
         }
     }
 
@@ -136,7 +142,11 @@ impl Server {
     }
 
     /// Received-but-undecoded bytes a connection may hold (a partial frame); beyond it the
-    /// connection closes with a protocol error.
+    /// connection closes with a protocol error. Default: [`DEFAULT_MAX_BUFFERED_INPUT`]
+    /// (8 MiB), or, when the codec's longest frame needs more
+    /// ([`Decoder::max_frame_input`]: a `LengthDelimited` header plus `max_frame`, a `Lines`
+    /// `max_line` plus its terminator), that much, so every frame the codec accepts is taken.
+    /// Setting it below the codec's longest frame refuses the longer frames here.
     pub fn max_buffered_input(mut self, bytes: usize) -> Self {
         self.limits.max_buffered_input = bytes;
         self
