@@ -279,9 +279,9 @@ impl ConnectionHandle {
 
     /// Asks for `watcher`'s [`Handler::on_writable`](crate::Handler::on_writable) with `value`
     /// once this connection's queue is at or under its low watermark, or once it closes or a
-    /// close is asked (then the watcher's next write says [`HandleError::Closed`]). One-shot; fires at once
-    /// (through the watcher's IO thread) if the queue is already low. This is how a proxy
-    /// resumes reading the side that feeds a full connection.
+    /// close is asked (then the watcher's next write says [`HandleError::Closed`]). One-shot;
+    /// fires at once (through the watcher's IO thread) if the queue is already low. This is
+    /// how a proxy resumes reading the side that feeds a full connection.
     ///
     /// ```no_run
     /// # use ringport::{Conn, ConnectionHandle, Frame, HandleError, Handler};

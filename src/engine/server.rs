@@ -296,3 +296,43 @@ pub(crate) fn check_port_free(addr: SocketAddr) -> io::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{LengthDelimited, Lines, Raw};
+    use crate::{Conn, Frame};
+
+    struct Nop;
+    impl Handler for Nop {
+        fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+    }
+
+    fn limit<D: Decoder + Sync>(codec: D) -> usize {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Server::new(addr, codec, |_| Nop).limits.max_buffered_input
+    }
+
+    /// The default input limit is 8 MiB, or the codec's longest frame when that is larger: a
+    /// frame the codec accepts is never refused for its size (`--max-frame 16777216` used to
+    /// be capped at 8 MiB). An explicit limit wins either way.
+    #[test]
+    fn the_default_input_limit_follows_the_codecs_longest_frame() {
+        assert_eq!(limit(Raw), DEFAULT_MAX_BUFFERED_INPUT);
+        assert_eq!(limit(LengthDelimited::new()), DEFAULT_MAX_BUFFERED_INPUT);
+        assert_eq!(limit(Lines::new(8192)), DEFAULT_MAX_BUFFERED_INPUT);
+        assert_eq!(
+            limit(LengthDelimited::new().max_frame(16 << 20)),
+            (16 << 20) + 4
+        );
+        let w8 = LengthDelimited::with_layout(8, crate::codec::Endian::Little, false)
+            .unwrap()
+            .max_frame(usize::MAX);
+        assert_eq!(limit(w8), usize::MAX, "saturates, never overflows");
+        assert_eq!(limit(Lines::new(16 << 20)), (16 << 20) + 2);
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let explicit = Server::new(addr, LengthDelimited::new().max_frame(16 << 20), |_| Nop)
+            .max_buffered_input(64 << 10);
+        assert_eq!(explicit.limits.max_buffered_input, 64 << 10);
+    }
+}
