@@ -43,10 +43,10 @@ impl<'a> Conn<'a> {
     }
 
     /// Queues `data`. Bytes are sent in order, batched: one send per connection per loop turn
-    /// whatever the number of `write` calls. Ignored once the connection is being reset,
-    /// [`Conn::shutdown_write`] was called (its FIN ends what is sent), or
-    /// [`Conn::close_after`] was called (its bytes are the last); [`Conn::is_writable`] says
-    /// `false` then.
+    /// whatever the number of `write` calls. Ignored once the connection is being reset, its
+    /// write side is shut (the FIN of [`Conn::shutdown_write`] is sent; until then writes
+    /// still go out before it), or [`Conn::close_after`] was called (its bytes are the last);
+    /// [`Conn::is_writable`] says `false` then.
     ///
     /// Not bounded by the write watermarks (the handler sees [`Conn::queued_bytes`] and the
     /// engine stops reading this connection above the high mark); writes from other
@@ -137,7 +137,8 @@ impl<'a> Conn<'a> {
     }
 
     /// Half-closes: once everything queued (and outstanding [`Work`]) has been sent, the peer
-    /// reads EOF. Reading goes on; later writes are ignored. The connection closes when the
+    /// reads EOF. Reading goes on; writes made before the FIN is sent go out before it, later
+    /// ones are ignored. The connection closes when the
     /// peer closes its side too (then `on_read_closed` runs as usual; its default closes) or
     /// when the handler closes it. With `on_read_closed`, this makes a bidirectional proxy:
     /// each side passes its peer's EOF on with `shutdown_write`.
@@ -236,7 +237,7 @@ impl<'a> Conn<'a> {
 
     /// Whether the connection is open and its queue below the server's high write watermark
     /// (what a [`ConnectionHandle::write`] would need to be accepted). `false` once a close
-    /// has begun or the write side is being shut.
+    /// has begun or the write side is shut.
     pub fn is_writable(&self) -> bool {
         self.core.phase == Phase::Open
             && self.core.takes_own_writes()

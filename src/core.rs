@@ -201,10 +201,9 @@ impl ConnCore {
     }
 
     /// Whether the handler's own writes (`Conn::write`) are still queued: as
-    /// [`ConnCore::writable`], but not after `close_after` or `shutdown_write` (their FIN or
-    /// last words end what the handler sends).
+    /// [`ConnCore::writable`], but not after `close_after` (its bytes are the last).
     pub(crate) fn takes_own_writes(&self) -> bool {
-        self.writable() && !self.shut_write_pending && !self.rare.as_ref().is_some_and(|r| r.sealed)
+        self.writable() && !self.rare.as_ref().is_some_and(|r| r.sealed)
     }
 
     /// Whether a handle's write taken from the inbox now is queued: as
