@@ -169,7 +169,38 @@ fn after_close_after_only_outstanding_work_answers(kind: BackendKind) {
     stop(running);
 }
 
+/// Closes, then says its last words (as a handler whose `close` came first, e.g. the default
+/// `on_shutdown`, and whose `close_after` follows in a later callback).
+struct CloseThenLastWords;
+impl Handler for CloseThenLastWords {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _frame: Frame<'_>) {
+        conn.write(b"reply;");
+        conn.close();
+        conn.close_after(LAST);
+        conn.write(b"late;"); // ignored: after the last words
+    }
+}
+
+/// `close_after` during a graceful close that has not sent its last bytes yet still sends
+/// its words, last. Before, they were dropped without a word (`close_after` only took them
+/// while the connection was open).
+fn close_after_during_a_close_still_says_its_words(kind: BackendKind) {
+    let Some((running, server)) = start(kind, || CloseThenLastWords) else {
+        return;
+    };
+    let mut c = TcpStream::connect(server.local_addr()).unwrap();
+    std::io::Write::write_all(&mut c, b"request").unwrap();
+    let (got, how) = expect_closed(&mut c, IO_TIMEOUT, "close, then close_after");
+    assert_eq!(how, Closed::Eof);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&[&b"reply;"[..], LAST].concat())
+    );
+    stop(running);
+}
+
 on_every_backend!(
     close_after_words_are_last_while_a_timer_writes,
     after_close_after_only_outstanding_work_answers,
+    close_after_during_a_close_still_says_its_words,
 );
