@@ -43,14 +43,16 @@ impl<'a> Conn<'a> {
     }
 
     /// Queues `data`. Bytes are sent in order, batched: one send per connection per loop turn
-    /// whatever the number of `write` calls. Ignored once the connection is being reset or
-    /// its write side is shut.
+    /// whatever the number of `write` calls. Ignored once the connection is being reset, its
+    /// write side is shut (the FIN of [`Conn::shutdown_write`] is sent; until then writes
+    /// still go out before it), or [`Conn::close_after`] was called (its bytes are the last);
+    /// [`Conn::is_writable`] says `false` then.
     ///
     /// Not bounded by the write watermarks (the handler sees [`Conn::queued_bytes`] and the
     /// engine stops reading this connection above the high mark); writes from other
     /// connections go through a [`ConnectionHandle`], which is bounded.
     pub fn write(&mut self, data: &[u8]) {
-        if !self.core.writable() || data.is_empty() {
+        if !self.core.takes_own_writes() || data.is_empty() {
             return;
         }
         if self.core.out.capacity() == 0 {
@@ -76,12 +78,13 @@ impl<'a> Conn<'a> {
     ///
     /// # Errors
     ///
-    /// [`EncodeError`] when the payload cannot be one frame (nothing is queued).
+    /// [`EncodeError`] when the payload cannot be one frame (nothing is queued). A frame
+    /// the connection no longer takes is ignored as [`Conn::write`] ignores it.
     pub fn send_frame(&mut self, payload: &[u8]) -> Result<(), EncodeError> {
         let Some(enc) = self.encoder else {
             return Err(EncodeError::Unsupported);
         };
-        if !self.core.writable() {
+        if !self.core.takes_own_writes() {
             return Ok(());
         }
         if self.core.out.capacity() == 0 {
@@ -92,9 +95,10 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
-    /// Closes gracefully (reason [`CloseReason::Local`]): no more frames are delivered; every
-    /// outstanding [`Work`] answers and everything queued is flushed, then the write side is
-    /// shut and the connection closes.
+    /// Closes gracefully (reason [`CloseReason::Local`]): no more frames are delivered and no
+    /// more timers fire; every outstanding [`Work`] answers and everything queued is flushed,
+    /// then the write side is shut and the connection closes. From now on the connection's
+    /// plain [`ConnectionHandle`]s say closed and refuse writes.
     pub fn close(&mut self) {
         self.close_with(CloseReason::Local);
     }
@@ -109,9 +113,19 @@ impl<'a> Conn<'a> {
     /// Closes gracefully with `data` as the very last bytes: sent after every reply that
     /// outstanding [`Work`] is still computing. This is how a pooled server answers a request
     /// it cannot take (`-ERR line too long`) without overtaking or dropping earlier replies.
+    ///
+    /// Nothing follows them: the connection's timers stop (as with any close), later
+    /// [`Conn::write`]s are ignored ([`Conn::is_writable`] says `false`), and its plain
+    /// [`ConnectionHandle`]s refuse writes with
+    /// [`HandleError::Closed`](crate::HandleError::Closed); only outstanding `Work` still
+    /// answers, before them.
     pub fn close_after(&mut self, data: &[u8]) {
-        if self.core.phase == Phase::Open && !self.core.write_shut {
-            self.core.rare_mut().last_words.extend_from_slice(data);
+        // Also during a close that has not sent its last bytes yet (e.g. after the default
+        // `on_shutdown`'s `close`): these become them.
+        if self.core.takes_own_writes() {
+            let r = self.core.rare_mut();
+            r.last_words.extend_from_slice(data);
+            r.sealed = true;
         }
         self.close();
     }
@@ -123,7 +137,8 @@ impl<'a> Conn<'a> {
     }
 
     /// Half-closes: once everything queued (and outstanding [`Work`]) has been sent, the peer
-    /// reads EOF. Reading goes on; later writes are ignored. The connection closes when the
+    /// reads EOF. Reading goes on; writes made before the FIN is sent go out before it, later
+    /// ones are ignored. The connection closes when the
     /// peer closes its side too (then `on_read_closed` runs as usual; its default closes) or
     /// when the handler closes it. With `on_read_closed`, this makes a bidirectional proxy:
     /// each side passes its peer's EOF on with `shutdown_write`.
@@ -198,7 +213,11 @@ impl<'a> Conn<'a> {
     /// ```
     pub fn work(&mut self) -> Work {
         let handle = self.handle();
-        let counted = handle.is_open();
+        // A closing connection still waits for work (plain handles already say closed).
+        let counted = handle
+            .shared
+            .alive
+            .load(std::sync::atomic::Ordering::Acquire);
         if counted {
             self.core.work += 1;
         }
@@ -216,15 +235,20 @@ impl<'a> Conn<'a> {
         self.core.queued()
     }
 
-    /// Whether the queue is below the server's high write watermark (what a
-    /// [`ConnectionHandle::write`] would need to be accepted).
+    /// Whether the connection is open and its queue below the server's high write watermark
+    /// (what a [`ConnectionHandle::write`] would need to be accepted). `false` once a close
+    /// has begun or the write side is shut.
     pub fn is_writable(&self) -> bool {
-        self.core.writable() && self.core.queued() < self.core.write_high
+        self.core.phase == Phase::Open
+            && self.core.takes_own_writes()
+            && self.core.queued() < self.core.write_high
     }
 
     /// Arms timer `id` of this connection to fire [`Handler::on_timer`](crate::Handler::on_timer)
     /// after `after`; re-arming an armed id moves its deadline (a heartbeat pushed back on
-    /// every frame costs O(1)). Timers die with the connection.
+    /// every frame costs O(1)). Timers stop when the connection starts closing (a graceful
+    /// close, `close_after`, a reset, an idle timeout, a peer's EOF the handler closes on):
+    /// none fires after that, and arming one then does nothing.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -244,7 +268,7 @@ impl<'a> Conn<'a> {
     /// }
     /// ```
     pub fn set_timer(&mut self, id: u64, after: Duration) {
-        if matches!(self.core.phase, Phase::Aborting | Phase::Closed) {
+        if self.core.phase != Phase::Open {
             return;
         }
         let deadline = self.ctx.now + after;

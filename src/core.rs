@@ -45,6 +45,12 @@ pub(crate) struct Rare {
     pub connect_deadline: Option<Instant>,
     /// Bytes to send once the outstanding work has answered, right before a graceful close.
     pub last_words: Vec<u8>,
+    /// `close_after` was called: the handler's own writes are ignored from now on (its last
+    /// words are last); only outstanding work still answers, before them.
+    pub sealed: bool,
+    /// The last words are queued: nothing more is taken, not even a handle's write that
+    /// raced with the close (it is dropped, logged).
+    pub words_queued: bool,
     /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
     pub stalled_since: Option<Instant>,
     /// The kernel's unacknowledged bytes at the last stall check (SIOCOUTQ).
@@ -184,6 +190,28 @@ impl ConnCore {
         self.rare.as_ref().is_some_and(|r| !r.last_words.is_empty())
     }
 
+    /// Queues the `close_after` bytes (once every outstanding job has answered): from now on
+    /// nothing more is taken, so nothing follows them.
+    pub(crate) fn queue_last_words(&mut self) {
+        debug_assert_eq!(self.work, 0, "last words before the work answered");
+        let r = self.rare_mut();
+        let words = std::mem::take(&mut r.last_words);
+        r.words_queued = true;
+        self.out.extend_from_slice(&words);
+    }
+
+    /// Whether the handler's own writes (`Conn::write`) are still queued: as
+    /// [`ConnCore::writable`], but not after `close_after` (its bytes are the last).
+    pub(crate) fn takes_own_writes(&self) -> bool {
+        self.writable() && !self.rare.as_ref().is_some_and(|r| r.sealed)
+    }
+
+    /// Whether a handle's write taken from the inbox now is queued: as
+    /// [`ConnCore::writable`], but not once the last words are queued.
+    pub(crate) fn takes_handle_writes(&self) -> bool {
+        self.writable() && !self.rare.as_ref().is_some_and(|r| r.words_queued)
+    }
+
     pub(crate) fn layer_deadline(&self) -> Option<Instant> {
         self.rare.as_ref().and_then(|r| r.layer_deadline)
     }
@@ -217,7 +245,7 @@ impl ConnCore {
     /// `backlog`, now as this thread's own part: no atomic step. Returns the emptied buffer
     /// the write replaced, to recycle.
     pub(crate) fn take_handle_write(&mut self, data: Vec<u8>) -> Option<Vec<u8>> {
-        if !self.writable() {
+        if !self.takes_handle_writes() {
             if let Some(s) = &self.shared {
                 s.backlog.fetch_sub(data.len(), Ordering::AcqRel);
             }
@@ -252,7 +280,7 @@ impl ConnCore {
     /// Starts a graceful close for `reason` unless one is under way.
     pub(crate) fn begin_close(&mut self, reason: CloseReason) {
         if self.phase == Phase::Open {
-            self.phase = Phase::Closing;
+            self.set_phase(Phase::Closing);
             self.set_reason(reason);
         }
     }
@@ -277,7 +305,7 @@ impl ConnCore {
         self.decode_failed = true;
         self.reason = Some(reason);
         if self.phase == Phase::Open {
-            self.phase = Phase::Closing;
+            self.set_phase(Phase::Closing);
         }
     }
 
@@ -296,9 +324,21 @@ impl ConnCore {
         }
     }
 
-    /// Moves to `phase`; once nothing more can be written, handles start failing.
+    /// Moves to `phase`. Once the connection stops being open, its timers are disarmed
+    /// (nothing `on_timer` would write may follow a close's last bytes) and its plain handles
+    /// say closed; once nothing more can be written, every handle fails.
     pub(crate) fn set_phase(&mut self, phase: Phase) {
+        debug_assert!(
+            phase != Phase::Open || self.phase == Phase::Open,
+            "a connection never reopens"
+        );
         self.phase = phase;
+        if phase != Phase::Open {
+            self.timers.clear(); // their heap entries find no record: stale, never fired
+            if let Some(s) = &self.shared {
+                s.mark_closing();
+            }
+        }
         if !matches!(phase, Phase::Open | Phase::Closing) {
             self.kill_handles();
         }
@@ -321,8 +361,15 @@ impl ConnCore {
             return ConnShared::dead();
         }
         let (low, high) = (self.write_low, self.write_high);
+        let closing = self.phase != Phase::Open;
         self.shared
-            .get_or_insert_with(|| ConnShared::new(low, high))
+            .get_or_insert_with(|| {
+                let s = ConnShared::new(low, high);
+                if closing {
+                    s.closing.store(true, Ordering::Release); // plain handles: closed
+                }
+                s
+            })
             .clone()
     }
 }

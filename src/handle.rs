@@ -64,6 +64,10 @@ pub(crate) trait Inbox: Send + Sync {
 pub(crate) struct ConnShared {
     /// Writes are still accepted (the connection is open or flushing for a graceful close).
     pub alive: AtomicBool,
+    /// A close was asked (by a handle, or on the IO thread: `Conn::close`, `close_after`, an
+    /// idle timeout, ...): plain handles refuse writes and say closed from now on; only the
+    /// replies of outstanding [`Work`] are still taken (the graceful close waits for them).
+    pub closing: AtomicBool,
     /// Bytes accepted for the connection and not yet sent, in one word so that a handle never
     /// sees a write counted twice or not at all while the IO thread takes it from its inbox:
     /// what handles posted and the IO thread has not taken yet, plus the IO thread's own
@@ -85,6 +89,7 @@ impl ConnShared {
     pub(crate) fn new(low: usize, high: usize) -> Arc<ConnShared> {
         Arc::new(ConnShared {
             alive: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
             backlog: AtomicUsize::new(0),
             high,
             low,
@@ -97,6 +102,7 @@ impl ConnShared {
     pub(crate) fn dead() -> Arc<ConnShared> {
         let s = ConnShared::new(0, 0);
         s.alive.store(false, Ordering::Release);
+        s.closing.store(true, Ordering::Release);
         s
     }
 
@@ -124,9 +130,25 @@ impl ConnShared {
     /// The connection ended: nobody will write to it again, its watchers are told now (they
     /// then see [`HandleError::Closed`] on their next write instead of waiting forever).
     pub(crate) fn mark_dead(&self) {
+        self.closing.store(true, Ordering::Release);
         self.alive.store(false, Ordering::Release);
         self.watched.store(true, Ordering::Release);
         self.wake_watchers();
+    }
+
+    /// A close was asked: plain handles refuse writes from now on (replies of outstanding
+    /// work are still taken); watchers are told now, as for [`ConnShared::mark_dead`].
+    pub(crate) fn mark_closing(&self) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.watched.store(true, Ordering::Release);
+            self.wake_watchers();
+        }
+    }
+
+    /// Whether writes of a plain handle (`reply` false) or of a [`Work`] (`reply` true) are
+    /// still accepted.
+    pub(crate) fn accepts(&self, reply: bool) -> bool {
+        self.alive.load(Ordering::Acquire) && (reply || !self.closing.load(Ordering::Acquire))
     }
 }
 
@@ -184,13 +206,24 @@ impl ConnectionHandle {
         }
     }
 
-    /// Whether the connection was still open when last seen (a hint: it may close any time).
+    /// Whether the connection still takes this handle's writes (a hint: it may close any
+    /// time). `false` from the moment a close was asked (through any handle of the connection,
+    /// or by its handler), so a loop that closes a connection sees it closed at once; a
+    /// [`Work`]'s handle stays open while its connection closes gracefully, because the close
+    /// waits for its reply.
     pub fn is_open(&self) -> bool {
-        self.shared.alive.load(Ordering::Acquire)
+        self.shared.accepts(self.reply)
     }
 
+    /// Posts `msg` unless the connection has ended (a closing connection still takes
+    /// notifications, closes and aborts).
     fn post(&self, msg: HandleMsg) -> Result<(), HandleError> {
-        if !self.is_open() {
+        self.post_if(self.shared.alive.load(Ordering::Acquire), msg)
+    }
+
+    /// Posts `msg` if `open`, else says [`HandleError::Closed`].
+    fn post_if(&self, open: bool, msg: HandleMsg) -> Result<(), HandleError> {
+        if !open {
             return Err(HandleError::Closed);
         }
         if !self.inbox.post(msg) {
@@ -219,11 +252,14 @@ impl ConnectionHandle {
         let data = data.into();
         let len = data.len();
         self.shared.backlog.fetch_add(len, Ordering::AcqRel);
-        self.post(HandleMsg::Write {
-            token: self.token,
-            gen: self.gen,
-            data,
-        })
+        self.post_if(
+            self.is_open(),
+            HandleMsg::Write {
+                token: self.token,
+                gen: self.gen,
+                data,
+            },
+        )
         .inspect_err(|_| {
             self.shared.backlog.fetch_sub(len, Ordering::AcqRel);
         })
@@ -242,10 +278,10 @@ impl ConnectionHandle {
     }
 
     /// Asks for `watcher`'s [`Handler::on_writable`](crate::Handler::on_writable) with `value`
-    /// once this connection's queue is at or under its low watermark, or once it closes
-    /// (then the watcher's next write says [`HandleError::Closed`]). One-shot; fires at once
-    /// (through the watcher's IO thread) if the queue is already low. This is how a proxy
-    /// resumes reading the side that feeds a full connection.
+    /// once this connection's queue is at or under its low watermark, or once it closes or a
+    /// close is asked (then the watcher's next write says [`HandleError::Closed`]). One-shot;
+    /// fires at once (through the watcher's IO thread) if the queue is already low. This is
+    /// how a proxy resumes reading the side that feeds a full connection.
     ///
     /// ```no_run
     /// # use ringport::{Conn, ConnectionHandle, Frame, HandleError, Handler};
@@ -284,22 +320,35 @@ impl ConnectionHandle {
     }
 
     /// Closes the connection after flushing what is queued (and after its outstanding
-    /// [`Work`]).
+    /// [`Work`]). Once it returns, every plain handle of the connection (clones too) says
+    /// closed ([`is_open`](ConnectionHandle::is_open) `false`) and refuses writes with
+    /// [`HandleError::Closed`]; the replies of outstanding `Work` are still sent. `Closed` if
+    /// the connection had already ended.
     pub fn close(&self) -> Result<(), HandleError> {
-        self.post(HandleMsg::Close {
+        let r = self.post(HandleMsg::Close {
             token: self.token,
             gen: self.gen,
             abort: false,
-        })
+        });
+        if r.is_ok() {
+            self.shared.mark_closing();
+        }
+        r
     }
 
-    /// Resets the connection.
+    /// Resets the connection (queued bytes are dropped). Once it returns, every handle of
+    /// the connection (clones and `Work` too) says closed and refuses writes with
+    /// [`HandleError::Closed`]. `Closed` if the connection had already ended.
     pub fn abort(&self) -> Result<(), HandleError> {
-        self.post(HandleMsg::Close {
+        let r = self.post(HandleMsg::Close {
             token: self.token,
             gen: self.gen,
             abort: true,
-        })
+        });
+        if r.is_ok() {
+            self.shared.mark_dead();
+        }
+        r
     }
 
     /// Shuts down the write side once everything queued is sent (the peer reads EOF); reading

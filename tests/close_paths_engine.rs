@@ -152,7 +152,64 @@ fn never_reading_peer_is_reset_as_flush_stalled(kind: BackendKind) {
     stop(running);
 }
 
+/// A connect storm across a shutdown, on two IO threads: once the engine has stopped, every
+/// accepted connection has a close reason (`accepted == closed_total`, nothing active). On
+/// IOCP one IO thread accepts and hands connections round robin to the others: one handed to
+/// a thread whose drain had begun was dropped uncounted. On epoll and io_uring no connection
+/// reaches the engine after its listeners closed (the backends drop what they still held), so
+/// there this checks that the count stays whole.
+fn connections_accepted_during_the_drain_are_counted(kind: BackendKind) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some(mut engine) = support::engine(kind, 2) else {
+        return;
+    };
+    let server = engine
+        .add_server(Srv::new("127.0.0.1:0".parse().unwrap(), Raw, |_| Echo))
+        .unwrap();
+    let running = engine.start().unwrap();
+    let addr = server.local_addr();
+    let stop_storm = Arc::new(AtomicBool::new(false));
+    let storm: Vec<_> = (0..3)
+        .map(|_| {
+            let stop_storm = stop_storm.clone();
+            thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop_storm.load(Ordering::Relaxed) && n < 5000 {
+                    n += 1;
+                    match std::net::TcpStream::connect(addr) {
+                        Ok(mut c) => {
+                            let _ = c.write_all(b"x");
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while server.stats().snapshot().accepted < 200 {
+        assert!(Instant::now() < deadline, "the storm was not accepted");
+        thread::sleep(Duration::from_millis(5));
+    }
+    running.shutdown_handle().shutdown();
+    running.join();
+    stop_storm.store(true, Ordering::Relaxed);
+    for t in storm {
+        t.join().unwrap();
+    }
+    let s = server.stats().snapshot();
+    println!("{kind:?}: {s:?}");
+    assert_eq!(s.active, 0, "{s:?}");
+    assert_eq!(
+        s.accepted,
+        s.closed_total(),
+        "accepted connections without a close reason: {s:?}"
+    );
+}
+
 on_every_backend!(
     slow_reader_during_closing_gets_every_byte,
     never_reading_peer_is_reset_as_flush_stalled,
+    connections_accepted_during_the_drain_are_counted,
 );

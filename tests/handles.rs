@@ -1,6 +1,7 @@
 //! `ConnectionHandle`: writes from other threads arrive in order; a handle whose connection
 //! closed fails cleanly and never reaches the newer connection that reuses its slot; handles
-//! keep neither connection nor engine alive. Library-level, on every backend.
+//! keep neither connection nor engine alive; once a handle has asked for a close, every handle
+//! of the connection says closed. Library-level, on every backend.
 
 mod support;
 
@@ -227,7 +228,52 @@ fn a_stopped_engine_refuses_connects_and_shutdown_waits_for_nothing(kind: Backen
     );
 }
 
+/// Once `abort` or `close` has returned, the handle and its clones say closed and refuse
+/// writes with `Closed` at once, without waiting for the IO thread. A fan-out loop that aborts
+/// a full subscriber sees it closed on its next pass (before: `is_open` stayed true and
+/// `write` kept answering `Full`, so the loop aborted it again and again).
+fn a_handle_told_to_close_says_closed_at_once(kind: BackendKind) {
+    let Some((running, addr, handles)) = start(kind) else {
+        return;
+    };
+    // A subscriber that never reads: written to until full, then aborted.
+    let mut full = client(addr);
+    let h = handles.recv_timeout(Duration::from_secs(10)).unwrap();
+    let twin = h.clone();
+    let mut writes = 0;
+    while h.write(vec![7u8; 64 << 10]) != Err(HandleError::Full) {
+        writes += 1;
+        assert!(writes < 10_000, "never full");
+    }
+    h.abort().unwrap();
+    for (name, x) in [("the handle", &h), ("its clone", &twin)] {
+        assert!(!x.is_open(), "{name} still open after abort");
+        assert!(!x.is_writable(), "{name} still writable after abort");
+        assert_eq!(x.write(&b"x"[..]), Err(HandleError::Closed), "{name}");
+    }
+    assert_eq!(h.abort(), Err(HandleError::Closed), "aborted twice");
+    let mut sink = Vec::new();
+    let _ = full.read_to_end(&mut sink); // reset (or EOF): either way it ends
+
+    // A graceful close: what was written before it still arrives, then EOF.
+    let mut c = client(addr);
+    let h = handles.recv_timeout(Duration::from_secs(10)).unwrap();
+    let twin = h.clone();
+    h.write(&b"before;"[..]).unwrap();
+    h.close().unwrap();
+    for (name, x) in [("the handle", &h), ("its clone", &twin)] {
+        assert!(!x.is_open(), "{name} still open after close");
+        assert_eq!(x.write(&b"after;"[..]), Err(HandleError::Closed), "{name}");
+    }
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), "before;");
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
 on_every_backend!(
+    a_handle_told_to_close_says_closed_at_once,
     stale_handle_never_reaches_the_slots_next_connection,
     notify_reaches_on_notify_after_earlier_writes,
     many_writes_from_another_thread_arrive_in_order,

@@ -434,4 +434,9 @@ impl Decoder for LengthDelimited {
     fn encoder(&self) -> Option<&dyn super::Encoder> {
         Some(self)
     }
+
+    /// The header plus `max_frame` payload bytes.
+    fn max_frame_input(&self) -> Option<usize> {
+        Some(self.header_len().saturating_add(self.max_frame))
+    }
 }

@@ -140,4 +140,10 @@ impl Decoder for Lines {
     fn encoder(&self) -> Option<&dyn super::Encoder> {
         Some(self)
     }
+
+    /// `max_line` content bytes and the `"\r\n"` terminator: an incomplete line longer than
+    /// that is refused by the decoder itself (`LineTooLong`), never by the server's limit.
+    fn max_frame_input(&self) -> Option<usize> {
+        Some(self.max_line.saturating_add(2))
+    }
 }

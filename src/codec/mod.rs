@@ -127,6 +127,16 @@ pub trait Decoder: Clone + Send + 'static {
     fn encoder(&self) -> Option<&dyn Encoder> {
         None
     }
+
+    /// The most undecoded bytes the longest frame this decoder accepts can need before it
+    /// decodes (header and terminator included), if the decoder has such a bound. A server
+    /// built on it raises its default input limit
+    /// ([`Server::max_buffered_input`](crate::Server::max_buffered_input)) to fit, so that
+    /// every frame the decoder's own limit accepts is taken. Default: `None` (no bound known:
+    /// the server's default limit applies).
+    fn max_frame_input(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Why a decoder rejected a stream. Every variant means: close the connection.

@@ -73,8 +73,7 @@ impl State {
         }
         // The last words of a close go out once every outstanding job has answered.
         if c.phase == Phase::Closing && c.work == 0 && c.has_last_words() {
-            let words = std::mem::take(&mut c.rare_mut().last_words);
-            c.out.extend_from_slice(&words);
+            c.queue_last_words();
         }
         // Layers (TLS) turn the handler's plaintext into wire bytes, and end a graceful close
         // or half-close with their own last bytes (close_notify) once everything is answered.

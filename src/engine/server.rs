@@ -105,12 +105,18 @@ impl Server {
         H: Handler,
         F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
     {
+        // A frame the codec accepts is never refused for its size by the input limit.
+        let max_buffered_input =
+            DEFAULT_MAX_BUFFERED_INPUT.max(codec.max_frame_input().unwrap_or(0));
         let factory: Factory =
             Arc::new(move |info| Box::new(Typed::new(factory(info), codec.clone())));
         Server {
             addr,
             factory,
-            limits: Limits::default(),
+            limits: Limits {
+                max_buffered_input,
+                ..Limits::default()
+            },
         }
     }
 
@@ -139,7 +145,11 @@ impl Server {
     }
 
     /// Received-but-undecoded bytes a connection may hold (a partial frame); beyond it the
-    /// connection closes with a protocol error.
+    /// connection closes with a protocol error. Default: [`DEFAULT_MAX_BUFFERED_INPUT`]
+    /// (8 MiB), or, when the codec's longest frame needs more
+    /// ([`Decoder::max_frame_input`]: a `LengthDelimited` header plus `max_frame`, a `Lines`
+    /// `max_line` plus its terminator), that much, so every frame the codec accepts is taken.
+    /// Setting it below the codec's longest frame refuses the longer frames here.
     pub fn max_buffered_input(mut self, bytes: usize) -> Self {
         self.limits.max_buffered_input = bytes;
         self
@@ -302,4 +312,44 @@ pub(crate) fn check_port_free(addr: SocketAddr) -> io::Result<()> {
             e
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{LengthDelimited, Lines, Raw};
+    use crate::{Conn, Frame};
+
+    struct Nop;
+    impl Handler for Nop {
+        fn on_frame(&mut self, _: &mut Conn<'_>, _: Frame<'_>) {}
+    }
+
+    fn limit<D: Decoder + Sync>(codec: D) -> usize {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Server::new(addr, codec, |_| Nop).limits.max_buffered_input
+    }
+
+    /// The default input limit is 8 MiB, or the codec's longest frame when that is larger: a
+    /// frame the codec accepts is never refused for its size (`--max-frame 16777216` used to
+    /// be capped at 8 MiB). An explicit limit wins either way.
+    #[test]
+    fn the_default_input_limit_follows_the_codecs_longest_frame() {
+        assert_eq!(limit(Raw), DEFAULT_MAX_BUFFERED_INPUT);
+        assert_eq!(limit(LengthDelimited::new()), DEFAULT_MAX_BUFFERED_INPUT);
+        assert_eq!(limit(Lines::new(8192)), DEFAULT_MAX_BUFFERED_INPUT);
+        assert_eq!(
+            limit(LengthDelimited::new().max_frame(16 << 20)),
+            (16 << 20) + 4
+        );
+        let w8 = LengthDelimited::with_layout(8, crate::codec::Endian::Little, false)
+            .unwrap()
+            .max_frame(usize::MAX);
+        assert_eq!(limit(w8), usize::MAX, "saturates, never overflows");
+        assert_eq!(limit(Lines::new(16 << 20)), (16 << 20) + 2);
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let explicit = Server::new(addr, LengthDelimited::new().max_frame(16 << 20), |_| Nop)
+            .max_buffered_input(64 << 10);
+        assert_eq!(explicit.limits.max_buffered_input, 64 << 10);
+    }
 }

@@ -434,8 +434,14 @@ impl State {
                 let Some(e) = self.entry_gen(token, gen) else {
                     return;
                 };
+                let len = data.len();
+                let taken = e.core.takes_handle_writes();
+                if !taken {
+                    // Only a write that raced with the close gets here: handles refuse once
+                    // a close is asked.
+                    debug!(peer = %e.core.info.peer, len, "handle write after the connection's last bytes; dropped");
+                }
                 let old = e.core.take_handle_write(data);
-                let taken = e.core.writable();
                 if let Some(old) = old {
                     self.ctx.bufs.put(old);
                 }
@@ -532,7 +538,9 @@ impl State {
                     let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
                         continue;
                     };
-                    if matches!(e.core.phase, Phase::Open | Phase::Closing) {
+                    // A closing connection's timers were disarmed (`ConnCore::set_phase`).
+                    debug_assert_eq!(e.core.phase, Phase::Open, "a timer fired while closing");
+                    if e.core.phase == Phase::Open {
                         e.app.timer(&mut e.core, &mut self.ctx, token, id);
                         self.ctx.mark_dirty(token, &mut e.core);
                     }

@@ -304,6 +304,11 @@ impl IoThread {
         let stats = st.ctx.stats(listener);
         stats.accepted.add(1);
         if st.shutdown_deadline.is_some() {
+            // Only a connection another IO thread accepted and handed here (IOCP) can arrive
+            // after this thread's drain began (the backends drop what their closed listeners
+            // still held). Counted, so that every accepted connection has a close reason.
+            stats.closed[CloseReason::Shutdown.index()].add(1);
+            debug!(peer = ?stream.peer_addr().ok(), "connection accepted after the drain began; closed");
             return; // dropping the stream closes it
         }
         let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
