@@ -119,6 +119,11 @@ struct Conn {
     recv: bool,
     /// An AsyncCancel aimed at that recv is in the kernel.
     recv_cancel: bool,
+    /// A poll for an error or hang-up (`Kind::ErrPoll`) is in the kernel: armed whenever no
+    /// recv is wanted (paused, or past EOF), so that a reset is still learned.
+    err_poll: bool,
+    /// That poll saw a hang-up without an error (both directions shut): not re-armed.
+    hup_seen: bool,
     send: Option<SendOp>,
     /// Connect in flight: the address the kernel reads from.
     connect: Option<Box<socket2::SockAddr>>,
@@ -140,6 +145,8 @@ impl Conn {
             read_open,
             recv: false,
             recv_cancel: false,
+            err_poll: false,
+            hup_seen: false,
             send: None,
             connect: None,
             cancels: 0,
@@ -159,6 +166,7 @@ impl Conn {
     fn ops_in_flight(&self) -> bool {
         self.recv
             || self.recv_cancel
+            || self.err_poll
             || self.send.is_some()
             || self.connect.is_some()
             || self.cancels > 0
@@ -190,6 +198,7 @@ pub(crate) struct UringBackend {
     recv_mode: tuning::Recv,
     /// Per-connection receive buffers (`RINGPORT_URING_RECV=own`).
     own: ownbuf::OwnBufs,
+
     /// The connection whose own buffer was lent out in the last `Event::Data`; its recv is
     /// re-armed at the next `next()`/`wait()`.
     held_own: Option<Token>,
@@ -241,6 +250,7 @@ impl UringBackend {
             held: None,
             recv_mode: tuning::tuning().recv,
             own: ownbuf::OwnBufs::new(config.recv_buffer_size),
+
             held_own: None,
             wake: Arc::new(EventFd(fd)),
             wake_buf: Box::new(0),
@@ -484,6 +494,8 @@ impl Backend for UringBackend {
             self.arm_recv(token);
         } else {
             self.cancel_recv(token);
+            // A paused connection must still learn of a reset (issue 27).
+            self.arm_err_poll(token);
         }
     }
 

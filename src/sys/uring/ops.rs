@@ -31,9 +31,11 @@ pub(super) enum Kind {
     CancelAll,
     /// A send found the socket full (`-EAGAIN`): wait for POLLOUT, then send the rest.
     SendPoll,
+    /// A connection that is not read (paused, or past EOF) waits for an error or hang-up.
+    ErrPoll,
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind::Wake,
     Kind::Accept,
     Kind::AcceptCancel,
@@ -46,6 +48,7 @@ const KINDS: [Kind; 12] = [
     Kind::Close,
     Kind::CancelAll,
     Kind::SendPoll,
+    Kind::ErrPoll,
 ];
 
 pub(super) fn user_data(kind: Kind, index: usize) -> u64 {
@@ -141,6 +144,31 @@ impl UringBackend {
         self.push(entry);
     }
 
+    /// Arms a one-shot poll for `POLLERR | POLLHUP` on a connection whose recv is not wanted
+    /// (reading paused, or past EOF): the recv would report a peer's reset, but nothing else
+    /// does while it is not armed, so a client that resets while paused would hold its
+    /// descriptor and buffers for ever. Data and the peer's FIN do not complete it (the poll
+    /// asks for neither). Left armed when reading resumes (the recv reports errors then, and
+    /// this CQE is ignored); cancelled with the connection's other ops at close.
+    pub(super) fn arm_err_poll(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        let wanted = c.state == ConnState::Open
+            && c.connect.is_none()
+            && !(c.reading && c.read_open)
+            && !c.err_poll
+            && !c.hup_seen;
+        if !wanted {
+            return;
+        }
+        c.err_poll = true;
+        let (fd, fixed) = c.target();
+        let entry = opcode::PollAdd::new(fd, (libc::POLLERR | libc::POLLHUP) as u32)
+            .build()
+            .flags(fixed)
+            .user_data(user_data(Kind::ErrPoll, token));
+        self.push(entry);
+    }
+
     /// Submits (the rest of) the send held in the connection.
     pub(super) fn submit_send(&mut self, token: Token) {
         let Some(c) = self.conn(token) else { return };
@@ -180,6 +208,7 @@ impl UringBackend {
                 (c.send.as_ref().is_some_and(|o| !o.polling), Kind::Send),
                 (c.send.as_ref().is_some_and(|o| o.polling), Kind::SendPoll),
                 (c.connect.is_some(), Kind::Connect),
+                (c.err_poll, Kind::ErrPoll),
             ];
             for (_, kind) in kinds.iter().filter(|(on, _)| *on) {
                 entries.push(
@@ -251,6 +280,7 @@ impl UringBackend {
             }
             Kind::Send => self.complete_send(index, res),
             Kind::SendPoll => self.complete_send_poll(index),
+            Kind::ErrPoll => self.complete_err_poll(index, res),
             Kind::Connect => self.complete_connect(index, res),
             Kind::CancelFd | Kind::CancelOp => {
                 let c = self.conn(index)?;
@@ -341,13 +371,13 @@ impl UringBackend {
         }
         let open = c.state == ConnState::Open;
         let out = match (res, bid) {
-            (n, Some(bid)) if n > 0 && open => Some(Out::Data {
+            (n, Some(bid)) if n > 0 && open && c.read_open => Some(Out::Data {
                 token,
                 buf: Lent::Ring(bid),
                 len: n as usize,
             }),
             // RINGPORT_URING_RECV=own: the kernel wrote into the connection's own buffer.
-            (n, None) if n > 0 && open && c.own.is_some() => {
+            (n, None) if n > 0 && open && c.read_open && c.own.is_some() => {
                 let len = n as usize;
                 filled(c.own.as_mut()?, len);
                 Some(Out::Data {
@@ -356,7 +386,7 @@ impl UringBackend {
                     len,
                 })
             }
-            (0, _) if open => {
+            (0, _) if open && c.read_open => {
                 c.read_open = false;
                 Some(Out::Event(Event::ReadClosed { token }))
             }
@@ -368,6 +398,7 @@ impl UringBackend {
                 None
             }
             (e, _) if e == -libc::ECANCELED || !open || e >= 0 => None,
+            (_, _) if !c.read_open => None, // already reported (EOF, or the error poll)
             (e, _) => {
                 c.read_open = false;
                 Some(Out::Event(Event::ReadError {
@@ -384,6 +415,7 @@ impl UringBackend {
         let own_lent = matches!(out, Some(Out::Data { buf: Lent::Own, .. }));
         if !more && !own_lent {
             self.arm_recv(token);
+            self.arm_err_poll(token); // past EOF: a reset is still learned
             self.release_own(token);
             self.finish_close(token);
         }
@@ -451,6 +483,34 @@ impl UringBackend {
         None
     }
 
+    /// The error poll of a connection that is not read fired: a reset (or another error) is
+    /// reported as `ReadError`, unless a recv is armed again and reports it itself; a hang-up
+    /// without an error (both directions shut) is not an error and ends the poll.
+    fn complete_err_poll(&mut self, token: Token, res: i32) -> Option<Out> {
+        let c = self.conn(token)?;
+        c.err_poll = false;
+        if c.state != ConnState::Open {
+            self.finish_close(token);
+            return None;
+        }
+        if res < 0 {
+            return None; // cancelled (or the poll itself failed): nothing learned
+        }
+        let mask = res as i16;
+        if c.reading && c.read_open {
+            return None; // reading again: the recv reports the error with the data before it
+        }
+        if mask & libc::POLLERR == 0 {
+            c.hup_seen = true;
+            return None;
+        }
+        let error = take_socket_error(c.fd)
+            .unwrap_or_else(|| io::Error::from(io::ErrorKind::ConnectionReset));
+        c.read_open = false;
+        c.hup_seen = true; // nothing more to learn
+        Some(Out::Event(Event::ReadError { token, error }))
+    }
+
     fn complete_connect(&mut self, token: Token, res: i32) -> Option<Out> {
         let c = self.conn(token)?;
         c.connect = None;
@@ -492,6 +552,23 @@ pub(super) fn reset_and_close(fd: RawFd) {
         libc::shutdown(fd, libc::SHUT_RDWR);
         libc::close(fd);
     }
+}
+
+/// The socket's pending error (`SO_ERROR`, which reading clears), if it has one.
+fn take_socket_error(fd: RawFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live `err`, and `len` back.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
 }
 
 /// `SO_LINGER {on, 0}`: the close that follows sends a reset.

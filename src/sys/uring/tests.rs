@@ -1,5 +1,6 @@
-//! The uring backend's own tests: echo, close and abort, pausing reads, a dry buffer ring,
-//! wake-ups, connects, and shutdown with operations in flight.
+//! The uring backend's own tests: echo, close and abort, pausing reads (and a reset while
+//! paused), a dry buffer ring, wake-ups, connects, and shutdown
+//! with operations in flight.
 
 use super::*;
 use std::io::{Read, Write};
@@ -19,6 +20,7 @@ pub(super) enum Ev {
     Accepted(TcpStream),
     Data(Token, Vec<u8>),
     ReadClosed(Token),
+    ReadError(Token, io::ErrorKind),
     SendDone(Token, usize),
     Connected(Token, Option<io::ErrorKind>),
     Closed(Token),
@@ -30,6 +32,7 @@ pub(super) fn owned(event: Event<'_>) -> Ev {
         Event::Accepted { stream, .. } => Ev::Accepted(stream),
         Event::Data { token, data } => Ev::Data(token, data.to_vec()),
         Event::ReadClosed { token } => Ev::ReadClosed(token),
+        Event::ReadError { token, error } => Ev::ReadError(token, error.kind()),
         Event::SendDone { token, buf } => Ev::SendDone(token, buf.len()),
         Event::Connected { token, result } => Ev::Connected(token, result.err().map(|e| e.kind())),
         Event::Closed { token } => Ev::Closed(token),
@@ -270,6 +273,55 @@ fn pause_and_resume_reading() {
     writer.join().unwrap();
     assert_eq!(&got[..5], b"hello");
     assert!(got[5..] == payload[..], "data reordered or duplicated");
+    b.shutdown(LIMIT);
+    assert_eq!(b.in_flight, 0);
+}
+
+/// Issue 27: a connection whose reading is paused still learns of the peer's reset (the
+/// error poll), with data unread in its socket; nothing else is reported for it. Before the
+/// error poll, nothing was reported at all.
+#[test]
+fn a_paused_connection_learns_of_a_reset() {
+    let Some(mut b) = backend(16, 1024) else {
+        return;
+    };
+    let addr = listen(&mut b);
+    let client = TcpStream::connect(addr).unwrap();
+    accept_as(&mut b, 2);
+    b.set_reading(2, false);
+    let end = Instant::now() + LIMIT;
+    while b.conn(2).is_some_and(|c| c.recv || c.recv_cancel) {
+        assert!(turn(&mut b).is_empty(), "events while pausing");
+        assert!(Instant::now() < end, "cancel never completed");
+    }
+    (&client).write_all(&pattern(2, 8192)).unwrap();
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client); // reset, with 8 KiB unread on our side
+    let events = loop {
+        let events = turn(&mut b);
+        if !events.is_empty() {
+            break events;
+        }
+        assert!(
+            Instant::now() < end,
+            "the reset of a paused connection went unnoticed"
+        );
+    };
+    assert!(
+        matches!(
+            events[..],
+            [Ev::ReadError(2, io::ErrorKind::ConnectionReset)]
+        ),
+        "{events:?}"
+    );
+    b.set_reading(2, true); // the engine would not, but nothing is armed for it any more
+    assert!(turn(&mut b).is_empty());
+    b.close(2, true);
+    while !turn(&mut b).iter().any(|e| matches!(e, Ev::Closed(2))) {
+        assert!(Instant::now() < end, "no Closed");
+    }
     b.shutdown(LIMIT);
     assert_eq!(b.in_flight, 0);
 }
