@@ -79,6 +79,12 @@ mod tuning;
 /// The buffer group id of the (single) provided-buffer ring.
 const BGID: u16 = 0;
 
+/// A multishot recv ends after this many receive buffers' worth of bytes and is re-armed at
+/// the next loop turn: what a connection receives per loop turn is bounded, so a connection
+/// the engine pauses has at most that much more arriving (issue 27; epoll reads one buffer
+/// per turn).
+const RECV_CAP_BUFFERS: usize = 4;
+
 struct Listener {
     /// `None` once `close_listeners` closed it; late accepts are then closed, not delivered.
     socket: Option<TcpListener>,
@@ -198,7 +204,12 @@ pub(crate) struct UringBackend {
     recv_mode: tuning::Recv,
     /// Per-connection receive buffers (`RINGPORT_URING_RECV=own`).
     own: ownbuf::OwnBufs,
-
+    /// Bytes one multishot recv may take before it ends (`None`: the kernel predates the
+    /// limit, 6.16; see `arm_recv`).
+    recv_cap: Option<u32>,
+    /// Connections whose recv ended and is re-armed at the next `wait()` (after the engine's
+    /// flush: a connection paused in the meantime is not re-armed at all).
+    rearm: Vec<Token>,
     /// The connection whose own buffer was lent out in the last `Event::Data`; its recv is
     /// re-armed at the next `next()`/`wait()`.
     held_own: Option<Token>,
@@ -250,7 +261,8 @@ impl UringBackend {
             held: None,
             recv_mode: tuning::tuning().recv,
             own: ownbuf::OwnBufs::new(config.recv_buffer_size),
-
+            recv_cap: u32::try_from(config.recv_buffer_size * RECV_CAP_BUFFERS).ok(),
+            rearm: Vec::new(),
             held_own: None,
             wake: Arc::new(EventFd(fd)),
             wake_buf: Box::new(0),
@@ -542,6 +554,9 @@ impl Backend for UringBackend {
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.recycle_held();
+        for token in std::mem::take(&mut self.rearm) {
+            self.arm_recv(token);
+        }
         self.flush_backlog();
         let ready = !self.pending.is_empty()
             || !self.backlog.is_empty()

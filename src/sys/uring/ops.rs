@@ -110,7 +110,13 @@ impl UringBackend {
         c.recv = true;
         let (fd, fixed) = c.target();
         let entry = match self.recv_mode {
-            Recv::Multishot => opcode::RecvMulti::new(fd, BGID).build(),
+            Recv::Multishot => {
+                let mut entry = opcode::RecvMulti::new(fd, BGID).build();
+                if let Some(cap) = self.recv_cap {
+                    set_recv_limit(&mut entry, cap);
+                }
+                entry
+            }
             Recv::Own => {
                 // Single-shot into the connection's own buffer (kept if it still has one, i.e.
                 // re-armed after its data was consumed). The heap block stays put in `c.own`
@@ -390,8 +396,16 @@ impl UringBackend {
                 c.read_open = false;
                 Some(Out::Event(Event::ReadClosed { token }))
             }
-            // -ENOBUFS: the buffer ring ran dry and the multishot ended; arm_recv re-arms it
-            // below. Buffers come back on every next(), so this cannot spin forever.
+            // A kernel before 6.16 refuses the multishot's byte limit: recv without it.
+            (e, _) if e == -libc::EINVAL && !more && self.recv_cap.is_some() => {
+                self.recv_cap = None;
+                tracing::debug!(
+                    "multishot recv byte limit refused (kernel before 6.16); unlimited"
+                );
+                None
+            }
+            // -ENOBUFS: the buffer ring ran dry and the multishot ended; it is re-armed at the
+            // next wait(). Buffers come back on every next(), so this cannot spin forever.
             (e, _) if e == -libc::ENOBUFS => {
                 #[cfg(test)]
                 super::tests::ENOBUFS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -414,7 +428,11 @@ impl UringBackend {
         }
         let own_lent = matches!(out, Some(Out::Data { buf: Lent::Own, .. }));
         if !more && !own_lent {
-            self.arm_recv(token);
+            // Re-armed at the next wait(), after the engine's flush: a connection paused by
+            // what this turn delivered takes nothing more.
+            if !self.rearm.contains(&token) {
+                self.rearm.push(token);
+            }
             self.arm_err_poll(token); // past EOF: a reset is still learned
             self.release_own(token);
             self.finish_close(token);
@@ -552,6 +570,20 @@ pub(super) fn reset_and_close(fd: RawFd) {
         libc::shutdown(fd, libc::SHUT_RDWR);
         libc::close(fd);
     }
+}
+
+/// Sets a multishot recv's total byte limit (`IORING_RECV_MSHOT_LIM`, Linux 6.16): the SQE's
+/// `optlen` field, shared with `file_index` at byte 44, which the io-uring crate does not set
+/// for `RecvMulti`. Older kernels fail the recv with `-EINVAL` (`complete_recv` then stops
+/// asking).
+fn set_recv_limit(entry: &mut squeue::Entry, bytes: u32) {
+    const OPTLEN: usize = 44;
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    let sqe: *mut u8 = (entry as *mut squeue::Entry).cast();
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`
+    // (size checked above), whose bytes 44..48 are the `optlen` / `file_index` union; the
+    // write is in bounds and unaligned-safe.
+    unsafe { sqe.add(OPTLEN).cast::<u32>().write_unaligned(bytes) };
 }
 
 /// The socket's pending error (`SO_ERROR`, which reading clears), if it has one.
