@@ -544,7 +544,7 @@ impl Backend for UringBackend {
         }
         c.state = ConnState::Closing;
         c.reading = false;
-        if c.recv || c.send.is_some() || c.connect.is_some() {
+        if c.recv || c.err_poll || c.send.is_some() || c.connect.is_some() {
             self.cancel_conn_ops(token);
         }
         self.finish_close(token);

@@ -326,6 +326,48 @@ fn a_paused_connection_learns_of_a_reset() {
     assert_eq!(b.in_flight, 0);
 }
 
+/// Closing a paused connection cancels its error poll: `Closed` comes, the descriptor is
+/// closed (the peer sees EOF) and nothing is left in flight.
+#[test]
+fn closing_a_paused_connection_cancels_its_error_poll() {
+    let Some(mut b) = backend(16, 1024) else {
+        return;
+    };
+    let addr = listen(&mut b);
+    let mut client = TcpStream::connect(addr).unwrap();
+    accept_as(&mut b, 2);
+    b.set_reading(2, false);
+    let end = Instant::now() + LIMIT;
+    while b.conn(2).is_some_and(|c| c.recv || c.recv_cancel) {
+        assert!(turn(&mut b).is_empty(), "events while pausing");
+        assert!(Instant::now() < end, "cancel never completed");
+    }
+    assert!(
+        b.conn(2).is_some_and(|c| c.err_poll),
+        "no error poll while paused"
+    );
+    b.close(2, false);
+    while !turn(&mut b).iter().any(|e| matches!(e, Ev::Closed(2))) {
+        assert!(
+            Instant::now() < end,
+            "a paused connection's close never completed"
+        );
+    }
+    client.set_read_timeout(Some(LIMIT)).unwrap();
+    assert_eq!(
+        client.read(&mut [0u8; 8]).unwrap(),
+        0,
+        "EOF after the close"
+    );
+    let before = b.in_flight;
+    b.shutdown(LIMIT);
+    assert!(
+        before <= 2,
+        "{before} ops in flight after the close (wake, accept)"
+    );
+    assert_eq!(b.in_flight, 0);
+}
+
 /// Issue 27, item 5: one loop turn delivers at most `RECV_CAP_BUFFERS` buffers of one
 /// connection, and a connection paused after a turn receives nothing more (its recv is
 /// re-armed only at the next `wait`, after the engine's flush). Before, the multishot recv
