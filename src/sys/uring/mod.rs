@@ -10,9 +10,11 @@
 //!    provided-buffer ring) is owned by the backend and is not touched until its CQE.
 //! 2. **In flight.** [`Backend::wait`] hands the queue to the kernel and sleeps in the same
 //!    `io_uring_enter` (submit + GETEVENTS + timeout, one syscall per loop turn). Per-token state
-//!    in [`Conn`] records which ops the kernel holds (`recv`, `recv_cancel`, `send`, `connect`,
-//!    `cancels`), so a method never arms a second multishot recv while the first (or a cancel
-//!    aimed at it) is still in the kernel.
+//!    in [`Conn`] records which ops the kernel holds (`recv`, `recv_cancel`, `err_poll`, `send`,
+//!    `connect`, `cancels`), so a method never arms a second multishot recv while the first (or a
+//!    cancel aimed at it) is still in the kernel. A multishot recv takes at most
+//!    `RECV_CAP_BUFFERS` buffers and is re-armed at the next `wait`; a connection that is not
+//!    read keeps a poll for errors armed (`ops.rs`, `arm_recv` and `arm_err_poll`).
 //! 3. **CQE.** [`Backend::next`] pops one CQE, decodes kind and token, updates the per-token
 //!    state and turns it into an [`Event`]. A multishot op (accept, recv) stays in flight while
 //!    its CQEs carry `IORING_CQE_F_MORE`; the first CQE without it ends the op (`in_flight -= 1`)
