@@ -15,7 +15,9 @@
 //!   queued); the other direction keeps flowing. A connection whose both directions are over
 //!   closes by itself.
 //! - **Failure.** An upstream that refuses, times out or resets closes the client connection,
-//!   logged with the reason; a client that goes away closes the upstream.
+//!   logged with the reason; a client that goes away closes the upstream. A reset on either
+//!   side resets the other (whatever was queued for it is dropped), also while that side's
+//!   reading is paused: the backends watch a paused connection for errors.
 //!
 //! ```text
 //! cargo run --release --example echo_server &
@@ -103,9 +105,16 @@ impl Side {
             }
             _ => tracing::warn!(side = self.name, peer = %info.peer, %reason, "proxy side failed"),
         }
-        // Whatever ended this side ends the session: the other side flushes, then closes.
+        // Whatever ended this side ends the session. A reset is passed on as one: the session
+        // is broken, and what is queued for the other side would only wait there (for as long
+        // as the flush-stall limit, if that side does not read). Otherwise the other side
+        // flushes, then closes.
         if let Some(peer) = &self.peer {
-            let _ = peer.close();
+            let _ = if *reason == CloseReason::Reset {
+                peer.abort()
+            } else {
+                peer.close()
+            };
         }
     }
 }

@@ -44,6 +44,8 @@ struct Conn {
     queued: bool,
     /// The peer's FIN (or an error) was reported: read until EOF, a short read proves nothing.
     hup: bool,
+    /// A `ReadError` was reported: nothing more is read or reported from this connection.
+    failed: bool,
     send: Option<(Vec<u8>, usize)>,
     connecting: bool,
 }
@@ -138,6 +140,26 @@ impl EpollBackend {
         }
         let (buf, _) = c.send.take().expect("send pending");
         self.done.push_back(Event::SendDone { token, buf });
+    }
+
+    /// An error (a peer's reset) on a connection that is not being read: paused by flow
+    /// control, or past its EOF. The read path would report it, but nothing reads a paused
+    /// connection, and the error's edge is not reported again: report it now (the bytes still
+    /// unread are lost with the connection), so that a peer that resets while paused is not
+    /// held open for ever. The registration keeps its read interest (EPOLLIN | EPOLLRDHUP;
+    /// EPOLLERR and EPOLLHUP are always reported) while paused, so the edge does arrive.
+    fn error_while_not_reading(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        if c.reading || c.connecting || c.failed {
+            return; // a read (or the connect's completion) reports it
+        }
+        let error = match c.stream.take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => io::ErrorKind::ConnectionReset.into(),
+        };
+        c.failed = true;
+        c.queued = false;
+        self.done.push_back(Event::ReadError { token, error });
     }
 
     fn finish_connect(&mut self, token: Token) {
@@ -278,6 +300,7 @@ impl Backend for EpollBackend {
             readable: false,
             queued: false,
             hup: false,
+            failed: false,
             send: None,
             connecting: false,
         });
@@ -312,6 +335,7 @@ impl Backend for EpollBackend {
                     readable: false,
                     queued: false,
                     hup: false,
+                    failed: true,
                     send: None,
                     connecting: false,
                 });
@@ -325,7 +349,7 @@ impl Backend for EpollBackend {
 
     fn set_reading(&mut self, token: Token, on: bool) {
         if let Some(c) = self.conn(token) {
-            c.reading = on;
+            c.reading = on && !c.failed;
         }
         if on {
             self.queue_read(token);
@@ -383,7 +407,7 @@ impl Backend for EpollBackend {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<(mio::Token, bool, bool, bool)> = self
+        let ready: Vec<(mio::Token, bool, bool, bool, bool)> = self
             .events
             .iter()
             .map(|e| {
@@ -393,10 +417,11 @@ impl Backend for EpollBackend {
                     e.is_readable() || e.is_read_closed() || err,
                     e.is_writable() || e.is_write_closed() || err,
                     e.is_read_closed() || err,
+                    err,
                 )
             })
             .collect();
-        for (token, readable, writable, hup) in ready {
+        for (token, readable, writable, hup, err) in ready {
             if token == WAKER {
                 self.done.push_back(Event::Wake);
             } else if token.0 >= LISTENER_BASE {
@@ -419,6 +444,9 @@ impl Backend for EpollBackend {
                         c.hup |= hup;
                     }
                     self.queue_read(token.0);
+                }
+                if err {
+                    self.error_while_not_reading(token.0);
                 }
             }
         }
@@ -486,6 +514,7 @@ impl Backend for EpollBackend {
                 Err(error) => {
                     c.queued = false;
                     c.reading = false;
+                    c.failed = true;
                     return Some(Event::ReadError { token, error });
                 }
             }

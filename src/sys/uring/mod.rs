@@ -10,9 +10,11 @@
 //!    provided-buffer ring) is owned by the backend and is not touched until its CQE.
 //! 2. **In flight.** [`Backend::wait`] hands the queue to the kernel and sleeps in the same
 //!    `io_uring_enter` (submit + GETEVENTS + timeout, one syscall per loop turn). Per-token state
-//!    in [`Conn`] records which ops the kernel holds (`recv`, `recv_cancel`, `send`, `connect`,
-//!    `cancels`), so a method never arms a second multishot recv while the first (or a cancel
-//!    aimed at it) is still in the kernel.
+//!    in [`Conn`] records which ops the kernel holds (`recv`, `recv_cancel`, `err_poll`, `send`,
+//!    `connect`, `cancels`), so a method never arms a second multishot recv while the first (or a
+//!    cancel aimed at it) is still in the kernel. A multishot recv takes at most
+//!    `RECV_CAP_BUFFERS` buffers and is re-armed at the next `wait`; a connection that is not
+//!    read keeps a poll for errors armed (`ops.rs`, `arm_recv` and `arm_err_poll`).
 //! 3. **CQE.** [`Backend::next`] pops one CQE, decodes kind and token, updates the per-token
 //!    state and turns it into an [`Event`]. A multishot op (accept, recv) stays in flight while
 //!    its CQEs carry `IORING_CQE_F_MORE`; the first CQE without it ends the op (`in_flight -= 1`)
@@ -79,6 +81,12 @@ mod tuning;
 /// The buffer group id of the (single) provided-buffer ring.
 const BGID: u16 = 0;
 
+/// A multishot recv ends after this many receive buffers' worth of bytes and is re-armed at
+/// the next loop turn: what a connection receives per loop turn is bounded, so a connection
+/// the engine pauses has at most that much more arriving (issue 27; epoll reads one buffer
+/// per turn).
+const RECV_CAP_BUFFERS: usize = 4;
+
 struct Listener {
     /// `None` once `close_listeners` closed it; accepts the kernel completed before that are
     /// still delivered (the engine decides: a retired process serves them, a drain closes them).
@@ -120,6 +128,11 @@ struct Conn {
     recv: bool,
     /// An AsyncCancel aimed at that recv is in the kernel.
     recv_cancel: bool,
+    /// A poll for an error or hang-up (`Kind::ErrPoll`) is in the kernel: armed whenever no
+    /// recv is wanted (paused, or past EOF), so that a reset is still learned.
+    err_poll: bool,
+    /// That poll saw a hang-up without an error (both directions shut): not re-armed.
+    hup_seen: bool,
     send: Option<SendOp>,
     /// Connect in flight: the address the kernel reads from.
     connect: Option<Box<socket2::SockAddr>>,
@@ -141,6 +154,8 @@ impl Conn {
             read_open,
             recv: false,
             recv_cancel: false,
+            err_poll: false,
+            hup_seen: false,
             send: None,
             connect: None,
             cancels: 0,
@@ -160,6 +175,7 @@ impl Conn {
     fn ops_in_flight(&self) -> bool {
         self.recv
             || self.recv_cancel
+            || self.err_poll
             || self.send.is_some()
             || self.connect.is_some()
             || self.cancels > 0
@@ -191,6 +207,12 @@ pub(crate) struct UringBackend {
     recv_mode: tuning::Recv,
     /// Per-connection receive buffers (`RINGPORT_URING_RECV=own`).
     own: ownbuf::OwnBufs,
+    /// Bytes one multishot recv may take before it ends (`None`: the kernel predates the
+    /// limit, 6.16; see `arm_recv`).
+    recv_cap: Option<u32>,
+    /// Connections whose recv ended and is re-armed at the next `wait()` (after the engine's
+    /// flush: a connection paused in the meantime is not re-armed at all).
+    rearm: Vec<Token>,
     /// The connection whose own buffer was lent out in the last `Event::Data`; its recv is
     /// re-armed at the next `next()`/`wait()`.
     held_own: Option<Token>,
@@ -242,6 +264,8 @@ impl UringBackend {
             held: None,
             recv_mode: tuning::tuning().recv,
             own: ownbuf::OwnBufs::new(config.recv_buffer_size),
+            recv_cap: u32::try_from(config.recv_buffer_size * RECV_CAP_BUFFERS).ok(),
+            rearm: Vec::new(),
             held_own: None,
             wake: Arc::new(EventFd(fd)),
             wake_buf: Box::new(0),
@@ -485,6 +509,8 @@ impl Backend for UringBackend {
             self.arm_recv(token);
         } else {
             self.cancel_recv(token);
+            // A paused connection must still learn of a reset (issue 27).
+            self.arm_err_poll(token);
         }
     }
 
@@ -521,7 +547,7 @@ impl Backend for UringBackend {
         }
         c.state = ConnState::Closing;
         c.reading = false;
-        if c.recv || c.send.is_some() || c.connect.is_some() {
+        if c.recv || c.err_poll || c.send.is_some() || c.connect.is_some() {
             self.cancel_conn_ops(token);
         }
         self.finish_close(token);
@@ -531,6 +557,9 @@ impl Backend for UringBackend {
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.recycle_held();
+        for token in std::mem::take(&mut self.rearm) {
+            self.arm_recv(token);
+        }
         self.flush_backlog();
         let ready = !self.pending.is_empty()
             || !self.backlog.is_empty()

@@ -31,9 +31,11 @@ pub(super) enum Kind {
     CancelAll,
     /// A send found the socket full (`-EAGAIN`): wait for POLLOUT, then send the rest.
     SendPoll,
+    /// A connection that is not read (paused, or past EOF) waits for an error or hang-up.
+    ErrPoll,
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind::Wake,
     Kind::Accept,
     Kind::AcceptCancel,
@@ -46,6 +48,7 @@ const KINDS: [Kind; 12] = [
     Kind::Close,
     Kind::CancelAll,
     Kind::SendPoll,
+    Kind::ErrPoll,
 ];
 
 pub(super) fn user_data(kind: Kind, index: usize) -> u64 {
@@ -107,7 +110,13 @@ impl UringBackend {
         c.recv = true;
         let (fd, fixed) = c.target();
         let entry = match self.recv_mode {
-            Recv::Multishot => opcode::RecvMulti::new(fd, BGID).build(),
+            Recv::Multishot => {
+                let mut entry = opcode::RecvMulti::new(fd, BGID).build();
+                if let Some(cap) = self.recv_cap {
+                    set_recv_limit(&mut entry, cap);
+                }
+                entry
+            }
             Recv::Own => {
                 // Single-shot into the connection's own buffer (kept if it still has one, i.e.
                 // re-armed after its data was consumed). The heap block stays put in `c.own`
@@ -138,6 +147,31 @@ impl UringBackend {
         let entry = opcode::AsyncCancel::new(user_data(Kind::Recv, token))
             .build()
             .user_data(user_data(Kind::RecvCancel, token));
+        self.push(entry);
+    }
+
+    /// Arms a one-shot poll for `POLLERR | POLLHUP` on a connection whose recv is not wanted
+    /// (reading paused, or past EOF): the recv would report a peer's reset, but nothing else
+    /// does while it is not armed, so a client that resets while paused would hold its
+    /// descriptor and buffers for ever. Data and the peer's FIN do not complete it (the poll
+    /// asks for neither). Left armed when reading resumes (the recv reports errors then, and
+    /// this CQE is ignored); cancelled with the connection's other ops at close.
+    pub(super) fn arm_err_poll(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        let wanted = c.state == ConnState::Open
+            && c.connect.is_none()
+            && !(c.reading && c.read_open)
+            && !c.err_poll
+            && !c.hup_seen;
+        if !wanted {
+            return;
+        }
+        c.err_poll = true;
+        let (fd, fixed) = c.target();
+        let entry = opcode::PollAdd::new(fd, (libc::POLLERR | libc::POLLHUP) as u32)
+            .build()
+            .flags(fixed)
+            .user_data(user_data(Kind::ErrPoll, token));
         self.push(entry);
     }
 
@@ -180,6 +214,7 @@ impl UringBackend {
                 (c.send.as_ref().is_some_and(|o| !o.polling), Kind::Send),
                 (c.send.as_ref().is_some_and(|o| o.polling), Kind::SendPoll),
                 (c.connect.is_some(), Kind::Connect),
+                (c.err_poll, Kind::ErrPoll),
             ];
             for (_, kind) in kinds.iter().filter(|(on, _)| *on) {
                 entries.push(
@@ -251,6 +286,7 @@ impl UringBackend {
             }
             Kind::Send => self.complete_send(index, res),
             Kind::SendPoll => self.complete_send_poll(index),
+            Kind::ErrPoll => self.complete_err_poll(index, res),
             Kind::Connect => self.complete_connect(index, res),
             Kind::CancelFd | Kind::CancelOp => {
                 let c = self.conn(index)?;
@@ -339,13 +375,13 @@ impl UringBackend {
         }
         let open = c.state == ConnState::Open;
         let out = match (res, bid) {
-            (n, Some(bid)) if n > 0 && open => Some(Out::Data {
+            (n, Some(bid)) if n > 0 && open && c.read_open => Some(Out::Data {
                 token,
                 buf: Lent::Ring(bid),
                 len: n as usize,
             }),
             // RINGPORT_URING_RECV=own: the kernel wrote into the connection's own buffer.
-            (n, None) if n > 0 && open && c.own.is_some() => {
+            (n, None) if n > 0 && open && c.read_open && c.own.is_some() => {
                 let len = n as usize;
                 filled(c.own.as_mut()?, len);
                 Some(Out::Data {
@@ -354,18 +390,27 @@ impl UringBackend {
                     len,
                 })
             }
-            (0, _) if open => {
+            (0, _) if open && c.read_open => {
                 c.read_open = false;
                 Some(Out::Event(Event::ReadClosed { token }))
             }
-            // -ENOBUFS: the buffer ring ran dry and the multishot ended; arm_recv re-arms it
-            // below. Buffers come back on every next(), so this cannot spin forever.
+            // A kernel before 6.16 refuses the multishot's byte limit: recv without it.
+            (e, _) if e == -libc::EINVAL && !more && self.recv_cap.is_some() => {
+                self.recv_cap = None;
+                tracing::debug!(
+                    "multishot recv byte limit refused (kernel before 6.16); unlimited"
+                );
+                None
+            }
+            // -ENOBUFS: the buffer ring ran dry and the multishot ended; it is re-armed at the
+            // next wait(). Buffers come back on every next(), so this cannot spin forever.
             (e, _) if e == -libc::ENOBUFS => {
                 #[cfg(test)]
                 super::tests::ENOBUFS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 None
             }
             (e, _) if e == -libc::ECANCELED || !open || e >= 0 => None,
+            (_, _) if !c.read_open => None, // already reported (EOF, or the error poll)
             (e, _) => {
                 c.read_open = false;
                 Some(Out::Event(Event::ReadError {
@@ -381,7 +426,12 @@ impl UringBackend {
         }
         let own_lent = matches!(out, Some(Out::Data { buf: Lent::Own, .. }));
         if !more && !own_lent {
-            self.arm_recv(token);
+            // Re-armed at the next wait(), after the engine's flush: a connection paused by
+            // what this turn delivered takes nothing more.
+            if !self.rearm.contains(&token) {
+                self.rearm.push(token);
+            }
+            self.arm_err_poll(token); // past EOF: a reset is still learned
             self.release_own(token);
             self.finish_close(token);
         }
@@ -449,6 +499,34 @@ impl UringBackend {
         None
     }
 
+    /// The error poll of a connection that is not read fired: a reset (or another error) is
+    /// reported as `ReadError`, unless a recv is armed again and reports it itself; a hang-up
+    /// without an error (both directions shut) is not an error and ends the poll.
+    fn complete_err_poll(&mut self, token: Token, res: i32) -> Option<Out> {
+        let c = self.conn(token)?;
+        c.err_poll = false;
+        if c.state != ConnState::Open {
+            self.finish_close(token);
+            return None;
+        }
+        if res < 0 {
+            return None; // cancelled (or the poll itself failed): nothing learned
+        }
+        let mask = res as i16;
+        if c.reading && c.read_open {
+            return None; // reading again: the recv reports the error with the data before it
+        }
+        if mask & libc::POLLERR == 0 {
+            c.hup_seen = true;
+            return None;
+        }
+        let error = take_socket_error(c.fd)
+            .unwrap_or_else(|| io::Error::from(io::ErrorKind::ConnectionReset));
+        c.read_open = false;
+        c.hup_seen = true; // nothing more to learn
+        Some(Out::Event(Event::ReadError { token, error }))
+    }
+
     fn complete_connect(&mut self, token: Token, res: i32) -> Option<Out> {
         let c = self.conn(token)?;
         c.connect = None;
@@ -490,6 +568,37 @@ pub(super) fn reset_and_close(fd: RawFd) {
         libc::shutdown(fd, libc::SHUT_RDWR);
         libc::close(fd);
     }
+}
+
+/// Sets a multishot recv's total byte limit (`IORING_RECV_MSHOT_LIM`, Linux 6.16): the SQE's
+/// `optlen` field, shared with `file_index` at byte 44, which the io-uring crate does not set
+/// for `RecvMulti`. Older kernels fail the recv with `-EINVAL` (`complete_recv` then stops
+/// asking).
+fn set_recv_limit(entry: &mut squeue::Entry, bytes: u32) {
+    const OPTLEN: usize = 44;
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    let sqe: *mut u8 = (entry as *mut squeue::Entry).cast();
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`
+    // (size checked above), whose bytes 44..48 are the `optlen` / `file_index` union; the
+    // write is in bounds and unaligned-safe.
+    unsafe { sqe.add(OPTLEN).cast::<u32>().write_unaligned(bytes) };
+}
+
+/// The socket's pending error (`SO_ERROR`, which reading clears), if it has one.
+fn take_socket_error(fd: RawFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live `err`, and `len` back.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
 }
 
 /// `SO_LINGER {on, 0}`: the close that follows sends a reset.
