@@ -14,6 +14,8 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
+use tracing::debug;
+
 use super::{Input, Layer};
 use crate::info::{CloseReason, ConnInfo, TlsInfo};
 
@@ -22,12 +24,20 @@ const CHUNK: usize = 16 << 10;
 
 pub(crate) struct TlsLayer {
     conn: Connection,
+    /// The peer's close_notify is in: EOF for the layers above, and what follows is ignored.
+    peer_closed: bool,
+    /// Bytes received after the peer's close_notify, ignored.
+    discarded: u64,
 }
 
 impl TlsLayer {
     pub(crate) fn server(config: &Arc<ServerConfig>) -> Result<TlsLayer, String> {
         let conn = ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
-        Ok(TlsLayer { conn: conn.into() })
+        Ok(TlsLayer {
+            conn: conn.into(),
+            peer_closed: false,
+            discarded: 0,
+        })
     }
 
     pub(crate) fn client(
@@ -35,7 +45,11 @@ impl TlsLayer {
         name: ServerName<'static>,
     ) -> Result<TlsLayer, String> {
         let conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-        Ok(TlsLayer { conn: conn.into() })
+        Ok(TlsLayer {
+            conn: conn.into(),
+            peer_closed: false,
+            discarded: 0,
+        })
     }
 
     /// Moves every TLS byte rustls has ready into `down`.
@@ -46,6 +60,19 @@ impl TlsLayer {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+impl TlsLayer {
+    /// Ignores `n` bytes that came after the peer's close_notify (logged; the connection goes
+    /// on to its end as after any EOF).
+    fn discard(&mut self, n: usize) {
+        self.discarded += n as u64;
+        debug!(
+            bytes = n,
+            total = self.discarded,
+            "TLS: ignoring bytes received after close_notify"
+        );
     }
 }
 
@@ -68,9 +95,19 @@ impl Layer for TlsLayer {
         let mut rest = data;
         let mut input = Input::default();
         while !rest.is_empty() {
-            if let Err(e) = self.conn.read_tls(&mut rest) {
-                return Err(tls_error(e));
+            if self.peer_closed {
+                // After close_notify rustls reads nothing more (`read_tls` answers `Ok(0)`):
+                // what follows is ignored (RFC 8446, 6.1), never looped on.
+                self.discard(rest.len());
+                break;
             }
+            let before = rest.len();
+            let read = match self.conn.read_tls(&mut rest) {
+                Ok(n) => n,
+                Err(e) => return Err(tls_error(e)),
+            };
+            // Progress: every turn consumes bytes (or leaves: a read of nothing ends the loop).
+            debug_assert_eq!(before - rest.len(), read, "read_tls consumed what it said");
             match self.conn.process_new_packets() {
                 Ok(state) => {
                     let n = state.plaintext_bytes_to_read();
@@ -82,15 +119,21 @@ impl Layer for TlsLayer {
                             return Err(tls_error(e));
                         }
                     }
-                    input.eof |= state.peer_has_closed();
+                    self.peer_closed |= state.peer_has_closed();
                 }
                 Err(e) => {
                     self.drain(down); // the alert that tells the peer why
                     return Err(tls_error(e));
                 }
             }
+            if read == 0 && !self.peer_closed {
+                // rustls took nothing and the stream is not over: a state it should not reach
+                // (its buffers are emptied every turn). Refuse rather than spin.
+                return Err(tls_error("the TLS layer accepted no more input"));
+            }
         }
         self.drain(down); // handshake messages, key updates
+        input.eof = self.peer_closed;
         Ok(input)
     }
 
