@@ -184,6 +184,12 @@ impl Stack {
         self.layers.iter().all(|l| l.ready())
     }
 
+    /// Whether the graceful close's last bytes were produced (or the stack failed): nothing
+    /// more goes out through it.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed || self.failed
+    }
+
     /// Adds the facts of the ready layers, bottom up (a layer above one not ready knows
     /// nothing yet).
     pub(crate) fn describe(&self, info: &mut ConnInfo) {
