@@ -12,6 +12,8 @@
 //! a [`CloseReason`] of its own. The engine knows a [`Stack`] of layers, not TLS by name: a layer
 //! for the PROXY protocol header sits below TLS without the engine changing.
 
+#[cfg(all(feature = "tls", any(test, feature = "fuzzing")))]
+pub mod fuzzing;
 pub(crate) mod proxy;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;

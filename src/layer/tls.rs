@@ -28,6 +28,10 @@ pub(crate) struct TlsLayer {
     peer_closed: bool,
     /// Bytes received after the peer's close_notify, ignored.
     discarded: u64,
+    /// Our close_notify is queued (see [`TlsLayer::process`]).
+    sent_close: bool,
+    /// rustls panicked (see [`TlsLayer::process`]): the connection is not touched again.
+    poisoned: bool,
 }
 
 impl TlsLayer {
@@ -37,6 +41,8 @@ impl TlsLayer {
             conn: conn.into(),
             peer_closed: false,
             discarded: 0,
+            sent_close: false,
+            poisoned: false,
         })
     }
 
@@ -49,6 +55,8 @@ impl TlsLayer {
             conn: conn.into(),
             peer_closed: false,
             discarded: 0,
+            sent_close: false,
+            poisoned: false,
         })
     }
 
@@ -64,6 +72,27 @@ impl TlsLayer {
 }
 
 impl TlsLayer {
+    /// `process_new_packets`, which after our close_notify may panic in a debug build: rustls
+    /// (0.23) debug-asserts that no fatal alert follows a close_notify it sent, and bad input
+    /// read after ours makes it send one (rustls issue 959). A release build returns the error.
+    /// Caught here, the panic ends only its connection, as the error would (`tls-error`).
+    fn process(&mut self) -> Result<rustls::IoState, rustls::Error> {
+        if !self.sent_close {
+            return self.conn.process_new_packets();
+        }
+        let conn = &mut self.conn;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.process_new_packets()))
+        {
+            Ok(r) => r,
+            Err(_) => {
+                self.poisoned = true;
+                Err(rustls::Error::General(
+                    "bad record after our close_notify".into(),
+                ))
+            }
+        }
+    }
+
     /// Ignores `n` bytes that came after the peer's close_notify (logged; the connection goes
     /// on to its end as after any EOF).
     fn discard(&mut self, n: usize) {
@@ -108,7 +137,7 @@ impl Layer for TlsLayer {
             };
             // Progress: every turn consumes bytes (or leaves: a read of nothing ends the loop).
             debug_assert_eq!(before - rest.len(), read, "read_tls consumed what it said");
-            match self.conn.process_new_packets() {
+            match self.process() {
                 Ok(state) => {
                     let n = state.plaintext_bytes_to_read();
                     if n > 0 {
@@ -122,7 +151,9 @@ impl Layer for TlsLayer {
                     self.peer_closed |= state.peer_has_closed();
                 }
                 Err(e) => {
-                    self.drain(down); // the alert that tells the peer why
+                    if !self.poisoned {
+                        self.drain(down); // the alert that tells the peer why
+                    }
                     return Err(tls_error(e));
                 }
             }
@@ -146,6 +177,7 @@ impl Layer for TlsLayer {
     }
 
     fn close(&mut self, down: &mut Vec<u8>) {
+        self.sent_close = true;
         self.conn.send_close_notify();
         self.drain(down);
     }
@@ -188,3 +220,7 @@ impl Layer for TlsLayer {
         CloseReason::TlsError("EOF during the handshake".into())
     }
 }
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
