@@ -11,5 +11,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // After libFuzzer's own panic hook (which aborts): the one rustls panic the TLS layer
+    // catches (a debug assertion, rustls issue 959) may unwind to it; any other still aborts.
+    ringport::fuzzing::allow_caught_rustls_assertion();
     let _ = ringport::fuzzing::layers(data);
 });

@@ -81,8 +81,11 @@ impl TlsLayer {
             return self.conn.process_new_packets();
         }
         let conn = &mut self.conn;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.process_new_packets()))
-        {
+        CATCHING.set(true);
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.process_new_packets()));
+        CATCHING.set(false);
+        match r {
             Ok(r) => r,
             Err(_) => {
                 self.poisoned = true;
@@ -103,6 +106,17 @@ impl TlsLayer {
             "TLS: ignoring bytes received after close_notify"
         );
     }
+}
+
+thread_local! {
+    /// Inside [`TlsLayer::process`]'s `catch_unwind` (for the fuzz target's panic hook).
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside the TLS layer's `catch_unwind` around rustls.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn catching() -> bool {
+    CATCHING.get()
 }
 
 fn tls_error(e: impl std::fmt::Display) -> CloseReason {
