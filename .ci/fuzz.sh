@@ -31,7 +31,16 @@ cargo +nightly fuzz build
 for t in $targets; do
     if [ "$secs" -gt 0 ]; then
         echo "fuzz: running $t for ${secs}s"
-        cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=4096 -print_final_stats=1
+        # A target's seed inputs (fuzz/seeds/<target>, committed) join its working corpus
+        # (fuzz/corpus/<target>, where new inputs go). One input running 10 s is a hang: a
+        # failure (the layer stack's input loop once went round forever).
+        corpus=()
+        if [ -d "fuzz/seeds/$t" ]; then
+            mkdir -p "fuzz/corpus/$t"
+            corpus=("fuzz/corpus/$t" "fuzz/seeds/$t")
+        fi
+        cargo +nightly fuzz run "$t" ${corpus[@]+"${corpus[@]}"} -- -max_total_time="$secs" -timeout=10 \
+            -rss_limit_mb=4096 -print_final_stats=1
     fi
 done
 echo "fuzz: ok ($(echo "$targets" | wc -w) target(s), ${secs}s each)"

@@ -84,6 +84,10 @@ pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};
 pub use handler::{ConnectOptions, Frame, Handler};
 pub use info::{CloseReason, ConnInfo, ProxyInfo, ProxyVersion, TlsInfo};
+/// The layer stack under a fuzzer (`fuzz/fuzz_targets/layers.rs`); not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use layer::fuzzing;
 pub use layer::{ProxyProtocol, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROXY_HEADER_TIMEOUT};
 pub use metrics::Metrics;
 /// rustls, re-exported: the version ringport's TLS options take.

@@ -14,8 +14,8 @@ use std::time::Duration;
 use ringport::codec::Raw;
 use ringport::rustls::{self, pki_types};
 use ringport::{
-    BackendKind, CloseReason, Conn, ConnInfo, ConnectOptions, Frame, Handler, RunningEngine,
-    Server, ServerHandle,
+    BackendKind, CloseReason, Conn, ConnInfo, ConnectOptions, ConnectionHandle, Frame, Handler,
+    RunningEngine, Server, ServerHandle,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -367,7 +367,96 @@ fn ringport_tls_client_to_ringport_tls_server(kind: BackendKind) {
     t.stop();
 }
 
+/// On "go": queues a large reply, half-closes (`shutdown_write`), and passes a handle out, so
+/// that a write through it comes while the reply is still being sent.
+struct ReplyThenHalfClose {
+    big: Arc<Vec<u8>>,
+    handles: mpsc::Sender<ConnectionHandle>,
+}
+impl Handler for ReplyThenHalfClose {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        if frame.raw().ends_with(b"go") {
+            conn.write(&self.big);
+            conn.shutdown_write();
+            let _ = self.handles.send(conn.handle());
+        }
+    }
+}
+
+/// A handle write that comes after `shutdown_write` was asked, while the reply before it is
+/// still in flight: on plaintext it goes out before the FIN; over TLS it must too (or be
+/// refused with `Closed`), never be taken and dropped. Before the fix the close_notify was
+/// queued as soon as the reply was encrypted, and the write, accepted (`Ok`), vanished.
+/// (Then, as on plaintext after the FIN, the handles answer `Closed`.)
+fn late_handle_write_after_half_close(kind: BackendKind) {
+    let p = pki();
+    for tls in [false, true] {
+        let Some(mut engine) = support::engine(kind, 1) else {
+            return;
+        };
+        let big = Arc::new(vec![b'r'; 8 << 20]); // more than the socket buffers hold
+        let (htx, handles) = mpsc::channel();
+        let (big2, htx) = (big.clone(), Mutex::new(htx));
+        let mut server = Server::new("127.0.0.1:0".parse().unwrap(), Raw, move |_| {
+            ReplyThenHalfClose {
+                big: big2.clone(),
+                handles: htx.lock().unwrap().clone(),
+            }
+        })
+        .write_watermarks(32 << 20, 64 << 20); // the late write is not refused as `Full`
+        if tls {
+            server = server.tls(p.server_config(false));
+        }
+        let server = engine.add_server(server).unwrap();
+        let running = engine.start().unwrap();
+        let sock = support::net::connect_small_rcvbuf(server.local_addr(), 64 << 10);
+        sock.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut client: Box<dyn ReadWrite> = if tls {
+            let name = pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(p.client_config(false, false), name).unwrap();
+            Box::new(rustls::StreamOwned::new(conn, sock))
+        } else {
+            Box::new(sock)
+        };
+        client.write_all(b"go").unwrap();
+        client.flush().unwrap();
+        let handle = handles.recv_timeout(LIMIT).expect("the handler's handle");
+        // The first bytes of the reply: the turn that queued it (and, before the fix, the
+        // close_notify after it) is over; the rest waits for the client to read.
+        let mut got = vec![0u8; 64 << 10];
+        client.read_exact(&mut got).unwrap();
+        let late = handle.write(&b"late"[..]);
+        client
+            .read_to_end(&mut got)
+            .expect("the whole reply, then a clean end (close_notify / FIN)");
+        let want = big.len() + if late.is_ok() { 4 } else { 0 };
+        println!(
+            "{kind:?} tls={tls}: late write {late:?}, {} of {want} bytes",
+            got.len()
+        );
+        assert_eq!(got.len(), want, "tls={tls}: late write {late:?}");
+        assert!(got.starts_with(&big), "tls={tls}: the reply first");
+        assert!(
+            late.is_ok() == got.ends_with(b"late"),
+            "tls={tls}: late write {late:?} and the bytes agree"
+        );
+        // After the FIN, writes are refused.
+        assert_eq!(
+            handle.write(&b"after"[..]),
+            Err(ringport::HandleError::Closed),
+            "tls={tls}"
+        );
+        drop(client);
+        running.shutdown_handle().shutdown();
+        running.join();
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 on_every_backend!(
+    late_handle_write_after_half_close,
     echo_sni_alpn_and_close_notify,
     client_certificates_accepted_and_refused,
     bad_input_costs_only_its_connection,

@@ -79,20 +79,35 @@ impl State {
         // or half-close with their own last bytes (close_notify) once everything is answered.
         if let Some(stack) = c.layers.as_mut() {
             if c.opened && !c.out.is_empty() {
-                if c.wire.capacity() == 0 {
-                    c.wire = self.ctx.bufs.get();
-                }
-                let r = stack.output(&c.out, &mut c.wire);
-                c.out.clear();
-                if let Err(reason) = r {
-                    c.force_close(reason);
+                if stack.is_closed() {
+                    // Written after close_notify was queued: on plaintext the same write would
+                    // come after the FIN. Dropped alike (the handles already answer `Closed`).
+                    debug!(peer = %c.info.peer, bytes = c.out.len(), "write after the layers closed (close_notify, or a failure) dropped");
+                    c.out.clear();
+                } else {
+                    if c.wire.capacity() == 0 {
+                        c.wire = self.ctx.bufs.get();
+                    }
+                    let r = stack.output(&c.out, &mut c.wire);
+                    c.out.clear();
+                    if let Err(reason) = r {
+                        c.force_close(reason);
+                    }
                 }
             }
         }
+        // close_notify goes where plaintext's FIN would: once the stack is established (a FIN
+        // mid-handshake ends an outgoing connection's handshake) and nothing queued or in
+        // flight is left, so that a write taken before it is never dropped. From then on the
+        // handles answer `Closed`, as after a plaintext FIN.
         let ending = c.phase == Phase::Closing || c.shut_write_pending;
-        if ending && c.opened && c.work == 0 && c.out.is_empty() && !c.has_last_words() {
+        let idle = !c.sending && c.out.is_empty() && c.wire.is_empty();
+        if ending && c.opened && idle && c.work == 0 && !c.has_last_words() {
             if let Some(stack) = c.layers.as_mut() {
-                stack.close(&mut c.wire); // once; nothing after a failure
+                if !stack.is_closed() {
+                    stack.close(&mut c.wire); // once; nothing after a failure
+                    c.kill_handles();
+                }
             }
         }
         // One send in flight per connection; everything queued meanwhile goes in the next.
@@ -113,8 +128,10 @@ impl State {
             && c.wire.is_empty()
             && c.work == 0
             && !c.has_last_words();
-        // Half-close: FIN after everything queued (and answered) is sent; reading goes on.
-        if c.shut_write_pending && c.phase == Phase::Open && drained {
+        // Half-close: FIN after everything queued (and answered) is sent, and with layers only
+        // once they are established (their close_notify went first); reading goes on.
+        let established = c.opened || c.layers.is_none();
+        if c.shut_write_pending && c.phase == Phase::Open && drained && established {
             c.shut_write_pending = false;
             c.write_shut = true;
             c.kill_handles();

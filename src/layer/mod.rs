@@ -12,6 +12,8 @@
 //! a [`CloseReason`] of its own. The engine knows a [`Stack`] of layers, not TLS by name: a layer
 //! for the PROXY protocol header sits below TLS without the engine changing.
 
+#[cfg(all(feature = "tls", any(test, feature = "fuzzing")))]
+pub mod fuzzing;
 pub(crate) mod proxy;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
@@ -182,6 +184,12 @@ impl Stack {
 
     pub(crate) fn ready(&self) -> bool {
         self.layers.iter().all(|l| l.ready())
+    }
+
+    /// Whether the graceful close's last bytes were produced (or the stack failed): nothing
+    /// more goes out through it.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed || self.failed
     }
 
     /// Adds the facts of the ready layers, bottom up (a layer above one not ready knows

@@ -243,7 +243,12 @@ impl Layer for ProxyLayer {
                 // rather than hold more.
                 return Err(refused("oversized"));
             }
-            Verdict::Wait => return Ok(Input::default()),
+            Verdict::Wait => {
+                // Progress without a loop: every byte given is held (and held bytes are
+                // bounded), or the header is decided.
+                debug_assert!(take == data.len() && self.held.len() <= MAX_V2_HEADER);
+                return Ok(Input::default());
+            }
             Verdict::Header(len, info) => (len, info),
             Verdict::None => (0, None),
         };

@@ -1,0 +1,77 @@
+use rustls::pki_types::ServerName;
+
+use super::TlsLayer;
+use crate::info::CloseReason;
+use crate::layer::fuzzing::tls_configs;
+use crate::layer::Layer;
+
+/// A client and a server layer, handshake done.
+fn established() -> (TlsLayer, TlsLayer) {
+    let (server_config, client_config) = tls_configs();
+    let mut server = TlsLayer::server(&server_config).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = TlsLayer::client(&client_config, name).unwrap();
+    let (mut c2s, mut s2c) = (Vec::new(), Vec::new());
+    client.start(&mut c2s).unwrap();
+    for _ in 0..8 {
+        let mut up = Vec::new();
+        server
+            .input(&std::mem::take(&mut c2s), &mut up, &mut s2c)
+            .unwrap();
+        client
+            .input(&std::mem::take(&mut s2c), &mut up, &mut c2s)
+            .unwrap();
+        assert!(up.is_empty());
+    }
+    assert!(server.ready() && client.ready());
+    (server, client)
+}
+
+/// close_notify and 16 KiB after it in one call (issue 20's attack): the call returns, says
+/// EOF, and ignores what follows; so does every later call.
+#[test]
+fn bytes_after_close_notify_are_ignored() {
+    let (mut server, mut client) = established();
+    let mut wire = Vec::new();
+    client.output(b"last words", &mut wire).unwrap();
+    client.close(&mut wire);
+    wire.resize(wire.len() + (16 << 10), b'x');
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let input = server.input(&wire, &mut up, &mut down).unwrap();
+    assert!(input.eof);
+    assert_eq!(up, b"last words");
+    assert!(server.discarded > 0 && server.discarded <= 16 << 10);
+    let before = server.discarded;
+    let input = server.input(&[b'y'; 100], &mut up, &mut down).unwrap();
+    assert!(input.eof);
+    assert_eq!(server.discarded, before + 100);
+    assert_eq!(up, b"last words", "nothing more comes up");
+    // Our side may still send (a half-close), then end.
+    let mut back = Vec::new();
+    server.output(b"reply", &mut back).unwrap();
+    server.close(&mut back);
+    let mut got = Vec::new();
+    let input = client.input(&back, &mut got, &mut Vec::new()).unwrap();
+    assert!(input.eof);
+    assert_eq!(got, b"reply");
+}
+
+/// Bad input after our own close_notify is a TLS error for the connection, never a panic out
+/// of the layer (rustls debug-asserts there; see `TlsLayer::process`).
+#[test]
+fn bad_record_after_our_close_notify_is_an_error() {
+    let (mut server, _client) = established();
+    server.close(&mut Vec::new());
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    record.extend_from_slice(&[0xab; 0x20]);
+    let r = server.input(&record, &mut Vec::new(), &mut Vec::new());
+    assert!(matches!(r, Err(CloseReason::TlsError(_))), "{r:?}");
+}
+
+/// Garbage instead of a record header (content type 0x78): an error, at once.
+#[test]
+fn garbage_is_an_error() {
+    let (mut server, _client) = established();
+    let r = server.input(&[b'x'; 64], &mut Vec::new(), &mut Vec::new());
+    assert!(matches!(r, Err(CloseReason::TlsError(_))), "{r:?}");
+}
