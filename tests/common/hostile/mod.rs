@@ -1,0 +1,898 @@
+//! The hostile-peer suite's harness: one table row (`Case`: listener kind × stage × attack) is
+//! run by one checker, [`run`], which always checks the same four things while the attack goes
+//! on:
+//!
+//! 1. **CPU bounded**: the server's CPU time (`Server::cpu_time`, user + system, every thread)
+//!    over the attack window stays under the row's share of one core (default 0.5); an active
+//!    attack (trickle, flood) is then stopped and the server must fall quiet (under 0.3 core
+//!    over 500 ms, within 3 s) while the attackers' connections stay open. The run-queue demand of the server's threads
+//!    (`/proc/<pid>/task/*/schedstat`: on-CPU plus waiting-to-run, which a spinning thread
+//!    fills whatever the machine's load) is printed beside it.
+//! 2. **Neighbours served**: a neighbour connection opened before the attack (on the same IO
+//!    thread: every server runs `--io-threads 1`) gets a round trip every 250 ms during the
+//!    window, each within the row's latency bound (default 2 s); a fresh connection is served
+//!    at the end of the window.
+//! 3. **Memory bounded**: RSS growth from before the attack to the end of the window stays under
+//!    the row's bound (default 64 MiB).
+//! 4. **Shutdown prompt**: SIGTERM, with the attackers still connected, ends the process with
+//!    status 0 within the drain time (`--drain-timeout 1`) plus a second.
+//!
+//! A row can add one more: `fds_settle` (after the attack's own resets, the server's descriptor
+//! count comes back to its count before the attack). Every figure is printed; every failed
+//! check is collected and reported together, after the SIGTERM check has run.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ringport::rustls::{self, pki_types};
+
+use super::tls::{rustls_connect, Pki, RustlsStream};
+use super::{connect, deploy, reset_close, Backend, Rng, Server, ServerBuilder};
+
+/// How long the attack is measured (the neighbour probed, the CPU counted).
+pub const WINDOW: Duration = Duration::from_millis(1500);
+/// After an active attack stops: the length of one quiet sample...
+pub const QUIET: Duration = Duration::from_millis(500);
+/// ... and how long the server has to give one (working off input already buffered).
+pub const QUIET_WITHIN: Duration = Duration::from_secs(3);
+/// The CPU share (of one core) the server may use while quiet.
+pub const QUIET_CORE: f64 = 0.3;
+/// Every server's `--drain-timeout`, in seconds.
+pub const DRAIN_SECS: u64 = 1;
+/// The PROXY v1 header the PROXY-port clients send.
+pub const PROXY_HEADER: &[u8] = b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 5001\r\n";
+/// A TLS alert record, close_notify, in plaintext (what a client sends before encryption).
+pub const PLAIN_CLOSE_NOTIFY: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00];
+
+/// The kinds of listener the suite attacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `echo_server`, plaintext.
+    Echo,
+    /// `line_server`.
+    Line,
+    /// `packet_echo_server` (4-byte big-endian length).
+    Packet,
+    /// `echo_server --tls-cert --tls-key`.
+    Tls,
+    /// `echo_server --proxy-protocol required`.
+    Proxy,
+    /// `echo_server --metrics`: the attackers and the neighbour talk to the metrics port.
+    Metrics,
+    /// `resp_server --max-bulk 1048576`.
+    Resp,
+    /// `line_server_pooled`.
+    Pooled,
+    /// `chat_server`.
+    Chat,
+    /// `tcp_proxy` in front of the test's own upstream ([`Upstream`]).
+    TcpProxy,
+    /// `tcp_proxy` whose upstream refuses every connection.
+    TcpProxyRefused,
+}
+
+/// The stage of a connection an attack works at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Before (and during) the PROXY header.
+    ProxyHeader,
+    /// Before (and during) the TLS handshake.
+    Handshake,
+    /// Connected (header sent, handshake done), before the first request.
+    FirstFrame,
+    /// Half of a request sent.
+    MidFrame,
+    /// `tcp_proxy`: while the upstream connection is being made.
+    UpstreamConnect,
+}
+
+/// How an attacker ends its part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// `shutdown(Write)`, the socket then held open, never read.
+    Fin,
+    /// SO_LINGER 0 and close.
+    Rst,
+    /// A TLS close_notify (plaintext alert before the handshake), the socket then held open.
+    CloseNotify,
+}
+
+/// What the attackers do.
+#[derive(Clone, Debug)]
+pub enum Attack {
+    /// `conns` connections, each sending the stage's bytes one byte per `every`, all window long.
+    Trickle { conns: usize, every: Duration },
+    /// `conns` connections reach the stage and then send nothing more.
+    HalfOpen { conns: usize },
+    /// `conns` connections reach the stage, send `tail` more bytes (requests after the stage;
+    /// random bytes after a close_notify, in the same send), and end with `how`.
+    Close { how: How, conns: usize, tail: usize },
+    /// `conns` connections send `len` random bytes at the stage.
+    Garbage { conns: usize, len: usize },
+    /// `conns` connections send the kind's oversize input ([`Target::oversize`]).
+    Oversize { conns: usize },
+    /// `conns` connections each send `bytes` of requests with large replies
+    /// ([`Target::big_frame`]) and never read a reply.
+    NeverRead { conns: usize, bytes: usize },
+    /// RESP: `SET k` to `value` bytes, then a client that never reads sends `MGET k k ... k`.
+    MgetAmplify { value: usize, keys: usize },
+    /// Chat: `readers` members read steadily (none may be disconnected) while `senders` send
+    /// lines as fast as they can.
+    FanOut { readers: usize, senders: usize },
+    /// `conns` connections pipeline `count` copies of `line` (a whole batch per write); with
+    /// `continuous`, batch after batch all window long; with `read`, replies are read and
+    /// dropped (else never read).
+    Pipeline {
+        conns: usize,
+        line: &'static str,
+        count: usize,
+        continuous: bool,
+        read: bool,
+    },
+    /// tcp_proxy: `conns` clients whose upstream never reads flood for `flood`, then reset.
+    ResetWhilePaused { conns: usize, flood: Duration },
+}
+
+/// One row of the table.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub kind: Kind,
+    pub stage: Stage,
+    pub attack: Attack,
+    /// Extra server flags.
+    pub args: Vec<String>,
+    /// CPU bound over the window, in cores.
+    pub cpu_core: f64,
+    /// RSS growth bound, MiB.
+    pub rss_mib: u64,
+    /// Each neighbour round trip's bound.
+    pub latency: Duration,
+    /// Also check that the descriptors come back to their count before the attack.
+    pub fds_settle: bool,
+}
+
+impl Case {
+    pub fn new(kind: Kind, stage: Stage, attack: Attack) -> Case {
+        Case {
+            kind,
+            stage,
+            attack,
+            args: Vec::new(),
+            cpu_core: 0.5,
+            rss_mib: 64,
+            latency: Duration::from_secs(2),
+            fds_settle: false,
+        }
+    }
+    pub fn args(mut self, a: &[&str]) -> Case {
+        self.args.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+    pub fn cpu(mut self, cores: f64) -> Case {
+        self.cpu_core = cores;
+        self
+    }
+    pub fn latency(mut self, d: Duration) -> Case {
+        self.latency = d;
+        self
+    }
+    pub fn fds_settle(mut self) -> Case {
+        self.fds_settle = true;
+        self
+    }
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers
+// ---------------------------------------------------------------------------------------------
+
+/// One client connection, plaintext or TLS.
+pub enum Peer {
+    Raw(TcpStream),
+    Tls(Box<RustlsStream>),
+}
+
+impl Peer {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Peer::Raw(s) => s,
+            Peer::Tls(s) => &s.sock,
+        }
+    }
+    /// Application bytes (encrypted on TLS).
+    pub fn send(&mut self, b: &[u8]) -> io::Result<()> {
+        match self {
+            Peer::Raw(s) => s.write_all(b),
+            Peer::Tls(s) => {
+                s.write_all(b)?;
+                s.flush()
+            }
+        }
+    }
+    /// Bytes straight onto the socket.
+    pub fn raw(&mut self, b: &[u8]) -> io::Result<()> {
+        let mut s = self.tcp();
+        s.write_all(b)
+    }
+    /// Reads exactly `n` application bytes within `timeout`.
+    pub fn read_exact_within(&mut self, n: usize, timeout: Duration) -> io::Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{got}/{n} bytes within {timeout:?}"),
+                ));
+            }
+            self.tcp().set_read_timeout(Some(left))?;
+            let r = match self {
+                Peer::Raw(s) => s.read(&mut out[got..]),
+                Peer::Tls(s) => s.read(&mut out[got..]),
+            };
+            match r {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("EOF after {got}/{n} bytes"),
+                    ))
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || super::is_timeout(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+    /// A close_notify, then `tail` raw bytes, in one send.
+    pub fn close_notify_then(&mut self, tail: &[u8]) -> io::Result<()> {
+        let mut bytes = match self {
+            Peer::Raw(_) => PLAIN_CLOSE_NOTIFY.to_vec(),
+            Peer::Tls(s) => {
+                s.conn.send_close_notify();
+                let mut v = Vec::new();
+                while s.conn.wants_write() {
+                    s.conn.write_tls(&mut v)?;
+                }
+                v
+            }
+        };
+        bytes.extend_from_slice(tail);
+        self.raw(&bytes)
+    }
+}
+
+/// The bytes of a ClientHello for `localhost`.
+pub fn client_hello(pki: &Pki) -> Vec<u8> {
+    let name = pki_types::ServerName::try_from("localhost").unwrap();
+    let mut c = rustls::ClientConnection::new(pki.rustls_client(), name).unwrap();
+    let mut v = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut v).unwrap();
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upstream of tcp_proxy
+// ---------------------------------------------------------------------------------------------
+
+/// The test's own upstream for `tcp_proxy`: each connection's first line picks its behaviour:
+/// `echo` echoes what follows, `sink` never reads again (held open), anything else (or EOF)
+/// closes.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let h = Arc::clone(&held);
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let h = Arc::clone(&h);
+                thread::spawn(move || upstream_conn(s, h));
+            }
+        });
+        Upstream { addr, held }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn upstream_conn(mut s: TcpStream, held: Arc<Mutex<Vec<TcpStream>>>) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") && line.len() < 16 {
+        match s.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => return,
+        }
+    }
+    match &line[..] {
+        b"echo\n" => {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+        b"sink\n" => held.lock().unwrap_or_else(|e| e.into_inner()).push(s),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets: a server of one kind, and what its requests look like
+// ---------------------------------------------------------------------------------------------
+
+/// A running server of one kind and the address its attackers use.
+pub struct Target {
+    pub kind: Kind,
+    pub server: Server,
+    /// Where attackers and the neighbour connect (the metrics port for [`Kind::Metrics`]).
+    pub addr: SocketAddr,
+    pub pki: Option<Pki>,
+    _upstream: Option<Upstream>,
+}
+
+impl Target {
+    pub fn start(kind: Kind, backend: Backend, extra: &[String]) -> Target {
+        let mut pki = None;
+        let mut upstream = None;
+        let mut args: Vec<String> = vec![
+            "--io-threads".into(),
+            "1".into(),
+            "--drain-timeout".into(),
+            DRAIN_SECS.to_string(),
+        ];
+        let name = match kind {
+            Kind::Echo => "echo_server",
+            Kind::Line => "line_server",
+            Kind::Packet => "packet_echo_server",
+            Kind::Tls => {
+                let p = Pki::new();
+                args.extend(p.server_args(false));
+                pki = Some(p);
+                "echo_server"
+            }
+            Kind::Proxy => {
+                args.extend(["--proxy-protocol".into(), "required".into()]);
+                "echo_server"
+            }
+            Kind::Metrics => {
+                args.extend(["--metrics".into(), "127.0.0.1:0".into()]);
+                "echo_server"
+            }
+            Kind::Resp => {
+                args.extend(["--max-bulk".into(), "1048576".into()]);
+                "resp_server"
+            }
+            Kind::Pooled => "line_server_pooled",
+            Kind::Chat => "chat_server",
+            Kind::TcpProxy => {
+                let u = Upstream::start();
+                args.extend(["--upstream".into(), u.addr.to_string()]);
+                upstream = Some(u);
+                "tcp_proxy"
+            }
+            Kind::TcpProxyRefused => {
+                let port = TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap();
+                args.extend(["--upstream".into(), port.to_string()]);
+                args.extend(["--connect-timeout".into(), "1".into()]);
+                "tcp_proxy"
+            }
+        };
+        args.extend(extra.iter().cloned());
+        let server = ServerBuilder::new(name)
+            .backend(backend)
+            .args(&args)
+            .start();
+        let addr = if kind == Kind::Metrics {
+            let out = server.stdout_text();
+            deploy::metrics_addr(&out)
+        } else {
+            server.addr
+        };
+        Target {
+            kind,
+            server,
+            addr,
+            pki,
+            _upstream: upstream,
+        }
+    }
+
+    /// One complete request (application bytes).
+    pub fn frame(&self) -> Vec<u8> {
+        match self.kind {
+            Kind::Echo | Kind::Tls | Kind::Proxy => b"hello\n".to_vec(),
+            Kind::Line | Kind::Pooled => b"PING\r\n".to_vec(),
+            Kind::Packet => b"\x00\x00\x00\x05hello".to_vec(),
+            Kind::Metrics => b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Kind::Resp => b"*1\r\n$4\r\nPING\r\n".to_vec(),
+            Kind::Chat => b"hello there\n".to_vec(),
+            Kind::TcpProxy | Kind::TcpProxyRefused => b"echo\nhello\n".to_vec(),
+        }
+    }
+
+    /// A request with a large reply (about 1 KB each way), for clients that never read: the
+    /// replies pile up in few requests (a debug build decodes some 10^5 small requests a
+    /// second, and the point is the replies, not the decoding).
+    pub fn big_frame(&self) -> Vec<u8> {
+        let x = "x".repeat(1000);
+        match self.kind {
+            Kind::Line | Kind::Pooled => format!("ECHO {x}\r\n").into_bytes(),
+            Kind::Resp => format!("*2\r\n$4\r\nECHO\r\n$1000\r\n{x}\r\n").into_bytes(),
+            Kind::Packet => [&b"\x00\x00\x03\xe8"[..], x.as_bytes()].concat(),
+            Kind::Metrics => self.frame(),
+            _ => format!("{x}\n").into_bytes(),
+        }
+    }
+
+    /// The bytes an attacker sends from `stage` on, raw below TLS at the PROXY and handshake
+    /// stages, application bytes after them.
+    pub fn stage_bytes(&self, stage: Stage) -> Vec<u8> {
+        match stage {
+            Stage::ProxyHeader => [PROXY_HEADER, &self.frame()].concat(),
+            Stage::Handshake => client_hello(self.pki.as_ref().expect("a TLS kind")),
+            Stage::FirstFrame | Stage::MidFrame | Stage::UpstreamConnect => self.frame(),
+        }
+    }
+
+    /// Whether bytes at `stage` go raw onto the socket.
+    fn raw_stage(stage: Stage) -> bool {
+        matches!(stage, Stage::ProxyHeader | Stage::Handshake)
+    }
+
+    /// Input bigger than the kind accepts, at `stage`.
+    pub fn oversize(&self, stage: Stage) -> Vec<u8> {
+        match (self.kind, stage) {
+            (_, Stage::ProxyHeader) => {
+                let mut v = b"PROXY TCP4 ".to_vec();
+                v.resize(4096, b'1');
+                v
+            }
+            // A record header announcing 65535 bytes (over 16 KiB + 2 KiB), then some of them.
+            (_, Stage::Handshake) => {
+                let mut v = vec![0x16, 0x03, 0x01, 0xff, 0xff];
+                v.resize(32 * 1024, 0x41);
+                v
+            }
+            (Kind::Packet, _) => {
+                let mut v = vec![0x7f, 0xff, 0xff, 0xff];
+                v.resize(64 * 1024, 0x41);
+                v
+            }
+            (Kind::Resp, _) => {
+                let mut v = b"*2\r\n$3\r\nGET\r\n$4194304\r\n".to_vec();
+                v.resize(256 * 1024, b'x');
+                v
+            }
+            (Kind::Metrics, _) => {
+                let mut v = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+                v.resize(64 * 1024, b'a');
+                v
+            }
+            // Line kinds: far over --max-line (8192); the echo kinds take it as a stream.
+            _ => vec![b'a'; 256 * 1024],
+        }
+    }
+
+    /// A connection that has reached `stage` (the PROXY header sent, the TLS handshake done,
+    /// half a request sent at `MidFrame`).
+    pub fn open(&self, stage: Stage) -> io::Result<Peer> {
+        let sock = connect(self.addr);
+        let mut peer = if self.kind == Kind::Tls && !Self::raw_stage(stage) {
+            let pki = self.pki.as_ref().expect("pki");
+            drop(sock);
+            let mut s = rustls_connect(pki, self.addr);
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock)?;
+            }
+            Peer::Tls(Box::new(s))
+        } else {
+            Peer::Raw(sock)
+        };
+        if self.kind == Kind::Proxy && stage != Stage::ProxyHeader {
+            peer.raw(PROXY_HEADER)?;
+        }
+        if stage == Stage::MidFrame {
+            let f = self.frame();
+            peer.send(&f[..f.len() / 2])?;
+        }
+        Ok(peer)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The neighbour
+// ---------------------------------------------------------------------------------------------
+
+/// A well-behaved client of the same server.
+pub enum Neighbour {
+    /// A kept connection and the reply its request gets.
+    Stream(Peer, Vec<u8>),
+    /// A fresh scrape each time.
+    Metrics,
+    /// A chat member reading steadily (its thread records a disconnect); each probe is a fresh
+    /// member's greeting.
+    Chat(Reader),
+    /// tcp_proxy with a refusing upstream: each probe is a fresh client, closed promptly.
+    Refused,
+}
+
+/// A connection read steadily by its own thread until stopped.
+pub struct Reader {
+    pub bytes: Arc<AtomicU64>,
+    /// Set (with how) when the server ended the connection before the reader stopped.
+    pub ended: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    pub fn start(mut s: TcpStream) -> Reader {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, e, st) = (Arc::clone(&bytes), Arc::clone(&ended), Arc::clone(&stop));
+        let thread = thread::spawn(move || {
+            let _ = s.set_read_timeout(Some(ms(100)));
+            let mut buf = vec![0u8; 256 * 1024];
+            while !st.load(Ordering::Relaxed) {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        *e.lock().unwrap() = Some("EOF".into());
+                        return;
+                    }
+                    Ok(n) => {
+                        b.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(err) if super::is_timeout(&err) => {}
+                    Err(err) => {
+                        *e.lock().unwrap() = Some(err.to_string());
+                        return;
+                    }
+                }
+            }
+        });
+        Reader {
+            bytes,
+            ended,
+            stop,
+            thread: Some(thread),
+        }
+    }
+    pub fn ended(&self) -> Option<String> {
+        self.ended.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn expect_reply(p: &mut Peer, want: &[u8], within: Duration) -> Result<(), String> {
+    let got = p
+        .read_exact_within(want.len(), within)
+        .map_err(|e| e.to_string())?;
+    if got != want {
+        return Err(format!(
+            "got {:?}, want {:?}",
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want)
+        ));
+    }
+    Ok(())
+}
+
+impl Neighbour {
+    /// A neighbour of `t`, its greeting read.
+    pub fn new(t: &Target, within: Duration) -> Result<Neighbour, String> {
+        match t.kind {
+            Kind::Metrics => Ok(Neighbour::Metrics),
+            Kind::TcpProxyRefused => Ok(Neighbour::Refused),
+            Kind::Chat => {
+                let mut p = t.open(Stage::FirstFrame).map_err(|e| e.to_string())?;
+                expect_reply(&mut p, b"+OK chat\r\n", within)?;
+                let Peer::Raw(s) = p else { unreachable!() };
+                Ok(Neighbour::Chat(Reader::start(s)))
+            }
+            _ => {
+                let mut p = t.open(Stage::FirstFrame).map_err(|e| e.to_string())?;
+                let (req, reply): (Vec<u8>, Vec<u8>) = match t.kind {
+                    Kind::Line | Kind::Pooled => {
+                        expect_reply(&mut p, b"+OK ready\r\n", within)?;
+                        (b"PING\r\n".to_vec(), b"+PONG\r\n".to_vec())
+                    }
+                    Kind::Resp => (t.frame(), b"+PONG\r\n".to_vec()),
+                    Kind::TcpProxy => {
+                        p.send(b"echo\n").map_err(|e| e.to_string())?;
+                        (b"ping\n".to_vec(), b"ping\n".to_vec())
+                    }
+                    _ => (t.frame(), t.frame()),
+                };
+                let _ = req;
+                Ok(Neighbour::Stream(p, reply))
+            }
+        }
+    }
+
+    /// One round trip; its time, or why it failed.
+    pub fn probe(&mut self, t: &Target, within: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        match self {
+            Neighbour::Stream(p, reply) => {
+                let req = match t.kind {
+                    Kind::Line | Kind::Pooled => b"PING\r\n".to_vec(),
+                    Kind::TcpProxy => b"ping\n".to_vec(),
+                    _ => t.frame(),
+                };
+                p.send(&req).map_err(|e| format!("send: {e}"))?;
+                expect_reply(p, reply, within)?;
+            }
+            Neighbour::Metrics => scrape(t.addr, within)?,
+            Neighbour::Chat(reader) => {
+                if let Some(how) = reader.ended() {
+                    return Err(format!(
+                        "the reading member was disconnected ({how}) after {} bytes",
+                        reader.bytes.load(Ordering::Relaxed)
+                    ));
+                }
+                let mut p = t.open(Stage::FirstFrame).map_err(|e| e.to_string())?;
+                expect_reply(&mut p, b"+OK chat\r\n", within)?;
+            }
+            Neighbour::Refused => {
+                let mut s = connect(t.addr);
+                s.set_read_timeout(Some(within)).unwrap();
+                let mut b = [0u8; 64];
+                match s.read(&mut b) {
+                    Ok(0) => {}
+                    Err(e) if super::is_reset(&e) => {}
+                    other => return Err(format!("not closed promptly: {other:?}")),
+                }
+            }
+        }
+        let took = start.elapsed();
+        if took > within {
+            return Err(format!("took {took:?}"));
+        }
+        Ok(took)
+    }
+}
+
+/// `GET /metrics` on a fresh connection: a 200 within `within`.
+pub fn scrape(addr: SocketAddr, within: Duration) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(within)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| format!("request: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("response ({} bytes): {e}", raw.len()))?;
+    if !raw.starts_with(b"HTTP/1.1 200") {
+        return Err(format!(
+            "scrape answered {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(60)])
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running attacks
+// ---------------------------------------------------------------------------------------------
+
+mod attack;
+pub use attack::Running;
+
+/// The threads' share of the run queue: on-CPU plus waiting-to-run nanoseconds, summed over
+/// the server's threads (`None` where schedstat is missing).
+pub fn sched_demand(pid: i32) -> Option<Duration> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns = 0u64;
+    for e in dir.flatten() {
+        let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+        let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        ns += f.next()? + f.next()?;
+    }
+    Some(Duration::from_nanos(ns))
+}
+
+/// Runs one row against `backend` and asserts the four checks.
+pub fn run(name: &str, case: &Case, backend: Backend) {
+    let seed = super::test_seed();
+    let mut rng = Rng::new(seed ^ name.len() as u64);
+    let mut t = Target::start(case.kind, backend, &case.args);
+    let mut failures: Vec<String> = Vec::new();
+    let mut nb = Neighbour::new(&t, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{name}: the neighbour could not connect before the attack: {e}"));
+    nb.probe(&t, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{name}: no round trip before the attack: {e}"));
+    let rss0 = t.server.rss_kib();
+    let fds0 = t.server.fd_count();
+
+    let mut running = Running::start(&t, case, &mut rng);
+
+    // 1 and 2: CPU and neighbours over the window.
+    let (cpu0, d0, w0) = (t.server.cpu_time(), sched_demand(t.server.pid()), Instant::now());
+    let mut worst = Duration::ZERO;
+    let mut probes = 0;
+    let mut served = true;
+    while w0.elapsed() < WINDOW {
+        let next = Instant::now() + ms(250);
+        if served {
+            match nb.probe(&t, case.latency) {
+                Ok(d) => worst = worst.max(d),
+                Err(e) => {
+                    // The first failure is the finding; the window still runs its length.
+                    failures.push(format!(
+                        "neighbour not served during the attack (probe {probes}): {e}"
+                    ));
+                    served = false;
+                }
+            }
+            probes += 1;
+        }
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let wall = w0.elapsed();
+    let cpu = t.server.cpu_time().saturating_sub(cpu0);
+    let demand = sched_demand(t.server.pid())
+        .zip(d0)
+        .map(|(a, b)| a.saturating_sub(b).as_secs_f64() / wall.as_secs_f64());
+    let share = cpu.as_secs_f64() / wall.as_secs_f64();
+    println!(
+        "{name} ({backend}): cpu {cpu:?} in {wall:?} = {share:.2} core (bound {:.2}); \
+         run-queue demand {demand:.2?} core; neighbour: {probes} round trips, worst {worst:?}",
+        case.cpu_core
+    );
+    if share > case.cpu_core {
+        failures.push(format!(
+            "CPU: {share:.2} core over the attack window (bound {:.2}; run-queue demand {demand:.2?})",
+            case.cpu_core
+        ));
+    }
+    if served {
+        match Neighbour::new(&t, case.latency).and_then(|mut n| n.probe(&t, case.latency)) {
+            Ok(d) => println!("{name}: a fresh neighbour served in {d:?}"),
+            Err(e) => failures.push(format!("a fresh neighbour was not served: {e}")),
+        }
+    }
+    failures.extend(running.failures());
+
+    // 3: memory.
+    let rss1 = t.server.rss_kib();
+    let grown = rss1.saturating_sub(rss0) / 1024;
+    println!("{name}: RSS {rss0} -> {rss1} KiB (+{grown} MiB, bound {} MiB)", case.rss_mib);
+    if grown > case.rss_mib {
+        failures.push(format!(
+            "RSS grew {grown} MiB ({rss0} -> {rss1} KiB; bound {} MiB)",
+            case.rss_mib
+        ));
+    }
+
+    // An active attack stops; the server must fall quiet (its connections still open).
+    // Input already buffered may still be worked off: one quiet QUIET-long sample within
+    // QUIET_WITHIN is enough; a spinning thread never gives one.
+    if running.quiesce() {
+        let deadline = Instant::now() + QUIET_WITHIN;
+        let mut samples = Vec::new();
+        loop {
+            let (c0, q0) = (t.server.cpu_time(), Instant::now());
+            thread::sleep(QUIET);
+            let c = t.server.cpu_time().saturating_sub(c0).as_secs_f64()
+                / q0.elapsed().as_secs_f64();
+            samples.push(format!("{c:.2}"));
+            if c <= QUIET_CORE || Instant::now() >= deadline {
+                break;
+            }
+        }
+        println!(
+            "{name}: after the attack stopped, core per {QUIET:?}: {} (bound {QUIET_CORE})",
+            samples.join(", ")
+        );
+        if samples.last().is_some_and(|c| c.parse::<f64>().unwrap_or(0.0) > QUIET_CORE) {
+            failures.push(format!(
+                "CPU after the attack stopped: never quiet within {QUIET_WITHIN:?} (core per \
+                 {QUIET:?}: {}; bound {QUIET_CORE})",
+                samples.join(", ")
+            ));
+        }
+    }
+    if case.fds_settle {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut fds = t.server.fd_count();
+        while fds > fds0 + 2 && Instant::now() < deadline {
+            thread::sleep(ms(100));
+            fds = t.server.fd_count();
+        }
+        println!("{name}: descriptors {fds0} before the attack, {fds} after it ended");
+        if fds > fds0 + 2 {
+            failures.push(format!(
+                "descriptors: {fds} five seconds after the attackers left ({fds0} before; {})",
+                t.server.fd_summary()
+            ));
+        }
+    }
+
+    // 4: SIGTERM with the attackers still connected.
+    t.server.assert_alive(name);
+    let bound = Duration::from_secs(DRAIN_SECS + 1);
+    let s0 = Instant::now();
+    t.server.signal(libc::SIGTERM);
+    match t.server.wait_exit(bound) {
+        Some(st) if st.success() => println!("{name}: exit 0 {:?} after SIGTERM", s0.elapsed()),
+        Some(st) => failures.push(format!("SIGTERM: exit status {st}")),
+        None => failures.push(format!(
+            "SIGTERM: still running {bound:?} after it (drain {DRAIN_SECS} s + 1 s)"
+        )),
+    }
+    drop(running);
+    drop(nb);
+    if !failures.is_empty() {
+        panic!(
+            "{name} ({backend}, {:?} at {:?}, {:?}): {} check(s) failed:\n  - {}",
+            case.kind,
+            case.stage,
+            case.attack,
+            failures.len(),
+            failures.join("\n  - ")
+        );
+    }
+}
+
+/// Sends `tail` after the stage, the way `how` ends it.
+pub fn end_with(mut p: Peer, how: How, tail: &[u8], raw: bool) -> Option<Peer> {
+    let send = |p: &mut Peer, b: &[u8]| if raw { p.raw(b) } else { p.send(b) };
+    match how {
+        How::Fin => {
+            let _ = send(&mut p, tail);
+            let _ = p.tcp().shutdown(Shutdown::Write);
+            Some(p)
+        }
+        How::Rst => {
+            let _ = send(&mut p, tail);
+            let Peer::Raw(s) = p else {
+                let Peer::Tls(s) = p else { unreachable!() };
+                reset_close(s.sock);
+                return None;
+            };
+            reset_close(s);
+            None
+        }
+        How::CloseNotify => {
+            let _ = p.close_notify_then(tail);
+            Some(p)
+        }
+    }
+}
