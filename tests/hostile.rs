@@ -90,7 +90,7 @@ cases! {
     // because one member sends fast. The flood's own work is allowed up to 1.5 cores; the
     // server must fall quiet when it stops.
     chat_half_open => Case::new(Chat, FirstFrame, HalfOpen { conns: 200 });
-    chat_fan_out_flood => Case::new(Chat, FirstFrame, FanOut { readers: 20, senders: 1 }).cpu(1.5);
+    chat_fan_out_flood => Case::new(Chat, FirstFrame, FanOut { readers: 20, senders: 1 }).busy(1.5);
     chat_garbage => Case::new(Chat, FirstFrame, Garbage { conns: 20, len: 16 * 1024 });
     chat_oversize_line => Case::new(Chat, FirstFrame, Oversize { conns: 20 });
 
