@@ -37,7 +37,7 @@ cases! {
     line_trickle => Case::new(Line, FirstFrame, Trickle { conns: 20, every: ms(50) });
     line_half_open_mid_line => Case::new(Line, MidFrame, HalfOpen { conns: 200 });
     line_fin_mid_line => Case::new(Line, MidFrame, Close { how: Fin, conns: 20, tail: 0 });
-    line_fin_with_requests_unread => Case::new(Line, FirstFrame, Close { how: Fin, conns: 20, tail: 64 * 1024 });
+    line_fin_with_requests_unread => Case::new(Line, FirstFrame, Close { how: Fin, conns: 20, tail: 16 * 1024 });
     line_rst_mid_line => Case::new(Line, MidFrame, Close { how: Rst, conns: 20, tail: 0 });
     line_garbage => Case::new(Line, FirstFrame, Garbage { conns: 20, len: 16 * 1024 });
     line_oversize => Case::new(Line, FirstFrame, Oversize { conns: 20 });
@@ -68,7 +68,7 @@ cases! {
     resp_trickle => Case::new(Resp, FirstFrame, Trickle { conns: 20, every: ms(50) });
     resp_half_open_mid_frame => Case::new(Resp, MidFrame, HalfOpen { conns: 200 });
     resp_rst_mid_frame => Case::new(Resp, MidFrame, Close { how: Rst, conns: 20, tail: 0 });
-    resp_fin_with_requests_unread => Case::new(Resp, FirstFrame, Close { how: Fin, conns: 20, tail: 64 * 1024 });
+    resp_fin_with_requests_unread => Case::new(Resp, FirstFrame, Close { how: Fin, conns: 20, tail: 16 * 1024 });
     resp_garbage => Case::new(Resp, FirstFrame, Garbage { conns: 20, len: 16 * 1024 });
     resp_oversize_bulk => Case::new(Resp, FirstFrame, Oversize { conns: 20 });
     resp_never_reads => Case::new(Resp, FirstFrame, NeverRead { conns: 20, bytes: 4 << 20 });
@@ -103,4 +103,8 @@ cases! {
     // Issue 27 item 3: clients reset while paused behind an upstream that never reads.
     proxy_reset_while_paused => Case::new(TcpProxy, FirstFrame, ResetWhilePaused { conns: 20, flood: ms(1500) })
         .fds_settle();
+    // Issue 20 item 2: TLS out; a client's FIN while the upstream handshake is under way must
+    // not reach the upstream as a FIN in the middle of its handshake (the greeting comes back).
+    proxy_tls_upstream_fin_at_connect => Case::new(TcpProxyTls, UpstreamConnect, FinKeepsGreeting { conns: 5 });
+    proxy_tls_upstream_half_open => Case::new(TcpProxyTls, UpstreamConnect, HalfOpen { conns: 200 });
 }

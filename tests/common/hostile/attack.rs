@@ -19,6 +19,8 @@ pub struct Running {
     threads: Vec<JoinHandle<Vec<Peer>>>,
     readers: Vec<Reader>,
     active: bool,
+    /// What the attack itself found wrong.
+    notes: Vec<String>,
 }
 
 /// `conns` connections at `stage`.
@@ -53,6 +55,7 @@ impl Running {
             threads: Vec::new(),
             readers: Vec::new(),
             active: false,
+            notes: Vec::new(),
         };
         let stage = case.stage;
         let raw = raw_stage(stage);
@@ -129,22 +132,24 @@ impl Running {
                 }
             }
             Attack::NeverRead { conns, bytes } => {
+                // Each writes until `bytes` are sent or the server stops reading it (a write
+                // blocked for WRITE_STEP): the window then sees the paused state.
                 let chunk = t.big_frame().repeat(64);
-                r.active = true;
-                for p in open_all(t, stage, conns) {
-                    let (stop, chunk) = (Arc::clone(&stop), chunk.clone());
-                    r.threads.push(thread::spawn(move || {
-                        let mut p = p;
-                        set_write_step(&p);
-                        let mut sent = 0;
-                        while sent < bytes && !stop.load(Ordering::Relaxed) {
-                            if p.send(&chunk).is_ok() {
+                let writers: Vec<_> = open_all(t, stage, conns)
+                    .into_iter()
+                    .map(|mut p| {
+                        let chunk = chunk.clone();
+                        thread::spawn(move || {
+                            set_write_step(&p);
+                            let mut sent = 0;
+                            while sent < bytes && p.send(&chunk).is_ok() {
                                 sent += chunk.len();
                             }
-                        }
-                        vec![p]
-                    }));
-                }
+                            p
+                        })
+                    })
+                    .collect();
+                r.held = writers.into_iter().map(|w| w.join().expect("writer")).collect();
             }
             Attack::MgetAmplify { value, keys } => {
                 let mut setter = t.open(Stage::FirstFrame).expect("setter");
@@ -213,6 +218,21 @@ impl Running {
                     }));
                 }
             }
+            Attack::FinKeepsGreeting { conns } => {
+                for i in 0..conns {
+                    let mut s = crate::common::connect(t.addr);
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    match crate::common::read_until_close(&mut s, Duration::from_secs(5)) {
+                        Ok((got, _)) if got.starts_with(b"+OK chat\r\n") => {}
+                        Ok((got, how)) => r.notes.push(format!(
+                            "client {i} shut down its write side at once: got {:?} then {how:?}, \
+                             not the greeting",
+                            String::from_utf8_lossy(&got)
+                        )),
+                        Err(e) => r.notes.push(format!("client {i}: {e}")),
+                    }
+                }
+            }
             Attack::ResetWhilePaused { conns, flood } => {
                 assert_eq!(t.kind, Kind::TcpProxy, "reset while paused needs tcp_proxy");
                 let chunk = rng.bytes(64 * 1024);
@@ -242,9 +262,11 @@ impl Running {
         r
     }
 
-    /// What the attack itself saw go wrong: members that read steadily and were disconnected.
+    /// What the attack itself saw go wrong: its own checks, and members that read steadily
+    /// and were disconnected.
     pub fn failures(&self) -> Vec<String> {
-        self.readers
+        let mut out = self.notes.clone();
+        out.extend(self.readers
             .iter()
             .enumerate()
             .filter_map(|(i, rd)| {
@@ -254,8 +276,8 @@ impl Running {
                         rd.bytes.load(Ordering::Relaxed)
                     )
                 })
-            })
-            .collect()
+            }));
+        out
     }
 
     /// Stops an active attack (its connections stay open); whether it was active.
