@@ -46,7 +46,7 @@ cases! {
     tls_close_notify_then_bytes => Case::new(Tls, FirstFrame, Close { how: CloseNotify, conns: 1, tail: 8192 });
     tls_close_notify_mid_frame_then_bytes => Case::new(Tls, MidFrame, Close { how: CloseNotify, conns: 1, tail: 8192 });
     tls_garbage_after_handshake => Case::new(Tls, FirstFrame, Garbage { conns: 20, len: 16 * 1024 });
-    tls_never_reads => Case::new(Tls, FirstFrame, NeverRead { conns: 20, bytes: 4 << 20 });
+    tls_never_reads => Case::new(Tls, FirstFrame, NeverRead { conns: 10, bytes: 4 << 20 });
 
     // The PROXY port, at the header.
     proxy_trickle_header => Case::new(Proxy, ProxyHeader, Trickle { conns: 20, every: ms(50) });

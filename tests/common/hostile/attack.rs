@@ -101,7 +101,11 @@ impl Running {
                     if raw {
                         // Mid-way: half a PROXY header, or the whole ClientHello.
                         let b = t.stage_bytes(stage);
-                        let cut = if stage == Stage::Handshake { b.len() } else { b.len() / 2 };
+                        let cut = if stage == Stage::Handshake {
+                            b.len()
+                        } else {
+                            b.len() / 2
+                        };
                         let _ = p.raw(&b[..cut]);
                     }
                     let tail = if how == How::CloseNotify || raw {
@@ -149,7 +153,10 @@ impl Running {
                         })
                     })
                     .collect();
-                r.held = writers.into_iter().map(|w| w.join().expect("writer")).collect();
+                r.held = writers
+                    .into_iter()
+                    .map(|w| w.join().expect("writer"))
+                    .collect();
             }
             Attack::MgetAmplify { value, keys } => {
                 let mut setter = t.open(Stage::FirstFrame).expect("setter");
@@ -177,7 +184,10 @@ impl Running {
                     r.readers.push(Reader::start(s));
                 }
                 r.active = true;
-                let line = repeated(b"flood flood flood flood flood flood flood flood\n", 64 * 1024);
+                let line = repeated(
+                    b"flood flood flood flood flood flood flood flood\n",
+                    64 * 1024,
+                );
                 for p in open_all(t, Stage::FirstFrame, senders) {
                     let (stop, line) = (Arc::clone(&stop), line.clone());
                     r.threads.push(thread::spawn(move || {
@@ -253,7 +263,9 @@ impl Running {
                 thread::sleep(flood);
                 stop.store(true, Ordering::Relaxed);
                 for f in flooders {
-                    let Peer::Raw(s) = f.join().expect("flooder") else { unreachable!() };
+                    let Peer::Raw(s) = f.join().expect("flooder") else {
+                        unreachable!()
+                    };
                     reset_close(s);
                 }
                 r.stop = Arc::new(AtomicBool::new(false));
@@ -266,17 +278,14 @@ impl Running {
     /// and were disconnected.
     pub fn failures(&self) -> Vec<String> {
         let mut out = self.notes.clone();
-        out.extend(self.readers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, rd)| {
-                rd.ended().map(|how| {
-                    format!(
-                        "reading connection {i} was ended ({how}) after {} bytes",
-                        rd.bytes.load(Ordering::Relaxed)
-                    )
-                })
-            }));
+        out.extend(self.readers.iter().enumerate().filter_map(|(i, rd)| {
+            rd.ended().map(|how| {
+                format!(
+                    "reading connection {i} was ended ({how}) after {} bytes",
+                    rd.bytes.load(Ordering::Relaxed)
+                )
+            })
+        }));
         out
     }
 

@@ -2,7 +2,7 @@
 //! run by one checker, [`run`], which always checks the same four things while the attack goes
 //! on:
 //!
-//! The attack starts; the server gets up to 3 s to work off what it sent (until a 250 ms
+//! The attack starts; the server gets up to 5 s to work off what it sent (until a 250 ms
 //! sample in which no thread was runnable half the time); then, over the 1.5 s window:
 //!
 //! 1. **CPU bounded**: the server's CPU time (`Server::cpu_time`, user + system, every thread)
@@ -24,16 +24,12 @@
 //! count comes back to its count before the attack). Every figure is printed; every failed
 //! check is collected and reported together, after the SIGTERM check has run.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use ringport::rustls::{self, pki_types};
-
-use super::tls::{rustls_connect, Pki, RustlsStream};
+use super::tls::{rustls_connect, Pki};
 use super::{connect, deploy, reset_close, Backend, Rng, Server, ServerBuilder};
 
 /// How long the attack is measured (the neighbour probed, the CPU counted).
@@ -41,7 +37,7 @@ pub const WINDOW: Duration = Duration::from_millis(1500);
 /// Before the window: the length of one settle sample...
 pub const SETTLE_STEP: Duration = Duration::from_millis(250);
 /// ... and how long the server has to settle.
-pub const SETTLE_WITHIN: Duration = Duration::from_secs(3);
+pub const SETTLE_WITHIN: Duration = Duration::from_secs(5);
 /// After an active attack stops: the length of one quiet sample...
 pub const QUIET: Duration = Duration::from_millis(500);
 /// ... and how long the server has to give one (working off input already buffered).
@@ -207,158 +203,6 @@ impl Case {
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Peers
-// ---------------------------------------------------------------------------------------------
-
-/// One client connection, plaintext or TLS.
-pub enum Peer {
-    Raw(TcpStream),
-    Tls(Box<RustlsStream>),
-}
-
-impl Peer {
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Peer::Raw(s) => s,
-            Peer::Tls(s) => &s.sock,
-        }
-    }
-    /// Application bytes (encrypted on TLS).
-    pub fn send(&mut self, b: &[u8]) -> io::Result<()> {
-        match self {
-            Peer::Raw(s) => s.write_all(b),
-            Peer::Tls(s) => {
-                s.write_all(b)?;
-                s.flush()
-            }
-        }
-    }
-    /// Bytes straight onto the socket.
-    pub fn raw(&mut self, b: &[u8]) -> io::Result<()> {
-        let mut s = self.tcp();
-        s.write_all(b)
-    }
-    /// Reads exactly `n` application bytes within `timeout`.
-    pub fn read_exact_within(&mut self, n: usize, timeout: Duration) -> io::Result<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        let mut out = vec![0u8; n];
-        let mut got = 0;
-        while got < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{got}/{n} bytes within {timeout:?}"),
-                ));
-            }
-            self.tcp().set_read_timeout(Some(left))?;
-            let r = match self {
-                Peer::Raw(s) => s.read(&mut out[got..]),
-                Peer::Tls(s) => s.read(&mut out[got..]),
-            };
-            match r {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("EOF after {got}/{n} bytes"),
-                    ))
-                }
-                Ok(k) => got += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted || super::is_timeout(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-    /// A close_notify, then `tail` raw bytes, in one send.
-    pub fn close_notify_then(&mut self, tail: &[u8]) -> io::Result<()> {
-        let mut bytes = match self {
-            Peer::Raw(_) => PLAIN_CLOSE_NOTIFY.to_vec(),
-            Peer::Tls(s) => {
-                s.conn.send_close_notify();
-                let mut v = Vec::new();
-                while s.conn.wants_write() {
-                    s.conn.write_tls(&mut v)?;
-                }
-                v
-            }
-        };
-        bytes.extend_from_slice(tail);
-        self.raw(&bytes)
-    }
-}
-
-/// The bytes of a ClientHello for `localhost`.
-pub fn client_hello(pki: &Pki) -> Vec<u8> {
-    let name = pki_types::ServerName::try_from("localhost").unwrap();
-    let mut c = rustls::ClientConnection::new(pki.rustls_client(), name).unwrap();
-    let mut v = Vec::new();
-    while c.wants_write() {
-        c.write_tls(&mut v).unwrap();
-    }
-    v
-}
-
-// ---------------------------------------------------------------------------------------------
-// The upstream of tcp_proxy
-// ---------------------------------------------------------------------------------------------
-
-/// The test's own upstream for `tcp_proxy`: each connection's first line picks its behaviour:
-/// `echo` echoes what follows, `sink` never reads again (held open), anything else (or EOF)
-/// closes.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    held: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Upstream {
-    pub fn start() -> Upstream {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let held = Arc::new(Mutex::new(Vec::new()));
-        let h = Arc::clone(&held);
-        thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(s) = s else { continue };
-                let h = Arc::clone(&h);
-                thread::spawn(move || upstream_conn(s, h));
-            }
-        });
-        Upstream { addr, held }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
-
-fn upstream_conn(mut s: TcpStream, held: Arc<Mutex<Vec<TcpStream>>>) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while !line.ends_with(b"\n") && line.len() < 16 {
-        match s.read(&mut b) {
-            Ok(1) => line.push(b[0]),
-            _ => return,
-        }
-    }
-    match &line[..] {
-        b"echo\n" => {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-        b"sink\n" => held.lock().unwrap_or_else(|e| e.into_inner()).push(s),
-        _ => {}
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -570,198 +414,15 @@ impl Target {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The neighbour
-// ---------------------------------------------------------------------------------------------
-
-/// A well-behaved client of the same server.
-pub enum Neighbour {
-    /// A kept connection and the reply its request gets.
-    Stream(Peer, Vec<u8>),
-    /// A fresh scrape each time.
-    Metrics,
-    /// A chat member reading steadily (its thread records a disconnect); each probe is a fresh
-    /// member's greeting.
-    Chat(Reader),
-    /// tcp_proxy with a refusing upstream: each probe is a fresh client, closed promptly.
-    Refused,
-    /// Each probe is a fresh connection that must read this greeting.
-    Greeting(&'static [u8]),
-}
-
-/// A connection read steadily by its own thread until stopped.
-pub struct Reader {
-    pub bytes: Arc<AtomicU64>,
-    /// Set (with how) when the server ended the connection before the reader stopped.
-    pub ended: Arc<Mutex<Option<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Reader {
-    pub fn start(mut s: TcpStream) -> Reader {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let ended = Arc::new(Mutex::new(None));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b, e, st) = (Arc::clone(&bytes), Arc::clone(&ended), Arc::clone(&stop));
-        let thread = thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(ms(100)));
-            let mut buf = vec![0u8; 256 * 1024];
-            while !st.load(Ordering::Relaxed) {
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        *e.lock().unwrap() = Some("EOF".into());
-                        return;
-                    }
-                    Ok(n) => {
-                        b.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(err) if super::is_timeout(&err) => {}
-                    Err(err) => {
-                        *e.lock().unwrap() = Some(err.to_string());
-                        return;
-                    }
-                }
-            }
-        });
-        Reader {
-            bytes,
-            ended,
-            stop,
-            thread: Some(thread),
-        }
-    }
-    pub fn ended(&self) -> Option<String> {
-        self.ended.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn expect_reply(p: &mut Peer, want: &[u8], within: Duration) -> Result<(), String> {
-    let got = p
-        .read_exact_within(want.len(), within)
-        .map_err(|e| e.to_string())?;
-    if got != want {
-        return Err(format!(
-            "got {:?}, want {:?}",
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(want)
-        ));
-    }
-    Ok(())
-}
-
-impl Neighbour {
-    /// A neighbour of `t`, its greeting read.
-    pub fn new(t: &Target, within: Duration) -> Result<Neighbour, String> {
-        match t.kind {
-            Kind::Metrics => Ok(Neighbour::Metrics),
-            Kind::TcpProxyRefused => Ok(Neighbour::Refused),
-            Kind::TcpProxyTls => Ok(Neighbour::Greeting(b"+OK chat\r\n")),
-            Kind::Chat => {
-                let mut p = t.open(Stage::FirstFrame).map_err(|e| e.to_string())?;
-                expect_reply(&mut p, b"+OK chat\r\n", within)?;
-                let Peer::Raw(s) = p else { unreachable!() };
-                Ok(Neighbour::Chat(Reader::start(s)))
-            }
-            _ => {
-                let mut p = t.open(Stage::FirstFrame).map_err(|e| e.to_string())?;
-                let (req, reply): (Vec<u8>, Vec<u8>) = match t.kind {
-                    Kind::Line | Kind::Pooled => {
-                        expect_reply(&mut p, b"+OK ready\r\n", within)?;
-                        (b"PING\r\n".to_vec(), b"+PONG\r\n".to_vec())
-                    }
-                    Kind::Resp => (t.frame(), b"+PONG\r\n".to_vec()),
-                    Kind::TcpProxy => {
-                        p.send(b"echo\n").map_err(|e| e.to_string())?;
-                        (b"ping\n".to_vec(), b"ping\n".to_vec())
-                    }
-                    _ => (t.frame(), t.frame()),
-                };
-                let _ = req;
-                Ok(Neighbour::Stream(p, reply))
-            }
-        }
-    }
-
-    /// One round trip; its time, or why it failed.
-    pub fn probe(&mut self, t: &Target, within: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        match self {
-            Neighbour::Stream(p, reply) => {
-                let req = match t.kind {
-                    Kind::Line | Kind::Pooled => b"PING\r\n".to_vec(),
-                    Kind::TcpProxy => b"ping\n".to_vec(),
-                    _ => t.frame(),
-                };
-                p.send(&req).map_err(|e| format!("send: {e}"))?;
-                expect_reply(p, reply, within)?;
-            }
-            Neighbour::Metrics => scrape(t.addr, within)?,
-            Neighbour::Chat(reader) => {
-                if let Some(how) = reader.ended() {
-                    return Err(format!(
-                        "the reading member was disconnected ({how}) after {} bytes",
-                        reader.bytes.load(Ordering::Relaxed)
-                    ));
-                }
-                let mut p = t.open(Stage::FirstFrame).map_err(|e| e.to_string())?;
-                expect_reply(&mut p, b"+OK chat\r\n", within)?;
-            }
-            Neighbour::Greeting(g) => {
-                let mut p = t.open(Stage::FirstFrame).map_err(|e| e.to_string())?;
-                expect_reply(&mut p, g, within)?;
-            }
-            Neighbour::Refused => {
-                let mut s = connect(t.addr);
-                s.set_read_timeout(Some(within)).unwrap();
-                let mut b = [0u8; 64];
-                match s.read(&mut b) {
-                    Ok(0) => {}
-                    Err(e) if super::is_reset(&e) => {}
-                    other => return Err(format!("not closed promptly: {other:?}")),
-                }
-            }
-        }
-        let took = start.elapsed();
-        if took > within {
-            return Err(format!("took {took:?}"));
-        }
-        Ok(took)
-    }
-}
-
-/// `GET /metrics` on a fresh connection: a 200 within `within`.
-pub fn scrape(addr: SocketAddr, within: Duration) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(within)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .map_err(|e| format!("request: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("response ({} bytes): {e}", raw.len()))?;
-    if !raw.starts_with(b"HTTP/1.1 200") {
-        return Err(format!(
-            "scrape answered {:?}",
-            String::from_utf8_lossy(&raw[..raw.len().min(60)])
-        ));
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
 // Running attacks
 // ---------------------------------------------------------------------------------------------
 
 mod attack;
+mod neighbour;
+mod peer;
 pub use attack::Running;
+pub use neighbour::{Neighbour, Reader};
+pub use peer::{client_hello, Peer, Upstream};
 
 /// Each server thread's run-queue time so far: on-CPU plus waiting-to-run nanoseconds, by
 /// thread id (empty where schedstat is missing). A thread that sleeps between events is
@@ -772,7 +433,10 @@ pub fn sched_times(pid: i32) -> std::collections::HashMap<String, u64> {
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for e in dir.flatten() {
             if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
-                let f: Vec<u64> = s.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+                let f: Vec<u64> = s
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
                 if f.len() >= 2 {
                     out.insert(e.file_name().to_string_lossy().into_owned(), f[0] + f[1]);
                 }
@@ -801,8 +465,9 @@ pub fn run(name: &str, case: &Case, backend: Backend) {
     let mut rng = Rng::new(seed ^ name.len() as u64);
     let mut t = Target::start(case.kind, backend, &case.args);
     let mut failures: Vec<String> = Vec::new();
-    let mut nb = Neighbour::new(&t, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{name}: the neighbour could not connect before the attack: {e}"));
+    let mut nb = Neighbour::new(&t, Duration::from_secs(10)).unwrap_or_else(|e| {
+        panic!("{name}: the neighbour could not connect before the attack: {e}")
+    });
     nb.probe(&t, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{name}: no round trip before the attack: {e}"));
     let rss0 = t.server.rss_kib();
@@ -825,7 +490,11 @@ pub fn run(name: &str, case: &Case, backend: Backend) {
     println!("{name}: settled in {:?}", settle0.elapsed());
 
     // 1 and 2: CPU and neighbours over the window.
-    let (cpu0, d0, w0) = (t.server.cpu_time(), sched_times(t.server.pid()), Instant::now());
+    let (cpu0, d0, w0) = (
+        t.server.cpu_time(),
+        sched_times(t.server.pid()),
+        Instant::now(),
+    );
     let mut worst = Duration::ZERO;
     let mut probes = 0;
     let mut served = true;
@@ -882,7 +551,10 @@ pub fn run(name: &str, case: &Case, backend: Backend) {
     // 3: memory.
     let rss1 = t.server.rss_kib();
     let grown = rss1.saturating_sub(rss0) / 1024;
-    println!("{name}: RSS {rss0} -> {rss1} KiB (+{grown} MiB, bound {} MiB)", case.rss_mib);
+    println!(
+        "{name}: RSS {rss0} -> {rss1} KiB (+{grown} MiB, bound {} MiB)",
+        case.rss_mib
+    );
     if grown > case.rss_mib {
         failures.push(format!(
             "RSS grew {grown} MiB ({rss0} -> {rss1} KiB; bound {} MiB)",
@@ -899,8 +571,8 @@ pub fn run(name: &str, case: &Case, backend: Backend) {
         loop {
             let (c0, q0) = (t.server.cpu_time(), Instant::now());
             thread::sleep(QUIET);
-            let c = t.server.cpu_time().saturating_sub(c0).as_secs_f64()
-                / q0.elapsed().as_secs_f64();
+            let c =
+                t.server.cpu_time().saturating_sub(c0).as_secs_f64() / q0.elapsed().as_secs_f64();
             samples.push(format!("{c:.2}"));
             if c <= QUIET_CORE || Instant::now() >= deadline {
                 break;
@@ -910,7 +582,10 @@ pub fn run(name: &str, case: &Case, backend: Backend) {
             "{name}: after the attack stopped, core per {QUIET:?}: {} (bound {QUIET_CORE})",
             samples.join(", ")
         );
-        if samples.last().is_some_and(|c| c.parse::<f64>().unwrap_or(0.0) > QUIET_CORE) {
+        if samples
+            .last()
+            .is_some_and(|c| c.parse::<f64>().unwrap_or(0.0) > QUIET_CORE)
+        {
             failures.push(format!(
                 "CPU after the attack stopped: never quiet within {QUIET_WITHIN:?} (core per \
                  {QUIET:?}: {}; bound {QUIET_CORE})",
