@@ -3,7 +3,7 @@
 //! on:
 //!
 //! The attack starts; the server gets up to 5 s to work off what it sent (until a 250 ms
-//! sample in which no thread was runnable half the time); then, over the 1.5 s window:
+//! sample in which no thread was runnable half the time); then, over the 1.2 s window:
 //!
 //! 1. **CPU bounded**: the server's CPU time (`Server::cpu_time`, user + system, every thread)
 //!    over the attack window stays under the row's share of one core (default 0.5); an active
@@ -18,7 +18,8 @@
 //! 3. **Memory bounded**: RSS growth from before the attack to the end of the window stays under
 //!    the row's bound (default 64 MiB).
 //! 4. **Shutdown prompt**: SIGTERM, with the attackers still connected, ends the process with
-//!    status 0 within the drain time (`--drain-timeout 1`) plus a second.
+//!    status 0 within the drain time (`--drain-timeout 1`) plus a second, plus
+//!    [`EXIT_GRACE`] for a loaded machine.
 //!
 //! A row can add one more: `fds_settle` (after the attack's own resets, the server's descriptor
 //! count comes back to its count before the attack). Every figure is printed; every failed
@@ -33,7 +34,7 @@ use super::tls::{rustls_connect, Pki};
 use super::{connect, deploy, reset_close, Backend, Rng, Server, ServerBuilder};
 
 /// How long the attack is measured (the neighbour probed, the CPU counted).
-pub const WINDOW: Duration = Duration::from_millis(1500);
+pub const WINDOW: Duration = Duration::from_millis(1200);
 /// Before the window: the length of one settle sample...
 pub const SETTLE_STEP: Duration = Duration::from_millis(250);
 /// ... and how long the server has to settle.
@@ -46,6 +47,11 @@ pub const QUIET_WITHIN: Duration = Duration::from_secs(3);
 pub const QUIET_CORE: f64 = 0.3;
 /// Every server's `--drain-timeout`, in seconds.
 pub const DRAIN_SECS: u64 = 1;
+/// Beyond the drain time plus a second, what a loaded machine may add between the signal and
+/// the exit seen by `waitpid` (1.3 s from the signal to the last log line, 2.0+ s to the exit,
+/// was seen once in 108 runs with no connection left to drain). A server that does not honour
+/// SIGTERM misses it by far: it spins on, or takes 6-59 s.
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// The PROXY v1 header the PROXY-port clients send.
 pub const PROXY_HEADER: &[u8] = b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 5001\r\n";
 /// A TLS alert record, close_notify, in plaintext (what a client sends before encryption).
@@ -613,14 +619,15 @@ pub fn run(name: &str, case: &Case, backend: Backend) {
 
     // 4: SIGTERM with the attackers still connected.
     t.server.assert_alive(name);
-    let bound = Duration::from_secs(DRAIN_SECS + 1);
+    let bound = Duration::from_secs(DRAIN_SECS + 1) + EXIT_GRACE;
     let s0 = Instant::now();
     t.server.signal(libc::SIGTERM);
     match t.server.wait_exit(bound) {
         Some(st) if st.success() => println!("{name}: exit 0 {:?} after SIGTERM", s0.elapsed()),
         Some(st) => failures.push(format!("SIGTERM: exit status {st}")),
         None => failures.push(format!(
-            "SIGTERM: still running {bound:?} after it (drain {DRAIN_SECS} s + 1 s)"
+            "SIGTERM: still running {bound:?} after it (drain {DRAIN_SECS} s + 1 s + {EXIT_GRACE:?} \
+             of grace for a loaded machine)"
         )),
     }
     drop(running);
