@@ -7,6 +7,8 @@
 //! still served, RSS growth stays bounded, and SIGTERM still exits 0 within the drain time plus
 //! a second. TLS and PROXY ports: `tests/hostile_tls.rs`. The map: TESTING.md, "Hostile peers".
 
+#![cfg(target_os = "linux")]
+
 #[macro_use]
 mod common;
 

@@ -5,6 +5,8 @@
 //! `tests/hostile.rs` (`common::hostile::run`): CPU bounded, a neighbour on the same IO thread
 //! served, RSS growth bounded, SIGTERM exits 0 within the drain time plus a second.
 
+#![cfg(target_os = "linux")]
+
 #[macro_use]
 mod common;
 
