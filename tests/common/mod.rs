@@ -21,6 +21,7 @@
 
 pub mod close;
 pub mod deploy;
+pub mod hostile;
 pub mod line;
 mod observe;
 pub mod packet;
