@@ -21,6 +21,7 @@
 //! | `ringport_io_busy_seconds_total` | thread | time working between waits (handlers included) |
 //! | `ringport_io_inbox_messages` | thread | messages from other threads waiting (handle writes, closes, work done) |
 //! | `ringport_pool_queued_jobs`, `ringport_pool_busy_workers`, `ringport_pool_workers` | pool | worker pools |
+//! | `ringport_pool_cancelled_jobs_total` | pool | jobs skipped: their connection was gone before they started |
 
 mod http;
 
@@ -348,6 +349,16 @@ impl Collector for Collect {
             "ringport_pool_workers",
             "Worker threads in the pool.",
             &per_pool(&|p| p.3),
+        )?;
+        let cancelled: Vec<(Labels, u64)> = lock(&inner.pools)
+            .iter()
+            .map(|(n, p)| (vec![("pool", n.clone())], p.cancelled()))
+            .collect();
+        counter_rows(
+            e,
+            "ringport_pool_cancelled_jobs",
+            "Jobs skipped because their connection was gone (reset, aborted) before they started.",
+            &cancelled,
         )?;
         Ok(())
     }
