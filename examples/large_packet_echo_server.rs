@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ringport::pool::{BufferPool, Ordered, WorkerPool};
-use ringport::{Conn, Frame, Handler, Server};
+use ringport::{Conn, Frame, Handler, Server, Work};
 
 #[derive(Parser, Debug)]
 #[command(about = "ringport large packet echo server: big frames echoed by a worker pool")]
@@ -63,11 +63,11 @@ impl Handler for Session {
             return;
         };
         buf.extend_from_slice(raw);
-        let work = conn.work(); // outstanding until the job drops it: no close overtakes it
-        let job = move || {
+        // The job's `Work` is outstanding until the job drops it: no close overtakes it.
+        let job = move |work: Work| {
             let _ = work.write(&buf[..]); // the echo; `buf` returns to its pool when dropped
         };
-        if self.jobs.submit(&self.pool, job).is_err() {
+        if self.jobs.submit_work(&self.pool, conn, job).is_err() {
             conn.hold_frame(); // worker queue full (the buffer went back with the job)
         }
     }

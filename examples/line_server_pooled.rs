@@ -9,8 +9,10 @@
 //! How it works: the IO thread decodes a line and queues it, with a [`Work`] for the connection,
 //! on the connection's [`Ordered`] queue; a worker runs it and writes the reply through the
 //! `Work`, which ends when the job drops it. One connection's commands run one after another,
-//! so pipelined commands are answered in order. A full queue means the connection stops
-//! reading until there is room. The engine knows every `Work` outstanding: whatever closes the
+//! so pipelined commands are answered in order; the workers take connections in turn (one
+//! command each, round robin), so a connection's backlog never makes the others wait. A full
+//! queue (`--queue`, or 64 commands of one connection) means the connection stops reading until
+//! there is room. Commands of a connection that was reset are skipped, not run. The engine knows every `Work` outstanding: whatever closes the
 //! connection (the client's EOF, an over-long line, the idle timeout, a shutdown) waits for
 //! the replies first, so no accepted command loses its answer.
 //! Use this variant only when handlers block; otherwise `line_server` is simpler and faster.
@@ -24,7 +26,7 @@ use clap::Parser;
 use common::line_protocol::{execute, is_quit};
 use ringport::codec::{DecodeError, Lines};
 use ringport::pool::{Ordered, WorkerPool};
-use ringport::{Conn, Frame, Handler, Server};
+use ringport::{Conn, Frame, Handler, Server, Work};
 
 #[derive(Parser, Debug)]
 #[command(about = "ringport pooled line server: commands run on a worker pool")]
@@ -38,7 +40,8 @@ struct Args {
     /// Worker threads running the commands
     #[arg(long, default_value_t = 8)]
     workers: usize,
-    /// Jobs the worker queue holds; when full, connections feeding it stop reading
+    /// Commands waiting for a worker, all connections together; when full, connections feeding
+    /// it stop reading
     #[arg(long, default_value_t = 1024)]
     queue: usize,
     #[command(flatten)]
@@ -63,8 +66,9 @@ impl Handler for Session {
         let line = frame.payload().to_vec();
         let quit = is_quit(&line);
         let client = conn.info().client;
-        let work = conn.work(); // counted until the job drops it
-        let job = move || {
+        // The job gets the connection's `Work` (counted until the job drops it) only if it is
+        // accepted; a job whose connection was reset before it started is skipped.
+        let job = move |work: Work| {
             let (reply, close) = execute(&line, client);
             // Errors mean the connection is gone: nothing left to answer.
             let _ = work.write(reply);
@@ -72,8 +76,9 @@ impl Handler for Session {
                 let _ = work.close(); // waits for nothing but this reply's flush
             }
         };
-        if self.jobs.submit(&self.pool, job).is_err() {
-            conn.hold_frame(); // the queue is full: stop reading, offer this line again later
+        if self.jobs.submit_work(&self.pool, conn, job).is_err() {
+            // Nothing queued: stop reading, offer this line again a few ms later.
+            conn.hold_frame();
             return;
         }
         self.quit = quit;

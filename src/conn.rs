@@ -183,8 +183,8 @@ impl<'a> Conn<'a> {
     }
 
     /// Only in `on_frame`: this frame was not consumed (e.g. a worker queue is full). The engine
-    /// keeps it, stops reading, and delivers it again on a later loop turn (within a few ms, or
-    /// sooner when the IO thread is woken).
+    /// keeps it, stops reading, and delivers it again 2 ms later (and every 2 ms while it is
+    /// held, whatever wakes the IO thread meanwhile), without decoding or counting it again.
     pub fn hold_frame(&mut self) {
         self.core.held = true;
     }
@@ -198,19 +198,29 @@ impl<'a> Conn<'a> {
     /// each job that will answer a request, so that no close (graceful, idle, decode error,
     /// shutdown) drops the reply.
     ///
+    /// With a [`WorkerPool`](crate::pool::WorkerPool), let the pool make it:
+    /// [`Ordered::submit_work`](crate::pool::Ordered::submit_work) (several requests per
+    /// connection, replies in order) or
+    /// [`WorkerPool::try_execute_work`](crate::pool::WorkerPool::try_execute_work) create the
+    /// `Work` only once the job is accepted, so a refused job (queue full: the frame is held
+    /// and offered again) leaves nothing behind:
+    ///
     /// ```no_run
-    /// # use ringport::{Conn, Frame, Handler, pool::WorkerPool};
+    /// # use ringport::{Conn, Frame, Handler, Work, pool::WorkerPool};
     /// struct Pooled { pool: WorkerPool }
     /// impl Handler for Pooled {
     ///     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
     ///         let request = frame.payload().to_vec();
-    ///         let work = conn.work();
-    ///         if self.pool.try_execute(move || { let _ = work.write(request); }).is_err() {
-    ///             conn.hold_frame(); // the job (and its Work) was dropped: offered again later
+    ///         let job = move |work: Work| { let _ = work.write(request); };
+    ///         if self.pool.try_execute_work(conn, job).is_err() {
+    ///             conn.hold_frame(); // nothing was queued: offered again a few ms later
     ///         }
     ///     }
     /// }
     /// ```
+    ///
+    /// A `Work` made here and dropped unused (a job refused by another queue) ends through
+    /// the IO thread's inbox like any other: correct, but a message per refusal.
     pub fn work(&mut self) -> Work {
         let handle = self.handle();
         // A closing connection still waits for work (plain handles already say closed).

@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::{DecodeError, Decoder};
+use crate::codec::{DecodeError, Decoded, Decoder};
 use crate::conn::Conn;
 use crate::core::{ConnCore, ConnectRequest, DynConn, ThreadCtx, Token};
 use crate::handle::{ConnShared, ConnectionHandle};
@@ -274,6 +274,9 @@ pub(crate) struct Typed<H, D> {
     codec: D,
     /// A callback panicked: the handler's state is suspect, it is not called again.
     poisoned: bool,
+    /// The frame the handler held back (`Conn::hold_frame`), as decoded: it is at the start
+    /// of the next input and is offered again without decoding (or counting) it again.
+    held: Option<Decoded>,
 }
 
 impl<H: Handler, D: Decoder> Typed<H, D> {
@@ -282,6 +285,7 @@ impl<H: Handler, D: Decoder> Typed<H, D> {
             handler,
             codec,
             poisoned: false,
+            held: None,
         }
     }
 
@@ -322,7 +326,20 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
     ) -> usize {
         let mut pos = 0;
         while pos < data.len() && core.wants_frames() && !self.poisoned {
-            let d = match self.codec.decode(&data[pos..]) {
+            // The held frame again: the decoder already returned it (and moved past it).
+            let again = self.held.take();
+            let fits = |d: &Decoded| pos == 0 && d.consumed <= data.len();
+            debug_assert!(
+                again.as_ref().is_none_or(fits),
+                "a held frame is the start of the next input"
+            );
+            let again = again.filter(fits);
+            let fresh = again.is_none();
+            let decoded = match again {
+                Some(d) => Ok(Some(d)),
+                None => self.codec.decode(&data[pos..]),
+            };
+            let d = match decoded {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
                 Err(error) => {
@@ -345,9 +362,14 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
                 raw: &data[pos..pos + d.consumed],
                 payload: (d.payload.start, d.payload.end),
             };
-            ctx.stats(core.server).frames_in.add(1);
+            if fresh {
+                ctx.stats(core.server).frames_in.add(1);
+            }
             self.guard(core, ctx, token, |h, c| h.on_frame(c, frame));
             if core.held || self.poisoned {
+                if core.held && !self.poisoned {
+                    self.held = Some(d);
+                }
                 break;
             }
             pos += d.consumed;

@@ -1,22 +1,31 @@
 //! The worker pool: blocking work (a database query, a file, a slow service) off the IO threads.
 //!
 //! The classic argument: with X IO threads all engaged in blocking work, the communications
-//! layer stops responding. Complete commands go through a bounded FIFO queue to a fixed set of
+//! layer stops responding. Complete commands go through a bounded queue to a fixed set of
 //! named worker threads instead; the IO threads keep serving everyone else.
 //!
-//! - [`WorkerPool`]: `workers` threads, a queue of at most `queue_capacity` jobs.
-//!   [`WorkerPool::try_execute`] never blocks and never grows the queue: when it is full the job
-//!   comes back as [`PoolFull`], and the handler holds its frame
-//!   ([`Conn::hold_frame`](crate::Conn::hold_frame)): that connection stops reading and the
-//!   frame is offered again a few milliseconds later. That is the backpressure.
+//! - [`WorkerPool`]: `workers` threads, at most `queue_capacity` jobs waiting (all connections
+//!   together). [`WorkerPool::try_execute`] never blocks and never grows the queue: when it is
+//!   full the job comes back as [`PoolFull`], and the handler holds its frame
+//!   ([`Conn::hold_frame`]): that connection stops reading and the frame is offered again a few
+//!   milliseconds later. That is the backpressure.
 //! - [`Ordered`]: one connection's jobs run one after another, in submission order, so its
 //!   replies go out in request order even when its requests are pipelined and the pool has many
 //!   workers. (Chosen over sequencing completions: no reorder buffer, no sequence numbers that
-//!   could wrap, and a connection cannot occupy more than one worker.) Writes a job makes through
-//!   a [`Work`](crate::Work) (a counted [`ConnectionHandle`](crate::ConnectionHandle)) travel
-//!   through the IO thread's FIFO inbox, so they keep that order; dropping the `Work` at the
-//!   end of the job tells the engine, after those writes, that the request is answered, so no
-//!   close of the connection drops the reply.
+//!   could wrap, and a connection cannot occupy more than one worker.)
+//! - Fairness: the shared queue holds at most one entry per connection (its next job), served
+//!   round robin. A worker runs ONE job of a connection, then puts the connection back at the
+//!   end of the queue if it has more: a connection's backlog (64 pipelined `SLEEP`s) never holds
+//!   a worker, and with every worker busy, another connection's command waits for at most one
+//!   job of each connection ahead of it, not for their backlogs.
+//! - Replies: [`Ordered::submit_work`] and [`WorkerPool::try_execute_work`] hand the job a
+//!   [`Work`] (a counted [`ConnectionHandle`](crate::ConnectionHandle)) made only once the job
+//!   is accepted, so a refused job costs the IO thread nothing (no `Work` made and dropped, no
+//!   inbox message). Its writes travel through the IO thread's FIFO inbox, so they keep their
+//!   order; dropping the `Work` at the end of the job tells the engine, after those writes, that
+//!   the request is answered, so no close of the connection drops the reply. A job whose
+//!   connection is gone (reset, aborted) before it starts is skipped, not run, and counted
+//!   ([`WorkerPool::cancelled`]).
 //! - Shutdown ([`WorkerPool::shutdown`]): jobs not yet started are dropped, running jobs may
 //!   finish until the deadline; the pool never waits for connection handles, which keep nothing
 //!   alive.
@@ -24,30 +33,95 @@
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crate::conn::Conn;
+use crate::handle::Work;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+type ReplyJob = Box<dyn FnOnce(Work) + Send + 'static>;
+
+/// One job as the pool keeps it.
+enum Task {
+    /// Runs whatever happens to its connection (if it has one).
+    Plain(Job),
+    /// Answers a request of a connection: skipped if the connection is gone before it starts.
+    Reply(ReplyJob, Work),
+}
+
+impl Task {
+    /// Its connection is gone: nobody can read the reply.
+    fn is_orphan(&self) -> bool {
+        matches!(self, Task::Reply(_, work) if !work.is_open())
+    }
+
+    fn run(self) {
+        match self {
+            Task::Plain(job) => job(),
+            Task::Reply(job, work) => job(work),
+        }
+    }
+}
 
 /// The pool's queue is full; the job was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("worker queue full")]
 pub struct PoolFull;
 
+/// One connection's jobs (an [`Ordered`]).
+#[derive(Default)]
+struct LaneJobs {
+    jobs: VecDeque<Task>,
+    /// In the ready queue or running on a worker (never both, never twice).
+    scheduled: bool,
+    /// One of its jobs runs now.
+    running: bool,
+}
+
+/// Locked only under [`Queue`]'s lock (so its own lock is never contended).
+type Lane = Arc<Mutex<LaneJobs>>;
+
+enum Entry {
+    Job(Task),
+    Lane(Lane),
+}
+
+struct Queue {
+    /// What the workers take next, in round-robin order: a plain job, or a connection with
+    /// jobs waiting (at most once).
+    ready: VecDeque<Entry>,
+    /// Jobs waiting, every connection's together: never above `capacity`.
+    waiting: usize,
+    stopping: bool,
+}
+
 struct Shared {
-    tx: Sender<Option<Job>>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    capacity: usize,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     workers: usize,
     /// Workers running a job now.
-    busy: std::sync::atomic::AtomicUsize,
+    busy: AtomicUsize,
+    /// Jobs skipped because their connection was gone before they started.
+    cancelled: AtomicU64,
 }
 
-/// A fixed number of named worker threads fed by a bounded FIFO queue. Cheap to clone.
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn lock_lane(lane: &Lane) -> MutexGuard<'_, LaneJobs> {
+    lane.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fixed number of named worker threads fed by a bounded, fair queue. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkerPool {
     shared: Arc<Shared>,
@@ -57,32 +131,44 @@ impl std::fmt::Debug for WorkerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerPool")
             .field("workers", &self.shared.workers)
-            .field("queued", &self.shared.tx.len())
+            .field("queued", &self.queued())
             .finish()
     }
 }
 
 impl WorkerPool {
-    /// Starts `workers` threads named `{name}-{i}` sharing a queue of `queue_capacity` jobs.
+    /// Starts `workers` threads named `{name}-{i}`; at most `queue_capacity` jobs wait.
     pub fn new(name: &str, workers: usize, queue_capacity: usize) -> io::Result<WorkerPool> {
         let workers = workers.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<Option<Job>>(queue_capacity.max(1));
         let shared = Arc::new(Shared {
-            tx,
+            queue: Mutex::new(Queue {
+                ready: VecDeque::new(),
+                waiting: 0,
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+            capacity: queue_capacity.max(1),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             workers,
-            busy: std::sync::atomic::AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            cancelled: AtomicU64::new(0),
         });
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
-            let rx = rx.clone();
             let s = shared.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("{name}-{i}"))
-                    .spawn(move || worker(rx, s))?,
-            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || worker(&s));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The threads already started stop (they hold the pool alive).
+                    *shared.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
+                    WorkerPool { shared }.shutdown(Duration::ZERO);
+                    return Err(e);
+                }
+            }
         }
         *shared.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
         Ok(WorkerPool { shared })
@@ -90,18 +176,47 @@ impl WorkerPool {
 
     /// Queues `job` unless the queue is full. Never blocks.
     pub fn try_execute(&self, job: impl FnOnce() + Send + 'static) -> Result<(), PoolFull> {
-        if self.is_stopping() {
+        let mut q = self.shared.lock();
+        if q.stopping || q.waiting >= self.shared.capacity {
             return Err(PoolFull);
         }
-        match self.shared.tx.try_send(Some(Box::new(job))) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(PoolFull),
-        }
+        self.push(&mut q, Entry::Job(Task::Plain(Box::new(job))));
+        Ok(())
     }
 
-    /// Jobs waiting in the queue.
+    /// Queues `job` to answer a request of `conn`, unless the queue is full. The job gets the
+    /// connection's [`Work`], made only if the job is accepted: on `Err` nothing was made or
+    /// queued, and the handler holds its frame ([`Conn::hold_frame`]). A job whose connection
+    /// is gone (reset) before it starts is skipped. For several requests of one connection,
+    /// use [`Ordered::submit_work`] (replies in request order).
+    pub fn try_execute_work(
+        &self,
+        conn: &mut Conn<'_>,
+        job: impl FnOnce(Work) + Send + 'static,
+    ) -> Result<(), PoolFull> {
+        let mut q = self.shared.lock();
+        if q.stopping || q.waiting >= self.shared.capacity {
+            return Err(PoolFull);
+        }
+        let task = Task::Reply(Box::new(job), conn.work());
+        self.push(&mut q, Entry::Job(task));
+        Ok(())
+    }
+
+    /// Adds one waiting job (`entry` is a plain job or a connection not yet scheduled).
+    fn push(&self, q: &mut Queue, entry: Entry) {
+        q.waiting += 1;
+        debug_assert!(
+            q.waiting <= self.shared.capacity,
+            "queue grew past its capacity"
+        );
+        q.ready.push_back(entry);
+        self.shared.wake.notify_one();
+    }
+
+    /// Jobs waiting (every connection's together).
     pub fn queued(&self) -> usize {
-        self.shared.tx.len()
+        self.shared.lock().waiting
     }
 
     /// Workers running a job now.
@@ -114,6 +229,11 @@ impl WorkerPool {
         self.shared.workers
     }
 
+    /// Jobs skipped because their connection was gone (reset, aborted) before they started.
+    pub fn cancelled(&self) -> u64 {
+        self.shared.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Whether [`WorkerPool::shutdown`] has begun.
     pub fn is_stopping(&self) -> bool {
         self.shared.stopping.load(Ordering::Acquire)
@@ -124,12 +244,23 @@ impl WorkerPool {
     pub fn shutdown(&self, deadline: Duration) {
         let end = Instant::now() + deadline;
         self.shared.stopping.store(true, Ordering::Release);
-        for _ in 0..self.shared.workers {
-            let left = end.saturating_duration_since(Instant::now());
-            if self.shared.tx.send_timeout(None, left).is_err() {
-                break;
-            }
-        }
+        let dropped = {
+            let mut q = self.shared.lock();
+            q.stopping = true;
+            q.waiting = 0;
+            let ready = std::mem::take(&mut q.ready);
+            // A connection's jobs go too; one running now finds its lane empty.
+            let lanes: Vec<VecDeque<Task>> = ready
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Lane(l) => Some(std::mem::take(&mut lock_lane(l).jobs)),
+                    Entry::Job(_) => None,
+                })
+                .collect();
+            self.shared.wake.notify_all();
+            (ready, lanes)
+        };
+        drop(dropped); // outside the lock: dropping a `Work` posts to its IO thread
         let threads = std::mem::take(
             &mut *self
                 .shared
@@ -150,16 +281,99 @@ impl WorkerPool {
     }
 }
 
-fn worker(rx: Receiver<Option<Job>>, shared: Arc<Shared>) {
-    while let Ok(Some(job)) = rx.recv() {
-        if shared.stopping.load(Ordering::Acquire) {
-            continue; // drop jobs not yet started
+/// Takes the next runnable job: a plain one, or the next job of the connection first in line
+/// (skipping, and counting, the jobs of a connection that is gone). `None`: the pool stops.
+fn next_task(shared: &Shared) -> Option<(Task, Option<Lane>, Vec<Task>)> {
+    let mut q = shared.lock();
+    loop {
+        if q.stopping {
+            return None;
+        }
+        let Some(entry) = q.ready.pop_front() else {
+            q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            continue;
+        };
+        match entry {
+            Entry::Job(task) => {
+                q.waiting -= 1;
+                if task.is_orphan() {
+                    shared.cancelled.fetch_add(1, Ordering::Relaxed);
+                    drop(q);
+                    drop(task);
+                    q = shared.lock();
+                    continue;
+                }
+                return Some((task, None, Vec::new()));
+            }
+            Entry::Lane(lane) => {
+                let mut l = lock_lane(&lane);
+                debug_assert!(l.scheduled, "a lane in the ready queue is scheduled");
+                let mut orphans = Vec::new();
+                while let Some(task) = l.jobs.pop_front() {
+                    q.waiting -= 1;
+                    if task.is_orphan() {
+                        orphans.push(task);
+                        continue;
+                    }
+                    l.running = true;
+                    drop(l);
+                    return Some((task, Some(lane), orphans));
+                }
+                l.scheduled = false; // nothing left but orphans
+                drop(l);
+                shared
+                    .cancelled
+                    .fetch_add(orphans.len() as u64, Ordering::Relaxed);
+                if !orphans.is_empty() {
+                    tracing::debug!(
+                        skipped = orphans.len(),
+                        "jobs of a closed connection skipped"
+                    );
+                }
+                drop(q);
+                drop(orphans);
+                q = shared.lock();
+            }
+        }
+    }
+}
+
+fn worker(shared: &Shared) {
+    while let Some((task, lane, orphans)) = next_task(shared) {
+        if !orphans.is_empty() {
+            shared
+                .cancelled
+                .fetch_add(orphans.len() as u64, Ordering::Relaxed);
+            tracing::debug!(
+                skipped = orphans.len(),
+                "jobs of a closed connection skipped"
+            );
+            drop(orphans);
         }
         shared.busy.fetch_add(1, Ordering::Relaxed);
-        if catch_unwind(AssertUnwindSafe(job)).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| task.run())).is_err() {
             tracing::error!("a worker job panicked; the worker goes on");
         }
         shared.busy.fetch_sub(1, Ordering::Relaxed);
+        let Some(lane) = lane else { continue };
+        // Round robin: the connection goes to the back of the line if it has more jobs.
+        let mut q = shared.lock();
+        let mut l = lock_lane(&lane);
+        l.running = false;
+        if q.stopping {
+            let left = std::mem::take(&mut l.jobs);
+            l.scheduled = false;
+            drop((l, q));
+            drop(left);
+            continue;
+        }
+        if l.jobs.is_empty() {
+            l.scheduled = false;
+        } else {
+            drop(l);
+            q.ready.push_back(Entry::Lane(lane));
+            shared.wake.notify_one();
+        }
     }
 }
 
@@ -174,17 +388,13 @@ pub enum Busy {
     PoolFull,
 }
 
-struct OrderedState {
-    jobs: VecDeque<Job>,
-    running: bool,
-}
-
-/// One connection's jobs, run one at a time in submission order on a [`WorkerPool`].
+/// One connection's jobs, run one at a time in submission order on a [`WorkerPool`], taking
+/// turns with the other connections' (round robin: one job, then the back of the line).
 ///
-/// At most `max_pending` jobs wait per connection and the connection occupies at most one pool
-/// slot (one drain job runs its jobs back to back). Keep one in the connection's handler.
+/// At most `max_pending` jobs wait per connection beside the one running or next, and they
+/// count toward the pool's queue capacity. Keep one in the connection's handler.
 pub struct Ordered {
-    state: Arc<Mutex<OrderedState>>,
+    lane: Lane,
     max_pending: usize,
 }
 
@@ -192,57 +402,74 @@ impl Ordered {
     /// A sequencer allowing `max_pending` jobs to wait.
     pub fn new(max_pending: usize) -> Ordered {
         Ordered {
-            state: Arc::new(Mutex::new(OrderedState {
-                jobs: VecDeque::new(),
-                running: false,
-            })),
+            lane: Arc::new(Mutex::new(LaneJobs::default())),
             max_pending: max_pending.max(1),
         }
     }
 
     /// Queues `job` after this connection's earlier jobs. On `Err` nothing was queued: hold the
-    /// frame and offer it again later.
+    /// frame and offer it again later. The job runs even if its connection has gone; to answer
+    /// a request, use [`Ordered::submit_work`].
     pub fn submit(
         &self,
         pool: &WorkerPool,
         job: impl FnOnce() + Send + 'static,
     ) -> Result<(), Busy> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.jobs.len() >= self.max_pending {
+        self.enqueue(pool, || Task::Plain(Box::new(job)))
+    }
+
+    /// Queues `job` after this connection's earlier jobs, to answer a request of `conn`: the
+    /// job gets the connection's [`Work`] (its writes are the reply; dropping it ends the
+    /// request), made only if the job is accepted. On `Err` nothing was made or queued: hold
+    /// the frame ([`Conn::hold_frame`]) and it is offered again a few ms later. A job whose
+    /// connection is gone (reset, aborted) before it starts is skipped, not run.
+    ///
+    /// ```no_run
+    /// # use ringport::{Conn, Frame, Handler, pool::{Ordered, WorkerPool}};
+    /// struct Pooled { pool: WorkerPool, jobs: Ordered }
+    /// impl Handler for Pooled {
+    ///     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+    ///         let request = frame.payload().to_vec();
+    ///         let job = move |work: ringport::Work| { let _ = work.write(request); };
+    ///         if self.jobs.submit_work(&self.pool, conn, job).is_err() {
+    ///             conn.hold_frame(); // nothing queued: this frame comes again later
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn submit_work(
+        &self,
+        pool: &WorkerPool,
+        conn: &mut Conn<'_>,
+        job: impl FnOnce(Work) + Send + 'static,
+    ) -> Result<(), Busy> {
+        self.enqueue(pool, || Task::Reply(Box::new(job), conn.work()))
+    }
+
+    /// Queues the task `make` builds, once it is sure to be accepted.
+    fn enqueue(&self, pool: &WorkerPool, make: impl FnOnce() -> Task) -> Result<(), Busy> {
+        let mut q = pool.shared.lock();
+        let mut l = lock_lane(&self.lane);
+        // `max_pending` wait behind the job that runs (or is next).
+        if l.jobs.len() + usize::from(l.running) > self.max_pending {
             return Err(Busy::ConnectionFull);
         }
-        if st.running {
-            st.jobs.push_back(Box::new(job));
-            return Ok(());
+        if q.stopping || q.waiting >= pool.shared.capacity {
+            return Err(Busy::PoolFull);
         }
-        let state = self.state.clone();
-        let stopping = pool.clone();
-        let first: Job = Box::new(job);
-        pool.try_execute(move || drain(first, &state, &stopping))
-            .map_err(|PoolFull| Busy::PoolFull)?;
-        st.running = true;
+        l.jobs.push_back(make());
+        q.waiting += 1;
+        debug_assert!(
+            q.waiting <= pool.shared.capacity,
+            "queue grew past its capacity"
+        );
+        if !l.scheduled {
+            l.scheduled = true;
+            drop(l);
+            q.ready.push_back(Entry::Lane(self.lane.clone()));
+            pool.shared.wake.notify_one();
+        }
         Ok(())
-    }
-}
-
-/// Runs `first`, then the connection's queued jobs until none is left.
-fn drain(first: Job, state: &Mutex<OrderedState>, pool: &WorkerPool) {
-    let mut job = first;
-    loop {
-        if catch_unwind(AssertUnwindSafe(job)).is_err() {
-            tracing::error!("a connection job panicked; its later jobs still run");
-        }
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.is_stopping() {
-            st.jobs.clear(); // shutdown: drop what has not started
-        }
-        match st.jobs.pop_front() {
-            Some(next) => job = next,
-            None => {
-                st.running = false;
-                return;
-            }
-        }
     }
 }
 
@@ -360,7 +587,7 @@ mod tests {
 
     #[test]
     fn ordered_jobs_of_one_connection_run_in_submission_order() {
-        let pool = WorkerPool::new("t", 4, 16).unwrap();
+        let pool = WorkerPool::new("t", 4, 256).unwrap();
         let (tx, rx) = mpsc::channel();
         let ordered = Ordered::new(1000);
         for i in 0..200u32 {
@@ -378,6 +605,59 @@ mod tests {
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
             .collect();
         assert_eq!(got, (0..200).collect::<Vec<_>>());
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    /// One worker, blocked on connection A's first job while A queues four more and B one:
+    /// B's job runs right after A's first, not after A's backlog (round robin).
+    #[test]
+    fn connections_take_turns_one_job_each() {
+        let pool = WorkerPool::new("t", 1, 64).unwrap();
+        let (a, b) = (Ordered::new(64), Ordered::new(64));
+        let (tx, rx) = mpsc::channel();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let t = tx.clone();
+        a.submit(&pool, move || {
+            let _ = gate_rx.recv_timeout(Duration::from_secs(10));
+            t.send("a1").unwrap();
+        })
+        .unwrap();
+        for name in ["a2", "a3", "a4", "a5"] {
+            let t = tx.clone();
+            a.submit(&pool, move || t.send(name).unwrap()).unwrap();
+        }
+        let t = tx.clone();
+        b.submit(&pool, move || t.send("b1").unwrap()).unwrap();
+        gate_tx.send(()).unwrap();
+        let order: Vec<&str> = (0..6)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(order, ["a1", "b1", "a2", "a3", "a4", "a5"]);
+        assert_eq!(pool.queued(), 0);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    /// Every connection's waiting jobs count toward the pool's capacity (memory stays bounded
+    /// whatever the number of connections).
+    #[test]
+    fn connections_share_the_queue_capacity() {
+        let pool = WorkerPool::new("t", 1, 4).unwrap();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        pool.try_execute(move || {
+            let _ = gate_rx.recv_timeout(Duration::from_secs(10));
+        })
+        .unwrap();
+        let lanes: Vec<Ordered> = (0..4).map(|_| Ordered::new(64)).collect();
+        let accepted = lanes
+            .iter()
+            .flat_map(|l| (0..4).map(move |_| l))
+            .filter(|l| l.submit(&pool, || {}).is_ok())
+            .count();
+        // The gate job may still wait too: 3 or 4 places were left.
+        assert!((3..=4).contains(&accepted), "accepted {accepted} of 16");
+        assert_eq!(lanes[3].submit(&pool, || {}), Err(Busy::PoolFull));
+        assert!(pool.queued() <= 4);
+        gate_tx.send(()).unwrap();
         pool.shutdown(Duration::from_secs(5));
     }
 

@@ -20,7 +20,8 @@ use super::{MAX_ACCEPT_BACKOFF, MIN_ACCEPT_BACKOFF};
 /// The timers' tick: idle timeouts, flush stalls, lingering closes and the drain deadline are
 /// checked this often.
 pub(super) const TICK: Duration = Duration::from_millis(100);
-/// How soon a held frame is offered again.
+/// How soon a held frame is offered again (whatever wakes the IO thread meanwhile: a refused
+/// job's end, another connection's input, must not turn the retry into a spin).
 pub(super) const HELD_RETRY: Duration = Duration::from_millis(2);
 
 pub(super) struct Entry {
@@ -45,6 +46,8 @@ pub(super) struct State {
     pub servers: Vec<Arc<SharedServer>>,
     pub listeners: Vec<ListenerState>,
     pub held: Vec<Token>,
+    /// When the held frames are offered again next (every [`HELD_RETRY`]).
+    pub held_retry_at: Instant,
     /// The inbox held more than one batch at the last drain.
     pub inbox_backlog: bool,
     pub drain: Duration,
@@ -87,7 +90,7 @@ impl State {
         let mut t: Option<Duration> = None;
         let mut at_most = |d: Duration| t = Some(t.map_or(d, |x| x.min(d)));
         if !self.held.is_empty() {
-            at_most(HELD_RETRY);
+            at_most(self.held_retry_at.saturating_duration_since(now));
         }
         for l in &self.listeners {
             if let Some(r) = l.resume_at {

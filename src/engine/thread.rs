@@ -31,7 +31,7 @@ use crate::BackendKind;
 use super::inbox::{Msg, ThreadShared};
 use super::peers::PeerRefusal;
 use super::server::SharedServer;
-use super::table::{Entry, ListenerState, State};
+use super::table::{Entry, ListenerState, State, HELD_RETRY};
 use super::Spawned;
 
 /// How long a shutdown waits for the first input of a connection that has sent nothing yet
@@ -182,6 +182,7 @@ impl IoThread {
                     })
                     .collect(),
                 held: Vec::new(),
+                held_retry_at: now,
                 inbox_backlog: false,
                 drain,
                 shutdown_deadline: None,
@@ -676,7 +677,13 @@ impl IoThread {
         }
     }
 
+    /// Offers the held frames again, at most every [`HELD_RETRY`].
     fn retry_held(&mut self) {
+        let now = self.st.ctx.now;
+        if self.st.held.is_empty() || now < self.st.held_retry_at {
+            return;
+        }
+        self.st.held_retry_at = now + HELD_RETRY;
         let held = std::mem::take(&mut self.st.held);
         for token in held {
             if let Some(e) = self.st.entries.get_mut(token).and_then(Option::as_mut) {

@@ -23,6 +23,7 @@
 //! | `ringport_metrics_requests_total` | outcome | this endpoint's requests: `answered`, `deadline` (not complete in time), `evicted` (reset to admit a newer one) |
 //! | `ringport_metrics_pending_requests` | | this endpoint's connections still sending their request |
 //! | `ringport_pool_queued_jobs`, `ringport_pool_busy_workers`, `ringport_pool_workers` | pool | worker pools |
+//! | `ringport_pool_cancelled_jobs_total` | pool | jobs skipped: their connection was gone before they started |
 
 mod gate;
 mod http;
@@ -378,6 +379,16 @@ impl Collector for Collect {
             "ringport_pool_workers",
             "Worker threads in the pool.",
             &per_pool(&|p| p.3),
+        )?;
+        let cancelled: Vec<(Labels, u64)> = lock(&inner.pools)
+            .iter()
+            .map(|(n, p)| (vec![("pool", n.clone())], p.cancelled()))
+            .collect();
+        counter_rows(
+            e,
+            "ringport_pool_cancelled_jobs",
+            "Jobs skipped because their connection was gone (reset, aborted) before they started.",
+            &cancelled,
         )?;
         Ok(())
     }
