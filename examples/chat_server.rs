@@ -186,6 +186,11 @@ impl Handler for Session {
             msg.extend_from_slice(b": ");
             msg.extend_from_slice(&text);
             msg.extend_from_slice(b"\r\n");
+            // Reading is paused while anyone holds this sender up: no frame comes meanwhile.
+            debug_assert!(
+                self.blocking.is_empty(),
+                "a line read while the sender waits"
+            );
             self.blocking = self.room.broadcast(self.id, &msg.into());
             if !self.blocking.is_empty() {
                 conn.pause_reading();
