@@ -13,7 +13,9 @@
 //!   commands (arrays of bulk strings, or inline lines typed in telnet) with Redis's limits; a
 //!   frame reaches [`Session::on_frame`] only when the whole command has arrived, borrowed
 //!   from the receive buffer. Bad input gets `-ERR Protocol error: ...` and that connection
-//!   closes (counted in `INFO` as `protocol_errors`); nobody else notices.
+//!   closes (counted in `INFO` as `protocol_errors`); nobody else notices. A whole command
+//!   may be `--max-bulk` plus 1 MiB ([`CommandLimit`]): beyond that it gets
+//!   `-ERR Protocol error: command larger than N bytes` too.
 //! - **Commands** (`common/resp_commands.rs`): a table of name, arity and function; the
 //!   dispatch checks arity and `--maxmemory` the way Redis does and answers with Redis's exact
 //!   error texts. Replies go straight into the connection's write queue; pipelined commands
@@ -26,10 +28,15 @@
 //!   to connections (`Conn::set_timer`), and the keyspace outlives every connection, so the
 //!   sweep is not a connection's job.
 //! - **Memory**: `--maxmemory BYTES` (0: unlimited) bounds the estimated size of keys and
-//!   values; beyond it writes answer `-OOM ...` (Redis's `noeviction` policy), reads and
-//!   deletes still work. A client that never reads its replies costs at most about 4 MiB of
-//!   queued replies (plus one reply): beyond that its next command is held back
-//!   ([`Conn::hold_frame`]) and the engine's write watermarks stop reading from it.
+//!   values plus the replies queued for clients (`INFO`: `used_memory`, of which
+//!   `mem_clients_normal` are replies); beyond it writes answer `-OOM ...` (Redis's
+//!   `noeviction` policy), reads and deletes still work. A client that never reads its replies
+//!   costs at most 4 MiB of queued replies plus one value, however large the reply it asked
+//!   for: past 4 MiB nothing more is built for it. Its next command is held back
+//!   ([`Conn::hold_frame`]), and an `MGET` stops between two values and keeps the keys it has
+//!   not answered; the connection stops reading and asks to hear when its queue is back
+//!   under the low write watermark ([`ConnectionHandle::notify_when_writable`] on itself),
+//!   then the reply goes on where it stopped (`INFO`: `reply_waits`).
 //!
 //! Commands: PING ECHO GET SET (EX PX NX XX KEEPTTL) GETSET DEL EXISTS INCR INCRBY DECR DECRBY
 //! APPEND STRLEN MGET MSET EXPIRE PEXPIRE TTL PTTL PERSIST DBSIZE FLUSHALL SELECT(0) QUIT, and
@@ -49,10 +56,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use ringport::codec::resp::{protocol_error_reply, Command};
-use ringport::codec::{DecodeError, Resp};
-use ringport::{CloseReason, Conn, ConnInfo, Frame, Handler, Server};
+use ringport::codec::{DecodeError, Decoded, Decoder, Encoder, Resp};
+use ringport::{CloseReason, Conn, ConnInfo, ConnectionHandle, Frame, Handler, Server};
 
-use resp_commands::{execute, Client, Flow, Stats};
+use resp_commands::{execute, resume, Client, Flow, Stats, REPLY_QUEUE_HIGH};
 use resp_store::Store;
 
 #[derive(Parser, Debug)]
@@ -71,38 +78,146 @@ struct Args {
     common: common::CommonArgs,
 }
 
-/// Replies waiting to be sent beyond which the next command waits: the engine's write
-/// watermarks stop *reading*, but commands already received (a receive buffer holds hundreds of
-/// pipelined `GET`s) would otherwise all run and queue their replies at once.
-const REPLY_QUEUE_HIGH: usize = 4 << 20;
+/// Room a command has beyond its largest bulk string (the other arguments and the headers).
+const COMMAND_ROOM: usize = 1 << 20;
+
+/// How often a connection with replies queued re-reads its queue for `--maxmemory`.
+const QUEUE_REFRESH: Duration = Duration::from_millis(100);
+const REFRESH_TIMER: u64 = 1;
+/// Asks for `on_writable` a loop turn after the wait began (see `wait_for_reader`).
+const WAIT_TIMER: u64 = 2;
+
+/// The [`Resp`] decoder with a bound on the whole command: a command still incomplete past
+/// `max` bytes (an `MSET` of many values, each under `--max-bulk`) is a protocol error with
+/// Redis's reply, not a silent close at the engine's undecoded-input limit.
+#[derive(Clone)]
+struct CommandLimit {
+    resp: Resp,
+    max: usize,
+}
+
+impl Decoder for CommandLimit {
+    fn decode(&mut self, buf: &[u8]) -> Result<Option<Decoded>, DecodeError> {
+        match self.resp.decode(buf)? {
+            None if buf.len() > self.max => Err(DecodeError::Malformed(format!(
+                "command larger than {} bytes",
+                self.max
+            ))),
+            decoded => Ok(decoded),
+        }
+    }
+
+    fn encoder(&self) -> Option<&dyn Encoder> {
+        self.resp.encoder()
+    }
+}
 
 /// One connection: the command context, handed each complete command.
-struct Session(Client);
+struct Session {
+    client: Client,
+    /// Waiting for the client to read its queue down (reading paused, `on_writable` asked).
+    waiting: bool,
+    /// The client half-closed while a reply waited: close once it is complete.
+    close_when_done: bool,
+    /// This connection's queued replies as last counted in the store (`--maxmemory`).
+    counted: usize,
+    refresh_armed: bool,
+}
+
+impl Session {
+    /// Stops reading until the queue is back under the low write watermark; then
+    /// `on_writable` goes on with the reply (or the held command). The watch is asked for
+    /// from a timer a loop turn later: the handle sees this callback's writes only once the
+    /// engine has flushed them, and asked now it would fire at once.
+    fn wait_for_reader(&mut self, conn: &mut Conn<'_>) {
+        if !self.waiting {
+            self.waiting = true;
+            conn.pause_reading();
+            conn.set_timer(WAIT_TIMER, Duration::from_millis(1));
+        }
+    }
+
+    /// Publishes the queue's size to the store (`--maxmemory` counts queued replies), and
+    /// looks again soon while something is queued: the queue drains without a callback.
+    fn count_queue(&mut self, conn: &mut Conn<'_>) {
+        let now = conn.queued_bytes();
+        self.client.store.queue_replies(self.counted, now);
+        self.counted = now;
+        if now > 0 && !self.refresh_armed {
+            self.refresh_armed = true;
+            conn.set_timer(REFRESH_TIMER, QUEUE_REFRESH);
+        }
+    }
+}
 
 impl Handler for Session {
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        if conn.queued_bytes() > REPLY_QUEUE_HIGH {
-            conn.hold_frame(); // offered again once the client has read some replies
+        if self.client.pending.is_some() || conn.queued_bytes() > REPLY_QUEUE_HIGH {
+            conn.hold_frame(); // offered again once the client has read its replies
+            self.wait_for_reader(conn);
             return;
         }
         let cmd = Command::parse(frame.payload());
         if cmd.is_empty() {
             return; // `*0`, an empty line: Redis ignores them
         }
-        if execute(&mut self.0, conn, &cmd) == Flow::Close {
-            conn.close(); // after the reply is flushed
+        match execute(&mut self.client, conn, &cmd) {
+            Flow::Continue => {}
+            Flow::Close => conn.close(), // after the reply is flushed
+            Flow::Wait => self.wait_for_reader(conn),
+        }
+        self.count_queue(conn);
+    }
+
+    fn on_writable(&mut self, conn: &mut Conn<'_>, _: u64) {
+        if !self.waiting || !conn.handle().is_open() {
+            return; // closing: nothing more is built
+        }
+        self.waiting = false;
+        if resume(&mut self.client, conn) == Flow::Wait {
+            self.wait_for_reader(conn);
+        } else if self.close_when_done {
+            conn.close();
+        } else {
+            conn.resume_reading(); // the held command, if any, comes again
+        }
+        self.count_queue(conn);
+    }
+
+    fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) {
+        if id == WAIT_TIMER {
+            let me: ConnectionHandle = conn.handle();
+            if self.waiting && me.is_open() {
+                me.notify_when_writable(&me, 0);
+            }
+        } else {
+            self.refresh_armed = false;
+            self.count_queue(conn);
+        }
+    }
+
+    // An `MGET` still being answered is finished before the close.
+    fn on_read_closed(&mut self, conn: &mut Conn<'_>) {
+        if self.client.pending.is_some() {
+            self.close_when_done = true;
+        } else {
+            conn.close();
         }
     }
 
     // Redis's answer to bad input, then close; the engine logs and counts the close reason.
     fn on_decode_error(&mut self, conn: &mut Conn<'_>, error: &DecodeError) {
-        self.0.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .stats
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
         conn.write(&protocol_error_reply(error));
         conn.close();
     }
 
     fn on_close(&mut self, info: &ConnInfo, reason: &CloseReason) {
-        self.0.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        self.client.store.queue_replies(self.counted, 0);
+        self.client.stats.connected.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(peer = %info.peer, %reason, "client gone");
     }
 }
@@ -128,22 +243,33 @@ fn main() {
         })
         .unwrap_or_else(|e| common::fail(e));
 
-    let codec = Resp::new().max_bulk(max_bulk);
+    let max_command = max_bulk.saturating_add(COMMAND_ROOM);
+    let codec = CommandLimit {
+        resp: Resp::new().max_bulk(max_bulk),
+        max: max_command,
+    };
     let (shared_store, shared_stats) = (Arc::clone(&store), Arc::clone(&stats));
     let server = Server::new(args.listen, codec, move |info: &ConnInfo| {
         shared_stats.connections.fetch_add(1, Ordering::Relaxed);
         shared_stats.connected.fetch_add(1, Ordering::Relaxed);
-        Session(Client {
-            store: Arc::clone(&shared_store),
-            stats: Arc::clone(&shared_stats),
-            max_bulk,
-            name: None,
-            id: info.id,
-            proto: 2,
-        })
+        Session {
+            client: Client {
+                store: Arc::clone(&shared_store),
+                stats: Arc::clone(&shared_stats),
+                max_bulk,
+                name: None,
+                id: info.id,
+                proto: 2,
+                pending: None,
+            },
+            waiting: false,
+            close_when_done: false,
+            counted: 0,
+            refresh_armed: false,
+        }
     })
-    // A whole command is buffered before it runs: room for the largest bulk string.
-    .max_buffered_input(max_bulk.saturating_add(1 << 20));
+    // A whole command is buffered before it runs; `CommandLimit` refuses a larger one first.
+    .max_buffered_input(max_command.saturating_add(64 << 10));
     let server = args.common.add(&mut engine, server);
     common::run(engine, &[&server]);
 }

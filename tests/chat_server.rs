@@ -1,15 +1,16 @@
 #![cfg(target_os = "linux")] // Linux-only for now: not yet run under Wine (see ARCHITECTURE.md, Windows)
-//! `chat_server`: greeting, NICK, broadcast to every other member in order per sender, QUIT,
-//! and a member that stops reading disconnected once its backlog passes `--max-backlog` while
-//! the others go on. Each test runs once per backend.
+//! `chat_server`: greeting, NICK, broadcast to every other member in order per sender, QUIT;
+//! a fast sender slowed to its readers' pace (a steady reader is never disconnected), a member
+//! that stops reading disconnected after `--stall-timeout` while the others go on; control
+//! characters never relayed. Each test runs once per backend.
 
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -17,6 +18,9 @@ backend_tests!("chat_server";
     greeting_nick_broadcast_and_quit,
     delivery_is_in_order_per_sender,
     slow_member_is_disconnected_others_go_on,
+    a_steady_reader_gets_everything_from_a_fast_sender,
+    a_never_reader_is_dropped_while_a_steady_reader_keeps_up,
+    control_characters_are_not_relayed,
 );
 
 struct Member {
@@ -113,7 +117,11 @@ fn delivery_is_in_order_per_sender(backend: Backend) {
 }
 
 fn slow_member_is_disconnected_others_go_on(backend: Backend) {
-    let mut s = Server::start("chat_server", backend, &["--max-backlog", "262144"]);
+    let mut s = Server::start(
+        "chat_server",
+        backend,
+        &["--max-backlog", "262144", "--stall-timeout", "2"],
+    );
     let mut a = Member::join(&s);
     let mut b = Member::join(&s);
     a.send("NICK ada");
@@ -161,4 +169,150 @@ fn slow_member_is_disconnected_others_go_on(backend: Backend) {
     b.send("still chatting");
     assert_eq!(a.line(), "bea: still chatting");
     s.assert_alive("after the slow member");
+    assert_eq!(slow_disconnects_at_exit(&mut s), 1);
+}
+
+/// SIGTERM, then the `slow_disconnects` count of the server's last log line.
+fn slow_disconnects_at_exit(s: &mut Server) -> u64 {
+    s.signal(libc::SIGTERM);
+    let status = s
+        .wait_exit(Duration::from_secs(15))
+        .expect("exit after SIGTERM");
+    assert_clean_exit(status, libc::SIGTERM, "chat_server");
+    let text = strip_ansi(&s.stderr_text());
+    let line = text
+        .lines()
+        .find(|l| l.contains("chat room closed"))
+        .unwrap_or_else(|| panic!("no `chat room closed` line:\n{}", tail(&text, 2000)));
+    line.split("slow_disconnects=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no slow_disconnects in {line:?}"))
+}
+
+const PAD: usize = 1000;
+
+/// `n` lines of about 1 KB, numbered, sent as fast as the socket takes them.
+fn flood(mut w: TcpStream, lines: usize) -> thread::JoinHandle<TcpStream> {
+    thread::spawn(move || {
+        let pad = "x".repeat(PAD);
+        let mut batch = String::with_capacity(70_000);
+        for n in 0..lines {
+            batch.push_str(&format!("{n} {pad}\r\n"));
+            if batch.len() >= 64 << 10 || n + 1 == lines {
+                w.write_all(batch.as_bytes()).expect("the sender's writes");
+                batch.clear();
+            }
+        }
+        w
+    })
+}
+
+/// Reads `lines` lines `<nick>: <n> <pad>` in order with 64 KiB reads; returns the bytes read,
+/// or panics with how far it got.
+fn read_flood(r: &mut TcpStream, nick: &str, lines: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    let pad = "x".repeat(PAD);
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut pending, mut next, mut total) = (Vec::new(), 0, 0);
+    while next < lines {
+        assert!(
+            Instant::now() < deadline,
+            "{next} of {lines} lines ({total} bytes) within {within:?}"
+        );
+        let n = match r.read(&mut buf) {
+            Ok(0) => panic!("EOF after {next} of {lines} lines ({total} bytes)"),
+            Ok(n) => n,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => panic!("{e} after {next} of {lines} lines ({total} bytes)"),
+        };
+        total += n;
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &pending[start..start + end + 1];
+            let want = format!("{nick}: {next} {pad}\r\n");
+            assert!(line == want.as_bytes(), "line {next} differs or is missing");
+            next += 1;
+            start += end + 1;
+        }
+        pending.drain(..start);
+    }
+    total
+}
+
+/// One member sends 20 MB as fast as it can; another reads steadily with large reads: it gets
+/// every line, in order, and is never disconnected (issue 20: it was reset after 0.8-1.2 MB).
+/// The sender is slowed to the reader's pace instead.
+fn a_steady_reader_gets_everything_from_a_fast_sender(backend: Backend) {
+    const LINES: usize = 20_000;
+    let mut s = Server::start("chat_server", backend, &[]);
+    let mut a = Member::join(&s);
+    let b = Member::join(&s);
+    a.send("NICK ada");
+    assert_eq!(a.line(), "+OK");
+    let sender = flood(a.w.try_clone().unwrap(), LINES);
+    let mut r = b.w.try_clone().unwrap();
+    let got = read_flood(&mut r, "ada", LINES, Duration::from_secs(120));
+    println!("steady reader: {got} bytes of {LINES} lines");
+    sender.join().unwrap();
+    assert_eq!(slow_disconnects_at_exit(&mut s), 0);
+}
+
+/// The same flood with a third member that never reads (`--stall-timeout 1`): it is
+/// disconnected, counted, and server memory stays bounded, while the steady reader gets
+/// everything.
+fn a_never_reader_is_dropped_while_a_steady_reader_keeps_up(backend: Backend) {
+    const LINES: usize = 20_000;
+    let mut s = Server::start("chat_server", backend, &["--stall-timeout", "1"]);
+    let mut a = Member::join(&s);
+    let b = Member::join(&s);
+    a.send("NICK ada");
+    assert_eq!(a.line(), "+OK");
+    let rss0 = s.rss_kib();
+    let never = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    never.set_recv_buffer_size(4096).unwrap();
+    never.connect(&s.addr.into()).unwrap();
+    let mut never: TcpStream = never.into();
+    never.write_all(b"NICK never\r\nhi\r\n").unwrap();
+    let mut r = b.w.try_clone().unwrap();
+    r.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut br = BufReader::new(r.try_clone().unwrap());
+    let mut l = String::new();
+    br.read_line(&mut l).unwrap();
+    assert_eq!(l, "never: hi\r\n", "the never-reader is in the room");
+    let sender = flood(a.w.try_clone().unwrap(), LINES);
+    let got = read_flood(&mut r, "ada", LINES, Duration::from_secs(120));
+    sender.join().unwrap();
+    let growth_mib = s.rss_kib().saturating_sub(rss0) / 1024;
+    println!("steady reader: {got} bytes; RSS grew {growth_mib} MiB");
+    assert!(growth_mib < 32, "RSS grew {growth_mib} MiB");
+    let _ = expect_closed(&mut never, Duration::from_secs(30), "the never-reader");
+    assert_eq!(slow_disconnects_at_exit(&mut s), 1);
+}
+
+/// Control characters are replaced by `?` in lines and nicks (issue 27: `\r` and escape codes
+/// were relayed verbatim, so one member could fake another's line on screen); UTF-8 text
+/// passes unchanged, invalid bytes become U+FFFD.
+fn control_characters_are_not_relayed(backend: Backend) {
+    let s = Server::start("chat_server", backend, &[]);
+    let mut a = Member::join(&s);
+    let mut b = Member::join(&s);
+    a.w.write_all(b"NICK ev\x1b[31mil\r\n").unwrap();
+    assert_eq!(a.line(), "+OK");
+    let cases: [(&[u8], &str); 5] = [
+        (b"ev\ril: fake: hello", "ev?[31mil: ev?il: fake: hello"),
+        (b"\x1b[2J\x07cleared", "ev?[31mil: ?[2J?cleared"),
+        (
+            "caf\u{e9} \u{9b}31m".as_bytes(),
+            "ev?[31mil: caf\u{e9} ?31m",
+        ),
+        (b"tab\there\x7f", "ev?[31mil: tab?here?"),
+        (b"bad \xff byte", "ev?[31mil: bad \u{fffd} byte"),
+    ];
+    for (sent, shown) in cases {
+        a.w.write_all(&[sent, b"\r\n"].concat()).unwrap();
+        assert_eq!(b.line(), shown);
+    }
 }

@@ -31,6 +31,10 @@ backend_tests!("resp_server";
     unread_expired_keys_are_swept,
     pipelined_replies_in_order,
     a_client_that_never_reads_costs_bounded_memory,
+    a_large_mget_is_built_only_as_fast_as_it_is_read,
+    maxmemory_counts_queued_replies,
+    a_command_over_the_size_limit_gets_a_protocol_error,
+    hello_setname_refuses_what_client_setname_refuses,
     sigterm_exits_cleanly,
 );
 
@@ -284,6 +288,13 @@ fn replies_match_redis_server_byte_for_byte(b: Backend) {
           SET k v EX 99999999999999999\r\n"
             .to_vec(),
         b"CLIENT NOSUCH\r\nCONFIG NOSUCH\r\n".to_vec(),
+        // A name HELLO may not set, like CLIENT SETNAME; nothing changes.
+        [
+            resp(&[b"HELLO", b"2", b"SETNAME", b"a b"]),
+            resp(&[b"HELLO", b"2", b"SETNAME", b"a\nb"]),
+            resp(&[b"CLIENT", b"GETNAME"]),
+        ]
+        .concat(),
     ];
     // These answer, then close: compared up to EOF (nothing is sent after them, so that
     // redis-server closes with nothing unread, which would turn its close into a reset).
@@ -613,6 +624,170 @@ fn a_client_that_never_reads_costs_bounded_memory(b: Backend) {
         );
     }
     expect_reply(&mut s, b"PING\r\n", b"+PONG\r\n");
+}
+
+/// `MGET` of one 256 KiB value under four names, and a missing key, 2,000 times (a 34 KB
+/// request asking for 400 MiB) from a client that does not read: the reply is built only as
+/// fast as it is read (issue 20: RSS grew 500 MiB and stayed). Meanwhile another client on the
+/// same IO thread is served, and `INFO` shows the queued replies. Then the client half-closes
+/// and reads: the whole reply, in order, then EOF.
+fn a_large_mget_is_built_only_as_fast_as_it_is_read(b: Backend) {
+    const VALUE: usize = 256 << 10;
+    const KEYS: usize = 2000;
+    let server = Server::start(SERVER, b, &["--io-threads", "1"]);
+    let mut other = server.connect();
+    let names: [&[u8]; 5] = [b"k0", b"k1", b"k2", b"k3", b"nokey"];
+    let values: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i; VALUE]).collect();
+    for (name, value) in names.iter().zip(&values) {
+        expect_reply(&mut other, &resp(&[b"SET", name, value]), b"+OK\r\n");
+    }
+    let baseline = server.rss_kib();
+    let mut request: Vec<&[u8]> = vec![b"MGET"];
+    request.extend((0..KEYS).map(|i| names[i % names.len()]));
+    let request = resp(&request);
+    let mut s = server.connect();
+    s.write_all(&request).unwrap();
+    wait_server_read_all(&s, "the server reading the MGET");
+    // The same IO thread serves others while the reply waits.
+    expect_reply(&mut other, b"PING\r\n", b"+PONG\r\n");
+    expect_reply(&mut other, b"GET k0\r\n", &resp_bulk(&values[0]));
+    let grown_mib = server.rss_kib().saturating_sub(baseline) / 1024;
+    println!("MGET of {KEYS} keys unread: RSS grew {grown_mib} MiB");
+    assert!(
+        grown_mib < 64,
+        "RSS grew by {grown_mib} MiB for one unread MGET"
+    );
+    let queued = info_field(&mut other, "mem_clients_normal");
+    let waits = info_field(&mut other, "reply_waits");
+    assert!(waits >= 1, "the MGET reply never waited for its reader");
+    assert!(
+        (1 << 20..(4 << 20) + 2 * VALUE as u64).contains(&queued),
+        "queued replies counted: {queued} bytes"
+    );
+    // Half-close, then read: the reply is finished before the close.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_line(&mut s), format!("*{KEYS}\r\n"));
+    for i in 0..KEYS {
+        let want = match values.get(i % names.len()) {
+            Some(v) => resp_bulk(v),
+            None => b"$-1\r\n".to_vec(),
+        };
+        let got = read_exact_timeout(&mut s, want.len(), IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("MGET element {i}: {e}"));
+        assert!(got == want, "MGET element {i} differs");
+    }
+    let (rest, _) = expect_closed(&mut s, IO_TIMEOUT, "after the MGET reply");
+    assert_eq!(text(&rest), "", "nothing after the reply");
+    wait_until(IO_TIMEOUT, "queued replies uncounted", || {
+        info_field(&mut other, "mem_clients_normal") < 4096
+    });
+}
+
+fn resp_bulk(value: &[u8]) -> Vec<u8> {
+    [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
+}
+
+/// `--maxmemory` counts the replies queued for clients: a client that does not read its
+/// `MGET` holds megabytes of replies, and writes answer `-OOM` until it has read them.
+fn maxmemory_counts_queued_replies(b: Backend) {
+    const OOM: &[u8] = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+    let server = Server::start(SERVER, b, &["--maxmemory", "2000000"]);
+    let mut other = server.connect();
+    let value = vec![b'v'; 256 << 10];
+    expect_reply(&mut other, &resp(&[b"SET", b"big", &value]), b"+OK\r\n");
+    expect_reply(&mut other, b"SET small v\r\n", b"+OK\r\n");
+    let mut request: Vec<&[u8]> = vec![b"MGET"];
+    request.extend(std::iter::repeat_n(&b"big"[..], 64)); // 16 MiB of replies
+    let mut s = server.connect();
+    s.write_all(&resp(&request)).unwrap();
+    wait_server_read_all(&s, "the server reading the MGET");
+    wait_until(
+        IO_TIMEOUT,
+        "writes refused while replies are queued",
+        || {
+            other.write_all(b"SET probe x\r\n").unwrap();
+            read_line(&mut other).as_bytes() == OOM
+        },
+    );
+    assert!(info_field(&mut other, "mem_clients_normal") > 2_000_000);
+    expect_reply(&mut other, b"SET small w\r\n", OOM);
+    expect_reply(&mut other, b"GET small\r\n", b"$1\r\nv\r\n");
+    // Read: the queue drains, and writes work again.
+    let len = b"*64\r\n".len() + 64 * resp_bulk(&value).len();
+    read_exact_timeout(&mut s, len, IO_TIMEOUT).expect("the whole MGET reply");
+    wait_until(
+        IO_TIMEOUT,
+        "writes accepted once the replies are read",
+        || {
+            other.write_all(b"SET small w\r\n").unwrap();
+            read_line(&mut other) == "+OK\r\n"
+        },
+    );
+}
+
+/// A command larger than `--max-bulk` plus 1 MiB (an `MSET` of many values, each under
+/// `--max-bulk`) gets `-ERR Protocol error: ...` before the close, as a bulk over `--max-bulk`
+/// does (issue 27: it was closed with no reply), and is counted; a bystander goes on.
+fn a_command_over_the_size_limit_gets_a_protocol_error(b: Backend) {
+    let server = Server::start(SERVER, b, &["--max-bulk", "1000"]);
+    let mut bystander = server.connect();
+    expect_reply(&mut bystander, b"SET k v\r\n", b"+OK\r\n");
+    let value = vec![b'v'; 500];
+    let mut request: Vec<&[u8]> = vec![b"MSET"];
+    for _ in 0..3000 {
+        request.extend([&b"key"[..], &value]);
+    }
+    let request = resp(&request); // 1.5 MB, each bulk under 1000 bytes
+    let over_bulk = [
+        &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n"[..],
+        &[b'x'; 2002],
+    ]
+    .concat();
+    let cases: [(&[u8], &str); 2] = [
+        (
+            &request,
+            "-ERR Protocol error: command larger than 1049576 bytes\r\n",
+        ),
+        (&over_bulk, "-ERR Protocol error: invalid bulk length\r\n"),
+    ];
+    for (input, reply) in cases {
+        let mut s = server.connect();
+        let writer = {
+            let mut s = s.try_clone().unwrap();
+            let input = input.to_vec();
+            std::thread::spawn(move || {
+                let _ = s.write_all(&input); // the server may close before reading it all
+            })
+        };
+        let (got, _) = expect_closed(&mut s, IO_TIMEOUT, reply);
+        writer.join().unwrap();
+        assert_eq!(text(&got), reply);
+    }
+    assert_eq!(info_field(&mut bystander, "protocol_errors"), 2);
+    expect_reply(&mut bystander, b"GET k\r\n", b"$1\r\nv\r\n");
+}
+
+/// `HELLO 2 SETNAME` refuses a name with a space or a newline, as `CLIENT SETNAME` does
+/// (Redis 7 refuses both; issue 27: HELLO took it), and then changes nothing.
+fn hello_setname_refuses_what_client_setname_refuses(b: Backend) {
+    const BAD: &[u8] =
+        b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
+    let server = Server::start(SERVER, b, &[]);
+    let mut s = server.connect();
+    for name in [&b"a b"[..], b"a\nb", b"a\r\nb", b"\x01"] {
+        expect_reply(&mut s, &resp(&[b"CLIENT", b"SETNAME", name]), BAD);
+        expect_reply(&mut s, &resp(&[b"HELLO", b"3", b"SETNAME", name]), BAD);
+    }
+    // Still RESP2 (the refused HELLO 3 switched nothing) and still unnamed.
+    expect_reply(&mut s, b"CLIENT GETNAME\r\n", b"$-1\r\n");
+    let hello = resp(&[b"HELLO", b"2", b"SETNAME", b"good-name"]);
+    let rest = exchange_until_marker(&mut s, &[&hello[..], b"CLIENT GETNAME\r\n"].concat()).0;
+    assert!(text(&rest).starts_with("*14\r\n"), "HELLO 2 answers");
+    assert!(
+        text(&rest).ends_with("$9\r\ngood-name\r\n"),
+        "name after HELLO SETNAME: {:?}",
+        text(&rest)
+    );
 }
 
 /// SIGTERM with a client connected and the expiry sweep running: a graceful exit 0 (the sweep

@@ -4,6 +4,12 @@
 //! Replies are written straight into the connection's write queue: headers formatted on the
 //! stack ([`ReplyHeader`]), values copied once from the keyspace under the shard lock. Error
 //! texts are Redis 7's, byte for byte, so clients that match on them keep working.
+//!
+//! A reply is bounded while it is built: `MGET` (the one command whose reply can be many times
+//! its request) checks the connection's queue before each value, and past
+//! [`REPLY_QUEUE_HIGH`] it stops, keeps the keys it has not answered ([`Client::pending`]) and
+//! returns [`Flow::Wait`]; the server calls [`resume`] once the client has read its queue down.
+//! Every other reply is at most one value (`--max-bulk`) or a few fixed lines.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +28,15 @@ pub struct Stats {
     pub connected: AtomicU64,
     /// Connections closed for breaking the protocol (`-ERR Protocol error: ...`).
     pub protocol_errors: AtomicU64,
+    /// Times a reply stopped being built until its client read the queue down
+    /// ([`REPLY_QUEUE_HIGH`]).
+    pub reply_waits: AtomicU64,
 }
+
+/// Replies waiting to be sent beyond which nothing more is built for a connection: the next
+/// command waits, and so does the rest of an `MGET`. One value may take the queue past it, so a
+/// client that never reads holds at most this plus one value (`--max-bulk`).
+pub const REPLY_QUEUE_HIGH: usize = 4 << 20;
 
 /// One connection's view of the server: the shared keyspace and counters, and its own state.
 pub struct Client {
@@ -36,6 +50,30 @@ pub struct Client {
     pub id: u64,
     /// 2, or 3 after `HELLO 3`: then nulls are `_` and `HELLO`/`CONFIG GET` answer maps.
     pub proto: u8,
+    /// The keys of an `MGET` whose reply waits for the client to read ([`Flow::Wait`]).
+    pub pending: Option<PendingKeys>,
+}
+
+/// The keys an `MGET` has not answered yet, copied out of the request (at most its size).
+#[derive(Default)]
+pub struct PendingKeys {
+    bytes: Vec<u8>,
+    /// End of each key in `bytes`.
+    ends: Vec<usize>,
+    /// Keys answered so far.
+    next: usize,
+}
+
+impl PendingKeys {
+    fn push(&mut self, key: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
 }
 
 /// What the connection does after a command.
@@ -44,6 +82,9 @@ pub enum Flow {
     Continue,
     /// Close once the reply is flushed (`QUIT`).
     Close,
+    /// The reply is unfinished ([`Client::pending`]): read no further command, and call
+    /// [`resume`] once the queue is back under the write watermark.
+    Wait,
 }
 
 type Run = fn(&mut Client, &mut Conn<'_>, Args<'_>) -> Flow;
@@ -302,10 +343,39 @@ fn getset(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
     Flow::Continue
 }
 
-fn mget(c: &mut Client, conn: &mut Conn<'_>, args: Args<'_>) -> Flow {
+/// Answers key after key while the queue is under [`REPLY_QUEUE_HIGH`]; past it, the rest
+/// of the keys wait in [`Client::pending`] for [`resume`].
+fn mget(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
     conn.write(ReplyHeader::array(args.size_hint().1.unwrap_or(0)).as_bytes());
-    for key in args {
+    while let Some(key) = args.next() {
+        if conn.queued_bytes() > REPLY_QUEUE_HIGH {
+            let mut rest = PendingKeys::default();
+            rest.push(&key);
+            args.for_each(|k| rest.push(&k));
+            c.pending = Some(rest);
+            c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+            return Flow::Wait;
+        }
         c.store.get(&key, |v| bulk_or_null(conn, v, c.proto));
+    }
+    Flow::Continue
+}
+
+/// Goes on with the reply that returned [`Flow::Wait`]: [`Flow::Wait`] again if the queue
+/// filled up before its end.
+pub fn resume(c: &mut Client, conn: &mut Conn<'_>) -> Flow {
+    let Some(mut keys) = c.pending.take() else {
+        return Flow::Continue;
+    };
+    while keys.next < keys.ends.len() {
+        if conn.queued_bytes() > REPLY_QUEUE_HIGH {
+            c.pending = Some(keys);
+            c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+            return Flow::Wait;
+        }
+        c.store
+            .get(keys.key(keys.next), |v| bulk_or_null(conn, v, c.proto));
+        keys.next += 1;
     }
     Flow::Continue
 }
@@ -589,11 +659,8 @@ fn client(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
             wrong_arity(conn, "client|setname");
         } else {
             let name = args.next().unwrap_or_default();
-            if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
-                error(
-                    conn,
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
+            if !valid_client_name(&name) {
+                error(conn, BAD_CLIENT_NAME);
             } else {
                 c.name = (!name.is_empty()).then(|| name.into_owned());
                 conn.write(OK);
@@ -609,6 +676,15 @@ fn client(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
         unknown_subcommand(conn, &sub, "CLIENT");
     }
     Flow::Continue
+}
+
+const BAD_CLIENT_NAME: &str =
+    "ERR Client names cannot contain spaces, newlines or special characters.";
+
+/// What Redis allows in a client name (`CLIENT SETNAME`, `HELLO ... SETNAME`): printable
+/// ASCII without spaces.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
 }
 
 /// `HELLO [2|3 [AUTH user pass] [SETNAME name]]`: switches the connection to RESP2 or RESP3;
@@ -630,12 +706,19 @@ fn hello(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
                 return Flow::Continue;
             }
         }
+        // Redis checks every option before it changes anything: a bad name changes nothing.
+        let mut name = None;
         while let Some(opt) = args.next() {
             if opt.eq_ignore_ascii_case(b"auth") && args.size_hint().1 >= Some(2) {
                 args.next();
                 args.next();
             } else if opt.eq_ignore_ascii_case(b"setname") && args.size_hint().1 >= Some(1) {
-                c.name = args.next().map(Cow::into_owned);
+                let n = args.next().unwrap_or_default();
+                if !valid_client_name(&n) {
+                    error(conn, BAD_CLIENT_NAME);
+                    return Flow::Continue;
+                }
+                name = Some(n.into_owned());
             } else {
                 let mut text = b"ERR Syntax error in HELLO option '".to_vec();
                 text.extend_from_slice(&opt);
@@ -643,6 +726,9 @@ fn hello(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
                 error_owned(conn, &text);
                 return Flow::Continue;
             }
+        }
+        if let Some(name) = name {
+            c.name = (!name.is_empty()).then_some(name);
         }
     }
     c.proto = proto;
@@ -674,14 +760,17 @@ fn info(c: &mut Client, conn: &mut Conn<'_>, _: Args<'_>) -> Flow {
     let text = format!(
         "# Server\r\nredis_version:7.0.0\r\nringport_server:resp_server\r\n\r\n\
          # Clients\r\nconnected_clients:{}\r\n\r\n\
-         # Memory\r\nused_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:noeviction\r\n\r\n\
-         # Stats\r\ntotal_connections_received:{}\r\nprotocol_errors:{}\r\n\r\n\
+         # Memory\r\nused_memory:{}\r\nmem_clients_normal:{}\r\nmaxmemory:{}\r\n\
+         maxmemory_policy:noeviction\r\n\r\n\
+         # Stats\r\ntotal_connections_received:{}\r\nprotocol_errors:{}\r\nreply_waits:{}\r\n\r\n\
          # Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl=0\r\n",
         s.connected.load(Ordering::Relaxed),
         c.store.used_memory(),
+        c.store.reply_memory(),
         c.store.max_memory(),
         s.connections.load(Ordering::Relaxed),
         s.protocol_errors.load(Ordering::Relaxed),
+        s.reply_waits.load(Ordering::Relaxed),
     );
     bulk(conn, text.as_bytes());
     Flow::Continue

@@ -12,7 +12,9 @@
 //!   removes expired keys from a few shards at a time, called every 100 ms by a small thread of
 //!   the server's own.
 //! - **Memory** is estimated per entry (bytes of key and value plus a fixed overhead for the slot
-//!   and the allocation); [`Store::over_limit`] compares the sum with `--maxmemory`.
+//!   and the allocation), plus the replies queued for clients ([`Store::queue_replies`]: each
+//!   connection publishes its queue's size as it changes); [`Store::over_limit`] compares the
+//!   sum with `--maxmemory`, as Redis counts its client output buffers.
 
 use std::borrow::Borrow;
 use std::collections::HashSet;
@@ -179,6 +181,8 @@ pub struct SetOptions {
 pub struct Store {
     shards: Box<[Shard]>,
     max_memory: usize,
+    /// Bytes of replies queued for clients and not yet sent, as the connections last saw them.
+    replies: AtomicUsize,
 }
 
 /// A cheap hash of the key for choosing its shard (the tables use SipHash with a random key
@@ -204,6 +208,7 @@ impl Store {
                 })
                 .collect(),
             max_memory,
+            replies: AtomicUsize::new(0),
         }
     }
 
@@ -217,11 +222,32 @@ impl Store {
     }
 
     /// Estimated bytes held by keys and values.
-    pub fn used_memory(&self) -> usize {
+    pub fn data_memory(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.used.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Bytes of replies queued for clients (Redis's `mem_clients_normal`).
+    pub fn reply_memory(&self) -> usize {
+        self.replies.load(Ordering::Relaxed)
+    }
+
+    /// What `--maxmemory` counts: keys and values, and the replies queued for clients.
+    pub fn used_memory(&self) -> usize {
+        self.data_memory().saturating_add(self.reply_memory())
+    }
+
+    /// A connection's queued replies went from `before` to `now` bytes.
+    pub fn queue_replies(&self, before: usize, now: usize) {
+        if now > before {
+            self.replies.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            let gone = before - now;
+            let prev = self.replies.fetch_sub(gone, Ordering::Relaxed);
+            debug_assert!(prev >= gone, "more replies unqueued than queued");
+        }
     }
 
     /// Whether a command that adds data must be refused (`--maxmemory` set and exceeded).
