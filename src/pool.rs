@@ -18,6 +18,13 @@
 //!   end of the queue if it has more: a connection's backlog (64 pipelined `SLEEP`s) never holds
 //!   a worker, and with every worker busy, another connection's command waits for at most one
 //!   job of each connection ahead of it, not for their backlogs.
+//! - Fair admission to a full queue: a connection refused because the queue is full takes a
+//!   place in a FIFO waiting line, and freed room goes to that line in order (a connection not
+//!   in it is admitted only while there is room beyond everyone in it). Without it, the
+//!   connections that retry first win every freed slot: with `--queue 16` and 40 connections
+//!   pipelining `SLEEP 200`, a `PING` waited 14-17 s (the whole backlog); with it, a round of
+//!   the line. A place not claimed again within [`ADMISSION_HOLD`] (its connection closed or
+//!   stopped retrying) is given up, so the line never stalls on a connection that left.
 //! - Replies: [`Ordered::submit_work`] and [`WorkerPool::try_execute_work`] hand the job a
 //!   [`Work`] (a counted [`ConnectionHandle`](crate::ConnectionHandle)) made only once the job
 //!   is accepted, so a refused job costs the IO thread nothing (no `Work` made and dropped, no
@@ -40,6 +47,10 @@ use std::time::{Duration, Instant};
 
 use crate::conn::Conn;
 use crate::handle::Work;
+
+/// How long a connection keeps its place in the line for a full queue without offering its job
+/// again (a held frame is offered every 2 ms): after it, the place is given up.
+pub const ADMISSION_HOLD: Duration = Duration::from_millis(50);
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 type ReplyJob = Box<dyn FnOnce(Work) + Send + 'static>;
@@ -96,6 +107,37 @@ struct Queue {
     /// Jobs waiting, every connection's together: never above `capacity`.
     waiting: usize,
     stopping: bool,
+    /// Connections refused for a full queue, in the order they were refused (their lane's
+    /// address, when last offered): freed room goes to them first, in order.
+    line: VecDeque<(usize, Instant)>,
+}
+
+impl Queue {
+    /// Whether a job of the connection `who` (`None`: a job with no connection identity) may
+    /// take a place now, given `capacity`. Fair: room goes to the connections waiting in line,
+    /// in order; a refused connection joins the line (or keeps its place).
+    fn admit(&mut self, who: Option<usize>, capacity: usize, now: Instant) -> bool {
+        self.line
+            .retain(|&(_, seen)| now.duration_since(seen) < ADMISSION_HOLD);
+        let free = capacity.saturating_sub(self.waiting);
+        let place = who.and_then(|w| self.line.iter().position(|&(id, _)| id == w));
+        match (place, who) {
+            (Some(p), _) if free > p => {
+                self.line.remove(p);
+                true
+            }
+            (Some(p), _) => {
+                self.line[p].1 = now;
+                false
+            }
+            (None, _) if free > self.line.len() => true,
+            (None, Some(w)) => {
+                self.line.push_back((w, now));
+                false
+            }
+            (None, None) => false,
+        }
+    }
 }
 
 struct Shared {
@@ -145,6 +187,7 @@ impl WorkerPool {
                 ready: VecDeque::new(),
                 waiting: 0,
                 stopping: false,
+                line: VecDeque::new(),
             }),
             wake: Condvar::new(),
             capacity: queue_capacity.max(1),
@@ -177,7 +220,7 @@ impl WorkerPool {
     /// Queues `job` unless the queue is full. Never blocks.
     pub fn try_execute(&self, job: impl FnOnce() + Send + 'static) -> Result<(), PoolFull> {
         let mut q = self.shared.lock();
-        if q.stopping || q.waiting >= self.shared.capacity {
+        if q.stopping || !q.admit(None, self.shared.capacity, Instant::now()) {
             return Err(PoolFull);
         }
         self.push(&mut q, Entry::Job(Task::Plain(Box::new(job))));
@@ -195,7 +238,7 @@ impl WorkerPool {
         job: impl FnOnce(Work) + Send + 'static,
     ) -> Result<(), PoolFull> {
         let mut q = self.shared.lock();
-        if q.stopping || q.waiting >= self.shared.capacity {
+        if q.stopping || !q.admit(None, self.shared.capacity, Instant::now()) {
             return Err(PoolFull);
         }
         let task = Task::Reply(Box::new(job), conn.work());
@@ -454,7 +497,8 @@ impl Ordered {
         if l.jobs.len() + usize::from(l.running) > self.max_pending {
             return Err(Busy::ConnectionFull);
         }
-        if q.stopping || q.waiting >= pool.shared.capacity {
+        let who = Arc::as_ptr(&self.lane) as usize;
+        if q.stopping || !q.admit(Some(who), pool.shared.capacity, Instant::now()) {
             return Err(Busy::PoolFull);
         }
         l.jobs.push_back(make());
@@ -659,6 +703,34 @@ mod tests {
         assert!(pool.queued() <= 4);
         gate_tx.send(()).unwrap();
         pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn freed_room_goes_to_the_line_in_order() {
+        let t0 = Instant::now();
+        let mut q = Queue {
+            ready: VecDeque::new(),
+            waiting: 2,
+            stopping: false,
+            line: VecDeque::new(),
+        };
+        // Full (capacity 2): 1, 2, 3 are refused, in that order, and queue up.
+        for who in [1, 2, 3] {
+            assert!(!q.admit(Some(who), 2, t0));
+        }
+        // One place frees: only the first in line takes it; 2 and 3 keep their places, and a
+        // newcomer (or a job with no identity) goes behind them.
+        q.waiting = 1;
+        assert!(!q.admit(Some(3), 2, t0));
+        assert!(!q.admit(Some(9), 2, t0));
+        assert!(!q.admit(None, 2, t0));
+        assert!(q.admit(Some(1), 2, t0));
+        // 1's job was taken by a worker meanwhile: one place free again.
+        assert!(q.admit(Some(2), 2, t0));
+        // 3 stops asking: after ADMISSION_HOLD its place (and 9's) is given up.
+        let later = t0 + ADMISSION_HOLD + Duration::from_millis(1);
+        assert!(q.admit(None, 2, later));
+        assert!(q.line.is_empty());
     }
 
     #[test]
