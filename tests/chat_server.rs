@@ -209,8 +209,9 @@ fn flood(mut w: TcpStream, lines: usize) -> thread::JoinHandle<TcpStream> {
     })
 }
 
-/// Reads `lines` lines `<nick>: <n> <pad>` in order with 64 KiB reads; returns the bytes read,
-/// or panics with how far it got.
+/// Reads `lines` lines `<nick>: <n> <pad>` in order, steadily: a 64 KiB read every
+/// millisecond at most (up to 64 MB/s, slower than a sender on loopback); returns the bytes
+/// read, or panics with how far it got.
 fn read_flood(r: &mut TcpStream, nick: &str, lines: usize, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     let pad = "x".repeat(PAD);
@@ -221,6 +222,7 @@ fn read_flood(r: &mut TcpStream, nick: &str, lines: usize, within: Duration) -> 
             Instant::now() < deadline,
             "{next} of {lines} lines ({total} bytes) within {within:?}"
         );
+        thread::sleep(Duration::from_millis(1)); // the reader's pace, not a synchronisation
         let n = match r.read(&mut buf) {
             Ok(0) => panic!("EOF after {next} of {lines} lines ({total} bytes)"),
             Ok(n) => n,
