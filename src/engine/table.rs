@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::core::{ConnCore, DynConn, Phase, ThreadCtx, Token};
+use crate::core::{ConnCore, DynConn, Phase, Slots, ThreadCtx, Token};
 use crate::handle::HandleMsg;
 use crate::info::CloseReason;
 use crate::timers::Due;
@@ -27,6 +27,23 @@ pub(super) const HELD_RETRY: Duration = Duration::from_millis(2);
 pub(super) struct Entry {
     pub core: ConnCore,
     pub app: Box<dyn DynConn>,
+}
+
+/// The entry of connection `token` if it is still generation `gen` and open (not closing):
+/// what a deferred callback checks before it runs.
+pub(super) fn open_entry<'a>(
+    slots: &Slots,
+    entries: &'a mut [Option<Entry>],
+    token: Token,
+    gen: u64,
+) -> Option<&'a mut Entry> {
+    if slots.gen(token) != Some(gen) {
+        return None;
+    }
+    entries
+        .get_mut(token)
+        .and_then(Option::as_mut)
+        .filter(|e| e.core.phase == Phase::Open)
 }
 
 pub(super) struct ListenerState {

@@ -31,7 +31,7 @@ use crate::BackendKind;
 use super::inbox::{Msg, ThreadShared};
 use super::peers::PeerRefusal;
 use super::server::SharedServer;
-use super::table::{Entry, ListenerState, State, HELD_RETRY};
+use super::table::{open_entry, Entry, ListenerState, State, HELD_RETRY};
 use super::Spawned;
 
 /// How long a shutdown waits for the first input of a connection that has sent nothing yet
@@ -586,15 +586,9 @@ impl IoThread {
         let now = st.ctx.now;
         let mut waiting = std::mem::take(&mut st.deferred_shutdown);
         waiting.retain(|&(token, gen, until)| {
-            if st.ctx.slots.gen(token) != Some(gen) {
-                return false;
-            }
-            let Some(e) = st.entries.get_mut(token).and_then(Option::as_mut) else {
+            let Some(e) = open_entry(&st.ctx.slots, &mut st.entries, token, gen) else {
                 return false;
             };
-            if e.core.phase != Phase::Open {
-                return false;
-            }
             if !e.core.received && now < until {
                 return true;
             }
@@ -645,15 +639,9 @@ impl IoThread {
             return;
         }
         self.retire_pending.retain(|&(token, gen)| {
-            if st.ctx.slots.gen(token) != Some(gen) {
-                return false;
-            }
-            let Some(e) = st.entries.get_mut(token).and_then(Option::as_mut) else {
+            let Some(e) = open_entry(&st.ctx.slots, &mut st.entries, token, gen) else {
                 return false;
             };
-            if e.core.phase != Phase::Open {
-                return false;
-            }
             if !e.core.opened {
                 return true;
             }

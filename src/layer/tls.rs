@@ -37,13 +37,7 @@ pub(crate) struct TlsLayer {
 impl TlsLayer {
     pub(crate) fn server(config: &Arc<ServerConfig>) -> Result<TlsLayer, String> {
         let conn = ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
-        Ok(TlsLayer {
-            conn: conn.into(),
-            peer_closed: false,
-            discarded: 0,
-            sent_close: false,
-            poisoned: false,
-        })
+        Ok(TlsLayer::new(conn.into()))
     }
 
     pub(crate) fn client(
@@ -51,13 +45,17 @@ impl TlsLayer {
         name: ServerName<'static>,
     ) -> Result<TlsLayer, String> {
         let conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-        Ok(TlsLayer {
-            conn: conn.into(),
+        Ok(TlsLayer::new(conn.into()))
+    }
+
+    fn new(conn: Connection) -> TlsLayer {
+        TlsLayer {
+            conn,
             peer_closed: false,
             discarded: 0,
             sent_close: false,
             poisoned: false,
-        })
+        }
     }
 
     /// Moves every TLS byte rustls has ready into `down`.
