@@ -228,6 +228,26 @@ def load(load_bin, mode, port, *args):
     return r.returncode == 0, detail
 
 
+def run_server(exe, backend, extra, checks):
+    """Start one example, run its checks, stop it: the results and the (stopped) server."""
+    srv = Server(exe, backend, extra)
+    results = [("listening line", srv.backend == backend, repr(srv.line))]
+    try:
+        if srv.port is None:
+            return results, srv
+        for check_name, check in checks:
+            try:
+                ok, detail = check(srv.port)
+            except Exception as e:  # noqa: BLE001 -- any failure is a failed check
+                ok, detail = False, f"{type(e).__name__}: {e}"
+            results.append((check_name, ok, detail))
+        code = srv.stop()
+        results.append(("Ctrl-C drains and exits 0", code == 0, f"exit {code}"))
+    finally:
+        srv.kill()
+    return results, srv
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--exe-dir", required=True, help="target/x86_64-pc-windows-gnu/<profile>/examples")
@@ -267,36 +287,24 @@ def main():
     t0 = time.monotonic()
     for backend in backends:
         for name, (extra, checks) in plan.items():
-            if not os.path.isfile(exe(name)):
-                report(f"{backend}/{name}", False, f"missing {exe(name)}")
-                continue
-            srv = Server(exe(name), backend, extra)
             label = f"{backend}/{name}"
-            # Wine's server can die between two servers ("wine client error: ... recvmsg:
-            # Connection reset by peer": the executable never starts). That is Wine's failure,
-            # not the example's: as in .ci/windows.sh, it is said, Wine is restarted and the
-            # server started once more. A server that fails on its own still fails.
-            if srv.port is None and srv.wine_lost():
-                print(f"{label}: Wine's server was lost before the example started; restarting it and starting once more", flush=True)
+            if not os.path.isfile(exe(name)):
+                report(label, False, f"missing {exe(name)}")
+                continue
+            results, srv = run_server(exe(name), backend, extra, checks)
+            # Wine's own server can die under the checks ("wine client error: ... recvmsg:
+            # Connection reset by peer": the executable never starts, or its sockets go). That
+            # is Wine's failure, not the example's: as in .ci/windows.sh, it is said, Wine is
+            # restarted and the example's checks run once more. An example that fails on its
+            # own still fails.
+            if any(not ok for _, ok, _ in results) and srv.wine_lost():
+                print(f"{label}: Wine's server was lost ({sum(not ok for _, ok, _ in results)} check(s) failed with it); restarting Wine and running this example's checks once more", flush=True)
                 restart_wineserver()
-                srv = Server(exe(name), backend, extra)
-            try:
-                report(f"{label} listening line", srv.backend == backend, repr(srv.line))
-                if srv.port is None:
-                    print("".join(srv.stderr[-20:]), file=sys.stderr)
-                    continue
-                for check_name, check in checks:
-                    try:
-                        ok, detail = check(srv.port)
-                    except Exception as e:  # noqa: BLE001 -- any failure is a failed check
-                        ok, detail = False, f"{type(e).__name__}: {e}"
-                    report(f"{label} {check_name}", ok, detail)
-                code = srv.stop()
-                report(f"{label} Ctrl-C drains and exits 0", code == 0, f"exit {code}")
-                if code != 0:
-                    print("".join(srv.stderr[-20:]), file=sys.stderr)
-            finally:
-                srv.kill()
+                results, srv = run_server(exe(name), backend, extra, checks)
+            for check_name, ok, detail in results:
+                report(f"{label} {check_name}", ok, detail)
+            if any(not ok for _, ok, _ in results):
+                print("".join(srv.stderr[-20:]), file=sys.stderr)
     print(f"wine server checks took {time.monotonic() - t0:.1f} s")
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
