@@ -37,7 +37,9 @@
 #                   PAIRS="ringport-uring/ringport-uring@before")
 #   TRACE_DIR=      keep each ringport server's stderr there, one file per run (with
 #                   RINGPORT_URING_TRACE=1 set, its per-IO-thread loop-turn summaries)
-#   BENCH_MD=<repo>/BENCHMARKS.md   file whose marked section is rewritten
+#   BENCH_MD=<repo>/bench/results/compare-SECTION.md   file whose marked section is rewritten
+#                   (created if missing; compare-latest.md without SECTION). BENCHMARKS.md is
+#                   the report: copy the figures that decide something into it by hand.
 #   SECTION=        name of that section (`<!-- compare.sh begin NAME -->`); empty: the main
 #                   comparison section
 #   NO_BUILD=1      skip the cargo builds (use binaries already built)
@@ -87,8 +89,8 @@ BASELINE=${BASELINE:-}
 PAIRS=${PAIRS:-}
 VARIANT_DIRS=${VARIANT_DIRS:-}
 TRACE_DIR=${TRACE_DIR:-}
-BENCH_MD=${BENCH_MD:-$ROOT/BENCHMARKS.md}
 SECTION=${SECTION:-}
+BENCH_MD=${BENCH_MD:-$ROOT/bench/results/compare-${SECTION:-latest}.md}
 COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP"
 for v in $CALLER_SET; do
     COMMAND="$COMMAND $v=\"${!v}\""

@@ -35,7 +35,7 @@
 #      connections, event client: 0.85x and 0.74x msg/s), 5 rounds;
 #  15. completion-queue size: `cq=1` and `cq=16` (CQ entries per SQ entry) against the
 #      default 4, at 50 and 500 connections, both clients.
-# Each step rewrites its own section of BENCHMARKS.md; `uptime` before and after each step is
+# Each step rewrites its own file, bench/results/compare-SECTION.md; `uptime` before and after each step is
 # printed (and recorded by compare.sh as the load average).
 #
 #   cargo build --release -p ringport --example echo_server --example line_server \

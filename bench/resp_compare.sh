@@ -10,7 +10,7 @@
 #   CLIENTS=50        connections (redis-benchmark -c)
 #   PIPELINES="1 16"  redis-benchmark -P values
 #   KEYS=1000000      small keys loaded (redis-cli --pipe) for the memory figure
-#   BENCH_MD=<repo>/BENCHMARKS.md   file whose marked section is rewritten ("-": don't)
+#   BENCH_MD=<repo>/bench/results/resp-compare.md   file whose marked section is rewritten ("-": don't)
 #   NO_BUILD=1        use target/release/examples/resp_server as it is
 #   RINGPORT_BACKEND=epoll   the server's backend (default auto: io_uring where available)
 #
@@ -28,7 +28,7 @@ REQUESTS=${REQUESTS:-100000}
 CLIENTS=${CLIENTS:-50}
 PIPELINES=${PIPELINES:-"1 16"}
 KEYS=${KEYS:-1000000}
-BENCH_MD=${BENCH_MD:-$ROOT/BENCHMARKS.md}
+BENCH_MD=${BENCH_MD:-$ROOT/bench/results/resp-compare.md}
 TESTS="ping,set,get"
 COMMAND="ROUNDS=$ROUNDS REQUESTS=$REQUESTS CLIENTS=$CLIENTS PIPELINES=\"$PIPELINES\" KEYS=$KEYS bench/resp_compare.sh"
 

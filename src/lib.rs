@@ -1,59 +1,151 @@
 //! # ringport
 //!
-//! A TCP server framework in the tradition of the asynchronous IOCP socket-server frameworks —
-//! a pool of IO threads servicing completions, engine-owned buffers, connection callbacks —
-//! rebuilt for Linux on io_uring (the kernel's completion port), with epoll as the fallback.
+//! A TCP server framework in the tradition of the asynchronous IOCP socket-server frameworks:
+//! a pool of IO threads servicing completions, engine-owned pooled buffers, and connection
+//! callbacks. You write a [`Handler`] (one per connection, `&mut self` state, no locks), pick a
+//! codec, and hand both to a [`Server`] on an [`Engine`]. Every resource has a limit, bad input
+//! costs only the connection that sent it, and no accepted request is silently lost when a
+//! connection closes. The example servers in the repository (`examples/`) are templates to
+//! copy; `ringport-load` (`load/`) drives them.
 //!
-//! ## The layers
-//! ```text
-//!  your Handler (callbacks, &mut per-connection state)      examples/*.rs
-//!  ─────────────────────────────────────────────────────────
-//!  handler    Handler trait, Frame, Conn::connect             src/handler.rs
-//!  conn       Conn: the context lent to callbacks             src/conn.rs
-//!  core       per-connection state, per-thread context        src/core.rs, src/timers.rs
-//!  handle     ConnectionHandle, Work: other threads' access   src/handle.rs
-//!  codec      sans-IO framing: Raw, LengthDelimited, Lines    src/codec/
-//!  engine     IO threads, connection table, flush, limits,    src/engine/
-//!             shutdown, Connector
-//!  metrics    Prometheus text exposition, /metrics responder   src/metrics/
-//!  pool       worker pool for blocking work                   src/pool.rs
-//!  sys        Backend trait: io_uring | epoll (mio)           src/sys/  (the only unsafe code)
 //! ```
-//! Files depend downward only: `info` ← `handle` ← `core` ← `conn` ← `handler` ← `engine`.
-//!
-//! ## The data path
-//! ```text
-//! listener ─accept─▶ IO thread k (owns the connection for life)
-//!   recv completion ─▶ bytes ─▶ decoder ─▶ Handler::on_frame ─▶ write queue
-//!   write queue ─▶ one send per connection per loop turn ─▶ send completion ─▶ more / close
-//!   worker job (Work) ─▶ IO thread k's inbox ─▶ write queue; Work dropped ─▶ close may proceed
-//! ```
-//!
-//! ## The no-loss guarantee
-//! A request the handler accepted is answered before its connection closes gracefully: a
-//! graceful close (by the handler, a handle, the peer's EOF, a decode error, the idle timeout,
-//! a shutdown) first waits for every outstanding [`Work`] and flushes everything queued. The
-//! exceptions are resets, each counted under its own [`CloseReason`]: the peer reset
-//! (`reset`), the peer stopped reading while we flushed (`flush-stalled`), the drain deadline
-//! (`drain-timeout`), a handler panic (`handler-panic`), an explicit `abort` (`local`).
-//!
-//! A minimal echo server:
-//! ```no_run
+//! use std::io::{Read, Write};
 //! use ringport::{codec::Raw, Conn, Engine, Frame, Handler, Server};
 //!
 //! struct Echo;
 //! impl Handler for Echo {
 //!     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-//!         conn.write(frame.raw());
+//!         conn.write(frame.raw()); // queued; one send per connection per loop turn
 //!     }
 //! }
 //!
-//! let mut engine = Engine::builder().build()?;
-//! let server = engine.add_server(Server::new("127.0.0.1:5001".parse()?, Raw, |_| Echo))?;
-//! println!("listening on {} (backend: {})", server.local_addr(), engine.backend_name());
-//! engine.run()?; // until SIGINT/SIGTERM, then a graceful drain
+//! let mut engine = Engine::builder().io_threads(1).handle_signals(false).build()?;
+//! let server = engine.add_server(Server::new("127.0.0.1:0".parse()?, Raw, |_| Echo))?;
+//! let addr = server.local_addr(); // port 0 asked: the port the system chose
+//! let running = engine.start()?; // engine.run() instead blocks until SIGINT/SIGTERM
+//!
+//! let mut client = std::net::TcpStream::connect(addr)?;
+//! client.write_all(b"hello")?;
+//! let mut reply = [0u8; 5];
+//! client.read_exact(&mut reply)?;
+//! assert_eq!(&reply, b"hello");
+//!
+//! running.shutdown_handle().shutdown(); // the graceful drain SIGTERM starts
+//! running.join();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Backends
+//!
+//! Each IO thread owns its connections for life and waits on one kernel interface, chosen
+//! with [`EngineBuilder::backend`] (or `RINGPORT_BACKEND`, see [`BackendKind::from_env`]):
+//!
+//! | OS | [`BackendKind::Auto`] picks | also available |
+//! |---|---|---|
+//! | Linux | io_uring ([`BackendKind::Uring`]; kernel 6.0 or later: multishot receive into provided-buffer rings, one `io_uring_enter` per loop turn) when the kernel allows it, else epoll with one warning saying why | [`BackendKind::Epoll`] (through mio) |
+//! | Windows | the I/O completion port ([`BackendKind::Iocp`]: `AcceptEx`, zero-byte `WSARecv` so an idle connection pins no buffer, `WSASend`, `ConnectEx`) | [`BackendKind::Poll`] (mio's AFD polling) |
+//! | others (macOS: compile-checked only) | [`BackendKind::Poll`] (kqueue) | |
+//!
+//! [`Engine::backend_name`] says which one runs. The API and the guarantees below are the
+//! same on every backend. Windows is tested under Wine 8, not yet on a Windows machine.
+//!
+//! ## The layer stack
+//!
+//! A connection's bytes pass through layers before the codec, and back the other way:
+//!
+//! ```text
+//! socket ─▶ [PROXY header] ─▶ [TLS] ─▶ codec (decoder) ─▶ Handler::on_frame
+//! Handler ─▶ conn.write / send_frame ─▶ [TLS] ─▶ socket
+//! ```
+//!
+//! - **PROXY protocol** ([`Server::proxy_protocol`], [`ProxyProtocol::Required`] or
+//!   [`Optional`](ProxyProtocol::Optional)): the v1 or v2 header a balancer such as HAProxy
+//!   writes is read first, in plaintext; the handler sees the client in
+//!   [`ConnInfo::client`] and the header in [`ConnInfo::proxy`].
+//! - **TLS** ([`Server::tls`] with a [`rustls`]`::ServerConfig`; outgoing:
+//!   [`ConnectOptions::tls`]; the `tls` cargo feature, on by default): the handshake completes
+//!   before [`Handler::on_open`], so [`ConnInfo::tls`] is known in every callback.
+//! - **Codec** ([`codec`]): sans-IO framing. [`codec::Raw`] hands over whatever arrived,
+//!   [`codec::LengthDelimited`] length-prefixed frames (any width, endianness and offset),
+//!   [`codec::Lines`] `\n`-terminated lines, [`codec::Resp`] Redis protocol commands. A frame
+//!   longer than the codec's limit is a decode error as soon as its header shows it, never an
+//!   allocation of the announced size.
+//!
+//! ## The handler API
+//!
+//! [`Handler::on_frame`] is the one callback you must write; the others have defaults:
+//! [`on_open`](Handler::on_open), [`on_read_closed`](Handler::on_read_closed) (the peer's EOF),
+//! [`on_timer`](Handler::on_timer), [`on_notify`](Handler::on_notify),
+//! [`on_writable`](Handler::on_writable), [`on_decode_error`](Handler::on_decode_error)
+//! (default: close), [`on_shutdown`](Handler::on_shutdown), [`on_retire`](Handler::on_retire)
+//! (a restart handed the port on) and [`on_close`](Handler::on_close) with its
+//! [`CloseReason`]. Each gets a [`Conn`], the connection lent for the call:
+//!
+//! | you want | call |
+//! |---|---|
+//! | reply | [`Conn::write`], or [`Conn::send_frame`] (the codec adds header or terminator) |
+//! | close after the replies / with a last word / reset / half-close | [`Conn::close`], [`Conn::close_after`], [`Conn::abort`], [`Conn::shutdown_write`] |
+//! | run a request on a worker without losing its reply | [`Conn::work`] gives a [`Work`] (a [`ConnectionHandle`] counted until dropped): `work.write(reply)` from the job; [`pool::WorkerPool`] runs jobs |
+//! | reach the connection from another thread | [`Conn::handle`] gives a [`ConnectionHandle`]: bounded writes ([`HandleError::Full`] above the high watermark), [`notify_when_writable`](ConnectionHandle::notify_when_writable), `close`, `notify` |
+//! | a heartbeat, a deadline | [`Conn::set_timer`], [`Conn::cancel_timer`], [`Handler::on_timer`] |
+//! | stop reading for a while | [`Conn::pause_reading`], [`Conn::resume_reading`] |
+//! | open a connection | [`Conn::connect`] (same IO thread, a handle at once), [`Connector::connect`] from anywhere ([`Engine::connector`]) |
+//! | who is connected | [`Conn::info`]: [`ConnInfo`] (peer, client, TLS, PROXY) |
+//! | counters | [`ServerHandle::stats`] ([`StatsSnapshot`]); Prometheus: [`Engine::serve_metrics`] ([`metrics`]) |
+//!
+//! Callbacks run on the connection's IO thread: a handler that blocks stalls every connection
+//! of that thread, so blocking work goes to a [`pool::WorkerPool`] through [`Work`].
+//!
+//! ## Limits and close guarantees
+//!
+//! | limit | default | at the limit |
+//! |---|---|---|
+//! | open connections per server ([`Server::max_connections`]) | [`DEFAULT_MAX_CONNECTIONS`] | accepted and closed at once, counted; others unaffected |
+//! | per client address ([`Server::max_connections_per_ip`], [`Server::accept_rate_per_ip`]) | off | accepted and closed at once, counted |
+//! | frame / line length ([`codec::DEFAULT_MAX_FRAME`], [`codec::DEFAULT_MAX_LINE`]) | 1 MiB / 8 KiB | decode error: [`Handler::on_decode_error`], by default a close as [`CloseReason::Protocol`] |
+//! | undecoded input ([`Server::max_buffered_input`]) | [`DEFAULT_MAX_BUFFERED_INPUT`], or the codec's longest frame | closed, [`CloseReason::Protocol`] |
+//! | write queue ([`Server::write_watermarks`]) | [`DEFAULT_WRITE_LOW`] / [`DEFAULT_WRITE_HIGH`] | above high the connection stops being read until below low; handle writes get [`HandleError::Full`] |
+//! | idle time ([`Server::idle_timeout`]) | off | graceful close, [`CloseReason::IdleTimeout`] |
+//! | TLS handshake ([`Server::handshake_timeout`]) | [`DEFAULT_HANDSHAKE_TIMEOUT`] | reset, [`CloseReason::TlsHandshakeTimeout`] |
+//! | PROXY header ([`Server::proxy_header_timeout`]) | v1 107 bytes, v2 4 KiB; [`DEFAULT_PROXY_HEADER_TIMEOUT`] | closed, [`CloseReason::ProxyHeader`] / [`CloseReason::ProxyHeaderTimeout`] |
+//! | a closing connection's flush with no byte moving | [`FLUSH_STALL`] | reset, [`CloseReason::FlushStalled`] |
+//! | drain at shutdown ([`EngineBuilder::drain_timeout`]) | 5 s | what is left is reset, [`CloseReason::DrainTimeout`] |
+//! | accept errors (EMFILE, ...) | back-off doubling to [`MAX_ACCEPT_BACKOFF`] | accepting resumes by itself |
+//! | a retired generation after a restart ([`EngineBuilder::restart_grace`]) | [`DEFAULT_RESTART_GRACE`] | drained as on shutdown |
+//!
+//! **No accepted request is silently lost.** A graceful close (by the handler, a handle, the
+//! peer's EOF, a decode error, the idle timeout, a shutdown) first waits for every outstanding
+//! [`Work`] and flushes everything queued, then lingers up to [`LINGER`] for the peer's EOF.
+//! The exceptions are resets, each counted under its own [`CloseReason`]: the peer reset
+//! ([`Reset`](CloseReason::Reset)), the peer stopped reading while we flushed
+//! ([`FlushStalled`](CloseReason::FlushStalled)), the drain deadline
+//! ([`DrainTimeout`](CloseReason::DrainTimeout)), a handler panic
+//! ([`HandlerPanic`](CloseReason::HandlerPanic): only that connection, its handler is not
+//! called again), an explicit [`Conn::abort`] ([`Local`](CloseReason::Local)). Once a close
+//! has begun, timers stop and later writes are dropped; a handle answers
+//! [`HandleError::Closed`]. Every limit, and how it is enforced, is in the repository's
+//! `ARCHITECTURE.md`.
+//!
+//! ## Logging
+//!
+//! ringport logs through [`tracing`](https://docs.rs/tracing): a refused connection, a
+//! protocol error, a TLS failure, the io_uring fallback, each is one line at `warn` or `debug`.
+//! **Nothing shows until the program that embeds ringport installs a subscriber**; without
+//! one, those lines are dropped. The example servers do it first thing in `main`, with
+//! `tracing-subscriber` (and its `env-filter` feature, so `RUST_LOG=debug` works):
+//!
+//! ```
+//! // In main(), before building the engine:
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(
+//!         tracing_subscriber::EnvFilter::try_from_default_env()
+//!             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+//!     )
+//!     .init();
+//! tracing::info!("logging is on");
+//! ```
+//!
+//! `tracing_subscriber::fmt::init()` is the one-line version (`RUST_LOG` filters it too).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
