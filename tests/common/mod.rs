@@ -7,7 +7,8 @@
 //!
 //! The examples are built once per test run by the harness itself ([`ensure_examples_built`]),
 //! with the test binary's profile and target directory: a test never runs a stale server, and a
-//! missing example is a failure.
+//! missing example is a failure. The build reports on stderr as it goes (one line per example
+//! built), so the first test never looks hung.
 //!
 //! [`backend_tests!`] generates one `#[test]` per backend for each test body, like monoio's
 //! `test_all`: `body::epoll` and `body::uring`. The uring variant is skipped (with a printed
