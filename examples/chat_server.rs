@@ -33,16 +33,14 @@
 //!   most `--max-backlog` plus one line per sender, and stalls the room for at most
 //!   `--stall-timeout`.
 
-mod common;
-
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clap::Parser;
+use ringport::cli;
 use ringport::codec::{DecodeError, Lines};
 use ringport::{
     CloseReason, Conn, ConnInfo, ConnectionHandle, Frame, HandleError, Handler, Server,
@@ -53,7 +51,7 @@ use ringport::{
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5007")]
-    listen: SocketAddr,
+    listen: String,
     /// Longest line accepted, in bytes (terminator excluded)
     #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     max_line: usize,
@@ -66,7 +64,7 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     stall_timeout: f64,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 /// Everyone in the room, and how many were thrown out for not reading.
@@ -266,27 +264,29 @@ fn printable(line: &[u8]) -> Cow<'_, [u8]> {
 fn main() {
     let args = Args::parse();
     if !(args.stall_timeout.is_finite() && args.stall_timeout > 0.0) {
-        common::fail("--stall-timeout must be a positive number of seconds");
+        cli::fail("--stall-timeout must be a positive number of seconds");
     }
     let stall = Duration::from_secs_f64(args.stall_timeout);
-    let mut engine = args.common.engine(None);
+    let mut engine = args.server.engine();
     let room = Arc::new(Room::default());
     let r = room.clone();
-    let server = Server::new(args.listen, Lines::new(args.max_line), move |info| {
-        Session {
+    let server = Server::new(
+        cli::listen_addr(&args.listen),
+        Lines::new(args.max_line),
+        move |info| Session {
             room: r.clone(),
             id: info.id,
             nick: format!("anon{}", r.joined.fetch_add(1, Ordering::Relaxed) + 1).into(),
             me: None,
             blocking: Vec::new(),
             stall,
-        }
-    })
+        },
+    )
     // The backlog is the high watermark: handle writes beyond it are refused (`Full`), and a
     // member is read down once under the low one.
     .write_watermarks(args.max_backlog / 4, args.max_backlog);
-    let server = args.common.add(&mut engine, server);
-    common::run(engine, &[&server]);
+    let server = args.server.add(&mut engine, server);
+    cli::run(engine, &[&server]);
     tracing::info!(
         slow_disconnects = room.slow_disconnects.load(Ordering::Relaxed),
         "chat room closed"

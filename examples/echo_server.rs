@@ -6,11 +6,8 @@
 //! ```
 //! Start here when your protocol has no framing of its own, or to see the engine's cost.
 
-mod common;
-
-use std::net::SocketAddr;
-
 use clap::Parser;
+use ringport::cli;
 use ringport::codec::Raw;
 use ringport::{Conn, Frame, Handler, Server};
 
@@ -19,9 +16,9 @@ use ringport::{Conn, Frame, Handler, Server};
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5001")]
-    listen: SocketAddr,
+    listen: String,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 /// Per-connection state: none is needed to echo.
@@ -39,9 +36,10 @@ impl Handler for Echo {
 
 fn main() {
     let args = Args::parse();
-    let mut engine = args.common.engine(None);
-    let server = args
-        .common
-        .add(&mut engine, Server::new(args.listen, Raw, |_| Echo));
-    common::run(engine, &[&server]);
+    let mut engine = args.server.engine();
+    let server = args.server.add(
+        &mut engine,
+        Server::new(cli::listen_addr(&args.listen), Raw, |_| Echo),
+    );
+    cli::run(engine, &[&server]);
 }

@@ -10,12 +10,10 @@
 //! queue behind it on the same [`Ordered`] queue. No transfer buffer, or no room in the worker
 //! queue, means backpressure: the connection stops reading until there is.
 
-mod common;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use ringport::cli;
 use ringport::pool::{BufferPool, Ordered, WorkerPool};
 use ringport::{Conn, Frame, Handler, Server, Work};
 
@@ -24,7 +22,7 @@ use ringport::{Conn, Frame, Handler, Server, Work};
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5005")]
-    listen: SocketAddr,
+    listen: String,
     /// Receive size of the IO threads, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     io_buffer: usize,
@@ -32,7 +30,7 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     max_frame: usize,
     #[command(flatten)]
-    layout: common::LayoutArgs,
+    layout: cli::LengthFieldArgs,
     /// Worker threads echoing large frames
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -40,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 256)]
     transfer_buffers: usize,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 struct Session {
@@ -79,12 +77,14 @@ fn main() {
     let args = Args::parse();
     let codec = args.layout.codec(args.max_frame);
     let frame_bytes = args.max_frame + codec.header_len();
-    let mut engine = args.common.engine(Some(args.io_buffer));
+    let mut engine = args
+        .server
+        .engine_with(|b| b.recv_buffer_size(args.io_buffer));
     let pool =
-        WorkerPool::new("ringport-worker", args.workers, 1024).unwrap_or_else(|e| common::fail(e));
+        WorkerPool::new("ringport-worker", args.workers, 1024).unwrap_or_else(|e| cli::fail(e));
     let buffers = BufferPool::new(args.transfer_buffers, frame_bytes);
     let (p, b, io_buffer) = (pool.clone(), buffers.clone(), args.io_buffer);
-    let server = Server::new(args.listen, codec, move |_| Session {
+    let server = Server::new(cli::listen_addr(&args.listen), codec, move |_| Session {
         pool: p.clone(),
         buffers: b.clone(),
         jobs: Ordered::new(64),
@@ -92,7 +92,7 @@ fn main() {
     })
     // A frame is assembled in the connection's input buffer: bound it to one frame + one read.
     .max_buffered_input(frame_bytes + args.io_buffer);
-    let server = args.common.add(&mut engine, server);
-    common::run(engine, &[&server]);
+    let server = args.server.add(&mut engine, server);
+    cli::run(engine, &[&server]);
     pool.shutdown(Duration::from_millis(200));
 }

@@ -14,11 +14,11 @@
 //! `-ERR empty command`, anything else `-ERR unknown command`; a line longer than `--max-line`
 //! gets `-ERR line too long` and the connection closes.
 
-mod common;
-
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
+use ringport::cli;
 use ringport::codec::{DecodeError, Lines};
 use ringport::{CloseReason, Conn, Frame, Handler, Server};
 
@@ -27,12 +27,12 @@ use ringport::{CloseReason, Conn, Frame, Handler, Server};
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5003")]
-    listen: SocketAddr,
+    listen: String,
     /// Longest command line accepted, in bytes (terminator excluded)
     #[arg(long, value_name = "BYTES", default_value_t = 8192)]
     max_line: usize,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 struct Session;
@@ -44,7 +44,7 @@ impl Handler for Session {
 
     // One call per line, in order, pipelined or not; the `Lines` codec strips the terminator.
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        let (reply, quit) = common::line_protocol::execute(frame.payload(), conn.info().client);
+        let (reply, quit) = execute(frame.payload(), conn.info().client);
         conn.write(&reply);
         if quit {
             conn.close(); // after `+BYE` is flushed
@@ -64,10 +64,46 @@ impl Handler for Session {
 
 fn main() {
     let args = Args::parse();
-    let mut engine = args.common.engine(None);
+    let mut engine = args.server.engine();
     let codec = Lines::new(args.max_line);
-    let server = args
-        .common
-        .add(&mut engine, Server::new(args.listen, codec, |_| Session));
-    common::run(engine, &[&server]);
+    let server = args.server.add(
+        &mut engine,
+        Server::new(cli::listen_addr(&args.listen), codec, |_| Session),
+    );
+    cli::run(engine, &[&server]);
+}
+
+/// The reply to one command line from `client` (the address the server believes the client
+/// has: `conn.info().client`), and whether the connection ends after it.
+/// Free of IO: `line_server_pooled` runs this same function on a worker.
+fn execute(line: &[u8], client: SocketAddr) -> (Vec<u8>, bool) {
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t,
+        Err(_) => return (b"-ERR unknown command\r\n".to_vec(), false),
+    };
+    let (verb, arg) = match text.split_once(' ') {
+        Some((v, a)) => (v, Some(a)),
+        None => (text, None),
+    };
+    let reply = match (verb.to_ascii_uppercase().as_str(), arg) {
+        ("", None) => "-ERR empty command".to_string(),
+        ("PING", None) => "+PONG".to_string(),
+        ("ECHO", Some(text)) => format!("+{text}"),
+        ("ECHO", None) => "+".to_string(),
+        ("SLEEP", Some(ms)) => match ms.trim().parse::<u64>() {
+            Ok(ms) if ms <= 10_000 => {
+                // Stands for a blocking call (a database query): it stalls this IO thread.
+                std::thread::sleep(Duration::from_millis(ms));
+                format!("+SLEPT {ms}")
+            }
+            _ => "-ERR bad sleep (0 to 10000 ms)".to_string(),
+        },
+        // Behind a balancer with --proxy-protocol: the address its PROXY header gave.
+        ("WHO", None) => format!("+{client}"),
+        ("QUIT", None) => return (b"+BYE\r\n".to_vec(), true),
+        _ => "-ERR unknown command".to_string(),
+    };
+    let mut out = reply.into_bytes();
+    out.extend_from_slice(b"\r\n");
+    (out, false)
 }

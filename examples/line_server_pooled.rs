@@ -12,18 +12,17 @@
 //! so pipelined commands are answered in order; the workers take connections in turn (one
 //! command each, round robin), so a connection's backlog never makes the others wait. A full
 //! queue (`--queue`, or 64 commands of one connection) means the connection stops reading until
-//! there is room. Commands of a connection that was reset are skipped, not run. The engine knows every `Work` outstanding: whatever closes the
-//! connection (the client's EOF, an over-long line, the idle timeout, a shutdown) waits for
-//! the replies first, so no accepted command loses its answer.
+//! there is room. Commands of a connection that was reset are skipped, not run. The engine
+//! knows every `Work` outstanding: whatever closes the connection (the client's EOF, an
+//! over-long line, the idle timeout, a shutdown) waits for the replies first, so no accepted
+//! command loses its answer.
 //! Use this variant only when handlers block; otherwise `line_server` is simpler and faster.
-
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use common::line_protocol::{execute, is_quit};
+use ringport::cli;
 use ringport::codec::{DecodeError, Lines};
 use ringport::pool::{Ordered, WorkerPool};
 use ringport::{Conn, Frame, Handler, Server, Work};
@@ -33,7 +32,7 @@ use ringport::{Conn, Frame, Handler, Server, Work};
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5004")]
-    listen: SocketAddr,
+    listen: String,
     /// Longest command line accepted, in bytes (terminator excluded)
     #[arg(long, value_name = "BYTES", default_value_t = 8192)]
     max_line: usize,
@@ -45,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     queue: usize,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 struct Session {
@@ -70,8 +69,7 @@ impl Handler for Session {
         // accepted; a job whose connection was reset before it started is skipped.
         let job = move |work: Work| {
             let (reply, close) = execute(&line, client);
-            // Errors mean the connection is gone: nothing left to answer.
-            let _ = work.write(reply);
+            let _ = work.write(reply); // an error: the connection is gone, nobody to answer
             if close {
                 let _ = work.close(); // waits for nothing but this reply's flush
             }
@@ -93,20 +91,60 @@ impl Handler for Session {
 
 fn main() {
     let args = Args::parse();
-    let mut engine = args.common.engine(None);
+    let mut engine = args.server.engine();
     let pool = WorkerPool::new("ringport-worker", args.workers, args.queue)
-        .unwrap_or_else(|e| common::fail(e));
+        .unwrap_or_else(|e| cli::fail(e));
     engine.metrics().add_pool("workers", &pool);
     let codec = Lines::new(args.max_line);
     let p = pool.clone();
-    let server = Server::new(args.listen, codec, move |_| Session {
+    let server = Server::new(cli::listen_addr(&args.listen), codec, move |_| Session {
         pool: p.clone(),
         jobs: Ordered::new(64),
         quit: false,
     });
-    let server = args.common.add(&mut engine, server);
-    common::run(engine, &[&server]);
+    let server = args.server.add(&mut engine, server);
+    cli::run(engine, &[&server]);
     // The engine has drained (jobs queued meanwhile ran and answered; connections still open
     // at the drain deadline were reset and counted): drop what is left without waiting on it.
     pool.shutdown(Duration::from_millis(200));
+}
+
+/// The reply to one command line from `client` (the address the server believes the client
+/// has: `conn.info().client`), and whether the connection ends after it.
+/// `line_server`'s function, unchanged: it runs on a worker here.
+fn execute(line: &[u8], client: SocketAddr) -> (Vec<u8>, bool) {
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t,
+        Err(_) => return (b"-ERR unknown command\r\n".to_vec(), false),
+    };
+    let (verb, arg) = match text.split_once(' ') {
+        Some((v, a)) => (v, Some(a)),
+        None => (text, None),
+    };
+    let reply = match (verb.to_ascii_uppercase().as_str(), arg) {
+        ("", None) => "-ERR empty command".to_string(),
+        ("PING", None) => "+PONG".to_string(),
+        ("ECHO", Some(text)) => format!("+{text}"),
+        ("ECHO", None) => "+".to_string(),
+        ("SLEEP", Some(ms)) => match ms.trim().parse::<u64>() {
+            Ok(ms) if ms <= 10_000 => {
+                // Stands for a blocking call (a database query): it stalls this IO thread.
+                std::thread::sleep(Duration::from_millis(ms));
+                format!("+SLEPT {ms}")
+            }
+            _ => "-ERR bad sleep (0 to 10000 ms)".to_string(),
+        },
+        // Behind a balancer with --proxy-protocol: the address its PROXY header gave.
+        ("WHO", None) => format!("+{client}"),
+        ("QUIT", None) => return (b"+BYE\r\n".to_vec(), true),
+        _ => "-ERR unknown command".to_string(),
+    };
+    let mut out = reply.into_bytes();
+    out.extend_from_slice(b"\r\n");
+    (out, false)
+}
+
+/// Whether `line` is a `QUIT` (the IO thread stops taking commands after it).
+fn is_quit(line: &[u8]) -> bool {
+    line.eq_ignore_ascii_case(b"QUIT")
 }

@@ -9,11 +9,8 @@
 //! ```
 //! A frame announcing more than `--max-frame` is logged and closes its connection only.
 
-mod common;
-
-use std::net::SocketAddr;
-
 use clap::Parser;
+use ringport::cli;
 use ringport::{Conn, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
@@ -21,14 +18,14 @@ use ringport::{Conn, Frame, Handler, Server};
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5002")]
-    listen: SocketAddr,
+    listen: String,
     /// Largest payload accepted, in bytes; a bigger announced length closes the connection
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_frame: usize,
     #[command(flatten)]
-    layout: common::LayoutArgs,
+    layout: cli::LengthFieldArgs,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 /// Per-connection state: none; the codec reassembles frames however the bytes arrive.
@@ -44,9 +41,10 @@ impl Handler for PacketEcho {
 fn main() {
     let args = Args::parse();
     let codec = args.layout.codec(args.max_frame);
-    let mut engine = args.common.engine(None);
-    let server = args
-        .common
-        .add(&mut engine, Server::new(args.listen, codec, |_| PacketEcho));
-    common::run(engine, &[&server]);
+    let mut engine = args.server.engine();
+    let server = args.server.add(
+        &mut engine,
+        Server::new(cli::listen_addr(&args.listen), codec, |_| PacketEcho),
+    );
+    cli::run(engine, &[&server]);
 }

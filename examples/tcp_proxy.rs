@@ -27,12 +27,11 @@
 //! With `--upstream-tls --upstream-ca CA.pem` the upstream connection speaks TLS (plaintext in,
 //! TLS out), verifying the upstream as `--upstream-name` (default: the upstream's IP address).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use ringport::cli;
 use ringport::codec::Raw;
 use ringport::{
     CloseReason, Conn, ConnInfo, ConnectOptions, ConnectionHandle, Frame, HandleError, Handler,
@@ -44,7 +43,7 @@ use ringport::{
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:5006")]
-    listen: SocketAddr,
+    listen: String,
     /// Where every accepted connection is forwarded
     #[arg(long)]
     upstream: SocketAddr,
@@ -52,9 +51,9 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     connect_timeout: u64,
     #[command(flatten)]
-    upstream_tls: common::tls::UpstreamTlsArgs,
+    upstream_tls: cli::UpstreamTlsArgs,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 /// One direction of a proxied session: what arrives here is written to `peer`.
@@ -144,7 +143,7 @@ impl Handler for Client {
             name: "upstream",
         });
         let options = ConnectOptions::default().timeout(Some(self.timeout));
-        let options = common::tls::with_tls(options, &self.tls);
+        let options = cli::with_tls(options, &self.tls);
         self.side.peer = Some(conn.connect(self.upstream, Raw, up, options));
     }
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
@@ -178,12 +177,12 @@ impl Handler for Upstream {
 
 fn main() {
     let args = Args::parse();
-    let mut engine = args.common.engine(None);
+    let mut engine = args.server.engine();
     let (upstream, timeout) = (args.upstream, Duration::from_secs(args.connect_timeout));
     let tls = args
         .upstream_tls
         .connect_options(&args.upstream.ip().to_string());
-    let server = Server::new(args.listen, Raw, move |_| Client {
+    let server = Server::new(cli::listen_addr(&args.listen), Raw, move |_| Client {
         side: Side {
             peer: None,
             name: "client",
@@ -192,6 +191,6 @@ fn main() {
         timeout,
         tls: tls.clone(),
     });
-    let server = args.common.add(&mut engine, server);
-    common::run(engine, &[&server]);
+    let server = args.server.add(&mut engine, server);
+    cli::run(engine, &[&server]);
 }

@@ -210,13 +210,32 @@ impl Server {
     /// that fails or does not finish in time closes that connection only, counted as
     /// `tls-error` or `tls-handshake-timeout`.
     ///
-    /// ```no_run
-    /// # use std::sync::Arc;
-    /// # use ringport::{codec::Raw, rustls, Conn, Frame, Handler, Server};
-    /// # struct Echo;
-    /// # impl Handler for Echo { fn on_frame(&mut self, c: &mut Conn<'_>, f: Frame<'_>) { c.write(f.raw()) } }
-    /// # fn config() -> rustls::ServerConfig { unimplemented!() }
-    /// let server = Server::new("127.0.0.1:5001".parse()?, Raw, |_| Echo).tls(Arc::new(config()));
+    /// The configuration is rustls's own. Here its certificate is a self-signed one made on the
+    /// spot with [rcgen](https://docs.rs/rcgen); a real server loads PEM files (as
+    /// `ringport::cli::TlsArgs` does for `--tls-cert` and `--tls-key`):
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use ringport::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    /// use ringport::{codec::Raw, rustls, Conn, Engine, Frame, Handler, Server};
+    ///
+    /// struct Echo;
+    /// impl Handler for Echo {
+    ///     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+    ///         conn.write(frame.raw());
+    ///     }
+    /// }
+    ///
+    /// let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    /// let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+    /// let config = rustls::ServerConfig::builder()
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    ///
+    /// let server = Server::new("127.0.0.1:0".parse()?, Raw, |_| Echo).tls(Arc::new(config));
+    /// let mut engine = Engine::builder().io_threads(1).build()?;
+    /// let handle = engine.add_server(server)?; // listening: every connection speaks TLS
+    /// assert_ne!(handle.local_addr().port(), 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "tls")]

@@ -7,7 +7,8 @@
 //!
 //! The examples are built once per test run by the harness itself ([`ensure_examples_built`]),
 //! with the test binary's profile and target directory: a test never runs a stale server, and a
-//! missing example is a failure.
+//! missing example is a failure. The build reports on stderr as it goes (one line per example
+//! built), so the first test never looks hung.
 //!
 //! [`backend_tests!`] generates one `#[test]` per backend for each test body, like monoio's
 //! `test_all`: `body::epoll` and `body::uring`. The uring variant is skipped (with a printed
@@ -131,9 +132,9 @@ fn profile_name() -> String {
         .to_string()
 }
 
-/// Runs `cargo build ARGS` for this workspace with the test binary's own profile and target
-/// directory; `Err` holds the command and cargo's stderr.
-pub fn cargo_build(args: &[&str]) -> Result<(), String> {
+/// `cargo build ARGS` for this workspace with the test binary's own profile and target
+/// directory.
+fn cargo_build_command(args: &[&str]) -> Command {
     let profile_dir = profile_dir();
     let target_dir = profile_dir
         .parent()
@@ -142,6 +143,16 @@ pub fn cargo_build(args: &[&str]) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let mut cmd = Command::new(cargo);
+    // What cargo sets for this test process describes ringport's test target; inherited, it
+    // reaches every build script that watches it (`rerun-if-env-changed`: ring watches
+    // CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...), whose fingerprint then flips between this build
+    // and the next `cargo test`: ring and everything above it were rebuilt each time.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if is_cargo_test_env(key) {
+            cmd.env_remove(key);
+        }
+    }
     cmd.arg("build")
         .args(args)
         .arg("--manifest-path")
@@ -157,10 +168,35 @@ pub fn cargo_build(args: &[&str]) -> Result<(), String> {
             cmd.arg("--profile").arg(other);
         }
     }
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Whether cargo sets the environment variable `key` for the test process it runs (rather
+/// than the user setting it for cargo: CARGO_HOME, CARGO_TARGET_DIR, CARGO_PROFILE_* stay).
+fn is_cargo_test_env(key: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_BIN_",
+        "CARGO_CRATE_",
+        "CARGO_MANIFEST_",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+        || [
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ]
+        .contains(&key)
+}
+
+/// Runs `cargo build ARGS` for this workspace with the test binary's own profile and target
+/// directory; `Err` holds the command and cargo's stderr.
+pub fn cargo_build(args: &[&str]) -> Result<(), String> {
+    let mut cmd = cargo_build_command(args);
+    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed ({}):\n{}",
@@ -171,22 +207,97 @@ pub fn cargo_build(args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// One line of build progress on the process's stderr, bypassing the test harness's output
+/// capture (`eprintln!` is captured): whoever runs the tests sees it at once.
+fn progress(line: &str) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "[ringport tests] {line}");
+    let _ = err.flush();
+}
+
+/// What a `compiler-artifact` message of `cargo build --message-format=json` says: the
+/// target's name, whether it is an example, and whether it was already up to date.
+fn artifact_of(json: &str) -> Option<(&str, bool, bool)> {
+    if !json.contains(r#""reason":"compiler-artifact""#) {
+        return None;
+    }
+    let target = &json[json.find(r#""target":{"#)?..];
+    let target = &target[..target.find('}')?];
+    let name_at = target.find(r#""name":""#)? + r#""name":""#.len();
+    let name = &target[name_at..name_at + target[name_at..].find('"')?];
+    let example = target.contains(r#""kind":["example"]"#);
+    Some((name, example, json.contains(r#""fresh":true"#)))
+}
+
 /// Builds every example of this package once per test run, with the profile and target
 /// directory of the test binary itself, so that a test never starts a stale server (e.g. after
 /// `cargo test --test echo_server`, which does not rebuild examples). Cargo makes this a no-op
-/// when they are fresh (`cargo test` with no filter has just built them). A failed build
-/// panics: a missing or stale example is a test failure, never a skip.
+/// when they are fresh (`cargo test` with no filter has just built them). The build is
+/// visible while it runs: one line per example (and for the library) on stderr as cargo
+/// finishes it, then a summary, so the first test never looks hung. A failed build panics: a
+/// missing or stale example is a test failure, never a skip.
 pub fn ensure_examples_built() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = BUILT.get_or_init(|| {
-        let t = Instant::now();
-        cargo_build(&["--examples"])?;
-        println!("examples built ({}) in {:?}", profile_name(), t.elapsed());
-        Ok(())
-    });
+    let result = BUILT.get_or_init(build_examples);
     if let Err(e) = result {
         panic!("building the example servers failed: {e}");
     }
+}
+
+fn build_examples() -> Result<(), String> {
+    let t = Instant::now();
+    progress(&format!(
+        "building the examples ({}): cargo build --examples ...",
+        profile_name()
+    ));
+    let mut cmd = cargo_build_command(&[
+        "--examples",
+        "--features",
+        "cli",
+        "--message-format=json-render-diagnostics",
+    ]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    // Drained meanwhile: a full stderr pipe would stall cargo.
+    let stderr = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let (mut built, mut fresh) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let Ok(line) = line else { break };
+        let Some((name, example, up_to_date)) = artifact_of(&line) else {
+            continue;
+        };
+        if example && up_to_date {
+            fresh += 1;
+        } else if example {
+            built += 1;
+            let secs = t.elapsed().as_secs_f64();
+            progress(&format!("  example {name} built (+{secs:.1} s)"));
+        } else if name == "ringport" && !up_to_date {
+            let secs = t.elapsed().as_secs_f64();
+            progress(&format!("  library ringport built (+{secs:.1} s)"));
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {cmd:?}: {e}"))?;
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
+        progress(&format!("building the examples FAILED ({status})"));
+        return Err(format!("{cmd:?} failed ({status}):\n{stderr}"));
+    }
+    progress(&format!(
+        "examples ready in {:.1} s: {built} built, {fresh} up to date",
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// Path of a built example: `target/<profile>/examples/<name>`, built fresh for this run.

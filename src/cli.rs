@@ -1,19 +1,61 @@
-//! What every example server shares: the common flags, logging, and the start-up line.
-//! Copy this file along with the example you start from.
-#![allow(dead_code)]
+//! The standard server flags, for binaries built on ringport (feature `cli`, on by default).
+//!
+//! Every example server flattens [`ServerArgs`] into its own [clap] flags, so one file is a
+//! whole server: its own flags (the listen address with its default, protocol limits), the
+//! shared ones (backend, IO threads, connection limits, TLS, PROXY, metrics, reuse-port,
+//! drain and restart grace), and three calls:
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use ringport::codec::Raw;
+//! use ringport::{cli, Conn, Frame, Handler, Server};
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     /// Address to listen on (port 0: any free port)
+//!     #[arg(long, default_value = "127.0.0.1:5001")]
+//!     listen: String,
+//!     #[command(flatten)]
+//!     server: cli::ServerArgs,
+//! }
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+//!         conn.write(frame.raw());
+//!     }
+//! }
+//!
+//! let args = Args::parse();
+//! let mut engine = args.server.engine(); // logging, metrics, signals
+//! let listen = cli::listen_addr(&args.listen);
+//! let server = args.server.add(&mut engine, Server::new(listen, Raw, |_| Echo));
+//! cli::run(engine, &[&server]); // `listening on ...`, then serves until SIGINT/SIGTERM
+//! ```
+//!
+//! This module is for programs, not libraries: a flag that cannot be honoured (a bad
+//! certificate file, a port in use, `--backend uring` without io_uring) prints one line,
+//! `error: ...`, on stderr and exits with status 1 ([`fail`]).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-pub mod line_protocol;
-pub mod tls;
-
 use clap::Args;
-use ringport::codec::{Endian, LengthDelimited};
-use ringport::{BackendKind, Engine, ProxyProtocol, Server, ServerHandle};
 
-/// The flags every example server takes.
+use crate::codec::{Endian, LengthDelimited};
+use crate::{BackendKind, Engine, EngineBuilder, ProxyProtocol, Server, ServerHandle};
+
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "tls")]
+pub use tls::{with_tls, TlsArgs, UpstreamTlsArgs};
+
+/// How long a SIGHUP successor has to report ready before the old process keeps serving.
+const SUCCESSOR_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The flags every server shares; `#[command(flatten)]` it into a binary's own flags.
 #[derive(Args, Debug)]
-pub struct CommonArgs {
+pub struct ServerArgs {
     /// auto | uring | epoll | iocp | poll (auto: io_uring when available, else epoll with a
     /// warning; iocp on Windows)
     #[arg(long, env = "RINGPORT_BACKEND", default_value = "auto")]
@@ -50,7 +92,7 @@ pub struct CommonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port; a
     /// `metrics on ADDR` line says which)
     #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     /// Read a PROXY protocol header (v1 or v2, as HAProxy's send-proxy / send-proxy-v2 write
     /// it) before anything else: required (every connection has one) or optional (a header
     /// if the first bytes are one) [default: none]
@@ -59,28 +101,34 @@ pub struct CommonArgs {
     /// Seconds a connection has to deliver its PROXY header
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub proxy_header_timeout: u64,
+    /// The TLS flags (`--tls-cert`, `--tls-key`, ...).
+    #[cfg(feature = "tls")]
     #[command(flatten)]
-    pub tls: tls::TlsArgs,
+    pub tls: TlsArgs,
 }
 
-impl CommonArgs {
-    /// The engine these flags ask for; exits with a one-line error if it cannot be built
-    /// (e.g. `--backend uring` where io_uring is unavailable).
-    pub fn engine(&self, recv_buffer_size: Option<usize>) -> Engine {
+impl ServerArgs {
+    /// The engine these flags ask for, with logging on ([`init_logging`]), the metrics
+    /// endpoint serving (`metrics on ADDR` printed) and SIGINT/SIGTERM/SIGHUP caught; exits
+    /// with a one-line error if it cannot be built.
+    pub fn engine(&self) -> Engine {
+        self.engine_with(|b| b)
+    }
+
+    /// [`engine`](Self::engine), with `customize` applied to the builder last (e.g. a
+    /// receive buffer size of the binary's own).
+    pub fn engine_with(&self, customize: impl FnOnce(EngineBuilder) -> EngineBuilder) -> Engine {
         init_logging();
         let mut b = Engine::builder()
             .backend(self.backend)
             .drain_timeout(Duration::from_secs(self.drain_timeout))
             // SIGHUP: a successor (same binary and arguments) takes over the listeners.
-            .restart_on_sighup(true, Duration::from_secs(30))
+            .restart_on_sighup(true, SUCCESSOR_READY_TIMEOUT)
             .restart_grace(Duration::from_secs(self.restart_grace));
         if let Some(n) = self.io_threads {
             b = b.io_threads(n);
         }
-        if let Some(n) = recv_buffer_size {
-            b = b.recv_buffer_size(n);
-        }
-        let mut engine = b.build().unwrap_or_else(|e| fail(e));
+        let mut engine = customize(b).build().unwrap_or_else(|e| fail(e));
         if let Some(addr) = self.metrics {
             let m = engine.serve_metrics(addr).unwrap_or_else(|e| fail(e));
             println!("metrics on {}", m.local_addr());
@@ -90,8 +138,8 @@ impl CommonArgs {
         engine
     }
 
-    /// Applies the connection limits to `server` and adds it to `engine`.
-    pub fn add(&self, engine: &mut Engine, server: Server) -> ServerHandle {
+    /// `server` with the connection limits, TLS and PROXY settings of these flags.
+    pub fn configure(&self, server: Server) -> Server {
         let server = server
             .max_connections(self.max_connections)
             .idle_timeout(self.idle_timeout.map(Duration::from_secs))
@@ -101,21 +149,37 @@ impl CommonArgs {
             Some(rate) => server.accept_rate_per_ip(rate, self.accept_burst_per_ip.unwrap_or(rate)),
             None => server,
         };
+        #[cfg(feature = "tls")]
         let server = self.tls.apply(server);
         // The PROXY header is read below TLS, whatever the order of these calls.
-        let server = match self.proxy_protocol {
+        match self.proxy_protocol {
             Some(mode) => server
                 .proxy_protocol(mode)
                 .proxy_header_timeout(Duration::from_secs(self.proxy_header_timeout)),
             None => server,
-        };
-        engine.add_server(server).unwrap_or_else(|e| fail(e))
+        }
+    }
+
+    /// [`configure`](Self::configure)s `server` and adds it to `engine` (it listens from
+    /// now on); exits with a one-line error if it cannot listen.
+    pub fn add(&self, engine: &mut Engine, server: Server) -> ServerHandle {
+        engine
+            .add_server(self.configure(server))
+            .unwrap_or_else(|e| fail(e))
     }
 }
 
-/// The length-field layout flags of the packet servers.
+/// The address a `--listen` flag names (`IP:PORT`; port 0: any free port); exits with a
+/// one-line error for anything else.
+pub fn listen_addr(listen: &str) -> SocketAddr {
+    listen
+        .parse()
+        .unwrap_or_else(|e| fail(format!("--listen {listen:?}: {e} (expected IP:PORT)")))
+}
+
+/// The length-field layout flags of a length-prefixed protocol ([`LengthDelimited`]).
 #[derive(Args, Debug)]
-pub struct LayoutArgs {
+pub struct LengthFieldArgs {
     /// Bytes in the length field: 1, 2, 4 or 8
     #[arg(long, default_value_t = 4)]
     pub length_width: u8,
@@ -127,7 +191,7 @@ pub struct LayoutArgs {
     pub length_includes_header: bool,
 }
 
-impl LayoutArgs {
+impl LengthFieldArgs {
     /// The codec these flags describe, accepting payloads up to `max_frame` bytes; exits with
     /// a one-line error for an unsupported width.
     pub fn codec(&self, max_frame: usize) -> LengthDelimited {
@@ -142,7 +206,9 @@ impl LayoutArgs {
     }
 }
 
-/// Prints the one line tests and tools wait for, then runs until SIGINT/SIGTERM.
+/// Prints the line tests and tools wait for, `listening on ADDR (backend: NAME)`, once per
+/// server, then runs the engine until SIGINT/SIGTERM (or a SIGHUP successor takes over) and
+/// logs each server's final counters.
 pub fn run(engine: Engine, servers: &[&ServerHandle]) {
     for s in servers {
         println!(
@@ -161,20 +227,69 @@ pub fn run(engine: Engine, servers: &[&ServerHandle]) {
     }
 }
 
-/// `RUST_LOG`-filtered logs on stderr (default: info).
+/// Logs on stderr, filtered by `RUST_LOG` (default: `info`), without colour codes unless
+/// stderr is a terminal. Does nothing if a subscriber is already installed.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal()) // no colour codes in log files
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-/// Exits with a one-line error.
+/// Prints `error: {e}` on stderr and exits with status 1.
 pub fn fail(e: impl std::fmt::Display) -> ! {
     eprintln!("error: {e}");
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let f = Flags::try_parse_from(["x"]).unwrap();
+        assert_eq!(f.server.max_connections, 10_000);
+        assert_eq!(f.server.drain_timeout, 5);
+        assert_eq!(f.server.restart_grace, 300);
+        assert_eq!(f.server.proxy_header_timeout, 5);
+        assert!(!f.server.reuse_port);
+        assert!(f.server.proxy_protocol.is_none());
+    }
+
+    #[test]
+    fn flags_parse_into_their_fields() {
+        let f = Flags::try_parse_from([
+            "x",
+            "--backend",
+            "epoll",
+            "--io-threads",
+            "3",
+            "--accept-rate-per-ip",
+            "10",
+            "--proxy-protocol",
+            "required",
+        ])
+        .unwrap();
+        assert_eq!(f.server.backend, BackendKind::Epoll);
+        assert_eq!(f.server.io_threads, Some(3));
+        assert_eq!(f.server.accept_rate_per_ip, Some(10));
+        assert!(f.server.proxy_protocol.is_some());
+    }
+
+    #[test]
+    fn listen_addr_parses_ip_and_port() {
+        assert_eq!(listen_addr("127.0.0.1:0").port(), 0);
+    }
 }

@@ -1,14 +1,16 @@
-//! The TLS flags of every example server, and the upstream TLS flags of `tcp_proxy`: PEM files
-//! read at start-up into rustls configurations (a one-line error, then exit, on a bad file).
+//! The TLS flags: serving TLS (`--tls-cert`, ...) and speaking TLS to an upstream
+//! (`--upstream-tls`, ...). PEM files are read at start-up into rustls configurations (a
+//! one-line error, then exit, on a bad file).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use ringport::rustls::pki_types::pem::PemObject;
-use ringport::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use ringport::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
-use ringport::{ConnectOptions, Server};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::{ConnectOptions, Server};
 
 use super::fail;
 
@@ -75,7 +77,8 @@ impl TlsArgs {
     }
 }
 
-/// `--upstream-tls [--upstream-ca PEM] [--upstream-name NAME]`: TLS to an upstream (tcp_proxy).
+/// `--upstream-tls [--upstream-ca PEM] [--upstream-name NAME]`: TLS to an upstream (as
+/// `tcp_proxy` does).
 #[derive(Args, Debug)]
 pub struct UpstreamTlsArgs {
     /// Speak TLS to the upstream (plaintext in, TLS out)

@@ -7,7 +7,7 @@
 //! $ redis-cli -p 6380 GET greeting                     → "hello"
 //! ```
 //!
-//! How it is built (each part is a file you can copy):
+//! How it is built (a folder example: copy the folder, `main.rs` and its two modules):
 //!
 //! - **Framing**: the [`Resp`] codec from `ringport::codec` turns the byte stream into whole
 //!   commands (arrays of bulk strings, or inline lines typed in telnet) with Redis's limits; a
@@ -16,12 +16,12 @@
 //!   closes (counted in `INFO` as `protocol_errors`); nobody else notices. A whole command
 //!   may be `--max-bulk` plus 1 MiB ([`CommandLimit`]): beyond that it gets
 //!   `-ERR Protocol error: command larger than N bytes` too.
-//! - **Commands** (`common/resp_commands.rs`): a table of name, arity and function; the
+//! - **Commands** (`resp_commands.rs`): a table of name, arity and function; the
 //!   dispatch checks arity and `--maxmemory` the way Redis does and answers with Redis's exact
 //!   error texts. Replies go straight into the connection's write queue; pipelined commands
 //!   are answered in order (one connection's frames run one after another on its IO thread).
 //!   A client that sends `HELLO 3` (redis-py 8 does by default) gets RESP3 nulls and maps.
-//! - **Keyspace** (`common/resp_store.rs`): 64 shards, each a `Mutex<HashSet>`, chosen by key
+//! - **Keyspace** (`resp_store.rs`): 64 shards, each a `Mutex<HashSet>`, chosen by key
 //!   hash, shared by all IO threads: no global lock, a lock held for one map operation.
 //!   Expiry is checked lazily on access (an expired key reads as missing); a small thread of
 //!   this server sweeps expired keys out of 8 shards every 100 ms. The engine's timers belong
@@ -43,18 +43,15 @@
 //! for clients and tools: CONFIG GET, COMMAND (empty), CLIENT SETNAME/GETNAME/SETINFO/ID,
 //! HELLO 2|3, INFO.
 
-mod common;
-#[path = "common/resp_commands.rs"]
 mod resp_commands;
-#[path = "common/resp_store.rs"]
 mod resp_store;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use ringport::cli;
 use ringport::codec::resp::{protocol_error_reply, Command};
 use ringport::codec::{DecodeError, Decoded, Decoder, Encoder, Resp};
 use ringport::{CloseReason, Conn, ConnInfo, ConnectionHandle, Frame, Handler, Server};
@@ -67,7 +64,7 @@ use resp_store::Store;
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:6380")]
-    listen: SocketAddr,
+    listen: String,
     /// Longest bulk string (key, value, argument) accepted, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_bulk: usize,
@@ -75,7 +72,7 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     maxmemory: usize,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 /// Room a command has beyond its largest bulk string (the other arguments and the headers).
@@ -226,7 +223,7 @@ fn main() {
     let args = Args::parse();
     // Keys are stored with a 32-bit length; nothing longer can be accepted.
     let max_bulk = args.max_bulk.min(u32::MAX as usize);
-    let mut engine = args.common.engine(None);
+    let mut engine = args.server.engine();
     let store = Arc::new(Store::new(args.maxmemory));
     let stats = Arc::new(Stats::default());
 
@@ -241,7 +238,7 @@ fn main() {
                 next = sweeper.sweep(next, 8).0;
             }
         })
-        .unwrap_or_else(|e| common::fail(e));
+        .unwrap_or_else(|e| cli::fail(e));
 
     let max_command = max_bulk.saturating_add(COMMAND_ROOM);
     let codec = CommandLimit {
@@ -249,27 +246,31 @@ fn main() {
         max: max_command,
     };
     let (shared_store, shared_stats) = (Arc::clone(&store), Arc::clone(&stats));
-    let server = Server::new(args.listen, codec, move |info: &ConnInfo| {
-        shared_stats.connections.fetch_add(1, Ordering::Relaxed);
-        shared_stats.connected.fetch_add(1, Ordering::Relaxed);
-        Session {
-            client: Client {
-                store: Arc::clone(&shared_store),
-                stats: Arc::clone(&shared_stats),
-                max_bulk,
-                name: None,
-                id: info.id,
-                proto: 2,
-                pending: None,
-            },
-            waiting: false,
-            close_when_done: false,
-            counted: 0,
-            refresh_armed: false,
-        }
-    })
+    let server = Server::new(
+        cli::listen_addr(&args.listen),
+        codec,
+        move |info: &ConnInfo| {
+            shared_stats.connections.fetch_add(1, Ordering::Relaxed);
+            shared_stats.connected.fetch_add(1, Ordering::Relaxed);
+            Session {
+                client: Client {
+                    store: Arc::clone(&shared_store),
+                    stats: Arc::clone(&shared_stats),
+                    max_bulk,
+                    name: None,
+                    id: info.id,
+                    proto: 2,
+                    pending: None,
+                },
+                waiting: false,
+                close_when_done: false,
+                counted: 0,
+                refresh_armed: false,
+            }
+        },
+    )
     // A whole command is buffered before it runs; `CommandLimit` refuses a larger one first.
     .max_buffered_input(max_command.saturating_add(64 << 10));
-    let server = args.common.add(&mut engine, server);
-    common::run(engine, &[&server]);
+    let server = args.server.add(&mut engine, server);
+    cli::run(engine, &[&server]);
 }
