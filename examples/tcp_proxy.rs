@@ -52,6 +52,10 @@ struct Args {
     /// client's address [default: none]
     #[arg(long, value_name = "VERSION")]
     send_proxy: Option<ProxyVersion>,
+    /// Bytes each receive takes at most (a larger one: fewer receives, writes and sends per
+    /// forwarded byte)
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 10)]
+    recv_buffer_size: usize,
     #[command(flatten)]
     upstream_tls: common::tls::UpstreamTlsArgs,
     #[command(flatten)]
@@ -60,7 +64,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let mut engine = args.common.engine(None);
+    let mut engine = args.common.engine(Some(args.recv_buffer_size));
     let tls = args
         .upstream_tls
         .connect_options(&args.upstream.ip().to_string());

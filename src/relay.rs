@@ -25,6 +25,33 @@
 //! });
 //! # let _ = server;
 //! ```
+//!
+//! A TLS terminator in front of a plaintext upstream that is told each client's address with
+//! a PROXY v2 header (`listen upstream cert.pem key.pem` on the command line):
+//!
+//! ```no_run
+//! # #[cfg(feature = "tls")] {
+//! use std::sync::Arc;
+//! use ringport::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+//! use ringport::{codec::Raw, relay::Relay, ConnectOptions, Engine, ProxyVersion, Server};
+//!
+//! let a: Vec<String> = std::env::args().collect();
+//! let (listen, upstream) = (a[1].parse().unwrap(), a[2].parse().unwrap());
+//! let certs = CertificateDer::pem_file_iter(&a[3]).unwrap().collect::<Result<_, _>>().unwrap();
+//! let key = PrivateKeyDer::from_pem_file(&a[4]).unwrap();
+//! let config = ringport::rustls::ServerConfig::builder()
+//!     .with_no_client_auth()
+//!     .with_single_cert(certs, key)
+//!     .unwrap();
+//! let server = Server::new(listen, Raw, move |_| {
+//!     Relay::to(upstream, ConnectOptions::default()).send_proxy(Some(ProxyVersion::V2))
+//! })
+//! .tls(Arc::new(config));
+//! let mut engine = Engine::builder().build().unwrap();
+//! engine.add_server(server).unwrap();
+//! engine.run().unwrap();
+//! # }
+//! ```
 
 use std::net::SocketAddr;
 
