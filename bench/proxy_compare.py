@@ -59,8 +59,9 @@ def start(path, args, extra_env=None):
 
 
 def cpu(pid):
+    """(user, system) seconds of `pid`."""
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
+    return int(f[11]) / TICK, int(f[12]) / TICK
 
 
 def main():
@@ -88,17 +89,20 @@ def main():
             for n in order:
                 proxy, addr = targets[n]
                 pids = [echo.pid] + ([proxy.pid] if proxy else [])
-                c0 = sum(cpu(p) for p in pids)
+                c0 = [cpu(p) for p in pids]
                 res = subprocess.run([LOAD, "echo", "--target", addr, "-c", CONNS, "-l", LEN,
                                       "-d", DURATION, "--warmup", WARMUP, "--client", CLIENT,
                                       "--json"], capture_output=True, text=True)
-                c1 = sum(cpu(p) for p in pids)
+                c1 = [cpu(p) for p in pids]
                 j = json.loads(res.stdout[res.stdout.index("{"):])
                 msgs = j["messages"] * (1 + float(WARMUP) / float(DURATION))
                 row = {"round": r, "target": n, "msg_s": j["messages_per_sec"],
                        "mb_s": j["mb_per_sec_received"], "errors": j["errors"],
                        "p50_us": j["latency_us"]["p50"],
-                       "cpu_us_per_msg": (c1 - c0) * 1e6 / max(msgs, 1),
+                       "cpu_us_per_msg": sum(sum(b) - sum(a) for a, b in zip(c0, c1)) * 1e6 / max(msgs, 1),
+                       "echo_cpu_us_per_msg": (sum(c1[0]) - sum(c0[0])) * 1e6 / max(msgs, 1),
+                       "proxy_user_us_per_msg": (c1[1][0] - c0[1][0]) * 1e6 / max(msgs, 1) if proxy else 0,
+                       "proxy_sys_us_per_msg": (c1[1][1] - c0[1][1]) * 1e6 / max(msgs, 1) if proxy else 0,
                        "conns": CONNS, "len": LEN, "backend": BACKEND, "client": CLIENT,
                        "load": os.getloadavg()[0]}
                 out.write(json.dumps(row) + "\n")
@@ -113,13 +117,15 @@ def main():
         p.wait()
     print(f"\n{CONNS} conns x {LEN} B, {BACKEND}, {CLIENT} client, {ROUNDS} rounds of "
           f"{DURATION} s; load average {load_avg[0][0]:.1f} -> {load_avg[1][0]:.1f}; raw: {OUT}")
-    print("| target | msg/s (median) | MB/s | p50 us | server CPU us/msg | vs direct (median, min-max) |")
+    print("| target | msg/s (median) | MB/s | p50 us | server CPU us/msg (echo; proxy user + sys) | vs direct (median, min-max) |")
     print("|---|---|---|---|---|---|")
     for n in names:
         med = lambda k: statistics.median(x[k] for x in runs[n])
         rs = ratios[n]
         print(f"| {n} | {med('msg_s'):.0f} | {med('mb_s'):.0f} | {med('p50_us'):.0f} | "
-              f"{med('cpu_us_per_msg'):.1f} | {statistics.median(rs):.2f}x "
+              f"{med('cpu_us_per_msg'):.1f} ({med('echo_cpu_us_per_msg'):.1f}; "
+              f"{med('proxy_user_us_per_msg'):.1f} + {med('proxy_sys_us_per_msg'):.1f}) | "
+              f"{statistics.median(rs):.2f}x "
               f"({min(rs):.2f}-{max(rs):.2f}) |")
 
 
