@@ -60,6 +60,9 @@ pub(crate) struct Rare {
     /// How long the layers may take once the transport is up (outgoing connections; `None`:
     /// `layer::DEFAULT_HANDSHAKE_TIMEOUT`).
     pub layer_timeout: Option<Duration>,
+    /// Bytes an outgoing connection sends first once connected, before any layer's (a PROXY
+    /// header: `ConnectOptions::send_proxy`).
+    pub preamble: Vec<u8>,
 }
 
 /// The engine's per-connection state (the handler's own state is the `Handler` value).
@@ -442,6 +445,8 @@ pub(crate) struct ConnectRequest {
     /// Layers of the new connection (TLS client), bottom first, or why they cannot be made.
     pub layers: Result<Vec<Box<dyn Layer>>, String>,
     pub handshake_timeout: Duration,
+    /// Bytes sent first once connected (`ConnectOptions::preamble`).
+    pub preamble: Vec<u8>,
     pub token: Token,
     pub gen: u64,
     pub addr: SocketAddr,

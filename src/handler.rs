@@ -122,6 +122,9 @@ pub struct ConnectOptions {
     )>,
     /// How long the TLS handshake may take after the TCP connect.
     pub handshake_timeout: Duration,
+    /// Bytes sent first once connected, before any layer's (a PROXY protocol header, see
+    /// [`ConnectOptions::send_proxy`]); empty: none.
+    pub preamble: Vec<u8>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -129,7 +132,8 @@ impl std::fmt::Debug for ConnectOptions {
         let mut d = f.debug_struct("ConnectOptions");
         d.field("timeout", &self.timeout)
             .field("socket", &self.socket)
-            .field("write_watermarks", &self.write_watermarks);
+            .field("write_watermarks", &self.write_watermarks)
+            .field("preamble", &self.preamble.len());
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.as_ref().map(|(_, name)| name));
         d.finish()
@@ -148,6 +152,7 @@ impl Default for ConnectOptions {
             #[cfg(feature = "tls")]
             tls: None,
             handshake_timeout: crate::layer::DEFAULT_HANDSHAKE_TIMEOUT,
+            preamble: Vec::new(),
         }
     }
 }
@@ -175,6 +180,22 @@ impl ConnectOptions {
         self
     }
 
+    /// Begins the connection with a PROXY protocol header (`version` 1: the text line, 2: the
+    /// binary header, both built with the `ppp` crate) telling the server that `source` (the
+    /// client) connected to `destination` (the address the client reached), before any other
+    /// byte, TLS's ClientHello included. A relay passes the client's address on this way:
+    /// [`Relay::send_proxy`](crate::relay::Relay::send_proxy). Addresses of different families
+    /// are both sent as IPv6 (an IPv4 one mapped).
+    pub fn send_proxy(
+        mut self,
+        version: crate::ProxyVersion,
+        source: SocketAddr,
+        destination: SocketAddr,
+    ) -> Self {
+        self.preamble = crate::layer::proxy::header(version, source, destination);
+        self
+    }
+
     /// The layers these options ask for, bottom first; `Err` if one cannot be made.
     pub(crate) fn layers(&self) -> Result<Vec<Box<dyn crate::layer::Layer>>, String> {
         #[allow(unused_mut)]
@@ -199,6 +220,7 @@ impl ConnectOptions {
     ) -> ConnectRequest {
         ConnectRequest {
             layers: self.layers(),
+            preamble: self.preamble,
             handshake_timeout: self.handshake_timeout,
             token,
             gen,

@@ -48,6 +48,18 @@ pub enum ProxyVersion {
     V2,
 }
 
+impl std::str::FromStr for ProxyVersion {
+    type Err = String;
+    /// `v1` or `v2` (also `1`, `2`), as `tcp_proxy --send-proxy` takes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "v1" | "1" => Ok(ProxyVersion::V1),
+            "v2" | "2" => Ok(ProxyVersion::V2),
+            _ => Err(format!("PROXY protocol version {s:?}: expected v1 or v2")),
+        }
+    }
+}
+
 /// What a connection's PROXY protocol header said (`conn.info().proxy`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyInfo {

@@ -162,6 +162,7 @@ mod info;
 mod layer;
 pub mod metrics;
 pub mod pool;
+pub mod relay;
 mod sockopt;
 mod stats;
 #[allow(unsafe_code)]

@@ -23,6 +23,8 @@ backend_tests!("line_server";
     two_backends_behind_haproxy,
     send_proxy_v2_who_and_load,
     send_proxy_v1_who,
+    tcp_proxy_send_proxy_v1_into_accept_proxy,
+    tcp_proxy_send_proxy_v2_into_accept_proxy,
 );
 
 fn served(addr: SocketAddr, n: usize, phase: &str) {
@@ -52,9 +54,20 @@ fn start_haproxy(
     backends: &[&Server],
     server_opts: &str,
 ) -> (SocketAddr, Proc, std::path::PathBuf) {
+    start_haproxy_bind(haproxy, b, backends, "", server_opts)
+}
+
+/// [`start_haproxy`] with `bind_opts` on its bind line (e.g. `accept-proxy`).
+fn start_haproxy_bind(
+    haproxy: &std::path::Path,
+    b: Backend,
+    backends: &[&Server],
+    bind_opts: &str,
+    server_opts: &str,
+) -> (SocketAddr, Proc, std::path::PathBuf) {
     let port = free_port();
     let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let tag = server_opts.replace(' ', "_");
+    let tag = format!("{bind_opts}{server_opts}").replace(' ', "_");
     let dir =
         std::env::temp_dir().join(format!("ringport-haproxy-{}-{b}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -76,7 +89,7 @@ fn start_haproxy(
             "global\n    maxconn 1000\n\
              defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    \
              timeout server 10s\n    retries 3\n    option redispatch\n\
-             frontend line_in\n    bind {front}\n    default_backend line_servers\n\
+             frontend line_in\n    bind {front} {bind_opts}\n    default_backend line_servers\n\
              backend line_servers\n    balance roundrobin\n{servers}",
         ),
     )
@@ -223,4 +236,47 @@ fn two_backends_behind_haproxy(b: Backend) {
         "the survivor served them all ({c} -> {after})"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tcp_proxy --send-proxy VERSION` in front of HAProxy's `bind ... accept-proxy`, which passes
+/// what it read on with `send-proxy-v2` to `line_server --proxy-protocol required`: `WHO`
+/// answers the client's own address, so HAProxy parsed the header tcp_proxy wrote.
+fn tcp_proxy_into_accept_proxy(b: Backend, version: &str) {
+    let Some(haproxy) = tool("haproxy", "Debian package haproxy") else {
+        return;
+    };
+    let line = Server::start(
+        "line_server",
+        b,
+        &[
+            "--io-threads",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+            "--proxy-protocol",
+            "required",
+        ],
+    );
+    let (front, _proxy, dir) =
+        start_haproxy_bind(&haproxy, b, &[&line], "accept-proxy", "send-proxy-v2");
+    let relay = Server::start(
+        "tcp_proxy",
+        b,
+        &["--upstream", &front.to_string(), "--send-proxy", version],
+    );
+    who_is_the_client(relay.addr, 5);
+    assert!(
+        headers(&line, "v2") >= 5.0,
+        "line_server read HAProxy's headers"
+    );
+    assert_eq!(headers(&line, "refused"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tcp_proxy_send_proxy_v1_into_accept_proxy(b: Backend) {
+    tcp_proxy_into_accept_proxy(b, "v1");
+}
+
+fn tcp_proxy_send_proxy_v2_into_accept_proxy(b: Backend) {
+    tcp_proxy_into_accept_proxy(b, "v2");
 }

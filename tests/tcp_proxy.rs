@@ -25,19 +25,22 @@ backend_tests!("tcp_proxy";
     non_reading_client_cannot_grow_the_proxy,
     clients_that_reset_while_paused_are_noticed,
     each_non_reading_client_costs_about_the_high_watermark,
+    large_transfer_both_ways_past_a_slow_reader,
+    upstream_reset_resets_the_client,
+    client_reset_resets_the_upstream,
+    send_proxy_v1_tells_line_server_the_client,
+    send_proxy_v2_tells_line_server_the_client,
 );
 
 fn proxy(backend: Backend, upstream: SocketAddr) -> Server {
-    Server::start(
-        "tcp_proxy",
-        backend,
-        &[
-            "--upstream",
-            &upstream.to_string(),
-            "--connect-timeout",
-            "5",
-        ],
-    )
+    proxy_with(backend, upstream, &[])
+}
+
+fn proxy_with(backend: Backend, upstream: SocketAddr, extra: &[&str]) -> Server {
+    let up = upstream.to_string();
+    let mut args = vec!["--upstream", &up, "--connect-timeout", "5"];
+    args.extend_from_slice(extra);
+    Server::start("tcp_proxy", backend, &args)
 }
 
 /// The case: client --200 KB + FIN--> proxy --> echo_server returns all, then EOF.
@@ -108,7 +111,7 @@ fn refused_upstream_closes_the_client(backend: Backend) {
     let (_, closed) = expect_closed(&mut c, IO_TIMEOUT, "client of a refused upstream");
     let _ = closed; // EOF or reset: either way the client learns at once
     assert!(
-        p.wait_for_stderr(IO_TIMEOUT, |e| e.contains("proxy side failed")
+        p.wait_for_stderr(IO_TIMEOUT, |e| e.contains("relay side failed")
             && e.to_ascii_lowercase().contains("refused")),
         "the refusal is logged with its reason"
     );
@@ -277,7 +280,7 @@ fn clients_that_reset_while_paused_are_noticed(backend: Backend) {
         t.elapsed()
     );
     assert!(
-        p.wait_for_stderr(IO_TIMEOUT, |e| e.contains("proxy side failed")
+        p.wait_for_stderr(IO_TIMEOUT, |e| e.contains("relay side failed")
             && e.contains("reset")),
         "the clients' resets are logged as such"
     );
@@ -373,4 +376,146 @@ fn each_non_reading_client_costs_about_the_high_watermark(backend: Backend) {
     );
     p.assert_alive("after the sessions");
     drop(clients);
+}
+
+/// 16 MiB each way at once through the relay, while the upstream reads at a set pace (64 KiB
+/// every 4 ms, about 16 MB/s) and the client reads freely: every byte arrives in order both
+/// ways, and the proxy's memory stays near its watermarks (the slow reader's backlog waits in
+/// the client's socket, not in the proxy).
+fn large_transfer_both_ways_past_a_slow_reader(backend: Backend) {
+    const N: usize = 16 << 20;
+    let seed = test_seed();
+    let up_data = Rng::new(seed).bytes(N);
+    let client_data = Rng::new(seed ^ 1).bytes(N);
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let to_send = up_data.clone();
+    let server = thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = thread::spawn(move || w.write_all(&to_send).unwrap());
+        let (mut got, mut buf) = (Vec::with_capacity(N), vec![0u8; 64 << 10]);
+        let mut r = s;
+        while got.len() < N {
+            let n = r.read(&mut buf).expect("the upstream reads");
+            assert!(n > 0, "EOF after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            thread::sleep(Duration::from_millis(4)); // the slow reader's pace
+        }
+        writer.join().unwrap();
+        got
+    });
+    let p = proxy(backend, up_addr);
+    let rss0 = p.rss_kib();
+    let c = p.connect();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let to_send = client_data.clone();
+    let writer = thread::spawn(move || w.write_all(&to_send).unwrap());
+    let back = read_exact_timeout(&mut c.try_clone().unwrap(), N, Duration::from_secs(60))
+        .expect("the upstream's 16 MiB reach the client");
+    let mut peak = p.rss_kib();
+    writer.join().unwrap();
+    peak = peak.max(p.rss_kib());
+    let got = server.join().unwrap();
+    assert_bytes_eq(&back, &up_data, "upstream -> client");
+    assert_bytes_eq(&got, &client_data, "client -> slow upstream");
+    let growth_mib = peak.saturating_sub(rss0) >> 10;
+    println!("{backend}: 2 x 16 MiB past a slow reader; proxy RSS {rss0} -> {peak} KiB");
+    assert!(
+        growth_mib < 32,
+        "proxy RSS grew {growth_mib} MiB relaying to a slow reader"
+    );
+}
+
+/// The upstream resets mid-session: the client's connection is reset too (not a clean EOF,
+/// which would pass the broken stream off as complete).
+fn upstream_reset_resets_the_client(backend: Backend) {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(b"partial").unwrap();
+        reset_close(s);
+    });
+    let p = proxy(backend, up_addr);
+    let mut c = p.connect();
+    c.write_all(b"hello").unwrap();
+    server.join().unwrap();
+    let (_, closed) = expect_closed(&mut c, IO_TIMEOUT, "client of a reset upstream");
+    assert_eq!(closed, Closed::Reset, "the upstream's reset is passed on");
+    assert!(
+        p.wait_for_stderr(IO_TIMEOUT, |e| e.contains("relay side failed")
+            && e.contains("upstream")
+            && e.contains("reset")),
+        "the upstream's reset is logged"
+    );
+}
+
+/// The client resets mid-session: the upstream's connection is reset too.
+fn client_reset_resets_the_upstream(backend: Backend) {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        read_until_close(&mut s, IO_TIMEOUT).expect("the upstream's connection ends")
+    });
+    let p = proxy(backend, up_addr);
+    let mut c = p.connect();
+    c.write_all(b"hello").unwrap();
+    let mut one = [0u8; 1];
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let _ = c.read(&mut one); // let the bytes through; the upstream sends nothing
+    reset_close(c);
+    let (data, closed) = server.join().unwrap();
+    assert_eq!(data, b"hello");
+    assert_eq!(closed, Closed::Reset, "the client's reset is passed on");
+}
+
+/// `--send-proxy v1|v2` in front of `line_server --proxy-protocol required`: `WHO` answers
+/// the client's own address, not the proxy's.
+fn send_proxy_tells_line_server_the_client(backend: Backend, version: &str, outcome: &str) {
+    let line = Server::start(
+        "line_server",
+        backend,
+        &["--proxy-protocol", "required", "--metrics", "127.0.0.1:0"],
+    );
+    let p = proxy_with(backend, line.addr, &["--send-proxy", version]);
+    for i in 0..3 {
+        let mut c = common::line::LineClient::connect(p.addr);
+        let me = c.stream.local_addr().unwrap();
+        c.roundtrip("WHO", &format!("+{me}"));
+        c.roundtrip(
+            &format!("ECHO via {version} {i}"),
+            &format!("+via {version} {i}"),
+        );
+        c.roundtrip("QUIT", "+BYE");
+    }
+    let (_, body) = common::deploy::http_get(
+        common::deploy::metrics_addr(&line.stdout_text()),
+        "/metrics",
+    );
+    let count = |o: &str| {
+        common::deploy::sample(
+            &body,
+            "ringport_proxy_headers_total",
+            &format!("server=\"{}\",outcome=\"{o}\"", line.addr),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count(outcome), 3.0, "{outcome} headers read:\n{body}");
+    assert_eq!(count("refused"), 0.0, "no header refused");
+}
+
+fn send_proxy_v1_tells_line_server_the_client(backend: Backend) {
+    send_proxy_tells_line_server_the_client(backend, "v1", "v1");
+}
+
+fn send_proxy_v2_tells_line_server_the_client(backend: Backend) {
+    send_proxy_tells_line_server_the_client(backend, "v2", "v2");
 }

@@ -415,6 +415,21 @@ impl IoThread {
         }
         e.core.reading = true; // the backend reads once connected
         let c = &mut e.core;
+        // A PROXY header goes before everything: the layers' first bytes (ClientHello) and
+        // the handler's writes queued while connecting.
+        let preamble = c
+            .rare
+            .as_deref_mut()
+            .map(|r| std::mem::take(&mut r.preamble))
+            .unwrap_or_default();
+        if !preamble.is_empty() {
+            if c.layers.is_some() {
+                debug_assert!(c.wire.is_empty(), "nothing is wrapped before the connect");
+                c.wire.extend_from_slice(&preamble);
+            } else {
+                c.out.splice(0..0, preamble);
+            }
+        }
         if let Some(stack) = c.layers.as_mut() {
             // The TLS client speaks first; `on_open` waits for the handshake.
             if let Err(reason) = stack.start(&mut c.wire) {
@@ -508,6 +523,9 @@ impl IoThread {
         core.reading = false;
         if let Some(t) = req.timeout {
             core.rare_mut().connect_deadline = Some(st.ctx.now + t);
+        }
+        if !req.preamble.is_empty() {
+            core.rare_mut().preamble = req.preamble;
         }
         core.write_low = req.watermarks.0.min(req.watermarks.1);
         core.write_high = req.watermarks.1;

@@ -298,6 +298,41 @@ impl Layer for ProxyLayer {
     }
 }
 
+/// The PROXY header an outgoing connection begins with (`ConnectOptions::send_proxy`): that
+/// `source` connected to `destination`, over TCP. Addresses of different families are both
+/// given as IPv6 (the IPv4 one mapped), which both versions can carry.
+pub(crate) fn header(
+    version: ProxyVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> Vec<u8> {
+    let (source, destination) = same_family(source, destination);
+    match version {
+        ProxyVersion::V1 => v1::Addresses::from((source, destination))
+            .to_string()
+            .into_bytes(),
+        ProxyVersion::V2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (source, destination),
+        )
+        .build()
+        .expect("a v2 header of two TCP addresses is written to a Vec"),
+    }
+}
+
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v6 = |s: SocketAddr| match s {
+        SocketAddr::V4(v4) => SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())),
+        v6 => v6,
+    };
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (v6(a), v6(b))
+    }
+}
+
 #[cfg(test)]
 #[path = "proxy_tests.rs"]
 mod tests;

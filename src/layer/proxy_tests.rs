@@ -324,3 +324,42 @@ proptest! {
         }
     }
 }
+
+/// What `ConnectOptions::send_proxy` sends, read back by this crate's own PROXY layer: the
+/// same source and destination, in both versions, also across address families.
+#[test]
+fn sent_headers_read_back_as_the_same_addresses() {
+    let cases: [(&str, &str); 3] = [
+        ("192.0.2.7:56324", "198.51.100.1:443"),
+        ("[2001:db8::7]:56324", "[2001:db8::1]:443"),
+        ("192.0.2.7:56324", "[2001:db8::1]:443"),
+    ];
+    for (src, dst) in cases {
+        let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            let mut h = header(version, src, dst);
+            if version == ProxyVersion::V1 {
+                assert!(
+                    h.starts_with(b"PROXY TCP"),
+                    "{:?}",
+                    String::from_utf8_lossy(&h)
+                );
+            }
+            h.extend_from_slice(b"WHO\r\n");
+            let mut l = layer(ProxyProtocol::Required);
+            let (up, err) = feed(&mut l, &[&h]);
+            assert_eq!(err, None, "{version:?} {src} -> {dst}");
+            assert_eq!(up, b"WHO\r\n");
+            let info = info_of(&l);
+            let p = info.proxy.expect("a header was read");
+            assert_eq!(p.version, version);
+            let mapped = |s: SocketAddr| match s {
+                SocketAddr::V4(v) if !dst.is_ipv4() => {
+                    SocketAddr::from((v.ip().to_ipv6_mapped(), v.port()))
+                }
+                s => s,
+            };
+            assert_eq!(info.client, mapped(src), "{version:?}");
+        }
+    }
+}
