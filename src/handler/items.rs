@@ -31,8 +31,10 @@ pub trait ItemHandler<D: ItemDecoder>: Handler {
 
     /// The decoder skipped a bad frame ([`Decode::Bad`]); the connection goes on with the
     /// next one. Called in order with the items, so its reply takes the frame's place.
-    /// Default: write `bad.reply`.
-    fn on_bad_frame(&mut self, conn: &mut Conn<'_>, bad: &BadFrame) {
+    /// `raw` is the part of the bad frame already received (at most `bad.skip` bytes; its
+    /// start, e.g. a header line, says what it was). Default: write `bad.reply`.
+    fn on_bad_frame(&mut self, conn: &mut Conn<'_>, bad: &BadFrame, raw: &[u8]) {
+        let _ = raw;
         conn.write(bad.reply);
     }
 }
@@ -121,8 +123,9 @@ impl<H: ItemHandler<D>, D: ItemDecoder> DynConn for Items<H, D> {
                     }
                     ctx.stats(core.server).bad_frames.add(1);
                     tracing::debug!(peer = %core.info.peer, reason = %bad.reason, skip = bad.skip, "bad frame skipped");
-                    self.guard(core, ctx, token, |h, c| h.on_bad_frame(c, &bad));
                     let n = bad.skip.min((data.len() - pos) as u64);
+                    let raw = &data[pos..pos + n as usize];
+                    self.guard(core, ctx, token, |h, c| h.on_bad_frame(c, &bad, raw));
                     pos += n as usize;
                     self.discard = bad.skip - n;
                 }
