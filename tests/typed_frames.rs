@@ -25,9 +25,9 @@ struct Put;
 
 impl HeaderParser for Put {
     type Header<'a> = Option<u64>;
-    fn parse<'a>(
+    fn parse(
         &self,
-        line: &'a [u8],
+        line: &[u8],
     ) -> Result<(Option<u64>, Option<u64>), (&'static [u8], &'static str)> {
         if line == b"NOP" {
             return Ok((None, None));

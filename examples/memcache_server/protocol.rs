@@ -26,13 +26,37 @@ pub enum StoreOp {
 #[derive(Debug, Clone, Copy)]
 pub enum Command<'a> {
     /// `get`/`gets` and the rest of the line (the keys).
-    Get { cas: bool, keys: &'a [u8] },
+    Get {
+        cas: bool,
+        keys: &'a [u8],
+    },
     /// `set`/`add`/`replace`/`append`/`prepend`/`cas`; the data block is the frame's body.
-    Store { op: StoreOp, key: &'a [u8], flags: u32, exptime: i64, noreply: bool },
-    Delete { key: &'a [u8], noreply: bool },
-    Arith { incr: bool, key: &'a [u8], delta: u64, noreply: bool },
-    Touch { key: &'a [u8], exptime: i64, noreply: bool },
-    FlushAll { delay: i64, noreply: bool },
+    Store {
+        op: StoreOp,
+        key: &'a [u8],
+        flags: u32,
+        exptime: i64,
+        noreply: bool,
+    },
+    Delete {
+        key: &'a [u8],
+        noreply: bool,
+    },
+    Arith {
+        incr: bool,
+        key: &'a [u8],
+        delta: u64,
+        noreply: bool,
+    },
+    Touch {
+        key: &'a [u8],
+        exptime: i64,
+        noreply: bool,
+    },
+    FlushAll {
+        delay: i64,
+        noreply: bool,
+    },
     Version,
 }
 
@@ -50,8 +74,15 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-    if end == 0 || !digits[end..].first().is_none_or(|b| b.is_ascii_whitespace()) {
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0
+        || !digits[end..]
+            .first()
+            .is_none_or(|b| b.is_ascii_whitespace())
+    {
         return None;
     }
     let mut v: u64 = 0;
@@ -100,19 +131,29 @@ impl HeaderParser for Parser {
         let key_ok = |k: &[u8]| k.len() <= KEY_MAX;
         let cmd = match (words[0], n) {
             (b"get" | b"gets", 2..) => {
-                let start = line.windows(words[0].len()).position(|w| w == words[0]).unwrap_or(0);
+                let start = line
+                    .windows(words[0].len())
+                    .position(|w| w == words[0])
+                    .unwrap_or(0);
                 let keys = &line[start + words[0].len()..];
-                return Ok((Command::Get { cas: words[0] == b"gets", keys }, None));
+                return Ok((
+                    Command::Get {
+                        cas: words[0] == b"gets",
+                        keys,
+                    },
+                    None,
+                ));
             }
-            (b"set" | b"add" | b"replace" | b"append" | b"prepend", 5 | 6)
-            | (b"cas", 6 | 7) => {
+            (b"set" | b"add" | b"replace" | b"append" | b"prepend", 5 | 6) | (b"cas", 6 | 7) => {
                 let key = words[1];
                 if !key_ok(key) {
                     return Err(refuse(BAD_FORMAT, noreply));
                 }
-                let (Some(flags), Some(exptime), Some(len)) =
-                    (parse_u32(words[2]), parse_i32(words[3]), parse_i32(words[4]))
-                else {
+                let (Some(flags), Some(exptime), Some(len)) = (
+                    parse_u32(words[2]),
+                    parse_i32(words[3]),
+                    parse_i32(words[4]),
+                ) else {
                     return Err(refuse(BAD_FORMAT, noreply));
                 };
                 let op = match words[0] {
@@ -124,37 +165,62 @@ impl HeaderParser for Parser {
                     _ => StoreOp::Cas(parse_u64(words[5]).ok_or(refuse(BAD_FORMAT, noreply))?),
                 };
                 let len = u64::try_from(len).map_err(|_| refuse(BAD_FORMAT, noreply))?;
-                let cmd = Command::Store { op, key, flags, exptime, noreply };
+                let cmd = Command::Store {
+                    op,
+                    key,
+                    flags,
+                    exptime,
+                    noreply,
+                };
                 return Ok((cmd, Some(len)));
             }
             (b"delete", 2..=4) => {
                 let zero = n > 2 && words[2] == b"0";
                 if (n == 3 && !(zero || noreply)) || (n == 4 && !(zero && noreply)) {
-                    let usage = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+                    let usage =
+                        b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
                     return Err(refuse(usage, noreply));
                 }
                 if !key_ok(words[1]) {
                     return Err(refuse(BAD_FORMAT, noreply));
                 }
-                Command::Delete { key: words[1], noreply }
+                Command::Delete {
+                    key: words[1],
+                    noreply,
+                }
             }
             (b"incr" | b"decr", 3 | 4) => {
                 if !key_ok(words[1]) {
                     return Err(refuse(BAD_FORMAT, noreply));
                 }
                 let Some(delta) = parse_u64(words[2]) else {
-                    return Err(refuse(b"CLIENT_ERROR invalid numeric delta argument\r\n", noreply));
+                    return Err(refuse(
+                        b"CLIENT_ERROR invalid numeric delta argument\r\n",
+                        noreply,
+                    ));
                 };
-                Command::Arith { incr: words[0] == b"incr", key: words[1], delta, noreply }
+                Command::Arith {
+                    incr: words[0] == b"incr",
+                    key: words[1],
+                    delta,
+                    noreply,
+                }
             }
             (b"touch", 3 | 4) => {
                 if !key_ok(words[1]) {
                     return Err(refuse(BAD_FORMAT, noreply));
                 }
                 let Some(exptime) = parse_i32(words[2]) else {
-                    return Err(refuse(b"CLIENT_ERROR invalid exptime argument\r\n", noreply));
+                    return Err(refuse(
+                        b"CLIENT_ERROR invalid exptime argument\r\n",
+                        noreply,
+                    ));
                 };
-                Command::Touch { key: words[1], exptime, noreply }
+                Command::Touch {
+                    key: words[1],
+                    exptime,
+                    noreply,
+                }
             }
             (b"flush_all", 1..=3) => {
                 let delay = if n != if noreply { 2 } else { 1 } {

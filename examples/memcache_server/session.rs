@@ -7,7 +7,7 @@ use ringport::codec::{BadFrame, HeaderParser, LineBody, WithBody};
 use ringport::{Conn, Handler, ItemHandler};
 
 use crate::protocol::{Command, Parser, StoreOp, KEY_MAX};
-use crate::store::{Arith, Store, Stored};
+use crate::store::{Arith, Outcome, Store};
 
 pub type Codec = LineBody<Parser>;
 
@@ -23,22 +23,40 @@ impl ItemHandler<Codec> for Session {
         let store = &self.store;
         let (reply, noreply): (&[u8], bool) = match item.header {
             Command::Get { cas, keys } => return self.get(conn, cas, keys),
-            Command::Store { op, key, flags, exptime, noreply } => {
+            Command::Store {
+                op,
+                key,
+                flags,
+                exptime,
+                noreply,
+            } => {
                 let data = item.body.unwrap_or_default();
                 let reply: &[u8] = match store.store(op, key, flags, exptime, data) {
-                    Stored::Stored => b"STORED\r\n",
-                    Stored::NotStored => b"NOT_STORED\r\n",
-                    Stored::Exists => b"EXISTS\r\n",
-                    Stored::NotFound => b"NOT_FOUND\r\n",
-                    Stored::NoMemory => b"SERVER_ERROR out of memory storing object\r\n",
+                    Outcome::Stored => b"STORED\r\n",
+                    Outcome::NotStored => b"NOT_STORED\r\n",
+                    Outcome::Exists => b"EXISTS\r\n",
+                    Outcome::NotFound => b"NOT_FOUND\r\n",
+                    Outcome::NoMemory => b"SERVER_ERROR out of memory storing object\r\n",
                 };
                 (reply, noreply)
             }
             Command::Delete { key, noreply } => {
                 let found = store.delete(key);
-                (if found { &b"DELETED\r\n"[..] } else { b"NOT_FOUND\r\n" }, noreply)
+                (
+                    if found {
+                        &b"DELETED\r\n"[..]
+                    } else {
+                        b"NOT_FOUND\r\n"
+                    },
+                    noreply,
+                )
             }
-            Command::Arith { incr, key, delta, noreply } => match store.arith(key, incr, delta) {
+            Command::Arith {
+                incr,
+                key,
+                delta,
+                noreply,
+            } => match store.arith(key, incr, delta) {
                 Arith::Value(v) if !noreply => return conn.write(format!("{v}\r\n").as_bytes()),
                 Arith::Value(_) => (&b""[..], true),
                 Arith::NotFound => (&b"NOT_FOUND\r\n"[..], noreply),
@@ -47,9 +65,20 @@ impl ItemHandler<Codec> for Session {
                     noreply,
                 ),
             },
-            Command::Touch { key, exptime, noreply } => {
+            Command::Touch {
+                key,
+                exptime,
+                noreply,
+            } => {
                 let found = store.touch(key, exptime);
-                (if found { &b"TOUCHED\r\n"[..] } else { b"NOT_FOUND\r\n" }, noreply)
+                (
+                    if found {
+                        &b"TOUCHED\r\n"[..]
+                    } else {
+                        b"NOT_FOUND\r\n"
+                    },
+                    noreply,
+                )
             }
             Command::FlushAll { delay, noreply } => {
                 store.flush_all(delay);
@@ -69,7 +98,15 @@ impl ItemHandler<Codec> for Session {
         conn.write(bad.reply);
         let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Ok((Command::Store { op: StoreOp::Set, key, .. }, Some(len))) = Parser.parse(line) {
+        if let Ok((
+            Command::Store {
+                op: StoreOp::Set,
+                key,
+                ..
+            },
+            Some(len),
+        )) = Parser.parse(line)
+        {
             if len > self.max_item as u64 {
                 self.store.delete(key);
             }

@@ -23,7 +23,7 @@ pub struct Item {
     stored: Instant,
 }
 
-pub enum Stored {
+pub enum Outcome {
     Stored,
     NotStored,
     Exists,
@@ -53,7 +53,9 @@ fn expiry(exptime: i64, now: Instant) -> Option<Instant> {
         e if e < 0 => Some(now),
         e if e <= MAX_DELTA => Some(now + Duration::from_secs(e as u64)),
         e => {
-            let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             let left = (e as u64).saturating_sub(unix.as_secs());
             Some(now + Duration::from_secs(left))
         }
@@ -75,7 +77,9 @@ impl Store {
         let h = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        self.shards[h as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[h as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn live(&self, item: &Item, now: Instant) -> bool {
@@ -99,15 +103,17 @@ impl Store {
         f(shard.get_mut(key))
     }
 
-    pub fn store(&self, op: StoreOp, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Stored {
+    pub fn store(&self, op: StoreOp, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Outcome {
         let now = Instant::now();
         let mut shard = self.shard(key);
         let current = shard.get(key).filter(|i| self.live(i, now));
         let data = match (op, current) {
-            (StoreOp::Add, Some(_)) => return Stored::NotStored,
-            (StoreOp::Replace | StoreOp::Append | StoreOp::Prepend, None) => return Stored::NotStored,
-            (StoreOp::Cas(_), None) => return Stored::NotFound,
-            (StoreOp::Cas(cas), Some(i)) if i.cas != cas => return Stored::Exists,
+            (StoreOp::Add, Some(_)) => return Outcome::NotStored,
+            (StoreOp::Replace | StoreOp::Append | StoreOp::Prepend, None) => {
+                return Outcome::NotStored
+            }
+            (StoreOp::Cas(_), None) => return Outcome::NotFound,
+            (StoreOp::Cas(cas), Some(i)) if i.cas != cas => return Outcome::Exists,
             (StoreOp::Append, Some(i)) => [&i.data[..], data].concat(),
             (StoreOp::Prepend, Some(i)) => [data, &i.data[..]].concat(),
             _ => data.to_vec(),
@@ -120,14 +126,20 @@ impl Store {
         let old = shard.get(key).map_or(0, |i| i.data.len() + key.len());
         let new = data.len() + key.len();
         if self.bytes.load(Relaxed) + new > self.limit + old {
-            return Stored::NoMemory;
+            return Outcome::NoMemory;
         }
         self.bytes.fetch_add(new, Relaxed);
         self.bytes.fetch_sub(old, Relaxed);
         let cas = self.next_cas.fetch_add(1, Relaxed);
-        let item = Item { flags, data, cas, expires, stored: now };
+        let item = Item {
+            flags,
+            data,
+            cas,
+            expires,
+            stored: now,
+        };
         shard.insert(key.to_vec(), item);
-        Stored::Stored
+        Outcome::Stored
     }
 
     pub fn delete(&self, key: &[u8]) -> bool {
@@ -142,18 +154,27 @@ impl Store {
     /// is padded with spaces in place, a longer one replaces the value. Either takes a new cas.
     pub fn arith(&self, key: &[u8], incr: bool, delta: u64) -> Arith {
         self.with(key, |item| {
-            let Some(item) = item else { return Arith::NotFound };
-            let Some(v) = Some(&item.data).filter(|d| !d.is_empty()).and_then(|d| parse_u64(d))
+            let Some(item) = item else {
+                return Arith::NotFound;
+            };
+            let Some(v) = Some(&item.data)
+                .filter(|d| !d.is_empty())
+                .and_then(|d| parse_u64(d))
             else {
                 return Arith::NonNumeric;
             };
-            let v = if incr { v.wrapping_add(delta) } else { v.saturating_sub(delta) };
+            let v = if incr {
+                v.wrapping_add(delta)
+            } else {
+                v.saturating_sub(delta)
+            };
             let digits = v.to_string().into_bytes();
             if digits.len() <= item.data.len() {
                 item.data.fill(b' ');
                 item.data[..digits.len()].copy_from_slice(&digits);
             } else {
-                self.bytes.fetch_add(digits.len() - item.data.len(), Relaxed);
+                self.bytes
+                    .fetch_add(digits.len() - item.data.len(), Relaxed);
                 item.data = digits;
             }
             item.cas = self.next_cas.fetch_add(1, Relaxed);
@@ -163,7 +184,8 @@ impl Store {
 
     pub fn touch(&self, key: &[u8], exptime: i64) -> bool {
         self.with(key, |item| {
-            item.map(|i| i.expires = expiry(exptime, Instant::now())).is_some()
+            item.map(|i| i.expires = expiry(exptime, Instant::now()))
+                .is_some()
         })
     }
 

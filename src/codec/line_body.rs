@@ -1,6 +1,6 @@
-//! A header line followed by a body of the length it announces: memcached's `set k 0 0 5\r\n`
-//! + 5 bytes + `"\r\n"`, SMTP's `BDAT 1000 LAST\r\n` + 1000 bytes, an HTTP/1 request line with
-//! its `Content-Length` body.
+//! A header line followed by a body of the length it announces: memcached's `set k 0 0 5\r\n`,
+//! then 5 bytes and `"\r\n"`; SMTP's `BDAT 1000 LAST\r\n`, then 1000 bytes; an HTTP/1 request
+//! line with its `Content-Length` body.
 //!
 //! ```text
 //!   "set k 0 0 5\r\n"  "hello"  "\r\n"          header line, body, body terminator
