@@ -1,7 +1,7 @@
 //! Typed frames: a decoder that hands the handler what it parsed ([`ItemDecoder`], as
 //! tokio-util's `Decoder::Item`), and recoverable bad frames ([`Decode::Bad`]).
 //!
-//! A byte-range [`Decoder`](super::Decoder) says where a frame lies; the handler then parses
+//! A byte-range [`Decoder`] says where a frame lies; the handler then parses
 //! its bytes itself. An [`ItemDecoder`] parses while it frames and yields an `Item` that may
 //! borrow the receive buffer (a key, a body: no copy), delivered to
 //! [`ItemHandler::on_item`](crate::ItemHandler::on_item). The byte-range path stays as it
