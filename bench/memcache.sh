@@ -12,9 +12,10 @@
 #   NO_BUILD=1      use target/release/examples/memcache_server as it is
 #   RINGPORT_BACKEND=epoll   the server's backend (default auto: io_uring where available)
 #
-# Measured per run: memcslap's "Took N seconds" (wall time for THREADS x OPS operations) and
+# Measured per run: memcslap's "Time to <test> N keys by T threads" (wall time for THREADS x OPS operations) and
 # the server's CPU time over the run (utime + stime, /proc/PID/stat, 10 ms ticks). Both
-# servers run with one worker thread (memcached -t 1, ringport --io-threads 1) on the same
+# servers run with one worker thread (memcached -t 1, ringport --io-threads 1) and 1 GiB of
+# memory (-m 1024, --memory-limit 1024: every run's keys fit, nothing is evicted), on the same
 # machine as the client; the load average is recorded, as other work skews every figure.
 # Raw output: bench/results/memcache-<UTC time>.txt.
 
@@ -61,12 +62,12 @@ RAW=$OUT_DIR/memcache-$(date -u +%Y%m%dT%H%M%SZ).txt
 } >"$RAW"
 
 PORT_R=$(free_port)
-"$BIN" --listen "127.0.0.1:$PORT_R" --io-threads 1 >/dev/null 2>&1 &
+"$BIN" --listen "127.0.0.1:$PORT_R" --io-threads 1 --memory-limit 1024 >/dev/null 2>&1 &
 PID_R=$!
 PORT_M=$(free_port)
 MC_USER=()
 [ "$(id -u)" = 0 ] && MC_USER=(-u root)
-memcached -p "$PORT_M" -U 0 -l 127.0.0.1 -t 1 "${MC_USER[@]}" >/dev/null 2>&1 &
+memcached -p "$PORT_M" -U 0 -l 127.0.0.1 -t 1 -m 1024 "${MC_USER[@]}" >/dev/null 2>&1 &
 PID_M=$!
 trap 'kill $PID_R $PID_M 2>/dev/null' EXIT
 wait_port "$PORT_R" && wait_port "$PORT_M" || exit 1
@@ -77,7 +78,7 @@ for round in $(seq "$ROUNDS"); do
             if [ $server = ringport ]; then port=$PORT_R pid=$PID_R; else port=$PORT_M pid=$PID_M; fi
             before=$(cpu_ticks $pid)
             took=$("$SLAP" --servers="127.0.0.1:$port" --test="$test" --concurrency="$THREADS" \
-                --execute-number="$OPS" 2>&1 | awk '/Took/ {print $2}')
+                --execute-number="$OPS" 2>&1 | awk '/threads:/ && /keys by/ {print $(NF-1)}')
             after=$(cpu_ticks $pid)
             echo "$server $test $round ${took:-FAILED} $(( (after - before) * 10 ))" | tee -a "$RAW"
         done
