@@ -63,10 +63,8 @@ impl Memcached {
         let socket = dir.join("memcached.sock");
         let mut cmd = Command::new("memcached");
         cmd.arg("-s").arg(&socket).args(["-U", "0", "-t", "1"]);
-        // SAFETY-free: geteuid has no preconditions; memcached refuses root without -u.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "root"]);
-        }
+        // memcached refuses to run as root without -u; it ignores -u otherwise.
+        cmd.args(["-u", "root"]);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
