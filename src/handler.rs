@@ -8,12 +8,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::{DecodeError, Decoded, Decoder};
+use crate::codec::{DecodeError, Decoded, Decoder, Encoder};
 use crate::conn::Conn;
 use crate::core::{ConnCore, ConnectRequest, DynConn, ThreadCtx, Token};
 use crate::handle::{ConnShared, ConnectionHandle};
 use crate::info::{CloseReason, ConnInfo};
 use crate::sockopt::SocketOptions;
+
+mod items;
+pub use items::ItemHandler;
+pub(crate) use items::Items;
 
 /// Per-connection callbacks, run on the connection's IO thread.
 ///
@@ -29,7 +33,16 @@ pub trait Handler: 'static {
 
     /// A complete frame arrived (for [`Raw`](crate::codec::Raw): whatever bytes arrived).
     /// Frames of one connection arrive in order; the borrowed bytes live only for this call.
-    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>);
+    ///
+    /// Every handler served with a byte-range [`Decoder`] implements it. A handler served with
+    /// an [`ItemDecoder`](crate::codec::ItemDecoder) receives
+    /// [`ItemHandler::on_item`](crate::ItemHandler::on_item) instead and leaves this one out;
+    /// the default (never reached then) logs an error and closes the connection.
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        let _ = frame;
+        tracing::error!(peer = %conn.peer_addr(), "Handler::on_frame is not implemented; closing");
+        conn.close_with(CloseReason::Protocol("on_frame not implemented".into()));
+    }
 
     /// The peer half-closed: it will send nothing more. Default: close gracefully, which
     /// answers outstanding work and flushes what is queued first.
@@ -311,8 +324,6 @@ impl<H: Handler, D: Decoder> Typed<H, D> {
         }
     }
 
-    /// Runs one callback; a panic in it costs only this connection (reset, reason
-    /// [`CloseReason::HandlerPanic`]), never the IO thread and its other connections.
     fn guard(
         &mut self,
         core: &mut ConnCore,
@@ -320,25 +331,94 @@ impl<H: Handler, D: Decoder> Typed<H, D> {
         token: Token,
         f: impl FnOnce(&mut H, &mut Conn<'_>),
     ) {
-        if self.poisoned {
-            return;
-        }
-        let handler = &mut self.handler;
-        let mut conn = Conn::new(core, ctx, token, self.codec.encoder());
-        if catch_unwind(AssertUnwindSafe(|| f(handler, &mut conn))).is_err() {
-            self.poisoned = true;
-            tracing::error!(peer = %core.info.peer, "handler panicked; resetting its connection");
-            core.force_abort(CloseReason::HandlerPanic);
-            ctx.mark_dirty(token, core);
-        }
+        let encoder = self.codec.encoder();
+        guarded(
+            &mut self.handler,
+            &mut self.poisoned,
+            encoder,
+            (core, ctx, token),
+            f,
+        );
     }
 }
 
-impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
-    fn open(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
-        self.guard(core, ctx, token, |h, c| h.on_open(c));
+/// Runs one callback; a panic in it costs only this connection (reset, reason
+/// [`CloseReason::HandlerPanic`]), never the IO thread and its other connections. Nothing
+/// runs once `poisoned`.
+pub(crate) fn guarded<H>(
+    handler: &mut H,
+    poisoned: &mut bool,
+    encoder: Option<&dyn Encoder>,
+    (core, ctx, token): (&mut ConnCore, &mut ThreadCtx, Token),
+    f: impl FnOnce(&mut H, &mut Conn<'_>),
+) {
+    if *poisoned {
+        return;
     }
+    let mut conn = Conn::new(core, ctx, token, encoder);
+    if catch_unwind(AssertUnwindSafe(|| f(handler, &mut conn))).is_err() {
+        *poisoned = true;
+        tracing::error!(peer = %core.info.peer, "handler panicked; resetting its connection");
+        core.force_abort(CloseReason::HandlerPanic);
+        ctx.mark_dirty(token, core);
+    }
+}
 
+/// The decoder refused the input for good: count, log, record the reason, tell the handler;
+/// no frame is decoded after it.
+pub(crate) fn decode_failed(core: &mut ConnCore, ctx: &mut ThreadCtx, error: &DecodeError) {
+    tracing::warn!(peer = %core.info.peer, %error, "closing connection: protocol error");
+    ctx.stats(core.server).decode_errors.add(1);
+    core.decode_failed = true;
+    core.set_reason(CloseReason::Protocol(error.to_string()));
+}
+
+/// The callbacks other than the data path, forwarded to the handler through `self.guard`
+/// (shared by the byte-range and the typed drivers).
+macro_rules! forward_callbacks {
+    () => {
+        fn open(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+            self.guard(core, ctx, token, |h, c| h.on_open(c));
+        }
+
+        fn read_closed(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+            self.guard(core, ctx, token, |h, c| h.on_read_closed(c));
+        }
+
+        fn notify(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64) {
+            self.guard(core, ctx, token, |h, c| h.on_notify(c, value));
+        }
+
+        fn writable(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64) {
+            self.guard(core, ctx, token, |h, c| h.on_writable(c, value));
+        }
+
+        fn timer(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, id: u64) {
+            self.guard(core, ctx, token, |h, c| h.on_timer(c, id));
+        }
+
+        fn shutdown(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+            self.guard(core, ctx, token, |h, c| h.on_shutdown(c));
+        }
+
+        fn retire(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
+            self.guard(core, ctx, token, |h, c| h.on_retire(c));
+        }
+
+        fn closed(&mut self, info: &ConnInfo, reason: &CloseReason) {
+            if self.poisoned {
+                return;
+            }
+            let handler = &mut self.handler;
+            if catch_unwind(AssertUnwindSafe(|| handler.on_close(info, reason))).is_err() {
+                tracing::error!(peer = %info.peer, "handler panicked in on_close");
+            }
+        }
+    };
+}
+pub(crate) use forward_callbacks;
+
+impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
     fn data(
         &mut self,
         core: &mut ConnCore,
@@ -365,10 +445,7 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
                 Err(error) => {
-                    tracing::warn!(peer = %core.info.peer, %error, "closing connection: protocol error");
-                    ctx.stats(core.server).decode_errors.add(1);
-                    core.decode_failed = true;
-                    core.set_reason(CloseReason::Protocol(error.to_string()));
+                    decode_failed(core, ctx, &error);
                     self.guard(core, ctx, token, |h, c| h.on_decode_error(c, &error));
                     return data.len();
                 }
@@ -399,37 +476,5 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
         pos
     }
 
-    fn read_closed(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
-        self.guard(core, ctx, token, |h, c| h.on_read_closed(c));
-    }
-
-    fn notify(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64) {
-        self.guard(core, ctx, token, |h, c| h.on_notify(c, value));
-    }
-
-    fn writable(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, value: u64) {
-        self.guard(core, ctx, token, |h, c| h.on_writable(c, value));
-    }
-
-    fn timer(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token, id: u64) {
-        self.guard(core, ctx, token, |h, c| h.on_timer(c, id));
-    }
-
-    fn shutdown(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
-        self.guard(core, ctx, token, |h, c| h.on_shutdown(c));
-    }
-
-    fn retire(&mut self, core: &mut ConnCore, ctx: &mut ThreadCtx, token: Token) {
-        self.guard(core, ctx, token, |h, c| h.on_retire(c));
-    }
-
-    fn closed(&mut self, info: &ConnInfo, reason: &CloseReason) {
-        if self.poisoned {
-            return;
-        }
-        let handler = &mut self.handler;
-        if catch_unwind(AssertUnwindSafe(|| handler.on_close(info, reason))).is_err() {
-            tracing::error!(peer = %info.peer, "handler panicked in on_close");
-        }
-    }
+    forward_callbacks!();
 }

@@ -177,7 +177,7 @@ pub use engine::{
 };
 pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};
-pub use handler::{ConnectOptions, Frame, Handler};
+pub use handler::{ConnectOptions, Frame, Handler, ItemHandler};
 pub use info::{CloseReason, ConnInfo, ProxyInfo, ProxyVersion, TlsInfo};
 /// The layer stack under a fuzzer (`fuzz/fuzz_targets/layers.rs`); not part of the API.
 #[cfg(feature = "fuzzing")]

@@ -40,6 +40,7 @@ pub(crate) struct ThreadStats {
     pub bytes_out: Counter,
     pub frames_in: Counter,
     pub decode_errors: Counter,
+    pub bad_frames: Counter,
     pub handshakes: Counter,
     pub backpressure_pauses: Counter,
     pub proxy_v1: Counter,
@@ -85,6 +86,7 @@ impl ServerStats {
             bytes_out: sum(&|t| &t.bytes_out),
             frames_in: sum(&|t| &t.frames_in),
             decode_errors: sum(&|t| &t.decode_errors),
+            bad_frames: sum(&|t| &t.bad_frames),
             handshakes: sum(&|t| &t.handshakes),
             backpressure_pauses: sum(&|t| &t.backpressure_pauses),
             proxy_headers: ProxyHeaderCounts {
@@ -124,6 +126,9 @@ pub struct StatsSnapshot {
     pub frames_in: u64,
     /// Connections whose input the decoder rejected (frame or line too long, ...).
     pub decode_errors: u64,
+    /// Bad frames an `ItemDecoder` skipped and answered, the connection going on
+    /// ([`Decode::Bad`](crate::codec::Decode::Bad)).
+    pub bad_frames: u64,
     /// Connections whose layers became ready (TLS handshakes completed, PROXY headers read).
     pub handshakes: u64,
     /// Times a connection stopped reading because its write queue passed the high watermark.

@@ -823,6 +823,7 @@ fn every_counter_is_counted(kind: BackendKind) {
         frames_in: 6,
         // the 100 x line is longer than the codec allows
         decode_errors: 1,
+        bad_frames: 0,
         handshakes: 0,
         backpressure_pauses: 0,
         proxy_headers: Default::default(),

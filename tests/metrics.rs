@@ -61,6 +61,7 @@ fn promtool_accepts_and_counters_move(b: Backend) {
         "ringport_sent_bytes_total",
         "ringport_frames_received_total",
         "ringport_decode_errors_total",
+        "ringport_bad_frames_total",
         "ringport_backpressure_pauses_total",
         "ringport_io_loop_turns_total",
         "ringport_io_completions_total",

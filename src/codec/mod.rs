@@ -16,6 +16,12 @@
 //! | [`LengthDelimited`] | `length.rs` | a 1/2/4/8-byte length header, big or little endian, then the payload |
 //! | [`Lines`] | `line.rs` | lines ending in `"\r\n"` (a bare `"\n"` is accepted too) |
 //! | [`Resp`] | `resp.rs` | Redis commands (RESP2 arrays of bulk strings, inline commands); replies encoded without allocation |
+//! | [`LineBody`] | `line_body.rs` | a header line, then a body of the length it announces (memcached, SMTP `BDAT`); typed |
+//!
+//! Typed frames (`typed.rs`): an [`ItemDecoder`] parses while it frames and hands the
+//! handler a typed item ([`ItemHandler`](crate::ItemHandler)); it can also report a bad
+//! frame that is skipped and answered while the connection goes on ([`Decode::Bad`]).
+//! [`Bytes`] serves any byte-range [`Decoder`] through that API.
 //!
 //! [`Decoder`] is the contract between the engine and every codec;
 //! [`DecodeError`] says why a stream was rejected. [`LengthDelimited::encode`]
@@ -66,16 +72,22 @@
 mod encode;
 pub mod length;
 pub mod line;
+pub mod line_body;
+#[cfg(test)]
+mod line_body_tests;
 pub mod resp;
 #[cfg(test)]
 mod tests;
+pub mod typed;
 
 use std::ops::Range;
 
 pub use encode::Encoder;
 pub use length::{EncodeError, Endian, LayoutError, LengthDelimited, DEFAULT_MAX_FRAME};
 pub use line::{Lines, DEFAULT_MAX_LINE};
+pub use line_body::{HeaderParser, LineBody, WithBody, DEFAULT_MAX_BODY};
 pub use resp::Resp;
+pub use typed::{BadFrame, Bytes, Decode, ItemDecoder};
 
 /// One decoded frame's position inside the buffer handed to [`Decoder::decode`].
 ///
@@ -105,7 +117,8 @@ pub struct Decoded {
 ///   zero, so this loop always makes progress.
 /// - `Err(e)`: the stream is corrupt or a limit was exceeded. There is no way to
 ///   resynchronise; the caller closes the connection and never calls this
-///   decoder again.
+///   decoder again. (A codec that can skip a bad frame and go on implements
+///   [`ItemDecoder`] and returns [`Decode::Bad`].)
 ///
 /// A decoder never panics on any input, never allocates (certainly not the
 /// length a peer announces), and uses checked arithmetic on every length read

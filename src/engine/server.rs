@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::Decoder;
+use crate::codec::{Decoder, ItemDecoder};
 use crate::core::DynConn;
-use crate::handler::{Handler, Typed};
+use crate::handler::{Handler, ItemHandler, Items, Typed};
 use crate::info::ConnInfo;
 use crate::layer::proxy::ProxyLayer;
 use crate::layer::{
@@ -110,6 +110,29 @@ impl Server {
             DEFAULT_MAX_BUFFERED_INPUT.max(codec.max_frame_input().unwrap_or(0));
         let factory: Factory =
             Arc::new(move |info| Box::new(Typed::new(factory(info), codec.clone())));
+        Server {
+            addr,
+            factory,
+            limits: Limits {
+                max_buffered_input,
+                ..Limits::default()
+            },
+        }
+    }
+
+    /// A server whose handlers receive typed items ([`ItemHandler::on_item`]) from `codec`,
+    /// an [`ItemDecoder`] (cloned per connection); bad frames it reports are skipped and
+    /// answered ([`ItemHandler::on_bad_frame`]) while the connection goes on.
+    pub fn typed<D, H, F>(addr: SocketAddr, codec: D, factory: F) -> Server
+    where
+        D: ItemDecoder + Sync,
+        H: ItemHandler<D>,
+        F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
+    {
+        let max_buffered_input =
+            DEFAULT_MAX_BUFFERED_INPUT.max(codec.max_frame_input().unwrap_or(0));
+        let factory: Factory =
+            Arc::new(move |info| Box::new(Items::new(factory(info), codec.clone())));
         Server {
             addr,
             factory,

@@ -13,6 +13,7 @@
 //! | `ringport_received_bytes_total`, `ringport_sent_bytes_total` | server | bytes |
 //! | `ringport_frames_received_total` | server | frames handed to handlers |
 //! | `ringport_decode_errors_total` | server | input the decoder refused |
+//! | `ringport_bad_frames_total` | server | bad frames skipped and answered, the connection going on |
 //! | `ringport_backpressure_pauses_total` | server | reads paused by a full write queue |
 //! | `ringport_layer_handshakes_total` | server | connections whose layers became ready (TLS) |
 //! | `ringport_proxy_headers_total` | server, outcome | PROXY headers: `v1`, `v2`, `local`, `none`, `refused` |
@@ -244,6 +245,12 @@ impl Collector for Collect {
             "ringport_decode_errors",
             "Connections whose input the decoder refused.",
             &per_server(&|s| s.decode_errors),
+        )?;
+        counter_rows(
+            e,
+            "ringport_bad_frames",
+            "Bad frames a typed decoder skipped and answered, the connection going on.",
+            &per_server(&|s| s.bad_frames),
         )?;
         counter_rows(
             e,
