@@ -13,16 +13,14 @@
 //! `CLIENT_ERROR bad data chunk`, `SERVER_ERROR object too large for cache`) and the
 //! connection goes on, as memcached's does; a line over --max-line closes it.
 
-#[path = "../common/mod.rs"]
-mod common;
 mod protocol;
 mod session;
 mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Parser;
+use ringport::cli;
 use ringport::codec::LineBody;
 use ringport::Server;
 
@@ -31,7 +29,7 @@ use ringport::Server;
 struct Args {
     /// Address to listen on (port 0: any free port)
     #[arg(long, default_value = "127.0.0.1:11311")]
-    listen: SocketAddr,
+    listen: String,
     /// Largest value, in bytes (memcached's -I); a larger one is refused and skipped
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     max_item_size: usize,
@@ -42,19 +40,19 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     memory_limit: usize,
     #[command(flatten)]
-    common: common::CommonArgs,
+    server: cli::ServerArgs,
 }
 
 fn main() {
     let args = Args::parse();
-    let mut engine = args.common.engine(None);
+    let mut engine = args.server.engine();
     let store = Arc::new(store::Store::new(args.memory_limit.saturating_mul(1 << 20)));
     let codec = LineBody::new(protocol::Parser, args.max_line, args.max_item_size);
     let max_item = args.max_item_size;
-    let server = Server::typed(args.listen, codec, move |_| session::Session {
+    let server = Server::typed(cli::listen_addr(&args.listen), codec, move |_| session::Session {
         store: store.clone(),
         max_item,
     });
-    let server = args.common.add(&mut engine, server);
-    common::run(engine, &[&server]);
+    let server = args.server.add(&mut engine, server);
+    cli::run(engine, &[&server]);
 }
