@@ -66,6 +66,7 @@ mod handle;
 mod handler;
 mod info;
 mod layer;
+mod limits;
 pub mod metrics;
 pub mod pool;
 mod sockopt;
