@@ -61,7 +61,6 @@ pub use crate::limits::{
     DEFAULT_WRITE_LOW, FLUSH_STALL, LINGER, MAX_ACCEPT_BACKOFF, MAX_RECV_BUFFER_COUNT,
 };
 
-
 /// Builds an [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {

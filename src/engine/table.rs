@@ -216,7 +216,7 @@ impl State {
                 true
             }
             Err(why) => {
-                super::thread::count_refusal(stats, why, c.info.client);
+                super::peers::count_refusal(stats, why, c.info.client);
                 c.force_close(CloseReason::Local);
                 false
             }

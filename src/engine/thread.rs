@@ -29,7 +29,7 @@ use crate::timers::Timers;
 use crate::BackendKind;
 
 use super::inbox::{Msg, ThreadShared};
-use super::peers::PeerRefusal;
+use super::peers::count_refusal;
 use super::server::SharedServer;
 use super::table::{open_entry, Entry, ListenerState, State, HELD_RETRY};
 use super::Spawned;
@@ -680,15 +680,4 @@ impl IoThread {
             }
         }
     }
-}
-
-/// Counts a connection refused by a per-IP limit (at accept, or once its PROXY header named
-/// the client).
-pub(super) fn count_refusal(stats: &crate::stats::ThreadStats, why: PeerRefusal, peer: SocketAddr) {
-    let (counter, what) = match why {
-        PeerRefusal::Connections => (&stats.rejected_per_ip, "per-IP connection limit"),
-        PeerRefusal::Rate => (&stats.rejected_rate, "per-IP accept rate"),
-    };
-    counter.add(1);
-    debug!(%peer, "{what} reached; closing new connection");
 }
