@@ -9,7 +9,8 @@
 //! |---|---|
 //! | `mod.rs` | [`EngineBuilder`], [`Engine`], [`RunningEngine`]: configuration and start-up |
 //! | `server.rs` | [`Server`] and its limits, [`ServerHandle`] |
-//! | `control.rs` | [`Connector`], [`ShutdownHandle`], the signal waiter |
+//! | `control.rs` | [`Connector`], [`ShutdownHandle`] |
+//! | `signal_waiter.rs` | the thread turning SIGINT/SIGTERM/SIGHUP into shutdown or restart |
 //! | `inbox.rs` | the messages other threads send an IO thread |
 //! | `thread.rs` | the IO thread's loop, read top to bottom in `IoThread::run` |
 //! | `table.rs` | the connection table and what each completion does to a connection |
@@ -30,6 +31,7 @@ mod restart;
 #[path = "restart_none.rs"]
 mod restart;
 mod server;
+mod signal_waiter;
 mod table;
 mod thread;
 
@@ -50,10 +52,10 @@ use crate::metrics::{Metrics, MetricsHttp};
 use crate::stats::ServerStats;
 use crate::sys::{self, BackendConfig};
 use crate::{BackendKind, Error};
-use control::SignalWaiter;
 use peers::PeerLimits;
 use restart::Restart;
 use server::{check_port_free, Factory, Limits, SharedServer};
+use signal_waiter::SignalWaiter;
 
 pub(crate) use crate::limits::MIN_ACCEPT_BACKOFF;
 pub use crate::limits::{
