@@ -55,11 +55,8 @@ pub(crate) struct Rare {
     pub stalled_since: Option<Instant>,
     /// The kernel's unacknowledged bytes at the last stall check (SIOCOUTQ).
     pub last_unsent: Option<usize>,
-    /// When the layers must be ready by.
-    pub layer_deadline: Option<Instant>,
-    /// How long the layers may take once the transport is up (outgoing connections; `None`:
-    /// `layer::DEFAULT_HANDSHAKE_TIMEOUT`).
-    pub layer_timeout: Option<Duration>,
+    /// Timer ids armed for this connection (`Conn::set_timer`) with their sequence numbers.
+    pub timers: Vec<TimerRecord>,
 }
 
 /// The engine's per-connection state (the handler's own state is the `Handler` value).
@@ -77,7 +74,9 @@ pub(crate) struct ConnCore {
     /// while reading is paused). Empty (no allocation) in the common case.
     pub rbuf: Vec<u8>,
     pub phase: Phase,
-    pub reason: Option<CloseReason>,
+    /// Why it closes (boxed: most reasons carry a string, and only a closing connection has
+    /// one).
+    pub reason: Option<Box<CloseReason>>,
     pub user_paused: bool,
     pub bp_paused: bool,
     pub read_closed: bool,
@@ -112,21 +111,14 @@ pub(crate) struct ConnCore {
     /// The write watermarks of the connection's server.
     pub write_low: usize,
     pub write_high: usize,
-    /// Timer ids armed for this connection with their sequence numbers.
-    pub timers: Vec<TimerRecord>,
     /// The connection's layers (TLS, ...), if its server has any.
     pub layers: Option<Box<Stack>>,
-    /// Bytes the layers produced, ready to send (with layers, `out` holds plaintext).
-    pub wire: Vec<u8>,
     /// `on_open` has run (with layers: once they are ready, e.g. the handshake is done).
     pub opened: bool,
-    /// The top layer reported the peer's end of stream (TLS close_notify).
-    pub layer_eof: bool,
-    /// The PROXY header is not read yet: per-IP limits and the header counts wait for it.
-    pub header_pending: bool,
-    /// The address this connection counts against in the server's per-IP limits.
-    pub peer_key: Option<std::net::IpAddr>,
-    /// What only some connections need (outgoing connects, layers, graceful closes), boxed
+    /// The connection counts against `info.client`'s address in the server's per-IP limits
+    /// (the address is not kept twice: `client` does not change once it is counted).
+    pub peer_counted: bool,
+    /// What only some connections need (outgoing connects, timers, graceful closes), boxed
     /// so that an open connection's entry stays small: allocated by the first
     /// [`ConnCore::rare_mut`], never for a plain connection that is only read and written.
     pub rare: Option<Box<Rare>>,
@@ -162,13 +154,9 @@ impl ConnCore {
             published: 0,
             write_low: 0,
             write_high: usize::MAX,
-            timers: Vec::new(),
             layers: None,
-            wire: Vec::new(),
             opened: false,
-            layer_eof: false,
-            header_pending: false,
-            peer_key: None,
+            peer_counted: false,
             rare: None,
         }
     }
@@ -212,8 +200,14 @@ impl ConnCore {
         self.writable() && !self.rare.as_ref().is_some_and(|r| r.words_queued)
     }
 
+    /// When the layers must be ready by, while they are not.
     pub(crate) fn layer_deadline(&self) -> Option<Instant> {
-        self.rare.as_ref().and_then(|r| r.layer_deadline)
+        self.layers.as_ref().and_then(|s| s.deadline())
+    }
+
+    /// Bytes the layers produced and not yet handed to the backend.
+    pub(crate) fn wire_len(&self) -> usize {
+        self.layers.as_ref().map_or(0, |s| s.wire.len())
     }
 
     pub(crate) fn connect_deadline(&self) -> Option<Instant> {
@@ -237,7 +231,7 @@ impl ConnCore {
 
     /// This thread's own queue: bytes queued (plain and layered) or in flight.
     pub(crate) fn own_queued(&self) -> usize {
-        self.out.len() + self.wire.len() + self.inflight
+        self.out.len() + self.wire_len() + self.inflight
     }
 
     /// Takes a handle's write from the inbox into the queue (or drops it, no longer
@@ -303,7 +297,7 @@ impl ConnCore {
         }
         self.work = 0;
         self.decode_failed = true;
-        self.reason = Some(reason);
+        self.reason = Some(Box::new(reason));
         if self.phase == Phase::Open {
             self.set_phase(Phase::Closing);
         }
@@ -314,13 +308,13 @@ impl ConnCore {
     pub(crate) fn force_abort(&mut self, reason: CloseReason) {
         if !matches!(self.phase, Phase::Closed | Phase::Aborting) {
             self.set_phase(Phase::Aborting);
-            self.reason = Some(reason);
+            self.reason = Some(Box::new(reason));
         }
     }
 
     pub(crate) fn set_reason(&mut self, reason: CloseReason) {
         if self.reason.is_none() {
-            self.reason = Some(reason);
+            self.reason = Some(Box::new(reason));
         }
     }
 
@@ -334,7 +328,9 @@ impl ConnCore {
         );
         self.phase = phase;
         if phase != Phase::Open {
-            self.timers.clear(); // their heap entries find no record: stale, never fired
+            if let Some(r) = self.rare.as_deref_mut() {
+                r.timers.clear(); // their heap entries find no record: stale, never fired
+            }
             if let Some(s) = &self.shared {
                 s.mark_closing();
             }
@@ -576,5 +572,23 @@ mod tests {
         s.backlog.fetch_add(5, Ordering::AcqRel);
         assert_eq!(c.take_handle_write(vec![4; 5]), None);
         assert_eq!((s.backlog(), c.out.len()), (7, 7));
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn size_probe() {
+        use std::mem::size_of;
+        eprintln!("ConnCore {}", size_of::<super::ConnCore>());
+        eprintln!("ConnInfo {}", size_of::<crate::info::ConnInfo>());
+        eprintln!("Phase {}", size_of::<super::Phase>());
+        eprintln!("Rare {}", size_of::<super::Rare>());
+        eprintln!(
+            "Option<CloseReason> {}",
+            size_of::<Option<crate::info::CloseReason>>()
+        );
+        eprintln!("Instant {}", size_of::<std::time::Instant>());
+        eprintln!("SocketAddr {}", size_of::<std::net::SocketAddr>());
+        eprintln!("Option<IpAddr> {}", size_of::<Option<std::net::IpAddr>>());
     }
 }

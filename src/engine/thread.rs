@@ -376,21 +376,19 @@ impl IoThread {
         let mut core = ConnCore::new(listener, gen, info, st.ctx.now);
         core.write_low = server.limits.write_low;
         core.write_high = server.limits.write_high;
-        core.peer_key = admitted;
-        core.header_pending = server.limits.proxy.is_some();
+        debug_assert!(admitted.is_none_or(|ip| ip == core.info.client.ip()));
+        core.peer_counted = admitted.is_some();
         let layered = server.limits.layered();
         if layered {
             // `on_open` waits until the layers are ready (the PROXY header is read, the TLS
             // handshake is done).
             match server.limits.make_layers() {
                 Ok(layers) => {
-                    let mut stack = Stack::new(layers);
-                    if let Err(reason) = stack.start(&mut core.wire) {
+                    let mut stack = Stack::new(layers, server.limits.handshake_timeout);
+                    if let Err(reason) = stack.start(st.ctx.now) {
                         core.force_close(reason);
                     }
                     core.layers = Some(Box::new(stack));
-                    core.rare_mut().layer_deadline =
-                        Some(st.ctx.now + server.limits.handshake_timeout);
                 }
                 Err(e) => core.force_close(CloseReason::TlsError(e)),
             }
@@ -417,14 +415,9 @@ impl IoThread {
         let c = &mut e.core;
         if let Some(stack) = c.layers.as_mut() {
             // The TLS client speaks first; `on_open` waits for the handshake.
-            if let Err(reason) = stack.start(&mut c.wire) {
+            if let Err(reason) = stack.start(st.ctx.now) {
                 c.force_close(reason);
             }
-            let r = c.rare_mut();
-            let timeout = r
-                .layer_timeout
-                .unwrap_or(crate::layer::DEFAULT_HANDSHAKE_TIMEOUT);
-            r.layer_deadline = Some(st.ctx.now + timeout);
             st.ctx.mark_dirty(token, c);
             return;
         }
@@ -513,8 +506,7 @@ impl IoThread {
         core.write_high = req.watermarks.1;
         core.shared = req.shared;
         if !layers.is_empty() {
-            core.layers = Some(Box::new(Stack::new(layers)));
-            core.rare_mut().layer_timeout = Some(req.handshake_timeout);
+            core.layers = Some(Box::new(Stack::new(layers, req.handshake_timeout)));
         }
         st.insert(req.token, Entry { core, app });
         self.backend.connect(req.token, socket, req.addr);
