@@ -383,8 +383,13 @@ impl BufPool {
         BufPool { free: Vec::new() }
     }
 
+    /// A pooled buffer, or a new empty one that its first write sizes to fit. Not a fixed
+    /// 4 KiB: when thousands of connections each hold a send in flight at once (a burst of
+    /// small replies), fixed 4 KiB buffers leave about a page per connection resident after
+    /// the burst, in the pool and in the allocator's freed chunks (issue 21: 250 B of RSS per
+    /// idle connection at 10k on epoll).
     pub(crate) fn get(&mut self) -> Vec<u8> {
-        self.free.pop().unwrap_or_else(|| Vec::with_capacity(4096))
+        self.free.pop().unwrap_or_default()
     }
 
     pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
@@ -575,20 +580,13 @@ mod tests {
     }
 }
 #[cfg(test)]
-mod size_probe {
+mod size_tests {
+    /// The connection entry is most of an idle connection's memory (issue 21: at most 512 B
+    /// of RSS per idle connection at 10k connections): it must not grow unnoticed. State few
+    /// connections need goes in `Rare`, the layers' in their `Stack`.
     #[test]
-    fn size_probe() {
-        use std::mem::size_of;
-        eprintln!("ConnCore {}", size_of::<super::ConnCore>());
-        eprintln!("ConnInfo {}", size_of::<crate::info::ConnInfo>());
-        eprintln!("Phase {}", size_of::<super::Phase>());
-        eprintln!("Rare {}", size_of::<super::Rare>());
-        eprintln!(
-            "Option<CloseReason> {}",
-            size_of::<Option<crate::info::CloseReason>>()
-        );
-        eprintln!("Instant {}", size_of::<std::time::Instant>());
-        eprintln!("SocketAddr {}", size_of::<std::net::SocketAddr>());
-        eprintln!("Option<IpAddr> {}", size_of::<Option<std::net::IpAddr>>());
+    fn conn_core_stays_small() {
+        let size = std::mem::size_of::<super::ConnCore>();
+        assert!(size <= 312, "ConnCore grew to {size} bytes (312 before)");
     }
 }
