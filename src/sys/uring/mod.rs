@@ -192,8 +192,9 @@ enum Out {
 /// Which buffer holds the data of an `Out::Data`.
 #[derive(Clone, Copy)]
 enum Lent {
-    /// Buffer `bid` of the provided-buffer ring.
-    Ring(u16),
+    /// Buffer `bid` of the provided-buffer ring, from byte `off`; `last`: the kernel is done
+    /// with the buffer (recycled once the engine is done with the data).
+    Ring { bid: u16, off: u32, last: bool },
     /// The connection's own buffer (`Conn::own`, `RINGPORT_URING_RECV=own`).
     Own,
 }
@@ -248,8 +249,8 @@ impl UringBackend {
     pub(crate) fn new(config: &BackendConfig) -> io::Result<Self> {
         let ring = build_ring(config.ring_entries)?;
         check_features(&ring).map_err(io::Error::other)?;
-        let bufs = BufRing::new(config.recv_buffer_count, config.recv_buffer_size)?;
-        bufs.register(&ring)?;
+        let mut bufs = BufRing::new(config.recv_buffer_count, config.recv_buffer_size)?;
+        bufs.register(&ring, true)?;
         // Non-blocking is fine: io_uring polls pollable files such as eventfd instead of
         // failing the read with EAGAIN (fixed in 5.7 stable, liburing issue #143).
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
@@ -611,13 +612,15 @@ impl Backend for UringBackend {
             Out::Event(event) => event,
             Out::Data {
                 token,
-                buf: Lent::Ring(bid),
+                buf: Lent::Ring { bid, off, last },
                 len,
             } => {
-                self.held = Some(bid);
+                if last {
+                    self.held = Some(bid);
+                }
                 Event::Data {
                     token,
-                    data: self.bufs.data(bid, len),
+                    data: self.bufs.data(bid, off as usize, len),
                 }
             }
             Out::Data {
