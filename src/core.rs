@@ -30,8 +30,9 @@ pub(crate) enum Phase {
     /// bytes are flushed first.
     Closing,
     /// Flushed and write side shut down; reading (and discarding) until EOF or the linger
-    /// deadline, so unread input does not turn our last reply into a reset.
-    Lingering(Instant),
+    /// deadline (`Rare::linger_until`), so unread input does not turn our last reply into a
+    /// reset.
+    Lingering,
     /// Reset requested: close with SO_LINGER 0 at the next flush.
     Aborting,
     /// `Backend::close` was called; waiting for its `Closed` event.
@@ -57,6 +58,8 @@ pub(crate) struct Rare {
     pub last_unsent: Option<usize>,
     /// Timer ids armed for this connection (`Conn::set_timer`) with their sequence numbers.
     pub timers: Vec<TimerRecord>,
+    /// When a lingering close stops waiting for the peer's EOF.
+    pub linger_until: Option<Instant>,
 }
 
 /// The engine's per-connection state (the handler's own state is the `Handler` value).
@@ -587,6 +590,6 @@ mod size_tests {
     #[test]
     fn conn_core_stays_small() {
         let size = std::mem::size_of::<super::ConnCore>();
-        assert!(size <= 312, "ConnCore grew to {size} bytes (312 before)");
+        assert!(size <= 288, "ConnCore grew to {size} bytes (288 before)");
     }
 }

@@ -173,10 +173,11 @@ impl State {
             if let Some(d) = self.shutdown_deadline {
                 until = until.min(d);
             }
-            c.set_phase(Phase::Lingering(until));
+            c.rare_mut().linger_until = Some(until);
+            c.set_phase(Phase::Lingering);
             c.rbuf = Vec::new();
         }
-        if matches!(c.phase, Phase::Lingering(_)) && c.read_closed {
+        if c.phase == Phase::Lingering && c.read_closed {
             c.set_phase(Phase::Closed);
             backend.close(token, false);
             return;
@@ -185,7 +186,7 @@ impl State {
             Phase::Open => {
                 !c.user_paused && !c.bp_paused && !c.held && !c.read_closed && !c.decode_failed
             }
-            Phase::Lingering(_) => !c.read_closed,
+            Phase::Lingering => !c.read_closed,
             _ => false,
         };
         if want_read != c.reading {

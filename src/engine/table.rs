@@ -636,7 +636,12 @@ impl State {
                         Some(_) => {}
                     }
                 }
-                Phase::Lingering(until) if until <= now => {
+                Phase::Lingering
+                    if c.rare
+                        .as_ref()
+                        .and_then(|r| r.linger_until)
+                        .is_none_or(|until| until <= now) =>
+                {
                     c.read_closed = true; // stop waiting for the peer's EOF
                     self.ctx.mark_dirty(token, c);
                 }
