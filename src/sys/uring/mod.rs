@@ -142,7 +142,8 @@ struct Conn {
     slot: Option<u32>,
     /// Its receive buffer (`RINGPORT_URING_RECV=own`) while a recv on it is armed or its data
     /// is lent; the kernel writes into it while `recv` is set.
-    own: Option<Vec<u8>>,
+    /// Boxed: the mode is a switch, off by default, and every connection pays for the field.
+    own: Option<Box<Vec<u8>>>,
 }
 
 impl Conn {
@@ -378,7 +379,7 @@ impl UringBackend {
             return;
         }
         if let Some(buf) = c.own.take() {
-            self.own.give(buf);
+            self.own.give(*buf);
         }
     }
 

@@ -121,7 +121,7 @@ impl UringBackend {
                 // Single-shot into the connection's own buffer (kept if it still has one, i.e.
                 // re-armed after its data was consumed). The heap block stays put in `c.own`
                 // until the CQE: `release_own` skips a connection whose `recv` is set.
-                let buf = c.own.get_or_insert_with(|| self.own.take());
+                let buf = c.own.get_or_insert_with(|| Box::new(self.own.take()));
                 let (ptr, len) = recv_target(buf);
                 opcode::Recv::new(fd, ptr, len).build()
             }
@@ -302,7 +302,7 @@ impl UringBackend {
             Kind::Close => {
                 let c = self.conns.get_mut(index)?.take()?;
                 if let Some(buf) = c.own {
-                    self.own.give(buf); // nothing of it is in the kernel any more
+                    self.own.give(*buf); // nothing of it is in the kernel any more
                 }
                 Some(Out::Event(Event::Closed { token: index }))
             }
