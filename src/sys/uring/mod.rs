@@ -251,7 +251,7 @@ impl UringBackend {
         let ring = build_ring(config.ring_entries)?;
         check_features(&ring).map_err(io::Error::other)?;
         let mut bufs = BufRing::new(config.recv_buffer_count, config.recv_buffer_size)?;
-        bufs.register(&ring, true)?;
+        bufs.register(&ring, tuning::tuning().incremental)?;
         // Non-blocking is fine: io_uring polls pollable files such as eventfd instead of
         // failing the read with EAGAIN (fixed in 5.7 stable, liburing issue #143).
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
