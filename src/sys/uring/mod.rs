@@ -142,7 +142,9 @@ struct Conn {
     slot: Option<u32>,
     /// Its receive buffer (`RINGPORT_URING_RECV=own`) while a recv on it is armed or its data
     /// is lent; the kernel writes into it while `recv` is set.
-    /// Boxed: the mode is a switch, off by default, and every connection pays for the field.
+    /// Boxed: the mode is a switch, off by default, and every connection pays for the field
+    /// (8 bytes instead of 24; the extra allocation is made only in that mode).
+    #[allow(clippy::box_collection)]
     own: Option<Box<Vec<u8>>>,
 }
 
