@@ -185,6 +185,7 @@ server_env() {
         fixed) out="$out RINGPORT_URING_FIXED=${kv#*=}" ;;
         wait) out="$out RINGPORT_URING_WAIT=${kv#*=}" ;;
         balance) out="$out RINGPORT_URING_BALANCE=${kv#*=}" ;;
+        inc) out="$out RINGPORT_URING_INC=${kv#*=}" ;;
         *) return 1 ;;
         esac
     done
@@ -241,7 +242,7 @@ for sc in $SCENARIOS; do
     fam=$(family "$sc")
     for s in $(servers_of "$fam"); do
         server_env "$s" >/dev/null || {
-            log "server $s: unknown experiment switch (known: setup, recv, cq, ringfd, fixed, wait, balance)"
+            log "server $s: unknown experiment switch (known: setup, recv, cq, ringfd, fixed, wait, balance, inc)"
             exit 2
         }
         if [ -z "$(server_cmd "$fam" "$s")" ]; then

@@ -283,14 +283,16 @@ impl<'a> Conn<'a> {
         }
         let deadline = self.ctx.now + after;
         let (token, gen) = (self.token, self.core.gen);
-        self.ctx
-            .timers
-            .set(&mut self.core.timers, token, gen, id, deadline);
+        let records = &mut self.core.rare_mut().timers;
+        self.ctx.timers.set(records, token, gen, id, deadline);
     }
 
     /// Disarms timer `id`; `false` if it was not armed.
     pub fn cancel_timer(&mut self, id: u64) -> bool {
-        Timers::cancel(&mut self.core.timers, id)
+        self.core
+            .rare
+            .as_deref_mut()
+            .is_some_and(|r| Timers::cancel(&mut r.timers, id))
     }
 
     /// The remote address.

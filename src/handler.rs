@@ -159,8 +159,8 @@ impl Default for ConnectOptions {
             timeout: Some(Duration::from_secs(10)),
             socket: SocketOptions::default(),
             write_watermarks: (
-                crate::engine::DEFAULT_WRITE_LOW,
-                crate::engine::DEFAULT_WRITE_HIGH,
+                crate::limits::DEFAULT_WRITE_LOW,
+                crate::limits::DEFAULT_WRITE_HIGH,
             ),
             #[cfg(feature = "tls")]
             tls: None,

@@ -160,6 +160,7 @@ mod handle;
 mod handler;
 mod info;
 mod layer;
+mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod relay;

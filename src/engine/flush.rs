@@ -85,10 +85,10 @@ impl State {
                     debug!(peer = %c.info.peer, bytes = c.out.len(), "write after the layers closed (close_notify, or a failure) dropped");
                     c.out.clear();
                 } else {
-                    if c.wire.capacity() == 0 {
-                        c.wire = self.ctx.bufs.get();
+                    if stack.wire.capacity() == 0 {
+                        stack.wire = self.ctx.bufs.get();
                     }
-                    let r = stack.output(&c.out, &mut c.wire);
+                    let r = stack.send(&c.out);
                     c.out.clear();
                     if let Err(reason) = r {
                         c.force_close(reason);
@@ -101,21 +101,20 @@ impl State {
         // flight is left, so that a write taken before it is never dropped. From then on the
         // handles answer `Closed`, as after a plaintext FIN.
         let ending = c.phase == Phase::Closing || c.shut_write_pending;
-        let idle = !c.sending && c.out.is_empty() && c.wire.is_empty();
+        let idle = !c.sending && c.out.is_empty() && c.wire_len() == 0;
         if ending && c.opened && idle && c.work == 0 && !c.has_last_words() {
             if let Some(stack) = c.layers.as_mut() {
                 if !stack.is_closed() {
-                    stack.close(&mut c.wire); // once; nothing after a failure
+                    stack.finish(); // once; nothing after a failure
                     c.kill_handles();
                 }
             }
         }
         // One send in flight per connection; everything queued meanwhile goes in the next.
         let can_send = !c.sending && c.writable();
-        let sendable = if c.layers.is_some() {
-            &mut c.wire
-        } else {
-            &mut c.out
+        let sendable = match c.layers.as_deref_mut() {
+            Some(stack) => &mut stack.wire,
+            None => &mut c.out,
         };
         if can_send && !sendable.is_empty() {
             let buf = std::mem::take(sendable);
@@ -125,7 +124,7 @@ impl State {
         }
         let drained = !c.sending
             && c.out.is_empty()
-            && c.wire.is_empty()
+            && c.wire_len() == 0
             && c.work == 0
             && !c.has_last_words();
         // Half-close: FIN after everything queued (and answered) is sent, and with layers only
@@ -174,10 +173,11 @@ impl State {
             if let Some(d) = self.shutdown_deadline {
                 until = until.min(d);
             }
-            c.set_phase(Phase::Lingering(until));
+            c.rare_mut().linger_until = Some(until);
+            c.set_phase(Phase::Lingering);
             c.rbuf = Vec::new();
         }
-        if matches!(c.phase, Phase::Lingering(_)) && c.read_closed {
+        if c.phase == Phase::Lingering && c.read_closed {
             c.set_phase(Phase::Closed);
             backend.close(token, false);
             return;
@@ -186,7 +186,7 @@ impl State {
             Phase::Open => {
                 !c.user_paused && !c.bp_paused && !c.held && !c.read_closed && !c.decode_failed
             }
-            Phase::Lingering(_) => !c.read_closed,
+            Phase::Lingering => !c.read_closed,
             _ => false,
         };
         if want_read != c.reading {

@@ -9,7 +9,8 @@
 //! |---|---|
 //! | `mod.rs` | [`EngineBuilder`], [`Engine`], [`RunningEngine`]: configuration and start-up |
 //! | `server.rs` | [`Server`] and its limits, [`ServerHandle`] |
-//! | `control.rs` | [`Connector`], [`ShutdownHandle`], the signal waiter |
+//! | `control.rs` | [`Connector`], [`ShutdownHandle`] |
+//! | `signal_waiter.rs` | the thread turning SIGINT/SIGTERM/SIGHUP into shutdown or restart |
 //! | `inbox.rs` | the messages other threads send an IO thread |
 //! | `thread.rs` | the IO thread's loop, read top to bottom in `IoThread::run` |
 //! | `table.rs` | the connection table and what each completion does to a connection |
@@ -30,6 +31,7 @@ mod restart;
 #[path = "restart_none.rs"]
 mod restart;
 mod server;
+mod signal_waiter;
 mod table;
 mod thread;
 
@@ -50,33 +52,16 @@ use crate::metrics::{Metrics, MetricsHttp};
 use crate::stats::ServerStats;
 use crate::sys::{self, BackendConfig};
 use crate::{BackendKind, Error};
-use control::SignalWaiter;
 use peers::PeerLimits;
 use restart::Restart;
 use server::{check_port_free, Factory, Limits, SharedServer};
+use signal_waiter::SignalWaiter;
 
-/// Default maximum of open connections per server.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-/// Default write-queue high watermark: above it, the connection stops reading and handle
-/// writes to it are refused.
-pub const DEFAULT_WRITE_HIGH: usize = 1 << 20;
-/// Default write-queue low watermark: at or below it, reading resumes and writability
-/// watchers are told.
-pub const DEFAULT_WRITE_LOW: usize = 256 << 10;
-/// Default limit of received-but-undecoded bytes per connection.
-pub const DEFAULT_MAX_BUFFERED_INPUT: usize = 8 << 20;
-/// How long a gracefully closed connection keeps reading (and discarding) after shutting down
-/// its write side, so that unread input does not turn the last reply into a reset.
-pub const LINGER: Duration = Duration::from_secs(2);
-/// Longest accept back-off after EMFILE / ENFILE / ENOBUFS / ENOMEM.
-pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-pub(crate) const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-/// A closing connection whose queued bytes move not one byte for this long (the peer does not
-/// read) is reset, counted as [`CloseReason::FlushStalled`](crate::CloseReason::FlushStalled).
-/// Any progress, even a few bytes of a large send, restarts the clock.
-pub const FLUSH_STALL: Duration = Duration::from_secs(10);
-/// Most receive buffers per IO thread on io_uring (the provided-buffer ring's size limit).
-pub const MAX_RECV_BUFFER_COUNT: u16 = 1 << 15;
+pub(crate) use crate::limits::MIN_ACCEPT_BACKOFF;
+pub use crate::limits::{
+    DEFAULT_MAX_BUFFERED_INPUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RESTART_GRACE, DEFAULT_WRITE_HIGH,
+    DEFAULT_WRITE_LOW, FLUSH_STALL, LINGER, MAX_ACCEPT_BACKOFF, MAX_RECV_BUFFER_COUNT,
+};
 
 /// Builds an [`Engine`].
 #[derive(Debug, Clone)]
@@ -92,9 +77,6 @@ pub struct EngineBuilder {
     restart_ready_timeout: Duration,
     restart_grace: Duration,
 }
-
-/// Default of [`EngineBuilder::restart_grace`].
-pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(300);
 
 impl Default for EngineBuilder {
     fn default() -> Self {

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tracing::debug;
 
 const SHARDS: usize = 16;
 /// Every this many rate checks, addresses whose budget is full again are forgotten.
@@ -22,6 +23,17 @@ pub(crate) enum PeerRefusal {
     Connections,
     /// The address opened connections faster than its accept rate allows.
     Rate,
+}
+
+/// Counts a connection refused by a per-IP limit (at accept, or once its PROXY header named
+/// the client).
+pub(super) fn count_refusal(stats: &crate::stats::ThreadStats, why: PeerRefusal, peer: SocketAddr) {
+    let (counter, what) = match why {
+        PeerRefusal::Connections => (&stats.rejected_per_ip, "per-IP connection limit"),
+        PeerRefusal::Rate => (&stats.rejected_rate, "per-IP accept rate"),
+    };
+    counter.add(1);
+    debug!(%peer, "{what} reached; closing new connection");
 }
 
 /// The per-IP state of one server.

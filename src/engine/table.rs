@@ -155,11 +155,10 @@ impl State {
             return;
         }
         let stack = c.layers.as_mut().expect("layered");
-        let result = stack.input(data, &mut plain, &mut c.wire);
+        let result = stack.receive(data, &mut plain);
         let ready = stack.ready();
-        let header_read = c.header_pending && result.is_ok() && stack.bottom_ready();
+        let header_read = matches!(result, Ok(r) if r.client_named);
         if header_read {
-            c.header_pending = false;
             stack.describe(&mut c.info);
         }
         self.ctx.mark_dirty(token, c);
@@ -179,9 +178,6 @@ impl State {
                     self.deliver(token, &plain);
                 }
                 if input.eof {
-                    if let Some(e) = self.entries[token].as_mut() {
-                        e.core.layer_eof = true;
-                    }
                     self.on_read_closed(token);
                 }
             }
@@ -212,11 +208,11 @@ impl State {
         let ip = c.info.client.ip();
         match peers.admit(ip) {
             Ok(()) => {
-                c.peer_key = Some(ip);
+                c.peer_counted = true;
                 true
             }
             Err(why) => {
-                super::thread::count_refusal(stats, why, c.info.client);
+                super::peers::count_refusal(stats, why, c.info.client);
                 c.force_close(CloseReason::Local);
                 false
             }
@@ -233,10 +229,8 @@ impl State {
             return;
         }
         c.opened = true;
-        if let Some(r) = c.rare.as_deref_mut() {
-            r.layer_deadline = None;
-        }
-        if let Some(stack) = &c.layers {
+        if let Some(stack) = c.layers.as_deref_mut() {
+            stack.opened();
             stack.describe(&mut c.info);
         }
         if c.phase == Phase::Open {
@@ -340,7 +334,7 @@ impl State {
             self.mark(token);
             return;
         }
-        if c.layers.is_some() && !c.layer_eof && c.phase == Phase::Open {
+        if c.layers.as_ref().is_some_and(|s| !s.eof()) && c.phase == Phase::Open {
             debug!(peer = %c.info.peer, "TLS connection truncated: EOF without close_notify");
         }
         e.core.read_closed = true;
@@ -433,11 +427,11 @@ impl State {
     pub(super) fn finish(&mut self, e: &mut Entry, default: CloseReason) {
         let server = &self.servers[e.core.server];
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
-        if let (Some(peers), Some(ip)) = (&server.peers, e.core.peer_key.take()) {
-            peers.release(ip);
+        if let (Some(peers), true) = (&server.peers, std::mem::take(&mut e.core.peer_counted)) {
+            peers.release(e.core.info.client.ip());
         }
         e.core.kill_handles();
-        let reason = e.core.reason.take().unwrap_or(default);
+        let reason = e.core.reason.take().map_or(default, |r| *r);
         self.ctx.stats(e.core.server).closed[reason.index()].add(1);
         if reason.is_local_reset() {
             warn!(peer = %e.core.info.peer, %reason, "connection reset");
@@ -549,7 +543,8 @@ impl State {
                 entries
                     .get_mut(token)
                     .and_then(Option::as_mut)
-                    .map(|e| &mut e.core.timers)
+                    .and_then(|e| e.core.rare.as_deref_mut())
+                    .map(|r| &mut r.timers)
             });
             match due {
                 None => break,
@@ -641,7 +636,12 @@ impl State {
                         Some(_) => {}
                     }
                 }
-                Phase::Lingering(until) if until <= now => {
+                Phase::Lingering
+                    if c.rare
+                        .as_ref()
+                        .and_then(|r| r.linger_until)
+                        .is_none_or(|until| until <= now) =>
+                {
                     c.read_closed = true; // stop waiting for the peer's EOF
                     self.ctx.mark_dirty(token, c);
                 }

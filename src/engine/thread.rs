@@ -29,7 +29,7 @@ use crate::timers::Timers;
 use crate::BackendKind;
 
 use super::inbox::{Msg, ThreadShared};
-use super::peers::PeerRefusal;
+use super::peers::count_refusal;
 use super::server::SharedServer;
 use super::table::{open_entry, Entry, ListenerState, State, HELD_RETRY};
 use super::Spawned;
@@ -376,21 +376,19 @@ impl IoThread {
         let mut core = ConnCore::new(listener, gen, info, st.ctx.now);
         core.write_low = server.limits.write_low;
         core.write_high = server.limits.write_high;
-        core.peer_key = admitted;
-        core.header_pending = server.limits.proxy.is_some();
+        debug_assert!(admitted.is_none_or(|ip| ip == core.info.client.ip()));
+        core.peer_counted = admitted.is_some();
         let layered = server.limits.layered();
         if layered {
             // `on_open` waits until the layers are ready (the PROXY header is read, the TLS
             // handshake is done).
             match server.limits.make_layers() {
                 Ok(layers) => {
-                    let mut stack = Stack::new(layers);
-                    if let Err(reason) = stack.start(&mut core.wire) {
+                    let mut stack = Stack::new(layers, server.limits.handshake_timeout);
+                    if let Err(reason) = stack.start(st.ctx.now) {
                         core.force_close(reason);
                     }
                     core.layers = Some(Box::new(stack));
-                    core.rare_mut().layer_deadline =
-                        Some(st.ctx.now + server.limits.handshake_timeout);
                 }
                 Err(e) => core.force_close(CloseReason::TlsError(e)),
             }
@@ -423,23 +421,18 @@ impl IoThread {
             .map(|r| std::mem::take(&mut r.preamble))
             .unwrap_or_default();
         if !preamble.is_empty() {
-            if c.layers.is_some() {
-                debug_assert!(c.wire.is_empty(), "nothing is wrapped before the connect");
-                c.wire.extend_from_slice(&preamble);
+            if let Some(stack) = c.layers.as_mut() {
+                debug_assert!(stack.wire.is_empty(), "nothing is wrapped before the connect");
+                stack.wire.extend_from_slice(&preamble);
             } else {
                 c.out.splice(0..0, preamble);
             }
         }
         if let Some(stack) = c.layers.as_mut() {
             // The TLS client speaks first; `on_open` waits for the handshake.
-            if let Err(reason) = stack.start(&mut c.wire) {
+            if let Err(reason) = stack.start(st.ctx.now) {
                 c.force_close(reason);
             }
-            let r = c.rare_mut();
-            let timeout = r
-                .layer_timeout
-                .unwrap_or(crate::layer::DEFAULT_HANDSHAKE_TIMEOUT);
-            r.layer_deadline = Some(st.ctx.now + timeout);
             st.ctx.mark_dirty(token, c);
             return;
         }
@@ -531,8 +524,7 @@ impl IoThread {
         core.write_high = req.watermarks.1;
         core.shared = req.shared;
         if !layers.is_empty() {
-            core.layers = Some(Box::new(Stack::new(layers)));
-            core.rare_mut().layer_timeout = Some(req.handshake_timeout);
+            core.layers = Some(Box::new(Stack::new(layers, req.handshake_timeout)));
         }
         st.insert(req.token, Entry { core, app });
         self.backend.connect(req.token, socket, req.addr);
@@ -698,15 +690,4 @@ impl IoThread {
             }
         }
     }
-}
-
-/// Counts a connection refused by a per-IP limit (at accept, or once its PROXY header named
-/// the client).
-pub(super) fn count_refusal(stats: &crate::stats::ThreadStats, why: PeerRefusal, peer: SocketAddr) {
-    let (counter, what) = match why {
-        PeerRefusal::Connections => (&stats.rejected_per_ip, "per-IP connection limit"),
-        PeerRefusal::Rate => (&stats.rejected_rate, "per-IP accept rate"),
-    };
-    counter.add(1);
-    debug!(%peer, "{what} reached; closing new connection");
 }

@@ -310,7 +310,7 @@ pub fn layers(data: &[u8]) -> bool {
             TlsLayer::server(&cfg.server).expect("server connection"),
         ));
     }
-    let mut server = Side::new(Some(Stack::new(layers)));
+    let mut server = Side::new(Some(Stack::new(layers, Duration::from_secs(60))));
     let mut client = Side::new(tls.then(|| {
         let config = if setup & 8 != 0 {
             &cfg.client12
@@ -318,21 +318,29 @@ pub fn layers(data: &[u8]) -> bool {
             &cfg.client13
         };
         let name = ServerName::try_from("localhost").expect("name");
-        Stack::new(vec![Box::new(
-            TlsLayer::client(config, name).expect("client connection"),
-        )])
+        Stack::new(
+            vec![Box::new(
+                TlsLayer::client(config, name).expect("client connection"),
+            )],
+            Duration::from_secs(60),
+        )
     }));
     let (mut c2s, mut s2c) = (Pipe::default(), Pipe::default());
     c2s.push(&header);
     let mut start = Vec::new();
     if let Some(s) = client.stack.as_mut() {
-        s.start(&mut start).expect("ClientHello");
+        s.start(std::time::Instant::now()).expect("ClientHello");
+        start = std::mem::take(&mut s.wire);
     }
     c2s.push(&start);
     server
         .stack
         .as_mut()
-        .map(|s| s.start(&mut Vec::new()))
+        .map(|s| {
+            let r = s.start(std::time::Instant::now());
+            s.wire.clear(); // a server sends nothing first
+            r
+        })
         .transpose()
         .expect("server start");
 

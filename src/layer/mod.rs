@@ -59,32 +59,127 @@ pub(crate) trait Layer: Send {
     }
     /// The reason to give when the peer ends the stream before the layer is ready.
     fn eof_reason(&self) -> CloseReason;
+    /// Once ready, the layer names the connection's client (the PROXY header): per-IP limits
+    /// and the header counts wait for it.
+    fn names_client(&self) -> bool {
+        false
+    }
 }
 
-/// A connection's layers, bottom (socket side) first.
+/// What one call of [`Stack::receive`] produced besides plaintext.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    /// The peer ended the stream at the top layer (TLS close_notify): EOF for the codec.
+    pub eof: bool,
+    /// The layer that names the client became ready in this call: `describe` has run, the
+    /// connection's client address is known (at most once per connection).
+    pub client_named: bool,
+}
+
+/// A connection's layers, bottom (socket side) first, with everything the engine keeps for
+/// them: the bytes they produced for the wire, the setup deadline, whether the client is named
+/// yet and whether the peer ended the stream at the top. The engine knows only this type
+/// (boxed in the connection's state: a plain connection pays one pointer for it).
 pub(crate) struct Stack {
     layers: Vec<Box<dyn Layer>>,
     /// Scratch buffers between layers (reused; empty between calls).
     scratch: Vec<u8>,
+    /// Bytes the layers produced, ready to send (the connection's `out` holds plaintext).
+    pub wire: Vec<u8>,
+    /// How long the layers may take to become ready once the transport is up.
+    timeout: Duration,
+    /// When the layers must be ready by (`None`: not started, or ready).
+    deadline: Option<Instant>,
+    /// A layer that names the client is not ready yet.
+    client_pending: bool,
+    /// The top layer reported the peer's end of stream.
+    eof: bool,
     failed: bool,
     closed: bool,
 }
 
 impl Stack {
-    pub(crate) fn new(layers: Vec<Box<dyn Layer>>) -> Stack {
+    /// `layers` bottom first; they have `timeout` to become ready once started.
+    pub(crate) fn new(layers: Vec<Box<dyn Layer>>, timeout: Duration) -> Stack {
+        let client_pending = layers.iter().any(|l| l.names_client());
         Stack {
             layers,
             scratch: Vec::new(),
+            wire: Vec::new(),
+            timeout,
+            deadline: None,
+            client_pending,
+            eof: false,
             failed: false,
             closed: false,
         }
     }
 
-    pub(crate) fn start(&mut self, down: &mut Vec<u8>) -> Result<(), CloseReason> {
+    /// The transport is up at `now`: the setup clock starts, and bytes this side sends first
+    /// (a TLS ClientHello) are queued on the wire.
+    pub(crate) fn start(&mut self, now: Instant) -> Result<(), CloseReason> {
+        self.deadline = Some(now + self.timeout);
         for l in &mut self.layers {
-            l.start(down).inspect_err(|_| self.failed = true)?;
+            l.start(&mut self.wire)
+                .inspect_err(|_| self.failed = true)?;
         }
         Ok(())
+    }
+
+    /// Received bytes: plaintext to `up`, what the layers send on their own to the wire.
+    pub(crate) fn receive(
+        &mut self,
+        data: &[u8],
+        up: &mut Vec<u8>,
+    ) -> Result<Received, CloseReason> {
+        let mut wire = std::mem::take(&mut self.wire);
+        let r = self.input(data, up, &mut wire);
+        self.wire = wire;
+        let input = r?;
+        self.eof |= input.eof;
+        let client_named = self.client_pending
+            && self
+                .layers
+                .iter()
+                .filter(|l| l.names_client())
+                .all(|l| l.ready());
+        if client_named {
+            self.client_pending = false;
+        }
+        Ok(Received {
+            eof: input.eof,
+            client_named,
+        })
+    }
+
+    /// Wraps application bytes onto the wire.
+    pub(crate) fn send(&mut self, data: &[u8]) -> Result<(), CloseReason> {
+        let mut wire = std::mem::take(&mut self.wire);
+        let r = self.output(data, &mut wire);
+        self.wire = wire;
+        r
+    }
+
+    /// The graceful close's last bytes onto the wire (once; nothing after a failure).
+    pub(crate) fn finish(&mut self) {
+        let mut wire = std::mem::take(&mut self.wire);
+        self.close(&mut wire);
+        self.wire = wire;
+    }
+
+    /// The connection opened (every layer is ready): no setup deadline any more.
+    pub(crate) fn opened(&mut self) {
+        self.deadline = None;
+    }
+
+    /// When the layers must be ready by, while they are not.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the peer ended the stream at the top layer.
+    pub(crate) fn eof(&self) -> bool {
+        self.eof
     }
 
     /// Runs `data` up through every layer; bytes layers send on their own go to `down`
@@ -198,11 +293,6 @@ impl Stack {
         for l in self.layers.iter().take_while(|l| l.ready()) {
             l.describe(info);
         }
-    }
-
-    /// Whether the bottom layer is ready (the PROXY header, when there is one, is settled).
-    pub(crate) fn bottom_ready(&self) -> bool {
-        self.layers.first().is_none_or(|l| l.ready())
     }
 
     /// The first layer not ready, if its own setup deadline has passed: its timeout reason.

@@ -271,6 +271,10 @@ impl Layer for ProxyLayer {
         self.done
     }
 
+    fn names_client(&self) -> bool {
+        true
+    }
+
     fn describe(&self, info: &mut ConnInfo) {
         if let Some(p) = &self.info {
             if let Some(src) = p.source {

@@ -121,7 +121,7 @@ impl UringBackend {
                 // Single-shot into the connection's own buffer (kept if it still has one, i.e.
                 // re-armed after its data was consumed). The heap block stays put in `c.own`
                 // until the CQE: `release_own` skips a connection whose `recv` is set.
-                let buf = c.own.get_or_insert_with(|| self.own.take());
+                let buf = c.own.get_or_insert_with(|| Box::new(self.own.take()));
                 let (ptr, len) = recv_target(buf);
                 opcode::Recv::new(fd, ptr, len).build()
             }
@@ -302,7 +302,7 @@ impl UringBackend {
             Kind::Close => {
                 let c = self.conns.get_mut(index)?.take()?;
                 if let Some(buf) = c.own {
-                    self.own.give(buf); // nothing of it is in the kernel any more
+                    self.own.give(*buf); // nothing of it is in the kernel any more
                 }
                 Some(Out::Event(Event::Closed { token: index }))
             }
@@ -363,9 +363,19 @@ impl UringBackend {
 
     fn complete_recv(&mut self, token: Token, res: i32, flags: u32, more: bool) -> Option<Out> {
         let bid = cqueue::buffer_select(flags);
+        // Whether the kernel is done with the buffer. Incremental ring: only after a receive
+        // that filled it (no IORING_CQE_F_BUF_MORE); a CQE of no bytes (EOF, an error) names
+        // the buffer at the ring's head without consuming it, so it must not be given back
+        // (it would then sit in the ring twice). Whole-buffer ring: after every CQE.
+        let buf_more = cqueue::buffer_more(flags);
+        let done_with = !buf_more && (res > 0 || !self.bufs.incremental);
+        let off = match bid {
+            Some(b) if res > 0 => self.bufs.consumed(b, res as usize, buf_more),
+            _ => 0,
+        };
         let Some(Some(c)) = self.conns.get_mut(token) else {
             // Cannot happen (the slot outlives its ops), but never lose a buffer.
-            if let Some(bid) = bid {
+            if let (Some(bid), true) = (bid, done_with) {
                 self.bufs.recycle(bid);
             }
             return None;
@@ -377,7 +387,11 @@ impl UringBackend {
         let out = match (res, bid) {
             (n, Some(bid)) if n > 0 && open && c.read_open => Some(Out::Data {
                 token,
-                buf: Lent::Ring(bid),
+                buf: Lent::Ring {
+                    bid,
+                    off: off as u32,
+                    last: done_with,
+                },
                 len: n as usize,
             }),
             // RINGPORT_URING_RECV=own: the kernel wrote into the connection's own buffer.
@@ -422,7 +436,8 @@ impl UringBackend {
         // Any buffer not lent out as Data (EOF, closing, errors) goes straight back.
         match (bid, &out) {
             (_, Some(Out::Data { .. })) | (None, _) => {}
-            (Some(bid), _) => self.bufs.recycle(bid),
+            (Some(bid), _) if done_with => self.bufs.recycle(bid),
+            (Some(_), _) => {}
         }
         let own_lent = matches!(out, Some(Out::Data { buf: Lent::Own, .. }));
         if !more && !own_lent {

@@ -65,9 +65,9 @@ pub(crate) fn probe(config: &BackendConfig) -> Result<(), String> {
             return Err(format!("kernel lacks {name}"));
         }
     }
-    let bufs = BufRing::new(config.recv_buffer_count, config.recv_buffer_size)
+    let mut bufs = BufRing::new(config.recv_buffer_count, config.recv_buffer_size)
         .map_err(|e| format!("provided-buffer ring: {e}"))?;
-    bufs.register(&ring)
+    bufs.register(&ring, false)
         .map_err(|e| format!("registering a provided-buffer ring failed: {e} (needs 5.19+)"))?;
     let _ = ring.submitter().unregister_buf_ring(BGID);
     Ok(())
