@@ -37,7 +37,6 @@ mod common;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -51,9 +50,9 @@ use ringport::{
 #[derive(Parser, Debug)]
 #[command(about = "ringport chat server: every line goes to every other client")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5007")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     /// Longest line accepted, in bytes (terminator excluded)
     #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     max_line: usize,
@@ -272,7 +271,7 @@ fn main() {
     let mut engine = args.common.engine(None);
     let room = Arc::new(Room::default());
     let r = room.clone();
-    let server = Server::new(args.listen, Lines::new(args.max_line), move |info| {
+    let server = Server::listen(args.listen, Lines::new(args.max_line), move |info| {
         Session {
             room: r.clone(),
             id: info.id,

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use clap::Parser;
 use ringport::codec::Raw;
 use ringport::{Conn, Frame, Handler, Server};
@@ -17,9 +15,9 @@ use ringport::{Conn, Frame, Handler, Server};
 #[derive(Parser, Debug)]
 #[command(about = "ringport echo server: echoes every byte back")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5001")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     #[command(flatten)]
     common: common::CommonArgs,
 }
@@ -42,6 +40,6 @@ fn main() {
     let mut engine = args.common.engine(None);
     let server = args
         .common
-        .add(&mut engine, Server::new(args.listen, Raw, |_| Echo));
+        .add(&mut engine, Server::listen(args.listen, Raw, |_| Echo));
     common::run(engine, &[&server]);
 }

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -22,9 +21,9 @@ use ringport::{Conn, Frame, Handler, Server, Work};
 #[derive(Parser, Debug)]
 #[command(about = "ringport large packet echo server: big frames echoed by a worker pool")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5005")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     /// Receive size of the IO threads, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     io_buffer: usize,
@@ -84,7 +83,7 @@ fn main() {
         WorkerPool::new("ringport-worker", args.workers, 1024).unwrap_or_else(|e| common::fail(e));
     let buffers = BufferPool::new(args.transfer_buffers, frame_bytes);
     let (p, b, io_buffer) = (pool.clone(), buffers.clone(), args.io_buffer);
-    let server = Server::new(args.listen, codec, move |_| Session {
+    let server = Server::listen(args.listen, codec, move |_| Session {
         pool: p.clone(),
         buffers: b.clone(),
         jobs: Ordered::new(64),

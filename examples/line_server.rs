@@ -16,8 +16,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use clap::Parser;
 use ringport::codec::{DecodeError, Lines};
 use ringport::{CloseReason, Conn, Frame, Handler, Server};
@@ -25,9 +23,9 @@ use ringport::{CloseReason, Conn, Frame, Handler, Server};
 #[derive(Parser, Debug)]
 #[command(about = "ringport line server: PING, ECHO, SLEEP, WHO, QUIT over \\r\\n lines")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5003")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     /// Longest command line accepted, in bytes (terminator excluded)
     #[arg(long, value_name = "BYTES", default_value_t = 8192)]
     max_line: usize,
@@ -68,6 +66,6 @@ fn main() {
     let codec = Lines::new(args.max_line);
     let server = args
         .common
-        .add(&mut engine, Server::new(args.listen, codec, |_| Session));
+        .add(&mut engine, Server::listen(args.listen, codec, |_| Session));
     common::run(engine, &[&server]);
 }

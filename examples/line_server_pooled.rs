@@ -19,7 +19,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -31,9 +30,9 @@ use ringport::{Conn, Frame, Handler, Server, Work};
 #[derive(Parser, Debug)]
 #[command(about = "ringport pooled line server: commands run on a worker pool")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5004")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     /// Longest command line accepted, in bytes (terminator excluded)
     #[arg(long, value_name = "BYTES", default_value_t = 8192)]
     max_line: usize,
@@ -99,7 +98,7 @@ fn main() {
     engine.metrics().add_pool("workers", &pool);
     let codec = Lines::new(args.max_line);
     let p = pool.clone();
-    let server = Server::new(args.listen, codec, move |_| Session {
+    let server = Server::listen(args.listen, codec, move |_| Session {
         pool: p.clone(),
         jobs: Ordered::new(64),
         quit: false,

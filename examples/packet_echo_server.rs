@@ -11,17 +11,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use clap::Parser;
 use ringport::{Conn, Frame, Handler, Server};
 
 #[derive(Parser, Debug)]
 #[command(about = "ringport packet echo server: echoes length-prefixed frames")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5002")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     /// Largest payload accepted, in bytes; a bigger announced length closes the connection
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_frame: usize,
@@ -45,8 +43,9 @@ fn main() {
     let args = Args::parse();
     let codec = args.layout.codec(args.max_frame);
     let mut engine = args.common.engine(None);
-    let server = args
-        .common
-        .add(&mut engine, Server::new(args.listen, codec, |_| PacketEcho));
+    let server = args.common.add(
+        &mut engine,
+        Server::listen(args.listen, codec, |_| PacketEcho),
+    );
     common::run(engine, &[&server]);
 }

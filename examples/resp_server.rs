@@ -49,7 +49,6 @@ mod resp_commands;
 #[path = "common/resp_store.rs"]
 mod resp_store;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,9 +64,9 @@ use resp_store::Store;
 #[derive(Parser, Debug)]
 #[command(about = "ringport RESP server: a Redis-protocol key-value store")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:6380")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     /// Longest bulk string (key, value, argument) accepted, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_bulk: usize,
@@ -249,7 +248,7 @@ fn main() {
         max: max_command,
     };
     let (shared_store, shared_stats) = (Arc::clone(&store), Arc::clone(&stats));
-    let server = Server::new(args.listen, codec, move |info: &ConnInfo| {
+    let server = Server::listen(args.listen, codec, move |info: &ConnInfo| {
         shared_stats.connections.fetch_add(1, Ordering::Relaxed);
         shared_stats.connected.fetch_add(1, Ordering::Relaxed);
         Session {

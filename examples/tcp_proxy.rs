@@ -42,9 +42,9 @@ use ringport::{
 #[derive(Parser, Debug)]
 #[command(about = "ringport TCP proxy: bytes both ways between each client and --upstream")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5006")]
-    listen: SocketAddr,
+    listen: ringport::ListenAddr,
     /// Where every accepted connection is forwarded
     #[arg(long)]
     upstream: SocketAddr,
@@ -183,7 +183,7 @@ fn main() {
     let tls = args
         .upstream_tls
         .connect_options(&args.upstream.ip().to_string());
-    let server = Server::new(args.listen, Raw, move |_| Client {
+    let server = Server::listen(args.listen, Raw, move |_| Client {
         side: Side {
             peer: None,
             name: "client",

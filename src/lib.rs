@@ -66,6 +66,7 @@ mod handle;
 mod handler;
 mod info;
 mod layer;
+mod listen;
 pub mod metrics;
 pub mod pool;
 mod sockopt;
@@ -83,12 +84,13 @@ pub use engine::{
 pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};
 pub use handler::{ConnectOptions, Frame, Handler};
-pub use info::{CloseReason, ConnInfo, ProxyInfo, ProxyVersion, TlsInfo};
+pub use info::{CloseReason, ConnInfo, PeerCred, ProxyInfo, ProxyVersion, TlsInfo, UnixPeer};
 /// The layer stack under a fuzzer (`fuzz/fuzz_targets/layers.rs`); not part of the API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use layer::fuzzing;
 pub use layer::{ProxyProtocol, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROXY_HEADER_TIMEOUT};
+pub use listen::{ListenAddr, UNIX_PLACEHOLDER_ADDR};
 pub use metrics::Metrics;
 /// rustls, re-exported: the version ringport's TLS options take.
 #[cfg(feature = "tls")]

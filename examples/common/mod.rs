@@ -147,7 +147,7 @@ pub fn run(engine: Engine, servers: &[&ServerHandle]) {
     for s in servers {
         println!(
             "listening on {} (backend: {})",
-            s.local_addr(),
+            s.listen_addr(),
             engine.backend_name()
         );
     }
@@ -157,7 +157,7 @@ pub fn run(engine: Engine, servers: &[&ServerHandle]) {
         fail(e);
     }
     for s in servers {
-        tracing::info!(addr = %s.local_addr(), stats = ?s.stats().snapshot(), "stopped");
+        tracing::info!(addr = %s.listen_addr(), stats = ?s.stats().snapshot(), "stopped");
     }
 }
 
