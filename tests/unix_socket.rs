@@ -32,6 +32,8 @@ backend_tests!("echo_server";
     proxy_header_on_a_unix_listener,
     tls_over_a_unix_socket,
     per_ip_limits_do_not_apply_to_unix_peers,
+    a_restart_hands_the_unix_socket_over,
+    socket_activation_on_a_unix_socket,
 );
 
 fn kind(b: Backend) -> BackendKind {
@@ -395,5 +397,110 @@ fn per_ip_limits_do_not_apply_to_unix_peers(b: Backend) {
     assert!(
         rest.is_empty() && r.is_ok() || r.is_err(),
         "the fourth is closed by --max-connections 3, got {rest:?}"
+    );
+}
+
+/// SIGHUP: the successor inherits the Unix listener; the retired process serves its held
+/// connection, then exits without removing the file; the successor's clean stop removes it.
+fn a_restart_hands_the_unix_socket_over(b: Backend) {
+    use common::deploy::{kill, successor_pid, wait_gone, Successors};
+    let dir = TmpDir::new("restart", b);
+    let path = dir.path("echo.sock");
+    let mut server = ServerBuilder::new("echo_server")
+        .backend(b)
+        .listen(format!("unix:{}", path.display()))
+        .args(&["--io-threads", "2"])
+        .start();
+    let mut held = unix_client(&path);
+    unix_echo(&mut held, b"before", "held, before the restart");
+    let seen = server.stderr_text().len();
+    kill(server.pid(), libc::SIGHUP);
+    assert!(
+        server.wait_for_stderr(START_TIMEOUT, |log| successor_pid(&log[seen..]).is_some()),
+        "no successor handed over:\n{}",
+        server.stderr_text()
+    );
+    let succ = successor_pid(&server.stderr_text()[seen..]).unwrap();
+    let _reap = Successors(vec![succ]);
+    assert!(
+        server.wait_for_stderr(START_TIMEOUT, |log| log[seen..]
+            .contains("using inherited listening socket")),
+        "the successor took the inherited socket:\n{}",
+        server.stderr_text()
+    );
+    unix_echo(
+        &mut unix_client(&path),
+        b"after",
+        "a new client after the restart",
+    );
+    unix_echo(&mut held, b"held", "held, served by the retired process");
+    drop(held);
+    assert!(
+        server.wait_exit(Duration::from_secs(20)).is_some(),
+        "the retired process exits with its last connection"
+    );
+    assert!(
+        path.exists(),
+        "the retired process left the successor's socket file"
+    );
+    unix_echo(
+        &mut unix_client(&path),
+        b"successor",
+        "the successor serves",
+    );
+    kill(succ, libc::SIGTERM);
+    assert!(
+        wait_gone(succ, Duration::from_secs(20)),
+        "the successor stops"
+    );
+    assert!(
+        !path.exists(),
+        "the successor removed the socket file it was handed"
+    );
+}
+
+/// systemd socket activation of a Unix socket (`systemd-socket-activate -l PATH`): the
+/// server serves on it and names it; the file is systemd's, so a clean stop leaves it.
+fn socket_activation_on_a_unix_socket(b: Backend) {
+    use common::deploy::{kill, tool, Proc};
+    let Some(activate) = tool("systemd-socket-activate", "Debian package systemd") else {
+        return;
+    };
+    let dir = TmpDir::new("activate", b);
+    let path = dir.path("activated.sock");
+    let mut cmd = Command::new(activate);
+    cmd.arg("-l")
+        .arg(&path)
+        .arg(require_example("echo_server"))
+        .args(["--backend", b.name(), "--io-threads", "2"])
+        .args(["--listen", "unix:unused.sock"])
+        .env_remove("RINGPORT_BACKEND")
+        .env("RUST_LOG", "info");
+    let mut p = Proc::spawn(&mut cmd);
+    p.wait_line("Listening on", START_TIMEOUT)
+        .unwrap_or_else(|| panic!("systemd-socket-activate did not listen:\n{}", p.output()));
+    // It execs the server at the first connection.
+    let mut first = unix_client(&path);
+    unix_echo(&mut first, b"activated", "the activated server echoes");
+    let line = p
+        .wait_line("listening on ", START_TIMEOUT)
+        .unwrap_or_else(|| panic!("no listening line:\n{}", p.output()));
+    assert!(
+        line.starts_with(&format!("unix:{} ", path.display())),
+        "the server names the inherited socket: {line}"
+    );
+    for i in 0..10 {
+        unix_echo(&mut unix_client(&path), format!("x{i}").as_bytes(), "echo");
+    }
+    drop(first);
+    kill(p.child.id() as i32, libc::SIGTERM);
+    let st = p
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits on SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", p.output());
+    assert!(path.exists(), "systemd's socket file is not ours to remove");
+    assert!(
+        !Path::new("unused.sock").exists(),
+        "the configured path was never bound"
     );
 }

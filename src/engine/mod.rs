@@ -316,17 +316,17 @@ impl Engine {
     /// instead of binding its address.
     pub fn add_server(&mut self, server: Server) -> Result<ServerHandle, Error> {
         if let Some(group) = self.inherited.pop_front() {
-            let addr = group.first().map(listen_addr_of);
+            let addr = group.first().and_then(listen_addr_of);
             info!(
                 configured = %server.listen_addr(),
-                inherited = ?addr,
+                inherited = %addr.as_ref().map_or("?".into(), ToString::to_string),
                 listeners = group.len(),
                 "using inherited listening socket"
             );
             if self.handover {
                 // A restart handed it over: its socket file is ours to remove, as it was the
                 // predecessor's. systemd's sockets stay systemd's.
-                if let Some(Some(ListenAddr::Unix(p))) = addr {
+                if let Some(ListenAddr::Unix(p)) = addr {
                     self.unix_paths.push(p);
                 }
             }
