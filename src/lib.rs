@@ -62,6 +62,7 @@ mod conn;
 mod core;
 mod engine;
 mod error;
+pub mod fanout;
 mod handle;
 mod handler;
 mod info;
