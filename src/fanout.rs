@@ -20,9 +20,10 @@
 //! # Use
 //!
 //! Each connection's handler holds a [`Member`] ([`Room::join`] in `on_open`), calls
-//! [`Member::publish`] for each message, and hands its [`Handler::on_writable`] and
-//! [`Handler::on_timer`] calls to the member first. Dropping the member (with the handler,
-//! when the connection closes) leaves the room.
+//! [`Member::publish`] for each message, and hands its
+//! [`Handler::on_writable`](crate::Handler::on_writable) and
+//! [`Handler::on_timer`](crate::Handler::on_timer) calls to the member first. Dropping the
+//! member (with the handler, when the connection closes) leaves the room.
 //!
 //! ```
 //! use std::sync::Arc;
