@@ -393,11 +393,10 @@ fn per_ip_limits_do_not_apply_to_unix_peers(b: Backend) {
     let mut fourth = unix_client(&path);
     let _ = fourth.write_all(b"x");
     let mut rest = Vec::new();
-    let r = fourth.read_to_end(&mut rest);
-    assert!(
-        rest.is_empty() && r.is_ok() || r.is_err(),
-        "the fourth is closed by --max-connections 3, got {rest:?}"
-    );
+    match fourth.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "the fourth was served: {rest:?}"),
+        Err(e) => assert!(!is_timeout(&e), "the fourth was not closed: {e}"),
+    }
 }
 
 /// SIGHUP: the successor inherits the Unix listener; the retired process serves its held
