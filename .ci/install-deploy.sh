@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Tools the deploy tests drive (issue 12): promtool (Debian `prometheus`),
-# systemd-socket-activate (Debian `systemd`) and haproxy. Idempotent; fails loudly with one line.
+# systemd-socket-activate (Debian `systemd`), haproxy, and socat (an outside client of the
+# Unix socket tests). Idempotent; fails loudly with one line.
 set -uo pipefail
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v socat >/dev/null 2>&1 || need+=(socat)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

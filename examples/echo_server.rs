@@ -14,7 +14,7 @@ use ringport::{Conn, Frame, Handler, Server};
 #[derive(Parser, Debug)]
 #[command(about = "ringport echo server: echoes every byte back")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5001")]
     listen: String,
     #[command(flatten)]
@@ -39,7 +39,7 @@ fn main() {
     let mut engine = args.server.engine();
     let server = args.server.add(
         &mut engine,
-        Server::new(cli::listen_addr(&args.listen), Raw, |_| Echo),
+        Server::listen(cli::listen_addr(&args.listen), Raw, |_| Echo),
     );
     cli::run(engine, &[&server]);
 }

@@ -20,7 +20,7 @@ use ringport::{Conn, Frame, Handler, Server, Work};
 #[derive(Parser, Debug)]
 #[command(about = "ringport large packet echo server: big frames echoed by a worker pool")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5005")]
     listen: String,
     /// Receive size of the IO threads, in bytes
@@ -84,7 +84,7 @@ fn main() {
         WorkerPool::new("ringport-worker", args.workers, 1024).unwrap_or_else(|e| cli::fail(e));
     let buffers = BufferPool::new(args.transfer_buffers, frame_bytes);
     let (p, b, io_buffer) = (pool.clone(), buffers.clone(), args.io_buffer);
-    let server = Server::new(cli::listen_addr(&args.listen), codec, move |_| Session {
+    let server = Server::listen(cli::listen_addr(&args.listen), codec, move |_| Session {
         pool: p.clone(),
         buffers: b.clone(),
         jobs: Ordered::new(64),

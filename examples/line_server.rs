@@ -25,7 +25,7 @@ use ringport::{CloseReason, Conn, Frame, Handler, Server};
 #[derive(Parser, Debug)]
 #[command(about = "ringport line server: PING, ECHO, SLEEP, WHO, QUIT over \\r\\n lines")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5003")]
     listen: String,
     /// Longest command line accepted, in bytes (terminator excluded)
@@ -68,7 +68,7 @@ fn main() {
     let codec = Lines::new(args.max_line);
     let server = args.server.add(
         &mut engine,
-        Server::new(cli::listen_addr(&args.listen), codec, |_| Session),
+        Server::listen(cli::listen_addr(&args.listen), codec, |_| Session),
     );
     cli::run(engine, &[&server]);
 }

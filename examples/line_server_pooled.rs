@@ -30,7 +30,7 @@ use ringport::{Conn, Frame, Handler, Server, Work};
 #[derive(Parser, Debug)]
 #[command(about = "ringport pooled line server: commands run on a worker pool")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5004")]
     listen: String,
     /// Longest command line accepted, in bytes (terminator excluded)
@@ -97,7 +97,7 @@ fn main() {
     engine.metrics().add_pool("workers", &pool);
     let codec = Lines::new(args.max_line);
     let p = pool.clone();
-    let server = Server::new(cli::listen_addr(&args.listen), codec, move |_| Session {
+    let server = Server::listen(cli::listen_addr(&args.listen), codec, move |_| Session {
         pool: p.clone(),
         jobs: Ordered::new(64),
         quit: false,

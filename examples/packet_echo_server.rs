@@ -16,7 +16,7 @@ use ringport::{Conn, Frame, Handler, Server};
 #[derive(Parser, Debug)]
 #[command(about = "ringport packet echo server: echoes length-prefixed frames")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5002")]
     listen: String,
     /// Largest payload accepted, in bytes; a bigger announced length closes the connection
@@ -44,7 +44,7 @@ fn main() {
     let mut engine = args.server.engine();
     let server = args.server.add(
         &mut engine,
-        Server::new(cli::listen_addr(&args.listen), codec, |_| PacketEcho),
+        Server::listen(cli::listen_addr(&args.listen), codec, |_| PacketEcho),
     );
     cli::run(engine, &[&server]);
 }

@@ -38,7 +38,7 @@ use ringport::{ConnectOptions, ProxyVersion, Server};
 #[derive(Parser, Debug)]
 #[command(about = "ringport TCP proxy: bytes both ways between each client and --upstream")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:5006")]
     listen: String,
     /// Where every accepted connection is forwarded
@@ -64,7 +64,9 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let recv_buffer_size = args.recv_buffer_size;
-    let mut engine = args.server.engine_with(|b| b.recv_buffer_size(recv_buffer_size));
+    let mut engine = args
+        .server
+        .engine_with(|b| b.recv_buffer_size(recv_buffer_size));
     let tls = args
         .upstream_tls
         .connect_options(&args.upstream.ip().to_string());
@@ -72,7 +74,7 @@ fn main() {
         ConnectOptions::default().timeout(Some(Duration::from_secs(args.connect_timeout)));
     let options = cli::with_tls(options, &tls);
     let (upstream, send_proxy) = (args.upstream, args.send_proxy);
-    let server = Server::new(cli::listen_addr(&args.listen), Raw, move |_| {
+    let server = Server::listen(cli::listen_addr(&args.listen), Raw, move |_| {
         Relay::to(upstream, options.clone()).send_proxy(send_proxy)
     });
     let server = args.server.add(&mut engine, server);

@@ -12,7 +12,7 @@
 //!
 //! #[derive(Parser)]
 //! struct Args {
-//!     /// Address to listen on (port 0: any free port)
+//!     /// IP:PORT (port 0: any free port) or unix:PATH to listen on
 //!     #[arg(long, default_value = "127.0.0.1:5001")]
 //!     listen: String,
 //!     #[command(flatten)]
@@ -29,7 +29,7 @@
 //! let args = Args::parse();
 //! let mut engine = args.server.engine(); // logging, metrics, signals
 //! let listen = cli::listen_addr(&args.listen);
-//! let server = args.server.add(&mut engine, Server::new(listen, Raw, |_| Echo));
+//! let server = args.server.add(&mut engine, Server::listen(listen, Raw, |_| Echo));
 //! cli::run(engine, &[&server]); // `listening on ...`, then serves until SIGINT/SIGTERM
 //! ```
 //!
@@ -43,7 +43,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::codec::{Endian, LengthDelimited};
-use crate::{BackendKind, Engine, EngineBuilder, ProxyProtocol, Server, ServerHandle};
+use crate::{BackendKind, Engine, EngineBuilder, ListenAddr, ProxyProtocol, Server, ServerHandle};
 
 #[cfg(feature = "tls")]
 mod tls;
@@ -169,12 +169,12 @@ impl ServerArgs {
     }
 }
 
-/// The address a `--listen` flag names (`IP:PORT`; port 0: any free port); exits with a
-/// one-line error for anything else.
-pub fn listen_addr(listen: &str) -> SocketAddr {
+/// The address a `--listen` flag names (`IP:PORT`, port 0: any free port; or `unix:PATH`, a
+/// Unix domain socket), for [`Server::listen`]; exits with a one-line error for anything else.
+pub fn listen_addr(listen: &str) -> ListenAddr {
     listen
         .parse()
-        .unwrap_or_else(|e| fail(format!("--listen {listen:?}: {e} (expected IP:PORT)")))
+        .unwrap_or_else(|e| fail(format!("--listen: {e}")))
 }
 
 /// The length-field layout flags of a length-prefixed protocol ([`LengthDelimited`]).
@@ -213,7 +213,7 @@ pub fn run(engine: Engine, servers: &[&ServerHandle]) {
     for s in servers {
         println!(
             "listening on {} (backend: {})",
-            s.local_addr(),
+            s.listen_addr(),
             engine.backend_name()
         );
     }
@@ -223,7 +223,7 @@ pub fn run(engine: Engine, servers: &[&ServerHandle]) {
         fail(e);
     }
     for s in servers {
-        tracing::info!(addr = %s.local_addr(), stats = ?s.stats().snapshot(), "stopped");
+        tracing::info!(addr = %s.listen_addr(), stats = ?s.stats().snapshot(), "stopped");
     }
 }
 
@@ -289,7 +289,11 @@ mod tests {
     }
 
     #[test]
-    fn listen_addr_parses_ip_and_port() {
-        assert_eq!(listen_addr("127.0.0.1:0").port(), 0);
+    fn listen_addr_parses_ip_and_port_or_a_unix_path() {
+        assert_eq!(listen_addr("127.0.0.1:0").tcp().map(|a| a.port()), Some(0));
+        assert_eq!(
+            listen_addr("unix:/run/x.sock").unix_path(),
+            Some(std::path::Path::new("/run/x.sock"))
+        );
     }
 }

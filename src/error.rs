@@ -19,6 +19,15 @@ pub enum Error {
         /// What the kernel said.
         source: io::Error,
     },
+    /// Binding a Unix domain socket failed: another server is listening there ("address in
+    /// use"), the path exists and is not a socket, the OS has no Unix domain sockets, ...
+    #[error("cannot listen on unix:{}: {source}", path.display())]
+    ListenUnix {
+        /// The socket path asked for.
+        path: std::path::PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
     /// Any other IO error while starting or running (thread spawn, backend setup, signals).
     #[error(transparent)]
     Io(#[from] io::Error),

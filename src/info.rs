@@ -24,6 +24,34 @@ pub struct ConnInfo {
     /// The PROXY protocol header the connection began with (`None`: none, or the server
     /// does not read one).
     pub proxy: Option<Box<ProxyInfo>>,
+    /// The peer of a connection over a Unix domain socket: its credentials and the socket's
+    /// path (`None`: a TCP connection). Such a connection has no IP address: `peer`, `local`
+    /// and `client` are then [`UNIX_PLACEHOLDER_ADDR`](crate::UNIX_PLACEHOLDER_ADDR)
+    /// (`0.0.0.0:0`), unless a PROXY header gave the client's address.
+    pub unix: Option<Box<UnixPeer>>,
+}
+
+/// Who is at the other end of a Unix domain socket connection (`conn.info().unix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixPeer {
+    /// The path of the socket the connection came in on (`None` if it has none: an abstract
+    /// or unnamed socket).
+    pub path: Option<std::path::PathBuf>,
+    /// The peer process's credentials when it connected (SO_PEERCRED; `None` where the OS
+    /// does not tell them: only Linux is implemented).
+    pub cred: Option<PeerCred>,
+}
+
+/// A Unix domain socket peer's process credentials, as the kernel recorded them at connect
+/// (SO_PEERCRED): they cannot be forged by the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// The peer's process id.
+    pub pid: u32,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
 }
 
 impl ConnInfo {
@@ -35,6 +63,7 @@ impl ConnInfo {
             tls: None,
             client: peer,
             proxy: None,
+            unix: None,
         }
     }
 }

@@ -156,11 +156,13 @@ mod conn;
 mod core;
 mod engine;
 mod error;
+pub mod fanout;
 mod handle;
 mod handler;
 mod info;
 mod layer;
 mod limits;
+mod listen;
 pub mod metrics;
 pub mod pool;
 pub mod relay;
@@ -179,12 +181,13 @@ pub use engine::{
 pub use error::Error;
 pub use handle::{ConnectionHandle, HandleError, Work};
 pub use handler::{ConnectOptions, Frame, Handler, ItemHandler};
-pub use info::{CloseReason, ConnInfo, ProxyInfo, ProxyVersion, TlsInfo};
+pub use info::{CloseReason, ConnInfo, PeerCred, ProxyInfo, ProxyVersion, TlsInfo, UnixPeer};
 /// The layer stack under a fuzzer (`fuzz/fuzz_targets/layers.rs`); not part of the API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use layer::fuzzing;
 pub use layer::{ProxyProtocol, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROXY_HEADER_TIMEOUT};
+pub use listen::{ListenAddr, UNIX_PLACEHOLDER_ADDR};
 pub use metrics::Metrics;
 /// rustls, re-exported: the version ringport's TLS options take.
 #[cfg(feature = "tls")]

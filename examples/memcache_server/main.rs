@@ -27,7 +27,7 @@ use ringport::Server;
 #[derive(Parser, Debug)]
 #[command(about = "ringport memcache server: memcached's text protocol (get/set/cas/incr/...)")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:11311")]
     listen: String,
     /// Largest value, in bytes (memcached's -I); a larger one is refused and skipped
@@ -49,9 +49,11 @@ fn main() {
     let store = Arc::new(store::Store::new(args.memory_limit.saturating_mul(1 << 20)));
     let codec = LineBody::new(protocol::Parser, args.max_line, args.max_item_size);
     let max_item = args.max_item_size;
-    let server = Server::typed(cli::listen_addr(&args.listen), codec, move |_| session::Session {
-        store: store.clone(),
-        max_item,
+    let server = Server::typed(cli::listen_addr(&args.listen), codec, move |_| {
+        session::Session {
+            store: store.clone(),
+            max_item,
+        }
     });
     let server = args.server.add(&mut engine, server);
     cli::run(engine, &[&server]);

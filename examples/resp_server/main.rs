@@ -62,7 +62,7 @@ use resp_store::Store;
 #[derive(Parser, Debug)]
 #[command(about = "ringport RESP server: a Redis-protocol key-value store")]
 struct Args {
-    /// Address to listen on (port 0: any free port)
+    /// IP:PORT (port 0: any free port) or unix:PATH (a Unix domain socket) to listen on
     #[arg(long, default_value = "127.0.0.1:6380")]
     listen: String,
     /// Longest bulk string (key, value, argument) accepted, in bytes
@@ -246,7 +246,7 @@ fn main() {
         max: max_command,
     };
     let (shared_store, shared_stats) = (Arc::clone(&store), Arc::clone(&stats));
-    let server = Server::new(
+    let server = Server::listen(
         cli::listen_addr(&args.listen),
         codec,
         move |info: &ConnInfo| {

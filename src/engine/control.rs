@@ -127,6 +127,8 @@ pub struct ShutdownHandle {
     pub(crate) threads: Vec<Arc<ThreadShared>>,
     /// Set by the first shutdown asked for (a retired process's watcher stops looking then).
     pub(crate) begun: Arc<AtomicBool>,
+    /// Set once a restart's successor took the listeners over.
+    pub(crate) retired: Arc<AtomicBool>,
 }
 
 impl ShutdownHandle {
@@ -134,6 +136,7 @@ impl ShutdownHandle {
         ShutdownHandle {
             threads,
             begun: Arc::new(AtomicBool::new(false)),
+            retired: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -157,6 +160,7 @@ impl ShutdownHandle {
     /// has (`Handler::on_retire`); waits up to `timeout` until all have closed their listeners.
     #[cfg_attr(not(unix), allow(dead_code))] // restarts are unix-only
     pub(crate) fn retire_and_wait(&self, timeout: Duration) -> bool {
+        self.retired.store(true, Ordering::Release);
         self.ask_all(timeout, |ack| Msg::Retire { ack })
     }
 
@@ -173,6 +177,11 @@ impl ShutdownHandle {
             .count();
         let deadline = Instant::now() + timeout;
         (0..sent).all(|_| rx.recv_deadline(deadline).is_ok())
+    }
+
+    /// Whether a restart's successor took this engine's listeners over.
+    pub(crate) fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Whether a shutdown was asked for.

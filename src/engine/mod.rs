@@ -38,6 +38,7 @@ mod thread;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub use control::{Connector, ShutdownHandle};
 pub use server::{Server, ServerHandle};
 
 use crate::codec::Lines;
+use crate::listen::ListenAddr;
 use crate::metrics::{Metrics, MetricsHttp};
 use crate::stats::ServerStats;
 use crate::sys::{self, BackendConfig};
@@ -224,6 +226,8 @@ impl EngineBuilder {
             metrics,
             inherited: inherited.servers.into(),
             inherited_metrics: inherited.metrics,
+            handover: inherited.handover,
+            unix_paths: Vec::new(),
             ready,
             connector: Connector::new(client_stats.clone()),
             client_stats,
@@ -262,6 +266,11 @@ pub struct Engine {
     inherited_metrics: Option<Vec<TcpListener>>,
     /// A restart's successor tells its predecessor here when it serves.
     ready: Option<sys::inherit::ReadySocket>,
+    /// The inherited listeners came from a restart's handover (not systemd).
+    handover: bool,
+    /// Unix socket files this process owns (bound here, or handed over by a restart): removed
+    /// on a clean shutdown.
+    unix_paths: Vec<PathBuf>,
 }
 
 impl Engine {
@@ -289,13 +298,20 @@ impl Engine {
     /// instead of binding its address.
     pub fn add_server(&mut self, server: Server) -> Result<ServerHandle, Error> {
         if let Some(group) = self.inherited.pop_front() {
-            let addr = group.first().and_then(|l| l.local_addr().ok());
+            let addr = group.first().and_then(listen_addr_of);
             info!(
-                configured = %server.addr,
-                inherited = ?addr,
+                configured = %server.listen_addr(),
+                inherited = %addr.as_ref().map_or("?".into(), ToString::to_string),
                 listeners = group.len(),
                 "using inherited listening socket"
             );
+            if self.handover {
+                // A restart handed it over: its socket file is ours to remove, as it was the
+                // predecessor's. systemd's sockets stay systemd's.
+                if let Some(ListenAddr::Unix(p)) = addr {
+                    self.unix_paths.push(p);
+                }
+            }
             return self.add_server_with_listeners(server, group);
         }
         self.bind_server(server, false)
@@ -303,6 +319,17 @@ impl Engine {
 
     fn bind_server(&mut self, server: Server, metrics: bool) -> Result<ServerHandle, Error> {
         let n = self.cfg.io_threads;
+        if let Some(path) = server.unix.clone() {
+            let listeners =
+                sys::bind_unix_listeners(&path, server.limits.backlog, n).map_err(|source| {
+                    Error::ListenUnix {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            self.unix_paths.push(path);
+            return Ok(self.push_server(server, listeners, metrics));
+        }
         let addr = server.addr;
         if !server.limits.reuse_port && addr.port() != 0 {
             check_port_free(addr).map_err(|source| Error::Listen { addr, source })?;
@@ -363,12 +390,12 @@ impl Engine {
         listeners: Vec<TcpListener>,
         metrics: bool,
     ) -> ServerHandle {
-        let addr = listeners
+        let listen = listeners
             .first()
-            .and_then(|l| l.local_addr().ok())
-            .unwrap_or(server.addr);
+            .and_then(listen_addr_of)
+            .unwrap_or_else(|| server.listen_addr());
         let stats = ServerStats::new(self.cfg.io_threads);
-        self.metrics.add_server(addr.to_string(), stats.clone());
+        self.metrics.add_server(listen.to_string(), stats.clone());
         self.servers.push(ServerSpec {
             factory: server.factory,
             limits: server.limits,
@@ -376,7 +403,11 @@ impl Engine {
             listeners,
             metrics,
         });
-        ServerHandle { addr, stats }
+        let (addr, unix) = match listen {
+            ListenAddr::Tcp(a) => (a, None),
+            ListenAddr::Unix(p) => (crate::listen::UNIX_PLACEHOLDER_ADDR, Some(p)),
+        };
+        ServerHandle { addr, unix, stats }
     }
 
     /// The engine's metrics (every server added, the IO threads, worker pools added with
@@ -497,6 +528,7 @@ impl Engine {
             shutdown,
             signals: None,
             backend: self.kind.name(),
+            unix_paths: std::mem::take(&mut self.unix_paths),
         };
         if let Some(e) = failure {
             running.shutdown.shutdown();
@@ -532,6 +564,9 @@ pub struct RunningEngine {
     connector: Connector,
     signals: Option<SignalWaiter>,
     backend: &'static str,
+    /// Unix socket files to remove once the IO threads have exited (unless a restart's
+    /// successor took the sockets over).
+    unix_paths: Vec<PathBuf>,
 }
 
 impl RunningEngine {
@@ -555,6 +590,21 @@ impl RunningEngine {
         if let Some(s) = self.signals {
             s.stop();
         }
+        // A retired process's successor serves on the same sockets: their files stay.
+        if !self.shutdown.retired() {
+            for p in &self.unix_paths {
+                sys::remove_socket_file(p);
+            }
+        }
+    }
+}
+
+/// Where a listener listens: its TCP address or its Unix socket path (`None`: neither can be
+/// read).
+fn listen_addr_of(l: &TcpListener) -> Option<ListenAddr> {
+    match l.local_addr() {
+        Ok(a) => Some(ListenAddr::Tcp(a)),
+        Err(_) => sys::unix_listener_path(l).map(ListenAddr::Unix),
     }
 }
 

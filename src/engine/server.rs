@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::layer::proxy::ProxyLayer;
 use crate::layer::{
     Layer, LayerFactory, ProxyProtocol, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROXY_HEADER_TIMEOUT,
 };
+use crate::listen::{ListenAddr, UNIX_PLACEHOLDER_ADDR};
 use crate::sockopt::SocketOptions;
 use crate::stats::ServerStats;
 
@@ -26,7 +28,10 @@ pub(crate) type Factory = Arc<dyn Fn(&ConnInfo) -> Box<dyn DynConn> + Send + Syn
 
 /// One server: an address, a decoder, a handler factory and its limits.
 pub struct Server {
+    /// The TCP address ([`UNIX_PLACEHOLDER_ADDR`] for a Unix socket server).
     pub(crate) addr: SocketAddr,
+    /// The Unix domain socket path (`None`: TCP).
+    pub(crate) unix: Option<PathBuf>,
     pub(crate) factory: Factory,
     pub(crate) limits: Limits,
 }
@@ -112,6 +117,7 @@ impl Server {
             Arc::new(move |info| Box::new(Typed::new(factory(info), codec.clone())));
         Server {
             addr,
+            unix: None,
             factory,
             limits: Limits {
                 max_buffered_input,
@@ -123,7 +129,9 @@ impl Server {
     /// A server whose handlers receive typed items ([`ItemHandler::on_item`]) from `codec`,
     /// an [`ItemDecoder`] (cloned per connection); bad frames it reports are skipped and
     /// answered ([`ItemHandler::on_bad_frame`]) while the connection goes on.
-    pub fn typed<D, H, F>(addr: SocketAddr, codec: D, factory: F) -> Server
+    ///
+    /// `listen` is a TCP address (a `SocketAddr`) or a [`ListenAddr`] (a Unix path too).
+    pub fn typed<D, H, F>(listen: impl Into<ListenAddr>, codec: D, factory: F) -> Server
     where
         D: ItemDecoder + Sync,
         H: ItemHandler<D>,
@@ -133,13 +141,66 @@ impl Server {
             DEFAULT_MAX_BUFFERED_INPUT.max(codec.max_frame_input().unwrap_or(0));
         let factory: Factory =
             Arc::new(move |info| Box::new(Items::new(factory(info), codec.clone())));
+        let (addr, unix) = match listen.into() {
+            ListenAddr::Tcp(addr) => (addr, None),
+            ListenAddr::Unix(path) => (UNIX_PLACEHOLDER_ADDR, Some(path)),
+        };
         Server {
             addr,
+            unix,
             factory,
             limits: Limits {
                 max_buffered_input,
                 ..Limits::default()
             },
+        }
+    }
+
+    /// A server on `listen`: a TCP address as [`Server::new`], or a Unix domain socket path
+    /// as [`Server::unix`] (what `--listen IP:PORT | unix:PATH` parses into).
+    pub fn listen<D, H, F>(listen: ListenAddr, codec: D, factory: F) -> Server
+    where
+        D: Decoder + Sync,
+        H: Handler,
+        F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
+    {
+        match listen {
+            ListenAddr::Tcp(addr) => Server::new(addr, codec, factory),
+            ListenAddr::Unix(path) => Server::unix(path, codec, factory),
+        }
+    }
+
+    /// A server on the Unix domain socket (stream) `path` (Linux and other unixes; on Windows
+    /// adding it fails with a clear error). Every IO thread accepts from the one socket.
+    ///
+    /// - A socket file left by a process that died (connecting to it is refused) is replaced;
+    ///   one a live server listens on fails with "address in use"; a path that exists and is
+    ///   not a socket is left alone and fails.
+    /// - The file is removed when the engine shuts down cleanly (not by a process that handed
+    ///   it over to a restart's successor, nor one given it by systemd socket activation).
+    /// - `conn.info().unix` holds the peer's pid, uid and gid (SO_PEERCRED, Linux) and the
+    ///   path; `peer`, `local` and `client` are [`UNIX_PLACEHOLDER_ADDR`] (`0.0.0.0:0`), or
+    ///   the client's address a PROXY header gave.
+    /// - Per-IP limits do not apply to Unix peers (they have no IP), except to the client
+    ///   address a PROXY header gives; `max_connections` does.
+    /// - Socket options ([`Server::socket_options`]) are TCP options and are not applied.
+    /// - TLS and the PROXY protocol work as on TCP.
+    pub fn unix<D, H, F>(path: impl Into<PathBuf>, codec: D, factory: F) -> Server
+    where
+        D: Decoder + Sync,
+        H: Handler,
+        F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
+    {
+        let mut s = Server::new(UNIX_PLACEHOLDER_ADDR, codec, factory);
+        s.unix = Some(path.into());
+        s
+    }
+
+    /// Where this server listens.
+    pub fn listen_addr(&self) -> ListenAddr {
+        match &self.unix {
+            Some(p) => ListenAddr::Unix(p.clone()),
+            None => ListenAddr::Tcp(self.addr),
         }
     }
 
@@ -310,13 +371,27 @@ impl Server {
 #[derive(Clone)]
 pub struct ServerHandle {
     pub(crate) addr: SocketAddr,
+    pub(crate) unix: Option<PathBuf>,
     pub(crate) stats: Arc<ServerStats>,
 }
 
 impl ServerHandle {
-    /// The address the server listens on (the real port when port 0 was asked for).
+    /// The address the server listens on (the real port when port 0 was asked for);
+    /// [`UNIX_PLACEHOLDER_ADDR`] for a Unix domain socket server (see
+    /// [`listen_addr`](ServerHandle::listen_addr)).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// The Unix domain socket path the server listens on (`None`: TCP).
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_deref()
+    }
+    /// Where the server listens, TCP or Unix, printable as `--listen` takes it.
+    pub fn listen_addr(&self) -> ListenAddr {
+        match &self.unix {
+            Some(p) => ListenAddr::Unix(p.clone()),
+            None => ListenAddr::Tcp(self.addr),
+        }
     }
     /// The server's counters.
     pub fn stats(&self) -> &ServerStats {

@@ -205,6 +205,10 @@ impl State {
         let Some(peers) = &server.peers else {
             return true;
         };
+        // A Unix peer whose header gave no client address has no IP to limit.
+        if c.info.unix.is_some() && c.info.proxy.as_ref().is_none_or(|p| p.source.is_none()) {
+            return true;
+        }
         let ip = c.info.client.ip();
         match peers.admit(ip) {
             Ok(()) => {

@@ -312,18 +312,19 @@ impl IoThread {
             debug!(peer = ?stream.peer_addr().ok(), "connection accepted after the drain began; closed");
             return; // dropping the stream closes it
         }
-        let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
-            (Ok(p), Ok(l)) => (p, l),
-            (Err(e), _) | (_, Err(e)) => {
+        let (peer, local, unix) = match sys::accepted_addrs(&stream) {
+            Ok(addrs) => addrs,
+            Err(e) => {
                 // The peer vanished between the kernel's accept and ours: its connection only.
                 stats.closed[CloseReason::from_io(&e).index()].add(1);
                 debug!(error = %e, "accepted connection already gone");
                 return;
             }
         };
-        // Behind a PROXY header, per-IP limits wait for the client's address (table.rs).
+        // Behind a PROXY header, per-IP limits wait for the client's address (table.rs). A
+        // Unix peer has no IP address: no per-IP limit applies to it.
         let admitted = match &server.peers {
-            Some(peers) if server.limits.proxy.is_none() => {
+            Some(peers) if server.limits.proxy.is_none() && unix.is_none() => {
                 if let Err(why) = peers.admit(peer.ip()) {
                     count_refusal(stats, why, peer);
                     return;
@@ -349,8 +350,12 @@ impl IoThread {
             );
             return;
         }
-        let _ = server.limits.socket.apply(socket2::SockRef::from(&stream));
-        let info = ConnInfo::new(peer, local, st.ctx.new_id());
+        if unix.is_none() {
+            // TCP options (TCP_NODELAY, keepalive, ...): none apply to a Unix socket.
+            let _ = server.limits.socket.apply(socket2::SockRef::from(&stream));
+        }
+        let mut info = ConnInfo::new(peer, local, st.ctx.new_id());
+        info.unix = unix;
         // The handler first: a factory that panics costs this connection only.
         let Some(factory) = server.factory.as_ref() else {
             release(&server);
@@ -422,7 +427,10 @@ impl IoThread {
             .unwrap_or_default();
         if !preamble.is_empty() {
             if let Some(stack) = c.layers.as_mut() {
-                debug_assert!(stack.wire.is_empty(), "nothing is wrapped before the connect");
+                debug_assert!(
+                    stack.wire.is_empty(),
+                    "nothing is wrapped before the connect"
+                );
                 stack.wire.extend_from_slice(&preamble);
             } else {
                 c.out.splice(0..0, preamble);

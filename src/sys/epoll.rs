@@ -187,11 +187,11 @@ impl EpollBackend {
             return None;
         }
         loop {
-            match l.listener.accept() {
-                Ok((stream, _)) => {
+            match accept(&l.listener) {
+                Ok(stream) => {
                     return Some(Event::Accepted {
                         listener: id,
-                        stream: stream.into(),
+                        stream,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -209,6 +209,22 @@ impl EpollBackend {
                 }
             }
         }
+    }
+}
+
+/// One accept. On unix through socket2, whose accept takes a peer of any address family (a
+/// Unix domain socket's too; mio's accept closes such a connection and fails). Close-on-exec;
+/// `register` makes it non-blocking.
+fn accept(listener: &MioListener) -> io::Result<TcpStream> {
+    #[cfg(unix)]
+    {
+        socket2::SockRef::from(listener)
+            .accept()
+            .map(|(s, _)| s.into())
+    }
+    #[cfg(not(unix))]
+    {
+        listener.accept().map(|(s, _)| s.into())
     }
 }
 

@@ -32,10 +32,14 @@ pub(crate) struct Inherited {
     pub servers: Vec<Vec<TcpListener>>,
     /// The metrics server's group (a restart's handover only).
     pub metrics: Option<Vec<TcpListener>>,
+    /// They come from a restart's handover (not systemd): this process then owns their Unix
+    /// socket files, and removes them on a clean shutdown as their first owner would have.
+    pub handover: bool,
 }
 
 /// The listener groups this process was given, or none.
 pub(crate) fn take_listeners() -> io::Result<Inherited> {
+    let handover = std::env::var_os(HANDOVER_ENV).is_some();
     let (groups, metrics): (Vec<Vec<RawFd>>, Option<Vec<RawFd>>) =
         if let Ok(spec) = std::env::var(HANDOVER_ENV) {
             std::env::remove_var(HANDOVER_ENV);
@@ -55,6 +59,7 @@ pub(crate) fn take_listeners() -> io::Result<Inherited> {
     Ok(Inherited {
         servers: groups.into_iter().map(own).collect::<io::Result<_>>()?,
         metrics: metrics.map(own).transpose()?,
+        handover,
     })
 }
 
@@ -103,8 +108,8 @@ fn is_listening(fd: RawFd) -> bool {
     r == 0 && on != 0
 }
 
-/// Takes ownership of `fd` once it is known to be a listening TCP socket; non-blocking and
-/// close-on-exec like the engine's own listeners.
+/// Takes ownership of `fd` once it is known to be a listening stream socket, TCP or Unix
+/// domain; non-blocking and close-on-exec like the engine's own listeners.
 fn own_listener(fd: RawFd) -> io::Result<TcpListener> {
     // SAFETY: fcntl(F_GETFD) on any number is harmless; it tells whether `fd` is open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -117,15 +122,17 @@ fn own_listener(fd: RawFd) -> io::Result<TcpListener> {
     // variable, both removed above so nothing else takes it), and is owned only here.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let sock = socket2::SockRef::from(&listener);
-    let is_tcp_listener = sock.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
+    let is_stream_listener = sock.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
         && is_listening(fd)
-        && listener.local_addr().is_ok();
-    if !is_tcp_listener {
+        && sock
+            .local_addr()
+            .is_ok_and(|a| a.as_socket().is_some() || a.is_unix());
+    if !is_stream_listener {
         // Not ours to close either: give the descriptor back untouched.
         std::mem::forget(listener);
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("inherited descriptor {fd} is not a listening TCP socket"),
+            format!("inherited descriptor {fd} is not a listening TCP or Unix stream socket"),
         ));
     }
     sock.set_cloexec(true)?;
@@ -203,5 +210,27 @@ mod tests {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
         assert!(own_listener(fd).is_err(), "a connected socket is refused");
         drop((c, s));
+    }
+
+    #[test]
+    fn a_listening_unix_socket_is_owned_too() {
+        use std::os::fd::IntoRawFd;
+        let dir = std::env::temp_dir().join(format!("ringport-inherit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inherit.sock");
+        let _ = std::fs::remove_file(&path);
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let owned = own_listener(l.into_raw_fd()).expect("a Unix listener is owned");
+        assert_eq!(
+            crate::sys::unix_sock::listener_path(&owned).as_deref(),
+            Some(path.as_path())
+        );
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(
+            own_listener(a.into_raw_fd()).is_err(),
+            "a connected Unix socket is refused"
+        );
+        drop(owned);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -12,6 +12,7 @@ pub(crate) type ReadySocket = std::convert::Infallible;
 pub(crate) struct Inherited {
     pub servers: Vec<Vec<TcpListener>>,
     pub metrics: Option<Vec<TcpListener>>,
+    pub handover: bool,
 }
 
 pub(crate) fn take_listeners() -> io::Result<Inherited> {

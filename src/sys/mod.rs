@@ -43,6 +43,8 @@ pub(crate) mod iocp;
 #[cfg(target_os = "linux")]
 mod outq;
 pub(crate) mod signals;
+#[cfg(unix)]
+pub(crate) mod unix_sock;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
@@ -322,4 +324,73 @@ pub(crate) fn bind_listeners(
         }
     }
     Ok(all)
+}
+
+/// An accepted connection's addresses: `(peer, local, unix)`. A Unix domain socket connection
+/// has no IP address: both addresses are then [`crate::UNIX_PLACEHOLDER_ADDR`] and `unix`
+/// says who the peer is.
+pub(crate) fn accepted_addrs(
+    stream: &TcpStream,
+) -> io::Result<(SocketAddr, SocketAddr, Option<Box<crate::info::UnixPeer>>)> {
+    let local = socket2::SockRef::from(stream).local_addr()?;
+    if let Some(local) = local.as_socket() {
+        return Ok((stream.peer_addr()?, local, None));
+    }
+    #[cfg(unix)]
+    if local.is_unix() {
+        let unix = crate::info::UnixPeer {
+            path: local.as_pathname().map(std::path::Path::to_path_buf),
+            cred: unix_sock::peer_cred(stream),
+        };
+        let none = crate::listen::UNIX_PLACEHOLDER_ADDR;
+        return Ok((none, none, Some(Box::new(unix))));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "accepted a socket of an unknown address family",
+    ))
+}
+
+/// Binds `n` listeners on the Unix domain socket `path` (see `unix_sock::bind`).
+#[cfg(unix)]
+pub(crate) fn bind_unix_listeners(
+    path: &std::path::Path,
+    backlog: i32,
+    n: usize,
+) -> io::Result<Vec<TcpListener>> {
+    unix_sock::bind(path, backlog, n)
+}
+
+/// Windows: AF_UNIX exists since Windows 10 1803, but the IOCP and poll backends do not
+/// serve it (see ARCHITECTURE.md, "Unix domain sockets").
+#[cfg(not(unix))]
+pub(crate) fn bind_unix_listeners(
+    path: &std::path::Path,
+    backlog: i32,
+    n: usize,
+) -> io::Result<Vec<TcpListener>> {
+    let _ = (path, backlog, n);
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "Unix domain sockets are not supported by ringport on this OS (Linux and other unixes only)",
+    ))
+}
+
+/// The path a Unix listener is bound to (`None`: not a Unix socket, or an unnamed one).
+pub(crate) fn unix_listener_path(l: &TcpListener) -> Option<std::path::PathBuf> {
+    #[cfg(unix)]
+    return unix_sock::listener_path(l);
+    #[cfg(not(unix))]
+    {
+        let _ = l;
+        None
+    }
+}
+
+/// Removes a Unix socket file this process owned (clean shutdown).
+pub(crate) fn remove_socket_file(path: &std::path::Path) {
+    #[cfg(unix)]
+    unix_sock::remove_socket_file(path);
+    #[cfg(not(unix))]
+    let _ = path;
 }

@@ -499,9 +499,21 @@ pub fn parse_listening_line(line: &str) -> Option<(SocketAddr, String)> {
     Some((addr, backend.to_string()))
 }
 
+/// Parses `listening on unix:PATH (backend: NAME)`.
+pub fn parse_unix_listening_line(line: &str) -> Option<(PathBuf, String)> {
+    let rest = line.trim_end().strip_prefix("listening on unix:")?;
+    let (path, backend) = rest.rsplit_once(" (backend: ")?;
+    let backend = backend.strip_suffix(')')?;
+    if backend != "epoll" && backend != "uring" {
+        return None;
+    }
+    Some((PathBuf::from(path), backend.to_string()))
+}
+
 /// Configures a server process before starting it.
 pub struct ServerBuilder {
     name: String,
+    listen: String,
     backend: Option<Backend>,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -513,12 +525,19 @@ impl ServerBuilder {
     pub fn new(name: &str) -> Self {
         ServerBuilder {
             name: name.to_string(),
+            listen: "127.0.0.1:0".into(),
             backend: None,
             args: Vec::new(),
             env: vec![("RUST_LOG".into(), "info".into())],
             nofile: None,
             deny_uring: None,
         }
+    }
+    /// Passes `--listen <addr>` instead of `127.0.0.1:0` (e.g. `unix:PATH`; the server's
+    /// [`Server::unix_path`] is then set and its `addr` is `0.0.0.0:0`).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = addr.into();
+        self
     }
     /// Passes `--backend <b>` (without it the server chooses, e.g. from `RINGPORT_BACKEND`).
     pub fn backend(mut self, b: Backend) -> Self {
@@ -552,7 +571,7 @@ impl ServerBuilder {
     pub fn spawn(self) -> Result<Server, StartError> {
         let exe = example_path(&self.name);
         let mut cmd = Command::new(&exe);
-        cmd.arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("--listen").arg(&self.listen);
         if let Some(b) = self.backend {
             cmd.arg("--backend").arg(b.name());
         }
@@ -645,7 +664,12 @@ impl ServerBuilder {
                     if !line.starts_with("listening on ") {
                         continue;
                     }
-                    let Some((addr, named)) = parse_listening_line(&line) else {
+                    let parsed = parse_listening_line(&line).map(|(a, b)| (a, None, b));
+                    let parsed = parsed.or_else(|| {
+                        let (path, b) = parse_unix_listening_line(&line)?;
+                        Some((SocketAddr::from(([0, 0, 0, 0], 0)), Some(path), b))
+                    });
+                    let Some((addr, unix_path, named)) = parsed else {
                         let e = StartError::BadLine {
                             line,
                             stderr: stderr.text(),
@@ -665,6 +689,7 @@ impl ServerBuilder {
                         name: self.name,
                         child,
                         addr,
+                        unix_path,
                         backend: named,
                         stderr,
                         stdout,
@@ -772,8 +797,10 @@ fn deny_io_uring_setup(errno: i32) -> io::Result<()> {
 pub struct Server {
     name: String,
     child: Child,
-    /// The address from the listening line.
+    /// The address from the listening line (`0.0.0.0:0` for a Unix socket).
     pub addr: SocketAddr,
+    /// The Unix socket path from a `listening on unix:PATH` line.
+    pub unix_path: Option<PathBuf>,
     /// The backend named in the listening line.
     pub backend: String,
     stderr: Arc<Collected>,

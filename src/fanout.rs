@@ -1,0 +1,290 @@
+//! Fan-out: a [`Room`] whose members each publish messages to all the others, with the
+//! slow-reader rule that keeps readers that keep up connected and bounds what a reader that
+//! does not can cost.
+//!
+//! # The rule: backpressure with a stall limit
+//!
+//! - Each member's queue may hold its connection's high write watermark
+//!   ([`Server::write_watermarks`](crate::Server::write_watermarks)). A message that finds a
+//!   member's queue full, or fills it, pauses the *publisher*: it reads nothing more from its
+//!   client (whose writes wait in TCP) until every such member has read its queue down to the
+//!   low watermark. The message reaches each member, in order; nothing is dropped. A fast
+//!   publisher thus goes at the pace of the room's readers, and a member that reads steadily
+//!   is never disconnected because another publishes fast.
+//! - A member that holds a publisher paused for the room's stall timeout without reading its
+//!   queue down is disconnected (reset; logged; counted by [`Room::dropped_slow`]; its own
+//!   close reason is `local`), and the publisher goes on. A member that never reads thus costs
+//!   at most the high watermark plus one message per publisher, and stalls the room for at
+//!   most the stall timeout.
+//!
+//! # Use
+//!
+//! Each connection's handler holds a [`Member`] ([`Room::join`] in `on_open`), calls
+//! [`Member::publish`] for each message, and hands its
+//! [`Handler::on_writable`](crate::Handler::on_writable) and
+//! [`Handler::on_timer`](crate::Handler::on_timer) calls to the member first. Dropping the
+//! member (with the handler, when the connection closes) leaves the room.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use ringport::codec::Lines;
+//! use ringport::fanout::{Member, Room};
+//! use ringport::{Conn, Frame, Handler, Server};
+//!
+//! struct Chat { room: Arc<Room>, member: Option<Member> }
+//!
+//! impl Handler for Chat {
+//!     fn on_open(&mut self, conn: &mut Conn<'_>) {
+//!         self.member = Some(self.room.join(conn));
+//!     }
+//!     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+//!         let mut line = frame.payload().to_vec();
+//!         line.extend_from_slice(b"\r\n");
+//!         if let Some(m) = &mut self.member {
+//!             m.publish(conn, line);
+//!         }
+//!     }
+//!     fn on_writable(&mut self, conn: &mut Conn<'_>, value: u64) {
+//!         if let Some(m) = &mut self.member {
+//!             m.on_writable(conn, value);
+//!         }
+//!     }
+//!     fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) {
+//!         if let Some(m) = &mut self.member {
+//!             m.on_timer(conn, id);
+//!         }
+//!     }
+//! }
+//!
+//! let room = Arc::new(Room::new(Duration::from_secs(5)));
+//! let server = Server::new("127.0.0.1:0".parse()?, Lines::new(4096), move |_| Chat {
+//!     room: room.clone(),
+//!     member: None,
+//! })
+//! .write_watermarks(256 << 10, 1 << 20); // what one member may have waiting
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::conn::Conn;
+use crate::handle::{ConnectionHandle, HandleError};
+
+/// The timer id a [`Member`] arms on its connection while a publish waits for slow members
+/// (reserved: a handler with timers of its own uses other ids).
+pub const STALL_TIMER: u64 = u64::MAX - 0xfa;
+
+/// The members of one fan-out group, shared by the IO threads (`Arc<Room>`).
+pub struct Room {
+    members: RwLock<HashMap<u64, Entry>>,
+    stall_timeout: Duration,
+    dropped_slow: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Entry {
+    handle: ConnectionHandle,
+    /// Set once by whoever disconnects it for not reading (so it is counted once).
+    evicted: Arc<AtomicBool>,
+}
+
+/// A member a publisher waits for: the message did not fit in its queue (`unsent`), or
+/// filled it.
+struct Blocking {
+    id: u64,
+    entry: Entry,
+    unsent: Option<Arc<[u8]>>,
+}
+
+impl Room {
+    /// An empty room whose members may hold a publisher up for `stall_timeout` at most.
+    pub fn new(stall_timeout: Duration) -> Room {
+        Room {
+            members: RwLock::new(HashMap::new()),
+            stall_timeout,
+            dropped_slow: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `conn` (keyed by its `info().id`); the returned member leaves when dropped.
+    pub fn join(self: &Arc<Room>, conn: &mut Conn<'_>) -> Member {
+        let id = conn.info().id;
+        let handle = conn.handle();
+        let entry = Entry {
+            handle: handle.clone(),
+            evicted: Arc::default(),
+        };
+        self.write_members().insert(id, entry);
+        Member {
+            room: self.clone(),
+            id,
+            me: handle,
+            blocking: Vec::new(),
+        }
+    }
+
+    /// Members in the room now.
+    pub fn len(&self) -> usize {
+        self.read_members().len()
+    }
+
+    /// Whether the room has no member.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Members disconnected so far for holding a publisher up past the stall timeout.
+    pub fn dropped_slow(&self) -> u64 {
+        self.dropped_slow.load(Ordering::Relaxed)
+    }
+
+    /// The stall timeout the room was made with.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
+    fn read_members(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Entry>> {
+        self.members.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_members(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Entry>> {
+        self.members.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `msg` to everyone but `from`; the members whose queue it found full or filled.
+    fn broadcast(&self, from: u64, msg: &Arc<[u8]>) -> Vec<Blocking> {
+        let members = self.read_members();
+        let mut blocking = Vec::new();
+        for (&id, m) in members.iter().filter(|(id, _)| **id != from) {
+            let unsent = match m.handle.write(&msg[..]) {
+                Ok(()) if m.handle.is_writable() => continue,
+                Ok(()) => None,
+                Err(HandleError::Full) => Some(msg.clone()),
+                Err(HandleError::Closed | HandleError::EngineStopped) => continue,
+            };
+            blocking.push(Blocking {
+                id,
+                entry: m.clone(),
+                unsent,
+            });
+        }
+        blocking
+    }
+
+    /// Disconnects a member that held a publisher up for the whole stall timeout.
+    fn evict(&self, b: &Blocking) {
+        if !b.entry.evicted.swap(true, Ordering::AcqRel) {
+            let n = self.dropped_slow.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                member = b.id,
+                queued = b.entry.handle.queued_bytes(),
+                stall_timeout_secs = self.stall_timeout.as_secs_f64(),
+                dropped_slow = n,
+                "fan-out member does not read; disconnecting it"
+            );
+        }
+        let _ = b.entry.handle.abort();
+    }
+}
+
+/// One connection's membership of a [`Room`]: publishes, and holds what its publishes wait
+/// for. Leaves the room when dropped.
+pub struct Member {
+    room: Arc<Room>,
+    id: u64,
+    /// This connection's own handle (the watcher in `notify_when_writable`).
+    me: ConnectionHandle,
+    /// Members this publisher waits for, its reading paused (empty: reading).
+    blocking: Vec<Blocking>,
+}
+
+impl Member {
+    /// The member's id (its connection's `info().id`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether a publish waits for slow members (reading is paused meanwhile).
+    pub fn is_waiting(&self) -> bool {
+        !self.blocking.is_empty()
+    }
+
+    /// Sends `msg` to every other member of the room. Where it finds a member's queue full or
+    /// fills it, this connection stops reading until each such member has read its queue down
+    /// (or left), or is disconnected when the stall timeout passes first.
+    ///
+    /// Call it only while not [`is_waiting`](Member::is_waiting) (no frame arrives while
+    /// reading is paused, so from `on_frame` it always holds).
+    pub fn publish(&mut self, conn: &mut Conn<'_>, msg: impl Into<Arc<[u8]>>) {
+        debug_assert!(
+            self.blocking.is_empty(),
+            "a publish while the previous one waits"
+        );
+        let msg = msg.into();
+        let mut blocking = self.room.broadcast(self.id, &msg);
+        if blocking.is_empty() {
+            return;
+        }
+        if !self.blocking.is_empty() {
+            // Misuse in a release build: wait for both; the stall timer is re-armed.
+            blocking.append(&mut self.blocking);
+        }
+        self.blocking = blocking;
+        conn.pause_reading();
+        conn.set_timer(STALL_TIMER, self.room.stall_timeout);
+        for b in &self.blocking {
+            b.entry.handle.notify_when_writable(&self.me, b.id);
+        }
+    }
+
+    /// Hand every [`Handler::on_writable`](crate::Handler::on_writable) call here first:
+    /// `true` if it was about a member this one waits for (`value` is that member's id).
+    pub fn on_writable(&mut self, conn: &mut Conn<'_>, value: u64) -> bool {
+        let Some(i) = self.blocking.iter().position(|b| b.id == value) else {
+            return false; // not ours, or an older watch of a member no longer waited for
+        };
+        let b = &mut self.blocking[i];
+        if let Some(msg) = &b.unsent {
+            match b.entry.handle.write(&msg[..]) {
+                Ok(()) => b.unsent = None,
+                Err(HandleError::Full) => {}
+                Err(HandleError::Closed | HandleError::EngineStopped) => b.unsent = None,
+            }
+        }
+        let h = &b.entry.handle;
+        if b.unsent.is_none() && (h.is_writable() || !h.is_open()) {
+            self.blocking.swap_remove(i);
+        } else {
+            h.notify_when_writable(&self.me, b.id);
+        }
+        if self.blocking.is_empty() {
+            conn.cancel_timer(STALL_TIMER);
+            conn.resume_reading();
+        }
+        true
+    }
+
+    /// Hand every [`Handler::on_timer`](crate::Handler::on_timer) call here first: `true` if
+    /// it was the stall timer ([`STALL_TIMER`]); the members still holding this publisher up
+    /// are disconnected, and reading resumes.
+    pub fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) -> bool {
+        if id != STALL_TIMER {
+            return false;
+        }
+        for b in std::mem::take(&mut self.blocking) {
+            self.room.evict(&b);
+        }
+        conn.resume_reading();
+        true
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.room.write_members().remove(&self.id);
+    }
+}
