@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::budget::Budget;
 use crate::handle::{ConnShared, ConnectionHandle, Inbox};
 use crate::info::{CloseReason, ConnInfo};
 use crate::layer::{Layer, Stack};
@@ -60,6 +61,9 @@ pub(crate) struct Rare {
     /// How long the layers may take once the transport is up (outgoing connections; `None`:
     /// `layer::DEFAULT_HANDSHAKE_TIMEOUT`).
     pub layer_timeout: Option<Duration>,
+    /// Since when the connection has held a large share of the memory budget (the overload
+    /// reset picks the biggest, longest holders).
+    pub holding_since: Option<Instant>,
 }
 
 /// The engine's per-connection state (the handler's own state is the `Handler` value).
@@ -126,6 +130,11 @@ pub(crate) struct ConnCore {
     pub header_pending: bool,
     /// The address this connection counts against in the server's per-IP limits.
     pub peer_key: Option<std::net::IpAddr>,
+    /// Bytes this connection has charged to the memory budget (saturating).
+    pub charged: u32,
+    /// Capacity of the send buffer in the backend's hands (0: none): all of it is held until
+    /// the send is done, however much has gone out already.
+    pub inflight_cap: u32,
     /// What only some connections need (outgoing connects, layers, graceful closes), boxed
     /// so that an open connection's entry stays small: allocated by the first
     /// [`ConnCore::rare_mut`], never for a plain connection that is only read and written.
@@ -169,6 +178,8 @@ impl ConnCore {
             layer_eof: false,
             header_pending: false,
             peer_key: None,
+            charged: 0,
+            inflight_cap: 0,
             rare: None,
         }
     }
@@ -233,6 +244,17 @@ impl ConnCore {
             }
             None => own,
         }
+    }
+
+    /// What the connection holds in memory for its peer: its queues (with what handles
+    /// posted), their spare capacity, held input, the bytes in flight.
+    pub(crate) fn footprint(&self) -> usize {
+        let handles = self.queued() - self.own_queued();
+        self.out.capacity()
+            + self.wire.capacity()
+            + (self.inflight_cap as usize).max(self.inflight)
+            + self.rbuf.capacity()
+            + handles
     }
 
     /// This thread's own queue: bytes queued (plain and layered) or in flight.
@@ -467,6 +489,8 @@ pub(crate) struct ThreadCtx {
     pub next_id: u64,
     /// The index of the outgoing-connection pseudo-server.
     pub client_server: usize,
+    /// The process-wide memory budget.
+    pub budget: Budget,
 }
 
 impl ThreadCtx {

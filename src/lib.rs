@@ -15,6 +15,7 @@
 //!  codec      sans-IO framing: Raw, LengthDelimited, Lines    src/codec/
 //!  engine     IO threads, connection table, flush, limits,    src/engine/
 //!             shutdown, Connector
+//!  budget     the process-wide memory budget, overload levels  src/budget.rs
 //!  metrics    Prometheus text exposition, /metrics responder   src/metrics/
 //!  pool       worker pool for blocking work                   src/pool.rs
 //!  sys        Backend trait: io_uring | epoll (mio)           src/sys/  (the only unsafe code)
@@ -57,6 +58,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod budget;
 pub mod codec;
 mod conn;
 mod core;
@@ -74,6 +76,10 @@ mod stats;
 mod sys;
 mod timers;
 
+pub use budget::{
+    cgroup_limit, default_limit as default_memory_budget, Action as OverloadAction, Budget,
+    Pressure, DEFAULT_BUDGET_FRACTION, MIN_SHARE,
+};
 pub use conn::Conn;
 pub use engine::{
     Connector, Engine, EngineBuilder, RunningEngine, Server, ServerHandle, ShutdownHandle,

@@ -59,6 +59,11 @@ pub struct CommonArgs {
     /// Seconds a connection has to deliver its PROXY header
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub proxy_header_timeout: u64,
+    /// Memory budget in bytes for what the server buffers for its clients; as it fills,
+    /// write watermarks shrink, reading pauses, new connections are refused and at the top
+    /// the biggest holders are reset [default: half the cgroup memory limit, else half of RAM]
+    #[arg(long, value_name = "BYTES")]
+    pub memory_budget: Option<usize>,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
 }
@@ -79,6 +84,9 @@ impl CommonArgs {
         }
         if let Some(n) = recv_buffer_size {
             b = b.recv_buffer_size(n);
+        }
+        if let Some(n) = self.memory_budget {
+            b = b.memory_budget(n);
         }
         let mut engine = b.build().unwrap_or_else(|e| fail(e));
         if let Some(addr) = self.metrics {

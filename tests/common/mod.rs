@@ -396,6 +396,7 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     nofile: Option<u64>,
     deny_uring: Option<i32>,
+    cgroup: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -407,6 +408,7 @@ impl ServerBuilder {
             env: vec![("RUST_LOG".into(), "info".into())],
             nofile: None,
             deny_uring: None,
+            cgroup: None,
         }
     }
     /// Passes `--backend <b>` (without it the server chooses, e.g. from `RINGPORT_BACKEND`).
@@ -438,6 +440,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts the server inside a cgroup: the child writes itself into `procs` (the cgroup's
+    /// `cgroup.procs`) before it runs the server, so that all of its memory is charged there.
+    pub fn join_cgroup(mut self, procs: PathBuf) -> Self {
+        self.cgroup = Some(procs);
+        self
+    }
+
     pub fn spawn(self) -> Result<Server, StartError> {
         let exe = example_path(&self.name);
         let mut cmd = Command::new(&exe);
@@ -455,7 +464,10 @@ impl ServerBuilder {
             .stderr(Stdio::piped());
         let nofile = self.nofile;
         let deny = self.deny_uring;
-        if nofile.is_some() || deny.is_some() {
+        let cgroup = self.cgroup.as_ref().map(|p| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL in a path")
+        });
+        if nofile.is_some() || deny.is_some() || cgroup.is_some() {
             // SAFETY: only async-signal-safe syscalls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
@@ -467,6 +479,13 @@ impl ServerBuilder {
                         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                             return Err(io::Error::last_os_error());
                         }
+                    }
+                    if let Some(procs) = &cgroup {
+                        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                        if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        libc::close(fd);
                     }
                     if let Some(errno) = deny {
                         deny_io_uring_setup(errno)?;
