@@ -30,8 +30,9 @@ pub enum Pressure {
     Pause,
     /// From 85%: new connections are closed at once (close reason `overload`).
     Refuse,
-    /// From 95%: the connections holding the most bytes for the longest are reset (close
-    /// reason `overload`).
+    /// From 95%, or after [`REFUSE_LIMIT`] at [`Pressure::Refuse`]: the connections holding
+    /// the most bytes for the longest are reset (close reason `overload`) until use is back
+    /// under [`RESET_TARGET_PERMILLE`].
     Reset,
 }
 
@@ -77,6 +78,14 @@ impl Action {
     pub const NAMES: [&'static str; 4] = ["shrink", "pause", "refuse", "reset"];
 }
 
+/// How long refusing new connections may last before the resets begin (refusals free
+/// nothing: held memory only goes when its peer reads or its connection goes).
+pub const REFUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where the resets bring use back to: below the refuse threshold, so that new connections are
+/// served again.
+pub const RESET_TARGET_PERMILLE: usize = 800;
+
 /// The smallest write watermark a shrink leaves a connection: enough for one receive buffer's
 /// reply, so that every connection still makes progress.
 pub const MIN_SHARE: usize = 16 << 10;
@@ -100,6 +109,9 @@ struct Inner {
     refused_charges: AtomicU64,
     /// The pressure last logged (`Pressure as u8`).
     logged: AtomicU8,
+    /// When pressure last reached [`Pressure::Refuse`] (ms since `start`; 0: below it).
+    refusing_since_ms: AtomicU64,
+    start: std::time::Instant,
 }
 
 impl Budget {
@@ -113,6 +125,8 @@ impl Budget {
                 actions: Default::default(),
                 refused_charges: AtomicU64::new(0),
                 logged: AtomicU8::new(Pressure::Normal as u8),
+                refusing_since_ms: AtomicU64::new(0),
+                start: std::time::Instant::now(),
             }),
         }
     }
@@ -201,6 +215,29 @@ impl Budget {
     pub(crate) fn observe(&self, now: Pressure) -> Option<(Pressure, Pressure)> {
         let before = self.inner.logged.swap(now as u8, Relaxed);
         (before != now as u8).then(|| (Pressure::from_u8(before), now))
+    }
+
+    /// How long pressure has been at [`Pressure::Refuse`] or above (as of `now`; zero below
+    /// it). Refusing new connections frees nothing: if it lasts, the resets begin.
+    pub(crate) fn refusing_for(
+        &self,
+        now: std::time::Instant,
+        pressure: Pressure,
+    ) -> std::time::Duration {
+        let now_ms = now.saturating_duration_since(self.inner.start).as_millis() as u64 + 1;
+        if pressure < Pressure::Refuse {
+            self.inner.refusing_since_ms.store(0, Relaxed);
+            return std::time::Duration::ZERO;
+        }
+        let since = match self
+            .inner
+            .refusing_since_ms
+            .compare_exchange(0, now_ms, Relaxed, Relaxed)
+        {
+            Ok(_) => now_ms,
+            Err(v) => v,
+        };
+        std::time::Duration::from_millis(now_ms.saturating_sub(since))
     }
 
     /// Counts one `action`.

@@ -223,6 +223,7 @@ impl EngineBuilder {
         };
         // Probes io_uring for `auto`/`uring` on Linux; an unavailable backend is an error.
         let kind = sys::select(asked, &bcfg)?;
+        sys::bound_allocator();
         let budget = Budget::new(
             self.memory_budget
                 .unwrap_or_else(crate::budget::default_limit),
@@ -456,12 +457,13 @@ impl Engine {
     /// answered by the successor.
     pub fn serve_metrics(&mut self, addr: SocketAddr) -> Result<ServerHandle, Error> {
         let metrics = self.metrics.clone();
-        let server = Server::new(addr, Lines::new(8192), move |_| {
+        let mut server = Server::new(addr, Lines::new(8192), move |_| {
             MetricsHttp::new(metrics.clone())
         })
         .max_connections(1024)
         .idle_timeout(Some(Duration::from_secs(10)))
         .reuse_port(true); // a successor of a version that did not hand it over binds it too
+        server.limits.overload_exempt = true;
         if let Some(group) = self.inherited_metrics.take() {
             info!(
                 configured = %addr,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use crate::budget::{Action, Pressure};
+use crate::budget::{Action, Pressure, REFUSE_LIMIT, RESET_TARGET_PERMILLE};
 use crate::core::{ConnCore, Phase, Token};
 use crate::info::CloseReason;
 use crate::stats::ThreadStats;
@@ -68,6 +68,37 @@ impl State {
         }
     }
 
+    /// After a receive: charges what the connection holds now, and under pressure stops its
+    /// reading at once if its output waits (the flush at the turn's end keeps the decision).
+    pub(super) fn budget_after_input(
+        &mut self,
+        token: Token,
+        backend: &mut dyn crate::sys::Backend,
+    ) {
+        let budget = self.ctx.budget.clone();
+        let now = self.ctx.now;
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
+        Self::recharge(&budget, now, c);
+        if budget.pressure() < Pressure::Shrink || c.phase != Phase::Open || c.bp_paused {
+            return;
+        }
+        let queued = c.queued();
+        if should_pause(c, queued, &budget) {
+            c.bp_paused = true;
+            self.ctx.stats[c.server].threads[self.index]
+                .backpressure_pauses
+                .add(1);
+            if c.reading {
+                c.reading = false;
+                backend.set_reading(token, false);
+            }
+            self.ctx.mark_dirty(token, c);
+        }
+    }
+
     /// Gives back a closed connection's charge.
     pub(super) fn uncharge(&self, c: &mut ConnCore) {
         self.ctx.budget.recharge(c.charged as usize, 0);
@@ -105,10 +136,12 @@ impl State {
             }
         }
         let now = self.ctx.now;
-        if pressure >= Pressure::Reset {
-            // This thread's share of what must go to fall back to the refuse threshold.
+        let refusing = budget.refusing_for(now, pressure);
+        if pressure >= Pressure::Reset || refusing >= REFUSE_LIMIT {
+            // This thread's share of what must go to fall back under the refuse threshold.
             let threads = self.ctx.stats.first().map_or(1, |s| s.threads.len()).max(1);
-            let target = budget.used().saturating_sub(budget.limit() / 20 * 17) / threads + 1;
+            let floor = budget.limit() / 1000 * RESET_TARGET_PERMILLE;
+            let target = budget.used().saturating_sub(floor) / threads + 1;
             let mut holders: Vec<(u128, Token)> = Vec::new();
             for (token, e) in self.entries.iter().enumerate() {
                 let Some(e) = e else { continue };

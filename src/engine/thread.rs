@@ -261,7 +261,12 @@ impl IoThread {
             n += 1;
             match self.backend.next() {
                 None => return n - 1,
-                Some(Event::Data { token, data }) => self.st.on_data(token, data),
+                Some(Event::Data { token, data }) => {
+                    self.st.on_data(token, data);
+                    // The budget moves with each receive, not only at the turn's end: a turn
+                    // can bring thousands of receives (io_uring's multishot ones).
+                    self.st.budget_after_input(token, self.backend.as_mut());
+                }
                 Some(Event::Accepted { listener, stream }) => self.accepted(listener, stream),
                 Some(Event::AcceptError { listener, error }) => {
                     self.st.on_accept_error(listener, error)
@@ -320,7 +325,7 @@ impl IoThread {
             debug!(peer = ?stream.peer_addr().ok(), "connection accepted after the drain began; closed");
             return; // dropping the stream closes it
         }
-        if st.refuse_for_budget(stats) {
+        if !server.limits.overload_exempt && st.refuse_for_budget(stats) {
             return; // closed at once, counted under `overload`
         }
         let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
