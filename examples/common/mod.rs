@@ -61,7 +61,7 @@ pub struct CommonArgs {
     pub proxy_header_timeout: u64,
     /// Memory budget in bytes for what the server buffers for its clients; as it fills,
     /// write watermarks shrink, reading pauses, new connections are refused and at the top
-    /// the biggest holders are reset [default: half the cgroup memory limit, else half of RAM]
+    /// the biggest holders are reset [default: 3/8 of the cgroup memory limit, else of RAM]
     #[arg(long, value_name = "BYTES")]
     pub memory_budget: Option<usize>,
     #[command(flatten)]

@@ -185,7 +185,7 @@ impl EngineBuilder {
     }
 
     /// The process-wide memory budget in bytes (default: [`default_memory_budget`](crate::default_memory_budget):
-    /// half the cgroup's memory limit, else half of physical memory). What the engine buffers
+    /// 3/8 of the cgroup's memory limit, else of physical memory). What the engine buffers
     /// for its peers is charged to it, and as it fills, watermarks shrink, reading pauses, new
     /// connections are refused and at the top the biggest holders are reset (see
     /// [`Pressure`](crate::Pressure)). At least 1 MiB.

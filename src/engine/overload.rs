@@ -44,7 +44,11 @@ pub(super) fn should_pause(c: &ConnCore, queued: usize, budget: &crate::budget::
     } else {
         // Resume below the low watermark (shrunk with the high one), and not while the
         // budget still pauses a connection whose output waits.
-        let low = c.write_low.min(high / 2);
+        let low = if high < c.write_high {
+            c.write_low.min(high / 2)
+        } else {
+            c.write_low
+        };
         let held_ok = high >= c.write_high || c.footprint() <= high;
         !(queued <= low && held_ok && !budget_pause)
     }
