@@ -402,7 +402,7 @@ mod tests {
             b.recharge(0, 1 << 20);
         }
         let share = b.write_share(1 << 20);
-        assert!(share < 1 << 20 && share >= MIN_SHARE, "{share}");
+        assert!((MIN_SHARE..1 << 20).contains(&share), "{share}");
         for _ in 0..10 {
             b.recharge(0, 1 << 20);
         }

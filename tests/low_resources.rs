@@ -191,7 +191,7 @@ fn raise_nofile(n: u64) -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Resident set size in KiB, `None` once the process is gone (a zombie has none).
