@@ -101,6 +101,11 @@ pub struct ServerArgs {
     /// Seconds a connection has to deliver its PROXY header
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub proxy_header_timeout: u64,
+    /// Memory budget in bytes for what the server buffers for its clients; as it fills,
+    /// write watermarks shrink, reading pauses, new connections are refused and at the top
+    /// the biggest holders are reset [default: 3/8 of the cgroup memory limit, else of RAM]
+    #[arg(long, value_name = "BYTES")]
+    pub memory_budget: Option<usize>,
     /// The TLS flags (`--tls-cert`, `--tls-key`, ...).
     #[cfg(feature = "tls")]
     #[command(flatten)]
@@ -127,6 +132,9 @@ impl ServerArgs {
             .restart_grace(Duration::from_secs(self.restart_grace));
         if let Some(n) = self.io_threads {
             b = b.io_threads(n);
+        }
+        if let Some(n) = self.memory_budget {
+            b = b.memory_budget(n);
         }
         let mut engine = customize(b).build().unwrap_or_else(|e| fail(e));
         if let Some(addr) = self.metrics {

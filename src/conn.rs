@@ -305,6 +305,13 @@ impl<'a> Conn<'a> {
         self.core.info.local
     }
 
+    /// The process-wide memory budget: charge what the handler holds for its client (a
+    /// reply being built, a backlog) with [`Budget::try_charge`](crate::Budget::try_charge),
+    /// and refuse or shed work when it says no.
+    pub fn budget(&self) -> &crate::Budget {
+        &self.ctx.budget
+    }
+
     /// Addresses and id.
     pub fn info(&self) -> &ConnInfo {
         &self.core.info

@@ -161,11 +161,14 @@ pub enum CloseReason {
     ProxyHeader(String),
     /// No complete PROXY protocol header arrived within the server's proxy header timeout.
     ProxyHeaderTimeout,
+    /// The process-wide memory budget was nearly spent: a new connection refused at accept,
+    /// or (at the top) an open one holding the most bytes for the longest, reset.
+    Overload,
 }
 
 impl CloseReason {
     /// Number of distinct kinds of reason.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every kind's [`name`](CloseReason::name), in [`index`](CloseReason::index) order.
     pub const NAMES: [&'static str; CloseReason::COUNT] = [
@@ -183,6 +186,7 @@ impl CloseReason {
         "tls-handshake-timeout",
         "proxy-header",
         "proxy-header-timeout",
+        "overload",
     ];
 
     /// A stable index per kind of reason, for counters.
@@ -202,6 +206,7 @@ impl CloseReason {
             CloseReason::TlsHandshakeTimeout => 11,
             CloseReason::ProxyHeader(_) => 12,
             CloseReason::ProxyHeaderTimeout => 13,
+            CloseReason::Overload => 14,
         }
     }
 
@@ -216,7 +221,10 @@ impl CloseReason {
     pub fn is_local_reset(&self) -> bool {
         matches!(
             self,
-            CloseReason::HandlerPanic | CloseReason::FlushStalled | CloseReason::DrainTimeout
+            CloseReason::HandlerPanic
+                | CloseReason::FlushStalled
+                | CloseReason::DrainTimeout
+                | CloseReason::Overload
         )
     }
 
@@ -265,6 +273,7 @@ mod tests {
             CloseReason::TlsHandshakeTimeout,
             CloseReason::ProxyHeader(String::new()),
             CloseReason::ProxyHeaderTimeout,
+            CloseReason::Overload,
         ];
         for (i, r) in all.iter().enumerate() {
             assert_eq!(r.index(), i);

@@ -149,6 +149,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod budget;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
@@ -172,6 +173,10 @@ mod stats;
 mod sys;
 mod timers;
 
+pub use budget::{
+    cgroup_limit, default_limit as default_memory_budget, Action as OverloadAction, Budget,
+    Pressure, DEFAULT_BUDGET_FRACTION, MIN_SHARE,
+};
 pub use conn::Conn;
 pub use engine::{
     Connector, Engine, EngineBuilder, RunningEngine, Server, ServerHandle, ShutdownHandle,

@@ -119,6 +119,7 @@ impl State {
         if can_send && !sendable.is_empty() {
             let buf = std::mem::take(sendable);
             c.inflight = buf.len();
+            c.inflight_cap = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
             c.sending = true;
             backend.send(token, buf);
         }
@@ -142,17 +143,19 @@ impl State {
         }
         let queued = c.queued();
         if c.phase == Phase::Open {
-            if !c.bp_paused && queued > c.write_high {
+            let pause = super::overload::should_pause(c, queued, &self.ctx.budget);
+            if !c.bp_paused && pause {
                 c.bp_paused = true;
                 self.ctx.stats[c.server].threads[self.index]
                     .backpressure_pauses
                     .add(1);
                 debug!(peer = %c.info.peer, queued, "write queue above high watermark; pausing reads");
-            } else if c.bp_paused && queued <= c.write_low {
+            } else if c.bp_paused && !pause {
                 c.bp_paused = false;
             }
         }
         c.publish_queued();
+        State::recharge(&self.ctx.budget, self.ctx.now, c);
         if let Some(s) = &c.shared {
             if queued <= c.write_low && s.watched.load(std::sync::atomic::Ordering::Acquire) {
                 s.wake_watchers();

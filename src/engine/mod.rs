@@ -24,6 +24,7 @@
 mod control;
 mod flush;
 mod inbox;
+mod overload;
 mod peers;
 #[cfg(unix)]
 mod restart;
@@ -48,6 +49,7 @@ use tracing::{info, warn};
 pub use control::{Connector, ShutdownHandle};
 pub use server::{Server, ServerHandle};
 
+use crate::budget::Budget;
 use crate::codec::Lines;
 use crate::listen::ListenAddr;
 use crate::metrics::{Metrics, MetricsHttp};
@@ -78,6 +80,7 @@ pub struct EngineBuilder {
     restart_on_sighup: bool,
     restart_ready_timeout: Duration,
     restart_grace: Duration,
+    memory_budget: Option<usize>,
 }
 
 impl Default for EngineBuilder {
@@ -93,6 +96,7 @@ impl Default for EngineBuilder {
             restart_on_sighup: false,
             restart_ready_timeout: Duration::from_secs(30),
             restart_grace: DEFAULT_RESTART_GRACE,
+            memory_budget: None,
         }
     }
 }
@@ -164,6 +168,16 @@ impl EngineBuilder {
         self
     }
 
+    /// The process-wide memory budget in bytes (default: [`default_memory_budget`](crate::default_memory_budget):
+    /// 3/8 of the cgroup's memory limit, else of physical memory). What the engine buffers
+    /// for its peers is charged to it, and as it fills, watermarks shrink, reading pauses, new
+    /// connections are refused and at the top the biggest holders are reset (see
+    /// [`Pressure`](crate::Pressure)). At least 1 MiB.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
     /// Resolves the backend (probing io_uring for `auto`) and makes the engine.
     pub fn build(self) -> Result<Engine, Error> {
         if self.io_threads == 0 || self.io_threads > 1024 {
@@ -193,6 +207,11 @@ impl EngineBuilder {
         };
         // Probes io_uring for `auto`/`uring` on Linux; an unavailable backend is an error.
         let kind = sys::select(asked, &bcfg)?;
+        sys::bound_allocator();
+        let budget = Budget::new(
+            self.memory_budget
+                .unwrap_or_else(crate::budget::default_limit),
+        );
         let (inherited, ready) = if self.inherit_listeners {
             let groups = sys::inherit::take_listeners()
                 .map_err(|e| Error::Config(format!("inherited listening sockets: {e}")))?;
@@ -219,8 +238,29 @@ impl EngineBuilder {
             );
             cfg.io_threads = most;
         }
+        // io_uring's provided-buffer ring is memory the peers fill: it is charged to the
+        // budget, and shrunk to an eighth of it at most.
+        let mut bcfg = bcfg;
+        let mut ring_bytes = 0;
+        if kind == BackendKind::Uring {
+            let per_buffer_set = bcfg.recv_buffer_size * cfg.io_threads;
+            let most = (budget.limit() / 8 / per_buffer_set.max(1)).max(16);
+            if usize::from(bcfg.recv_buffer_count) > most {
+                let fit = (most + 1).next_power_of_two() / 2;
+                info!(
+                    from = bcfg.recv_buffer_count,
+                    to = fit,
+                    budget = budget.limit(),
+                    "io_uring receive buffers cut to fit an eighth of the memory budget"
+                );
+                bcfg.recv_buffer_count = u16::try_from(fit).unwrap_or(u16::MAX);
+            }
+            ring_bytes = usize::from(bcfg.recv_buffer_count) * per_buffer_set;
+            budget.charge(ring_bytes);
+        }
+        let _ = ring_bytes;
         let client_stats = ServerStats::new(cfg.io_threads);
-        let metrics = Metrics::new(cfg.io_threads);
+        let metrics = Metrics::new(cfg.io_threads, budget.clone());
         metrics.add_server("outgoing".into(), client_stats.clone());
         Ok(Engine {
             metrics,
@@ -410,6 +450,12 @@ impl Engine {
         ServerHandle { addr, unix, stats }
     }
 
+    /// The process-wide memory budget (shared by every clone): handlers and worker pools
+    /// charge what they hold for clients to it.
+    pub fn budget(&self) -> Budget {
+        self.metrics.budget().clone()
+    }
+
     /// The engine's metrics (every server added, the IO threads, worker pools added with
     /// [`Metrics::add_pool`]).
     pub fn metrics(&self) -> Metrics {
@@ -424,12 +470,13 @@ impl Engine {
     /// answered by the successor.
     pub fn serve_metrics(&mut self, addr: SocketAddr) -> Result<ServerHandle, Error> {
         let metrics = self.metrics.clone();
-        let server = Server::new(addr, Lines::new(8192), move |_| {
+        let mut server = Server::new(addr, Lines::new(8192), move |_| {
             MetricsHttp::new(metrics.clone())
         })
         .max_connections(1024)
         .idle_timeout(Some(Duration::from_secs(10)))
         .reuse_port(true); // a successor of a version that did not hand it over binds it too
+        server.limits.overload_exempt = true;
         if let Some(group) = self.inherited_metrics.take() {
             info!(
                 configured = %addr,
@@ -515,6 +562,7 @@ impl Engine {
             per_thread,
             self.cfg.drain_timeout,
             self.metrics.loops(),
+            self.metrics.budget().clone(),
         )?;
         let inboxes = shareds.clone();
         self.metrics.set_inbox_depths(Box::new(move || {

@@ -57,6 +57,9 @@ pub(crate) struct Limits {
     /// The PROXY protocol layer, always the bottom one.
     pub proxy: Option<ProxyProtocol>,
     pub proxy_header_timeout: Duration,
+    /// New connections are taken whatever the memory budget's pressure (the metrics server:
+    /// the operator's view of an overload must stay open).
+    pub overload_exempt: bool,
 }
 
 impl Limits {
@@ -97,6 +100,7 @@ impl Default for Limits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             proxy: None,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
+            overload_exempt: false,
         }
     }
 }

@@ -410,6 +410,7 @@ impl State {
             .bytes_out
             .add(c.inflight as u64);
         c.inflight = 0;
+        c.inflight_cap = 0;
         c.sending = false;
         c.last_active = self.ctx.now;
         c.unstall();
@@ -429,6 +430,7 @@ impl State {
 
     /// Counts, logs and reports a connection's end.
     pub(super) fn finish(&mut self, e: &mut Entry, default: CloseReason) {
+        self.uncharge(&mut e.core);
         let server = &self.servers[e.core.server];
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
         if let (Some(peers), true) = (&server.peers, std::mem::take(&mut e.core.peer_counted)) {
@@ -576,6 +578,7 @@ impl State {
             return;
         }
         self.last_tick = now;
+        self.overload_tick();
         let past_deadline = self.shutdown_deadline.is_some_and(|d| now >= d);
         for (token, slot) in self.entries.iter_mut().enumerate() {
             let Some(e) = slot.as_mut() else {

@@ -9,6 +9,7 @@
 //! 5. flush every connection touched this turn (`flush.rs`): at most one send each, read
 //!    pause/resume, closes. This is where batching happens.
 
+use crate::budget::Budget;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
@@ -49,6 +50,7 @@ pub(super) fn spawn_all(
     per_thread: Vec<Vec<TcpListener>>,
     drain: Duration,
     loops: Arc<[LoopStats]>,
+    budget: Budget,
 ) -> io::Result<Spawned> {
     let n = per_thread.len();
     let mut threads = Vec::new();
@@ -63,6 +65,7 @@ pub(super) fn spawn_all(
         let bcfg = bcfg.clone();
         let ready = ready_tx.clone();
         let loops = loops.clone();
+        let budget = budget.clone();
         let (shared_tx, shared_rx) = crossbeam_channel::bounded(1);
         let h = std::thread::Builder::new()
             .name(format!("ringport-io-{t}"))
@@ -77,7 +80,9 @@ pub(super) fn spawn_all(
                 let shared = Arc::new(ThreadShared::new(tx, backend.waker()));
                 shared.enter();
                 let _ = shared_tx.send(shared.clone());
-                match IoThread::new(t, backend, servers, listeners, shared, rx, drain, loops) {
+                match IoThread::new(
+                    t, backend, servers, listeners, shared, rx, drain, loops, budget,
+                ) {
                     Ok(mut io) => {
                         io.peers = peers;
                         let _ = ready.send(Ok(()));
@@ -141,6 +146,7 @@ impl IoThread {
         rx: Receiver<Msg>,
         drain: Duration,
         loops: Arc<[LoopStats]>,
+        budget: Budget,
     ) -> io::Result<Self> {
         let n = listeners.len();
         for (id, l) in listeners.into_iter().enumerate() {
@@ -172,6 +178,7 @@ impl IoThread {
                     timers: Timers::default(),
                     next_id: 0,
                     client_server: servers.len() - 1,
+                    budget,
                 },
                 servers,
                 listeners: (0..n)
@@ -254,7 +261,12 @@ impl IoThread {
             n += 1;
             match self.backend.next() {
                 None => return n - 1,
-                Some(Event::Data { token, data }) => self.st.on_data(token, data),
+                Some(Event::Data { token, data }) => {
+                    self.st.on_data(token, data);
+                    // The budget moves with each receive, not only at the turn's end: a turn
+                    // can bring thousands of receives (io_uring's multishot ones).
+                    self.st.budget_after_input(token, self.backend.as_mut());
+                }
                 Some(Event::Accepted { listener, stream }) => self.accepted(listener, stream),
                 Some(Event::AcceptError { listener, error }) => {
                     self.st.on_accept_error(listener, error)
@@ -267,6 +279,7 @@ impl IoThread {
                     self.st.ctx.bufs.put(buf);
                     if let Some(e) = self.st.entry(token) {
                         e.core.sending = false;
+                        e.core.inflight_cap = 0;
                     }
                     self.st.on_io_error(token, &error);
                 }
@@ -311,6 +324,9 @@ impl IoThread {
             stats.closed[CloseReason::Shutdown.index()].add(1);
             debug!(peer = ?stream.peer_addr().ok(), "connection accepted after the drain began; closed");
             return; // dropping the stream closes it
+        }
+        if !server.limits.overload_exempt && st.refuse_for_budget(stats) {
+            return; // closed at once, counted under `overload`
         }
         let (peer, local, unix) = match sys::accepted_addrs(&stream) {
             Ok(addrs) => addrs,

@@ -17,6 +17,8 @@
 //! | `ringport_backpressure_pauses_total` | server | reads paused by a full write queue |
 //! | `ringport_layer_handshakes_total` | server | connections whose layers became ready (TLS) |
 //! | `ringport_proxy_headers_total` | server, outcome | PROXY headers: `v1`, `v2`, `local`, `none`, `refused` |
+//! | `ringport_memory_budget_bytes`, `ringport_memory_used_bytes` | | the memory budget and what is charged to it |
+//! | `ringport_overload_actions_total` | action | overload actions: `shrink`, `pause`, `refuse`, `reset` |
 //! | `ringport_io_loop_turns_total` | thread | IO loop turns |
 //! | `ringport_io_completions_total` | thread | completions handled |
 //! | `ringport_io_busy_seconds_total` | thread | time working between waits (handlers included) |
@@ -38,6 +40,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::budget::{Action, Budget};
 use crate::info::CloseReason;
 use crate::pool::WorkerPool;
 use crate::stats::{LoopStats, ServerStats};
@@ -58,6 +61,7 @@ struct Inner {
     servers: Mutex<Vec<(String, Arc<ServerStats>)>>,
     loops: Arc<[LoopStats]>,
     inboxes: OnceLock<InboxDepths>,
+    budget: Budget,
     pools: Mutex<Vec<(String, WorkerPool)>>,
     /// The metrics server's own admission (slow clients).
     gate: gate::Gate,
@@ -70,12 +74,13 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(io_threads: usize) -> Metrics {
+    pub(crate) fn new(io_threads: usize, budget: Budget) -> Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 servers: Mutex::new(Vec::new()),
                 loops: (0..io_threads).map(|_| LoopStats::default()).collect(),
                 inboxes: OnceLock::new(),
+                budget,
                 pools: Mutex::new(Vec::new()),
                 gate: gate::Gate::default(),
             }),
@@ -84,6 +89,10 @@ impl Metrics {
 
     pub(crate) fn loops(&self) -> Arc<[LoopStats]> {
         self.inner.loops.clone()
+    }
+
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.inner.budget
     }
 
     pub(crate) fn add_server(&self, label: String, stats: Arc<ServerStats>) {
@@ -283,6 +292,31 @@ impl Collector for Collect {
             "ringport_proxy_headers",
             "How connections began on servers reading the PROXY protocol: v1 or v2 header with a client address, local (a header without one: LOCAL, UNKNOWN), none (Optional mode, no header), refused (closed for the header).",
             &proxy,
+        )?;
+
+        let budget = &inner.budget;
+        gauge_rows(
+            e,
+            "ringport_memory_budget_bytes",
+            "The process-wide memory budget for what ringport buffers for peers.",
+            &[(Vec::new(), budget.limit() as u64)],
+        )?;
+        gauge_rows(
+            e,
+            "ringport_memory_used_bytes",
+            "Bytes charged to the memory budget now.",
+            &[(Vec::new(), budget.used() as u64)],
+        )?;
+        let actions: Vec<(Labels, u64)> = Action::NAMES
+            .iter()
+            .zip(budget.actions())
+            .map(|(a, v)| (vec![("action", a.to_string())], v))
+            .collect();
+        counter_rows(
+            e,
+            "ringport_overload_actions",
+            "Overload actions taken as the memory budget filled: shrink (a write watermark lowered), pause (reading stopped while output waits), refuse (a new connection closed), reset (a connection holding the most bytes reset).",
+            &actions,
         )?;
 
         let loops: Vec<_> = inner.loops.iter().map(LoopStats::snapshot).collect();

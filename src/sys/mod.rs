@@ -394,3 +394,15 @@ pub(crate) fn remove_socket_file(path: &std::path::Path) {
     #[cfg(not(unix))]
     let _ = path;
 }
+
+/// Makes the allocator give large buffers back to the kernel when they are freed (glibc):
+/// a fixed `M_MMAP_THRESHOLD` of 128 KiB turns off glibc's dynamic threshold, which after the
+/// first large free would serve every later write queue (up to the 1 MiB watermark) from the
+/// heap and keep it after a flood, so that RSS stayed far above what the memory budget counts.
+pub(crate) fn bound_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; any value is accepted or refused (0).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}

@@ -519,6 +519,7 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     nofile: Option<u64>,
     deny_uring: Option<i32>,
+    cgroup: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -531,6 +532,7 @@ impl ServerBuilder {
             env: vec![("RUST_LOG".into(), "info".into())],
             nofile: None,
             deny_uring: None,
+            cgroup: None,
         }
     }
     /// Passes `--listen <addr>` instead of `127.0.0.1:0` (e.g. `unix:PATH`; the server's
@@ -568,6 +570,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts the server inside a cgroup: the child writes itself into `procs` (the cgroup's
+    /// `cgroup.procs`) before it runs the server, so that all of its memory is charged there.
+    pub fn join_cgroup(mut self, procs: PathBuf) -> Self {
+        self.cgroup = Some(procs);
+        self
+    }
+
     pub fn spawn(self) -> Result<Server, StartError> {
         let exe = example_path(&self.name);
         let mut cmd = Command::new(&exe);
@@ -585,7 +594,10 @@ impl ServerBuilder {
             .stderr(Stdio::piped());
         let nofile = self.nofile;
         let deny = self.deny_uring;
-        if nofile.is_some() || deny.is_some() {
+        let cgroup = self.cgroup.as_ref().map(|p| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL in a path")
+        });
+        if nofile.is_some() || deny.is_some() || cgroup.is_some() {
             // SAFETY: only async-signal-safe syscalls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
@@ -597,6 +609,13 @@ impl ServerBuilder {
                         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                             return Err(io::Error::last_os_error());
                         }
+                    }
+                    if let Some(procs) = &cgroup {
+                        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                        if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        libc::close(fd);
                     }
                     if let Some(errno) = deny {
                         deny_io_uring_setup(errno)?;

@@ -1,0 +1,420 @@
+//! Low resources (issue 25): example servers run inside a small memory cgroup and face idle
+//! crowds and never-reading flooders. The process stays alive, a new connection is still
+//! served, every connection the server dropped is counted under `overload`, and RSS stays under
+//! the limit. Needs root and a cgroup memory controller (v1 or v2): skipped with a printed
+//! reason without them, a failure under `RINGPORT_TEST_REQUIRE_TOOLS=1`.
+#![cfg(target_os = "linux")]
+
+#[macro_use]
+mod common;
+
+use std::io::{ErrorKind, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::deploy::{http_get, metrics_addr, sample, sum_samples};
+use common::*;
+
+backend_tests!("echo_server";
+    idle_crowd_and_200_flooders_in_64_mib,
+    flooders_2000_in_128_mib,
+);
+
+const MIB: u64 = 1 << 20;
+
+/// A memory cgroup made for one test (a child of this process's own), removed on drop.
+struct MemCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl MemCgroup {
+    /// A new cgroup limited to `limit` bytes, or why there cannot be one here.
+    fn create(name: &str, limit: u64) -> Result<MemCgroup, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let mut found = None;
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut r = right.split_whitespace();
+            let (Some(fstype), _, Some(options)) = (r.next(), r.next(), r.next()) else {
+                continue;
+            };
+            let Some(mount) = left.split_whitespace().nth(4) else {
+                continue;
+            };
+            if fstype == "cgroup2" {
+                let controllers = std::fs::read_to_string(format!("{mount}/cgroup.controllers"))
+                    .unwrap_or_default();
+                if controllers.split_whitespace().any(|c| c == "memory") {
+                    let own = cgroups
+                        .lines()
+                        .find_map(|l| l.strip_prefix("0::"))
+                        .unwrap_or("/");
+                    found = Some((PathBuf::from(mount), own.to_string(), true));
+                    break;
+                }
+            } else if fstype == "cgroup" && options.split(',').any(|o| o == "memory") {
+                let own = cgroups
+                    .lines()
+                    .find_map(|l| {
+                        let mut p = l.splitn(3, ':');
+                        let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+                        c.split(',')
+                            .any(|c| c == "memory")
+                            .then(|| path.to_string())
+                    })
+                    .unwrap_or_else(|| "/".into());
+                found = Some((PathBuf::from(mount), own, false));
+            }
+        }
+        let (mount, own, v2) = found.ok_or("no cgroup memory controller mounted")?;
+        // Our own cgroup when it is visible under the mount (a container sees its own as root).
+        let mut parent = mount.join(own.trim_start_matches('/'));
+        if !parent.is_dir() {
+            parent = mount;
+        }
+        if v2 {
+            // A child's controllers come from its parent's subtree_control.
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
+        }
+        let dir = parent.join(format!("ringport-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
+        let cg = MemCgroup { dir, v2 };
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(cg.dir.join(file), limit.to_string())
+            .map_err(|e| format!("cannot set {file}: {e}"))?;
+        if v2 {
+            let _ = std::fs::write(cg.dir.join("memory.swap.max"), "0");
+        } else {
+            let _ = std::fs::write(
+                cg.dir.join("memory.memsw.limit_in_bytes"),
+                limit.to_string(),
+            );
+        }
+        Ok(cg)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// How many times the kernel's OOM killer ran in this cgroup.
+    fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The kernel memory charged to the cgroup at its peak (v1 only: `memory.kmem.*`).
+    fn kmem_peak(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(self.dir.join("memory.kmem.max_usage_in_bytes")).ok()?;
+        s.trim().parse().ok()
+    }
+
+    /// The cgroup's peak memory use (v1 `max_usage_in_bytes`, v2 `memory.peak` when there).
+    fn peak(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // The server was killed before (it is dropped first); its exit may take a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The cgroup, or `None` after printing why the test is skipped (a failure when tools are
+/// required).
+fn cgroup_or_skip(name: &str, limit: u64) -> Option<MemCgroup> {
+    match MemCgroup::create(name, limit) {
+        Ok(cg) => Some(cg),
+        Err(why) => {
+            if std::env::var_os("RINGPORT_TEST_REQUIRE_TOOLS").is_some_and(|v| v != "0") {
+                panic!("a memory cgroup is required (RINGPORT_TEST_REQUIRE_TOOLS) but: {why}");
+            }
+            println!("skipped: no memory cgroup ({why})");
+            None
+        }
+    }
+}
+
+/// Raises this process's open-file limit to `n` (the hard limit allowing); returns the limit.
+fn raise_nofile(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, live struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let want = (n as libc::rlim_t).max(lim.rlim_cur);
+        lim.rlim_max = lim.rlim_max.max(want); // root may raise the hard limit
+        lim.rlim_cur = want;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Resident set size in KiB, `None` once the process is gone (a zombie has none).
+fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// One scenario at a time: each takes thousands of descriptors and a share of the machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A client that sets a 4 KiB receive buffer, never reads, and sends as fast as it can.
+fn flooder(addr: SocketAddr) -> Option<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    s.set_recv_buffer_size(4096).ok()?;
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .ok()?;
+    s.set_nonblocking(true).ok()?;
+    Some(s.into())
+}
+
+/// Floods from one thread until `stop`; counts the flooders the server dropped.
+fn flood(mut peers: Vec<TcpStream>, stop: Arc<AtomicBool>, dropped: Arc<AtomicUsize>) {
+    let chunk = vec![b'x'; 64 << 10];
+    let mut alive = vec![true; peers.len()];
+    while !stop.load(Ordering::Relaxed) {
+        let mut progress = false;
+        for (i, p) in peers.iter_mut().enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            match p.write(&chunk) {
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    alive[i] = false;
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if !progress {
+            thread::sleep(Duration::from_millis(5)); // everyone's buffers are full
+        }
+    }
+}
+
+/// The server's metrics exposition.
+fn scrape(server: &Server) -> String {
+    http_get(metrics_addr(&server.stdout_text()), "/metrics").1
+}
+
+fn metric(exposition: &str, name: &str, labels: &str) -> u64 {
+    sample(exposition, name, labels).unwrap_or(0.0) as u64
+}
+
+/// The scenario of the issue's "done when": `idle` idle connections, then `flooders`
+/// never-reading flooders, for `hold`; then the server must be alive, a new connection's echo
+/// must come back, and every dropped connection must be counted under `overload`.
+fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, hold: Duration) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!("{}-{}", backend.name(), flooders);
+    let Some(cg) = cgroup_or_skip(&name, limit) else {
+        return;
+    };
+    let need = (idle + flooders) as u64 + 256;
+    let nofile = raise_nofile(need);
+    assert!(
+        nofile >= need,
+        "RLIMIT_NOFILE {nofile} < {need} (check `ulimit -Hn`)"
+    );
+    let mut server = ServerBuilder::new("echo_server")
+        .backend(backend)
+        .args(&["--metrics", "127.0.0.1:0", "--max-connections", "20000"])
+        .nofile_limit(need + 256)
+        .join_cgroup(cg.procs())
+        .start();
+    let addr = server.addr;
+    let m = scrape(&server);
+    let budget = metric(&m, "ringport_memory_budget_bytes", "");
+    assert!(
+        budget > 0 && budget <= limit,
+        "the default budget comes from the cgroup limit ({limit}): {budget}"
+    );
+    // A well-behaved client, connected before the crowd.
+    let mut early = connect(addr);
+    echo_round_trip(&mut early, b"before", "early client before the crowd");
+
+    let t = Instant::now();
+    let mut crowd = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        match TcpStream::connect(addr) {
+            Ok(s) => crowd.push(s),
+            Err(e) => panic!("idle connection {} failed: {e}", crowd.len()),
+        }
+    }
+    let peers: Vec<TcpStream> = (0..flooders).filter_map(|_| flooder(addr)).collect();
+    assert_eq!(peers.len(), flooders, "every flooder connected");
+    println!(
+        "{backend}: {idle} idle + {flooders} flooders connected in {:?}",
+        t.elapsed()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let flood_thread = {
+        let (stop, dropped) = (stop.clone(), dropped.clone());
+        thread::spawn(move || flood(peers, stop, dropped))
+    };
+    let start = Instant::now();
+    let mut max_rss = 0;
+    while start.elapsed() < hold {
+        if !server.is_alive() {
+            break;
+        }
+        match rss_kib(server.pid()) {
+            Some(kib) => max_rss = max_rss.max(kib),
+            None => break, // gone (killed)
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let alive = server.is_alive();
+    println!(
+        "{backend}: alive={alive} after {:?}, max RSS {} MiB, cgroup peak {:?} MiB (kernel {:?} MiB), OOM kills {}",
+        start.elapsed(),
+        max_rss / 1024,
+        cg.peak().map(|p| p / MIB),
+        cg.kmem_peak().map(|p| p / MIB),
+        cg.oom_kills()
+    );
+    server.assert_alive("under the idle crowd and the flood");
+    assert_eq!(
+        cg.oom_kills(),
+        0,
+        "the OOM killer ran in the server's cgroup"
+    );
+    assert!(
+        max_rss * 1024 < limit,
+        "RSS {max_rss} KiB not under the {limit}-byte limit"
+    );
+
+    // A new connection is served (the refusals reverse once the resets bring pressure down).
+    within(
+        Duration::from_secs(20),
+        "a new connection's echo",
+        move || loop {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                if s.write_all(b"new").is_ok() {
+                    if let Ok(got) = read_exact_timeout(&mut s, 3, Duration::from_secs(2)) {
+                        if got == b"new" {
+                            return;
+                        }
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(100));
+        },
+    );
+    // The early client: still served, or (it holds nothing) never reset for the budget.
+    echo_round_trip(&mut early, b"after", "early client after the flood");
+
+    stop.store(true, Ordering::Relaxed);
+    flood_thread.join().expect("flood thread");
+    let m = scrape(&server);
+    let overload = |m: &str| {
+        sum_samples(
+            m,
+            "ringport_connections_closed_total",
+            "reason=\"overload\"",
+        ) as u64
+    };
+    let actions: Vec<(String, u64)> = ["shrink", "pause", "refuse", "reset"]
+        .iter()
+        .map(|a| {
+            let v = metric(
+                &m,
+                "ringport_overload_actions_total",
+                &format!("action=\"{a}\""),
+            );
+            (a.to_string(), v)
+        })
+        .collect();
+    let used = metric(&m, "ringport_memory_used_bytes", "");
+    println!(
+        "{backend}: budget {} MiB, used {} MiB, actions {actions:?}, closed overload {}, flooders dropped {}",
+        budget / MIB,
+        used / MIB,
+        overload(&m),
+        dropped.load(Ordering::Relaxed)
+    );
+    // Every connection the server dropped is counted under `overload`: resets here, refusals
+    // at accept (the test's own new connections).
+    let resets = actions[3].1;
+    assert!(
+        dropped.load(Ordering::Relaxed) as u64 <= resets,
+        "flooders dropped {} but resets counted {resets}",
+        dropped.load(Ordering::Relaxed)
+    );
+    // A reset is counted as closed once its close completes: a moment after the action.
+    let refusals = actions[2].1;
+    let mut closed = overload(&m);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while closed < refusals + resets && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        closed = overload(&scrape(&server));
+    }
+    assert_eq!(
+        closed,
+        refusals + resets,
+        "overload closes are the refusals plus the resets"
+    );
+    drop(crowd);
+    drop(server);
+    drop(cg);
+}
+
+fn idle_crowd_and_200_flooders_in_64_mib(backend: Backend) {
+    crowd_and_flood(backend, 64 * MIB, 9_000, 200, Duration::from_secs(8));
+}
+
+fn flooders_2000_in_128_mib(backend: Backend) {
+    crowd_and_flood(backend, 128 * MIB, 9_000, 2_000, Duration::from_secs(8));
+}
