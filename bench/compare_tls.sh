@@ -10,7 +10,8 @@
 #
 # Scenarios (each figure is the median over the rounds):
 #   echo50  1 KiB echo, 50 connections, pipeline 1: msg/s and server CPU us/msg
-#   hs50    a new connection (full TLS 1.3 handshake) per request, 50 at once: handshakes/s
+#   hs50    a new connection (TLS 1.3 handshake; the client resumes sessions when the
+#           server issues tickets) per request, 50 at once: handshakes/s and server CPU us/hs
 #   idle    CONNS_IDLE idle TLS connections (handshake done, one 16-byte echo each):
 #           server RSS growth per connection, in KiB
 # Prints a markdown table on stdout; progress on stderr. NO_BUILD=1 skips cargo.
