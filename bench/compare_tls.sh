@@ -5,7 +5,7 @@
 #
 #   bench/compare_tls.sh                      # 3 rounds, 5 s per run
 #   ROUNDS=1 DURATION=3 CONNS_IDLE=2000 bench/compare_tls.sh
-#   SCENARIOS="echo50 hs50" SERVERS="ringport-uring@/tmp/a/echo_server ringport-uring tokio-rustls" \
+#   SCENARIOS="echo50 hs50" SERVERS="ringport-uring@path/to/old/echo_server ringport-uring tokio-rustls" \
 #       RAW=bench/results/x.tsv bench/compare_tls.sh     # A/B of two builds, raw rows kept
 #
 # Scenarios (each figure is the median over the rounds):
