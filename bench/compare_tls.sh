@@ -5,10 +5,13 @@
 #
 #   bench/compare_tls.sh                      # 3 rounds, 5 s per run
 #   ROUNDS=1 DURATION=3 CONNS_IDLE=2000 bench/compare_tls.sh
+#   SCENARIOS="echo50 hs50" SERVERS="ringport-uring@path/to/old/echo_server ringport-uring tokio-rustls" \
+#       RAW=bench/results/x.tsv bench/compare_tls.sh     # A/B of two builds, raw rows kept
 #
 # Scenarios (each figure is the median over the rounds):
 #   echo50  1 KiB echo, 50 connections, pipeline 1: msg/s and server CPU us/msg
-#   hs50    a new connection (full TLS 1.3 handshake) per request, 50 at once: handshakes/s
+#   hs50    a new connection (TLS 1.3 handshake; the client resumes sessions when the
+#           server issues tickets) per request, 50 at once: handshakes/s and server CPU us/hs
 #   idle    CONNS_IDLE idle TLS connections (handshake done, one 16-byte echo each):
 #           server RSS growth per connection, in KiB
 # Prints a markdown table on stdout; progress on stderr. NO_BUILD=1 skips cargo.
@@ -20,6 +23,8 @@ DURATION=${DURATION:-5}
 CONNS_IDLE=${CONNS_IDLE:-10000}
 HOLD=${HOLD:-3}
 SERVERS=${SERVERS:-"ringport-uring ringport-epoll tokio-rustls"}
+SCENARIOS=${SCENARIOS:-"echo50 hs50 idle"}
+has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 REL=$ROOT/target/release
 WORK=$(mktemp -d /tmp/ringport-tls-bench.XXXXXX)
 PID=""
@@ -39,12 +44,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     { echo "compare_tls: openssl req failed" >&2; exit 1; }
 TLS=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
 
-start() { # server -> sets PID and ADDR
-    local out=$WORK/server.out
+start() { # server[@echo_server binary] -> sets PID and ADDR
+    local out=$WORK/server.out bin=$REL/examples/echo_server
     : >"$out"
-    case $1 in
-    ringport-uring) "$REL/examples/echo_server" --listen 127.0.0.1:0 --backend uring "${TLS[@]}" >"$out" 2>/dev/null & ;;
-    ringport-epoll) "$REL/examples/echo_server" --listen 127.0.0.1:0 --backend epoll "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    case $1 in *@*) bin=${1#*@} ;; esac
+    case ${1%%@*} in
+    ringport-uring) "$bin" --listen 127.0.0.1:0 --backend uring "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    ringport-epoll) "$bin" --listen 127.0.0.1:0 --backend epoll "${TLS[@]}" >"$out" 2>/dev/null & ;;
     tokio-rustls) "$REL/tokio_rustls_echo" --listen 127.0.0.1:0 "${TLS[@]}" >"$out" 2>/dev/null & ;;
     esac
     PID=$!
@@ -68,7 +74,10 @@ RES=$WORK/results.tsv
 for round in $(seq "$ROUNDS"); do
     for s in $SERVERS; do
         log "round $round: $s"
+        if has echo50 || has hs50; then
         start "$s"
+        fi
+        if has echo50; then
         c0=$(cpu_ticks "$PID")
         j=$(load echo --target "$ADDR" -c 50 -l 1024 -d "$DURATION" --warmup 1)
         c1=$(cpu_ticks "$PID")
@@ -76,9 +85,17 @@ for round in $(seq "$ROUNDS"); do
         mps=$(echo "$j" | json "['messages_per_sec']")
         printf 'echo50\t%s\tmsg/s\t%s\n' "$s" "$mps" >>"$RES"
         printf 'echo50\t%s\tcpu_us_per_msg\t%s\n' "$s" "$(python3 -c "print(round(($c1-$c0)/$HZ*1e6/max($m,1),2))")" >>"$RES"
+        fi
+        if has hs50; then
+        c0=$(cpu_ticks "$PID")
         j=$(load echo --target "$ADDR" -c 50 -l 16 -d "$DURATION" --reconnect-every 1)
+        c1=$(cpu_ticks "$PID")
+        h=$(echo "$j" | json "['handshakes']")
         printf 'hs50\t%s\thandshakes/s\t%s\n' "$s" "$(echo "$j" | json "['handshakes_per_sec']")" >>"$RES"
+        printf 'hs50\t%s\tcpu_us_per_hs\t%s\n' "$s" "$(python3 -c "print(round(($c1-$c0)/$HZ*1e6/max($h,1),2))")" >>"$RES"
+        fi
         stop
+        has idle || continue
         start "$s"
         r0=$(rss_kib "$PID")
         "$REL/ringport-load" echo --target "$ADDR" -c "$CONNS_IDLE" -l 16 -n 1 --hold "$HOLD" \
@@ -94,11 +111,13 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+[ -n "${RAW:-}" ] && cp "$RES" "$RAW"
 python3 - "$RES" "$SERVERS" <<'PY'
 import statistics, sys
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
 servers = sys.argv[2].split()
 metrics = [('echo50', 'msg/s'), ('echo50', 'cpu_us_per_msg'), ('hs50', 'handshakes/s'),
+           ('hs50', 'cpu_us_per_hs'),
            ('idle', 'KiB/conn'), ('idle', 'open')]
 print('| scenario | metric | ' + ' | '.join(servers) + ' |')
 print('|---|---|' + '---|' * len(servers))

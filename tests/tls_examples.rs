@@ -26,6 +26,7 @@ backend_tests!("echo_server";
     truncated_handshake,
     handshake_never_finished,
     unsupported_protocol_version,
+    resumption_outlives_many_other_clients,
 );
 backend_tests!("packet_echo_server"; packet_echo_over_tls);
 backend_tests!("line_server"; line_server_over_tls);
@@ -481,5 +482,39 @@ fn proxy_to_openssl_s_server(backend: Backend) {
     assert!(
         proxy.wait_for_stderr(IO_TIMEOUT, |s| s.contains("tls-error")),
         "the upstream failure is logged"
+    );
+}
+
+/// A client resumes its session (a TLS 1.3 ticket) after 160 other clients' handshakes: the
+/// example servers seal sessions into stateless tickets. Before (rustls' default session
+/// cache of 256 entries, two tickets per handshake) the first client's session was evicted
+/// and its reconnection was a full handshake.
+fn resumption_outlives_many_other_clients(backend: Backend) {
+    let pki = Pki::new();
+    let server = tls_server("echo_server", backend, &pki, false, &[]);
+    let handshake = |config: &std::sync::Arc<rustls::ClientConfig>| {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, connect(server.addr));
+        rustls_echo(&mut s, b"ping", "resumption client"); // the tickets come in
+        let kind = s.conn.handshake_kind();
+        s.conn.send_close_notify();
+        let _ = s.flush();
+        kind
+    };
+    let first = pki.rustls_client();
+    assert_eq!(handshake(&first), Some(rustls::HandshakeKind::Full));
+    assert_eq!(handshake(&first), Some(rustls::HandshakeKind::Resumed));
+    let others = pki.rustls_client();
+    for _ in 0..160 {
+        // Each a client of its own (a session cache of one connection).
+        let mut c = (*others).clone();
+        c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+        handshake(&std::sync::Arc::new(c));
+    }
+    assert_eq!(
+        handshake(&first),
+        Some(rustls::HandshakeKind::Resumed),
+        "the first client's session is still good after 160 other clients"
     );
 }

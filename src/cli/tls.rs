@@ -63,6 +63,12 @@ impl TlsArgs {
             .with_single_cert(chain, key)
             .unwrap_or_else(|e| fail(format!("--tls-cert/--tls-key: {e}")));
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // Resumption by stateless tickets (the session sealed under a key of this process,
+        // rotated every 6 hours): any number of clients resume, at no memory per session.
+        // rustls' default, a cache of 256 sessions, forgets a client after 128 others (two
+        // tickets each); a resumed handshake skips the certificate and its signature.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .unwrap_or_else(|e| fail(format!("TLS session tickets: {e}")));
         Some(Arc::new(config))
     }
 

@@ -82,8 +82,6 @@ pub(crate) struct Received {
 /// (boxed in the connection's state: a plain connection pays one pointer for it).
 pub(crate) struct Stack {
     layers: Vec<Box<dyn Layer>>,
-    /// Scratch buffers between layers (reused; empty between calls).
-    scratch: Vec<u8>,
     /// Bytes the layers produced, ready to send (the connection's `out` holds plaintext).
     pub wire: Vec<u8>,
     /// How long the layers may take to become ready once the transport is up.
@@ -104,7 +102,6 @@ impl Stack {
         let client_pending = layers.iter().any(|l| l.names_client());
         Stack {
             layers,
-            scratch: Vec::new(),
             wire: Vec::new(),
             timeout,
             deadline: None,
@@ -183,7 +180,10 @@ impl Stack {
     }
 
     /// Runs `data` up through every layer; bytes layers send on their own go to `down`
-    /// (through the layers below them).
+    /// (through the layers below them). The bottom layer reads `data` itself and writes its
+    /// own bytes to `down`, and the top layer writes into `up`: with one layer (TLS alone) the
+    /// ciphertext is not copied and the plaintext is written once, where the decoder reads it.
+    /// After an error nothing of the call comes up (`up` is as it was).
     pub(crate) fn input(
         &mut self,
         data: &[u8],
@@ -195,30 +195,41 @@ impl Stack {
         }
         let n = self.layers.len();
         let mut input = Input::default();
-        let mut cur = std::mem::take(&mut self.scratch);
-        cur.clear();
-        cur.extend_from_slice(data);
+        let up_len = up.len();
+        // `held`: what layer i-1 produced for layer i (the bottom layer reads `data`).
+        let mut held = Vec::new();
         for i in 0..n {
+            let top = i + 1 == n;
             let mut next = Vec::new();
-            let mut own = Vec::new();
-            let r = self.layers[i].input(&cur, &mut next, &mut own);
-            // What layer i sends itself passes through the layers below it.
-            self.wrap_below(i, &own, down);
+            let r = {
+                let from: &[u8] = if i == 0 { data } else { &held };
+                let to = if top { &mut *up } else { &mut next };
+                if i == 0 {
+                    self.layers[0].input(from, to, down)
+                } else {
+                    let mut own = Vec::new();
+                    let r = self.layers[i].input(from, to, &mut own);
+                    // What layer i sends itself passes through the layers below it.
+                    self.wrap_below(i, &own, down);
+                    r
+                }
+            };
             match r {
                 Ok(s) => input.eof |= s.eof,
                 Err(reason) => {
                     self.failed = true;
+                    up.truncate(up_len);
                     return Err(reason);
                 }
             }
-            cur = next;
-            if cur.is_empty() {
+            if top {
+                break;
+            }
+            held = next;
+            if held.is_empty() {
                 break;
             }
         }
-        up.extend_from_slice(&cur);
-        cur.clear();
-        self.scratch = cur;
         Ok(input)
     }
 

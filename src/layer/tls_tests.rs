@@ -75,3 +75,32 @@ fn garbage_is_an_error() {
     let r = server.input(&[b'x'; 64], &mut Vec::new(), &mut Vec::new());
     assert!(matches!(r, Err(CloseReason::TlsError(_))), "{r:?}");
 }
+
+/// A stack of TLS alone (the common case, read without an intermediate copy): the plaintext
+/// is appended to what `up` already holds, the layer's own bytes go to `down`; after an error
+/// nothing of that call comes up and the stack is dead.
+#[test]
+fn stack_of_tls_alone_appends_plaintext_and_keeps_nothing_after_an_error() {
+    use crate::layer::Stack;
+    let (server, mut client) = established();
+    let mut stack = Stack::new(vec![Box::new(server)], std::time::Duration::from_secs(5));
+    let mut wire = Vec::new();
+    client.output(b"hello", &mut wire).unwrap();
+    let (mut up, mut down) = (b"held".to_vec(), Vec::new());
+    let input = stack.input(&wire, &mut up, &mut down).unwrap();
+    assert!(!input.eof);
+    assert_eq!(up, b"heldhello");
+    assert!(down.is_empty(), "nothing to send for application data");
+    // A good record followed by garbage in one receive: an error, and `up` keeps only what
+    // it held before the call.
+    let mut wire = Vec::new();
+    client.output(b"lost", &mut wire).unwrap();
+    wire.extend_from_slice(&[b'x'; 64]);
+    let r = stack.input(&wire, &mut up, &mut down);
+    assert!(matches!(r, Err(CloseReason::TlsError(_))), "{r:?}");
+    assert_eq!(up, b"heldhello");
+    assert!(!down.is_empty(), "the alert that says why");
+    let r = stack.input(b"more", &mut up, &mut Vec::new());
+    assert!(matches!(r, Ok(i) if !i.eof));
+    assert_eq!(up, b"heldhello", "a dead stack gives nothing");
+}
