@@ -67,9 +67,10 @@
 //!   before [`Handler::on_open`], so [`ConnInfo::tls`] is known in every callback.
 //! - **Codec** ([`codec`]): sans-IO framing. [`codec::Raw`] hands over whatever arrived,
 //!   [`codec::LengthDelimited`] length-prefixed frames (any width, endianness and offset),
-//!   [`codec::Lines`] `\n`-terminated lines, [`codec::Resp`] Redis protocol commands. A frame
-//!   longer than the codec's limit is a decode error as soon as its header shows it, never an
-//!   allocation of the announced size.
+//!   [`codec::Lines`] `\n`-terminated lines, [`codec::Resp`] Redis protocol commands,
+//!   [`codec::LineBody`] a header line then the body it announces (memcached, SMTP `BDAT`). A
+//!   frame longer than the codec's limit is a decode error as soon as its header shows it, never
+//!   an allocation of the announced size.
 //!
 //! ## The handler API
 //!
@@ -95,6 +96,26 @@
 //!
 //! Callbacks run on the connection's IO thread: a handler that blocks stalls every connection
 //! of that thread, so blocking work goes to a [`pool::WorkerPool`] through [`Work`].
+//!
+//! Beyond one handler per connection:
+//!
+//! - **Typed frames** ([`Server::typed`]): an [`ItemDecoder`](codec::ItemDecoder) yields parsed
+//!   items (they may borrow the receive buffer) to an [`ItemHandler`]. A bad frame whose end is
+//!   known ([`Decode::Bad`](codec::Decode::Bad)) is skipped, answered
+//!   ([`ItemHandler::on_bad_frame`]) and counted, and the connection goes on; a decode error
+//!   still closes. [`codec::LineBody`] is such a decoder.
+//! - **Relay** ([`relay::Relay`]): one handler joins two connections both ways (a proxy), with
+//!   flow control by watermark, half-close passed on and resets passed on; it can begin the
+//!   upstream connection with a PROXY header ([`ConnectOptions::send_proxy`]).
+//! - **Fan-out** ([`fanout::Room`]): one message to many connections at the pace of the slowest
+//!   reader that keeps up; a member that holds a publisher up for the stall timeout is reset.
+//! - **Unix sockets** ([`ListenAddr`]: `IP:PORT` or `unix:PATH`; [`Server::listen`],
+//!   [`Server::unix`]): the same API; [`ConnInfo::unix`] has the peer's credentials.
+//! - **Memory budget** ([`EngineBuilder::memory_budget`], [`Budget`]; default: a share of the
+//!   cgroup memory limit, else of RAM): as what the server buffers for its clients grows, write
+//!   watermarks shrink, reading pauses, new connections are refused, and at last the largest
+//!   holders are reset ([`CloseReason::Overload`]); each step reverses as use falls. Handlers
+//!   charge what they hold through [`Conn::budget`].
 //!
 //! ## Limits and close guarantees
 //!
@@ -146,6 +167,20 @@
 //! ```
 //!
 //! `tracing_subscriber::fmt::init()` is the one-line version (`RUST_LOG` filters it too).
+//!
+//! ## Programs: the standard flags
+//!
+#![cfg_attr(
+    feature = "cli",
+    doc = "[`cli`] (cargo feature `cli`, on by default) gives a server binary the example servers'"
+)]
+#![cfg_attr(
+    not(feature = "cli"),
+    doc = "`ringport::cli` (cargo feature `cli`, on by default) gives a server binary the example servers'"
+)]
+//! flags (backend, IO threads, limits, TLS, PROXY, metrics, `--listen IP:PORT|unix:PATH`,
+//! `--memory-budget`) and logging, in three calls. A library that depends on ringport turns it
+//! off: `default-features = false, features = ["tls"]`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
