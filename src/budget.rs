@@ -30,9 +30,9 @@ pub enum Pressure {
     Pause,
     /// From 85%: new connections are closed at once (close reason `overload`).
     Refuse,
-    /// From 95%, or after [`REFUSE_LIMIT`] at [`Pressure::Refuse`]: the connections holding
+    /// From 95%, or after `REFUSE_LIMIT` at [`Pressure::Refuse`]: the connections holding
     /// the most bytes for the longest are reset (close reason `overload`) until use is back
-    /// under [`RESET_TARGET_PERMILLE`].
+    /// under `RESET_TARGET_PERMILLE`.
     Reset,
 }
 
