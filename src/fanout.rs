@@ -25,6 +25,12 @@
 //! [`Handler::on_timer`](crate::Handler::on_timer) calls to the member first. Dropping the
 //! member (with the handler, when the connection closes) leaves the room.
 //!
+//! [`Member::publish`] returns how many members the message went to. A connection that
+//! publishes without receiving uses a [`Room::publisher`] (a member not in the room). For
+//! pub/sub, [`Topics`] keeps a room per topic: [`Topics::join`] makes a topic's room with its
+//! first member, the room is dropped when its last member leaves, and
+//! [`Topics::publisher`] publishes to a topic (`examples/pubsub_server.rs`).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
