@@ -25,6 +25,12 @@
 //! [`Handler::on_timer`](crate::Handler::on_timer) calls to the member first. Dropping the
 //! member (with the handler, when the connection closes) leaves the room.
 //!
+//! [`Member::publish`] returns how many members the message went to. A connection that
+//! publishes without receiving uses a [`Room::publisher`] (a member not in the room). For
+//! pub/sub, [`Topics`] keeps a room per topic: [`Topics::join`] makes a topic's room with its
+//! first member, the room is dropped when its last member leaves, and
+//! [`Topics::publisher`] publishes to a topic (`examples/pubsub_server.rs`).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -68,7 +74,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use crate::conn::Conn;
@@ -83,6 +89,9 @@ pub struct Room {
     members: RwLock<HashMap<u64, Entry>>,
     stall_timeout: Duration,
     dropped_slow: AtomicU64,
+    /// For a room of [`Topics`]: the map it is in, and its key there (it leaves the map
+    /// with its last member).
+    home: Option<(Weak<RoomMap>, Box<[u8]>)>,
 }
 
 #[derive(Clone)]
@@ -107,6 +116,7 @@ impl Room {
             members: RwLock::new(HashMap::new()),
             stall_timeout,
             dropped_slow: AtomicU64::new(0),
+            home: None,
         }
     }
 
@@ -123,6 +133,20 @@ impl Room {
             room: self.clone(),
             id,
             me: handle,
+            joined: true,
+            blocking: Vec::new(),
+        }
+    }
+
+    /// A publisher that is not a member: it sends to the room (every member but `conn`, if
+    /// `conn` also joined) under the same rule, and receives nothing; dropping it leaves no
+    /// room (e.g. a pub/sub `PUB` to a topic the client has not subscribed to).
+    pub fn publisher(self: &Arc<Room>, conn: &mut Conn<'_>) -> Member {
+        Member {
+            room: self.clone(),
+            id: conn.info().id,
+            me: conn.handle(),
+            joined: false,
             blocking: Vec::new(),
         }
     }
@@ -155,24 +179,41 @@ impl Room {
         self.members.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `msg` to everyone but `from`; the members whose queue it found full or filled.
-    fn broadcast(&self, from: u64, msg: &Arc<[u8]>) -> Vec<Blocking> {
+    /// Sends `msg` to everyone but `from`: how many members it was queued for or waits for,
+    /// and the members whose queue it found full or filled.
+    fn broadcast(&self, from: u64, msg: &Arc<[u8]>) -> (usize, Vec<Blocking>) {
         let members = self.read_members();
-        let mut blocking = Vec::new();
+        let (mut sent, mut blocking) = (0, Vec::new());
         for (&id, m) in members.iter().filter(|(id, _)| **id != from) {
             let unsent = match m.handle.write(&msg[..]) {
-                Ok(()) if m.handle.is_writable() => continue,
+                Ok(()) if m.handle.is_writable() => {
+                    sent += 1;
+                    continue;
+                }
                 Ok(()) => None,
                 Err(HandleError::Full) => Some(msg.clone()),
                 Err(HandleError::Closed | HandleError::EngineStopped) => continue,
             };
+            sent += 1;
             blocking.push(Blocking {
                 id,
                 entry: m.clone(),
                 unsent,
             });
         }
-        blocking
+        debug_assert!(blocking.len() <= sent);
+        (sent, blocking)
+    }
+
+    /// Leaves the [`Topics`] map this room is in if it has no member (after a member left).
+    fn leave_home_if_empty(self: &Arc<Room>) {
+        let Some((map, key)) = &self.home else { return };
+        let Some(map) = map.upgrade() else { return };
+        // Under the map's lock, as `Topics::join` joins: no one joins a room being dropped.
+        let mut rooms = lock(&map);
+        if self.is_empty() && rooms.get(key).is_some_and(|r| Arc::ptr_eq(r, self)) {
+            rooms.remove(key);
+        }
     }
 
     /// Disconnects a member that held a publisher up for the whole stall timeout.
@@ -198,6 +239,8 @@ pub struct Member {
     id: u64,
     /// This connection's own handle (the watcher in `notify_when_writable`).
     me: ConnectionHandle,
+    /// In the room's members ([`Room::join`]), not a mere [`Room::publisher`].
+    joined: bool,
     /// Members this publisher waits for, its reading paused (empty: reading).
     blocking: Vec<Blocking>,
 }
@@ -215,19 +258,20 @@ impl Member {
 
     /// Sends `msg` to every other member of the room. Where it finds a member's queue full or
     /// fills it, this connection stops reading until each such member has read its queue down
-    /// (or left), or is disconnected when the stall timeout passes first.
+    /// (or left), or is disconnected when the stall timeout passes first. Returns how many
+    /// members it went to (queued now, or waited for under that rule).
     ///
     /// Call it only while not [`is_waiting`](Member::is_waiting) (no frame arrives while
     /// reading is paused, so from `on_frame` it always holds).
-    pub fn publish(&mut self, conn: &mut Conn<'_>, msg: impl Into<Arc<[u8]>>) {
+    pub fn publish(&mut self, conn: &mut Conn<'_>, msg: impl Into<Arc<[u8]>>) -> usize {
         debug_assert!(
             self.blocking.is_empty(),
             "a publish while the previous one waits"
         );
         let msg = msg.into();
-        let mut blocking = self.room.broadcast(self.id, &msg);
+        let (sent, mut blocking) = self.room.broadcast(self.id, &msg);
         if blocking.is_empty() {
-            return;
+            return sent;
         }
         if !self.blocking.is_empty() {
             // Misuse in a release build: wait for both; the stall timer is re-armed.
@@ -239,6 +283,7 @@ impl Member {
         for b in &self.blocking {
             b.entry.handle.notify_when_writable(&self.me, b.id);
         }
+        sent
     }
 
     /// Hand every [`Handler::on_writable`](crate::Handler::on_writable) call here first:
@@ -285,6 +330,68 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.room.write_members().remove(&self.id);
+        if self.joined {
+            self.room.write_members().remove(&self.id);
+            self.room.leave_home_if_empty();
+        }
+    }
+}
+
+type RoomMap = Mutex<HashMap<Box<[u8]>, Arc<Room>>>;
+
+fn lock(map: &RoomMap) -> MutexGuard<'_, HashMap<Box<[u8]>, Arc<Room>>> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Rooms by topic (a pub/sub broker's): a topic's room is made when its first member joins
+/// and dropped when its last member leaves, so the map holds only topics with members.
+/// Shared by the IO threads (`Arc<Topics>`); each room follows the slow-reader rule above.
+pub struct Topics {
+    rooms: Arc<RoomMap>,
+    stall_timeout: Duration,
+}
+
+impl Topics {
+    /// No topics yet; every room made will have this stall timeout.
+    pub fn new(stall_timeout: Duration) -> Topics {
+        Topics {
+            rooms: Arc::default(),
+            stall_timeout,
+        }
+    }
+
+    /// Joins `topic`'s room (made if it has none). The member leaves when dropped, and the
+    /// room goes with its last member. A connection joins a topic once (joining it again
+    /// replaces its entry, and the first member's drop then takes it out).
+    pub fn join(&self, topic: &[u8], conn: &mut Conn<'_>) -> Member {
+        let mut rooms = lock(&self.rooms);
+        let room = rooms.entry(topic.into()).or_insert_with(|| {
+            Arc::new(Room {
+                home: Some((Arc::downgrade(&self.rooms), topic.into())),
+                ..Room::new(self.stall_timeout)
+            })
+        });
+        room.join(conn) // under the map's lock (see `Room::leave_home_if_empty`)
+    }
+
+    /// A [`Room::publisher`] for `topic`'s room; `None` if the topic has no member.
+    pub fn publisher(&self, topic: &[u8], conn: &mut Conn<'_>) -> Option<Member> {
+        let room = lock(&self.rooms).get(topic).cloned();
+        room.map(|room| room.publisher(conn))
+    }
+
+    /// Topics with members now.
+    pub fn len(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+
+    /// Whether no topic has a member.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The members of `topic` now (0 if it has none).
+    pub fn members(&self, topic: &[u8]) -> usize {
+        lock(&self.rooms).get(topic).map_or(0, |room| room.len())
     }
 }

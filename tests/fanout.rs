@@ -2,7 +2,8 @@
 //! reads. The never-reader is dropped after the stall timeout, counted (`dropped_slow`, its
 //! close `local`); every other reader gets every message, in order; what waits for the
 //! never-reader stays within its high watermark plus one message. Library-level, on every
-//! backend.
+//! backend. `Topics`: a topic's room lives exactly while it has members; a publisher that is
+//! not a member reaches every member and is told how many.
 
 mod support;
 
@@ -13,13 +14,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringport::codec::Lines;
-use ringport::fanout::{Member, Room};
+use ringport::fanout::{Member, Room, Topics};
 use ringport::{
     BackendKind, CloseReason, Conn, ConnectionHandle, Frame, Handler, Server, SocketOptions,
 };
 use support::net::{connect_small_rcvbuf, expect_closed};
 
-on_every_backend!(a_never_reader_is_dropped_and_the_readers_that_keep_up_get_everything);
+on_every_backend!(
+    a_never_reader_is_dropped_and_the_readers_that_keep_up_get_everything,
+    a_topic_is_made_by_its_first_member_and_dropped_with_its_last,
+);
 
 /// Publishes every line it reads (with its terminator); tells the test its handle on open.
 struct Publisher {
@@ -171,4 +175,99 @@ fn read_all(s: TcpStream, reader: usize) -> usize {
         assert_eq!(seq, n, "reader {reader}: message {n} out of order");
     }
     MESSAGES
+}
+
+/// `SUB topic` joins (answers `+OK`), `PUB topic msg` publishes as a non-member publisher
+/// (answers `+OK n`), through a shared `Topics`.
+struct Subscriber {
+    topics: Arc<Topics>,
+    subs: Vec<Member>,
+}
+
+impl Handler for Subscriber {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+        let line = String::from_utf8_lossy(frame.payload()).into_owned();
+        if let Some(topic) = line.strip_prefix("SUB ") {
+            self.subs.push(self.topics.join(topic.as_bytes(), conn));
+            conn.write(b"+OK\n");
+        } else if let Some((topic, msg)) = line.strip_prefix("PUB ").and_then(|r| r.split_once(' '))
+        {
+            let mut p = self.topics.publisher(topic.as_bytes(), conn);
+            let n = p
+                .as_mut()
+                .map_or(0, |p| p.publish(conn, format!("{msg}\n").into_bytes()));
+            assert!(!p.is_some_and(|p| p.is_waiting()), "a few bytes never wait");
+            conn.write(format!("+OK {n}\n").as_bytes());
+        }
+    }
+}
+
+fn a_topic_is_made_by_its_first_member_and_dropped_with_its_last(kind: BackendKind) {
+    let Some(mut engine) = support::engine(kind, 2) else {
+        return;
+    };
+    let topics = Arc::new(Topics::new(STALL));
+    let t = topics.clone();
+    let server = engine
+        .add_server(Server::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Lines::new(4096),
+            move |_| Subscriber {
+                topics: t.clone(),
+                subs: Vec::new(),
+            },
+        ))
+        .unwrap();
+    let addr = server.local_addr();
+    let running = engine.start().unwrap();
+    let client = || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (s.try_clone().unwrap(), BufReader::new(s))
+    };
+    let ask = |c: &mut (TcpStream, BufReader<TcpStream>), line: &str| {
+        c.0.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        c.1.read_line(&mut answer).unwrap();
+        answer.trim_end().to_string()
+    };
+    let (mut a, mut b, mut p) = (client(), client(), client());
+    assert_eq!(ask(&mut a, "SUB news"), "+OK");
+    assert_eq!(ask(&mut b, "SUB news"), "+OK");
+    assert_eq!(ask(&mut b, "SUB sport"), "+OK");
+    assert_eq!((topics.len(), topics.members(b"news")), (2, 2));
+    assert_eq!(ask(&mut p, "PUB news hello"), "+OK 2");
+    assert_eq!(ask(&mut p, "PUB weather rain"), "+OK 0");
+    assert_eq!(topics.len(), 2, "a publisher makes no topic");
+    let mut got = String::new();
+    a.1.read_line(&mut got).unwrap();
+    assert_eq!(got, "hello\n");
+    // b leaves both topics with its connection: sport goes, news stays with a.
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while topics.len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "b's topics never left: {}",
+            topics.len()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(topics.members(b"news"), 1);
+    assert_eq!(topics.members(b"sport"), 0);
+    drop(a);
+    while !topics.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "news never left with its last member"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    // The topic is made again by a new first member.
+    assert_eq!(ask(&mut p, "SUB news"), "+OK");
+    assert_eq!(topics.members(b"news"), 1);
+    drop(p);
+    running.shutdown_handle().shutdown();
+    running.join();
+    assert!(topics.is_empty(), "every member left with its connection");
 }
