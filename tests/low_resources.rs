@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,11 +18,14 @@ use std::time::{Duration, Instant};
 
 use common::deploy::{http_get, metrics_addr, sample, sum_samples};
 use common::*;
+use ringport::rustls;
 
 backend_tests!("echo_server";
     idle_crowd_and_200_flooders_in_64_mib,
     flooders_2000_in_128_mib,
+    tls_200_flooders_in_64_mib,
 );
+backend_tests!("line_server_pooled"; pooled_full_queue_200_flooders_in_64_mib);
 
 const MIB: u64 = 1 << 20;
 
@@ -206,20 +209,119 @@ fn rss_kib(pid: i32) -> Option<u64> {
 /// One scenario at a time: each takes thousands of descriptors and a share of the machine.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// What the server under test speaks, and so how its clients talk to it.
+enum Kind {
+    /// `echo_server`, plain TCP.
+    Echo,
+    /// `echo_server --tls-cert/--tls-key`: every flooder completes its handshake first.
+    Tls(tls::Pki),
+    /// `line_server_pooled` with a small job queue, kept full: flooders send `ECHO` lines and
+    /// a `SLEEP` now and then, and never read the replies.
+    Pooled,
+}
+
+impl Kind {
+    fn server(&self) -> &'static str {
+        match self {
+            Kind::Echo | Kind::Tls(_) => "echo_server",
+            Kind::Pooled => "line_server_pooled",
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Kind::Echo => vec![],
+            Kind::Tls(pki) => pki.server_args(false),
+            // 2 workers, 128 jobs waiting at most: the flooders keep the queue full.
+            Kind::Pooled => ["--workers", "2", "--queue", "128"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    /// What a flooder sends, over and over (a whole number of lines for the line server).
+    fn chunk(&self) -> Vec<u8> {
+        match self {
+            Kind::Echo | Kind::Tls(_) => vec![b'x'; 64 << 10],
+            Kind::Pooled => {
+                let mut c = Vec::with_capacity(64 << 10);
+                for _ in 0..32 {
+                    c.extend_from_slice(b"ECHO ");
+                    c.extend(std::iter::repeat_n(b'x', 2000));
+                    c.extend_from_slice(b"\r\n");
+                }
+                c.extend_from_slice(b"SLEEP 20\r\n");
+                c
+            }
+        }
+    }
+}
+
 /// A client that sets a 4 KiB receive buffer, never reads, and sends as fast as it can.
-fn flooder(addr: SocketAddr) -> Option<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
-    s.set_recv_buffer_size(4096).ok()?;
-    s.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .ok()?;
-    s.set_nonblocking(true).ok()?;
-    Some(s.into())
+enum Flooder {
+    Plain(TcpStream, usize),
+    Tls(Box<rustls::ClientConnection>, TcpStream),
+}
+
+impl Flooder {
+    fn connect(kind: &Kind, addr: SocketAddr) -> Option<Flooder> {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+        s.set_recv_buffer_size(4096).ok()?;
+        s.connect_timeout(&addr.into(), Duration::from_secs(5))
+            .ok()?;
+        let mut sock: TcpStream = s.into();
+        if let Kind::Tls(pki) = kind {
+            let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+            let mut conn = rustls::ClientConnection::new(pki.rustls_client(), name).ok()?;
+            sock.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).ok()?;
+            }
+            sock.set_nonblocking(true).ok()?;
+            return Some(Flooder::Tls(Box::new(conn), sock));
+        }
+        sock.set_nonblocking(true).ok()?;
+        Some(Flooder::Plain(sock, 0))
+    }
+
+    /// Sends what the socket takes now; `Ok(true)` when something went out.
+    fn push(&mut self, chunk: &[u8]) -> std::io::Result<bool> {
+        let would_block = |e: &std::io::Error| e.kind() == ErrorKind::WouldBlock;
+        match self {
+            Flooder::Plain(s, off) => match s.write(&chunk[*off..]) {
+                Ok(n) => {
+                    *off = (*off + n) % chunk.len();
+                    Ok(n > 0)
+                }
+                Err(e) if would_block(&e) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Flooder::Tls(conn, s) => {
+                if !conn.wants_write() {
+                    let _ = conn.writer().write(chunk)?;
+                }
+                let mut progress = false;
+                while conn.wants_write() {
+                    match conn.write_tls(s) {
+                        Ok(n) => progress |= n > 0,
+                        Err(e) if would_block(&e) => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(progress)
+            }
+        }
+    }
 }
 
 /// Floods from one thread until `stop`; counts the flooders the server dropped.
-fn flood(mut peers: Vec<TcpStream>, stop: Arc<AtomicBool>, dropped: Arc<AtomicUsize>) {
-    let chunk = vec![b'x'; 64 << 10];
+fn flood(
+    mut peers: Vec<Flooder>,
+    chunk: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    dropped: Arc<AtomicUsize>,
+) {
     let mut alive = vec![true; peers.len()];
     while !stop.load(Ordering::Relaxed) {
         let mut progress = false;
@@ -227,9 +329,8 @@ fn flood(mut peers: Vec<TcpStream>, stop: Arc<AtomicBool>, dropped: Arc<AtomicUs
             if !alive[i] {
                 continue;
             }
-            match p.write(&chunk) {
-                Ok(_) => progress = true,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            match p.push(&chunk) {
+                Ok(sent) => progress |= sent,
                 Err(_) => {
                     alive[i] = false;
                     dropped.fetch_add(1, Ordering::Relaxed);
@@ -239,6 +340,56 @@ fn flood(mut peers: Vec<TcpStream>, stop: Arc<AtomicBool>, dropped: Arc<AtomicUs
         if !progress {
             thread::sleep(Duration::from_millis(5)); // everyone's buffers are full
         }
+    }
+}
+
+/// A well-behaved client: one request, its whole reply, within `timeout`.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tls::RustlsStream>),
+}
+
+impl Client {
+    /// A new connection (the line server's greeting read), or `None` when refused.
+    fn connect(kind: &Kind, addr: SocketAddr, timeout: Duration) -> Option<Client> {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.set_write_timeout(Some(timeout)).ok()?;
+        match kind {
+            Kind::Echo => Some(Client::Plain(s)),
+            Kind::Pooled => {
+                let greeting = read_exact_timeout(&mut s, 11, timeout).ok()?;
+                (greeting == b"+OK ready\r\n").then_some(Client::Plain(s))
+            }
+            Kind::Tls(pki) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+                let mut conn = rustls::ClientConnection::new(pki.rustls_client(), name).ok()?;
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut s).ok()?;
+                }
+                Some(Client::Tls(Box::new(rustls::StreamOwned::new(conn, s))))
+            }
+        }
+    }
+
+    /// Whether `tag` is answered (echoed, or `+tag` from the line server).
+    fn served(&mut self, kind: &Kind, tag: &str) -> bool {
+        let (req, want) = match kind {
+            Kind::Pooled => (format!("ECHO {tag}\r\n"), format!("+{tag}\r\n")),
+            _ => (tag.to_string(), tag.to_string()),
+        };
+        let mut got = vec![0u8; want.len()];
+        let ok = match self {
+            Client::Plain(s) => {
+                s.write_all(req.as_bytes()).is_ok() && s.read_exact(&mut got).is_ok()
+            }
+            Client::Tls(s) => {
+                s.write_all(req.as_bytes()).is_ok()
+                    && s.flush().is_ok()
+                    && s.read_exact(&mut got).is_ok()
+            }
+        };
+        ok && got == want.as_bytes()
     }
 }
 
@@ -254,9 +405,16 @@ fn metric(exposition: &str, name: &str, labels: &str) -> u64 {
 /// The scenario of the "done when": `idle` idle connections, then `flooders`
 /// never-reading flooders, for `hold`; then the server must be alive, a new connection's echo
 /// must come back, and every dropped connection must be counted under `overload`.
-fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, hold: Duration) {
+fn crowd_and_flood(
+    kind: Kind,
+    backend: Backend,
+    limit: u64,
+    idle: usize,
+    flooders: usize,
+    hold: Duration,
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!("{}-{}", backend.name(), flooders);
+    let name = format!("{}-{}-{}", kind.server(), backend.name(), flooders);
     let Some(cg) = cgroup_or_skip(&name, limit) else {
         return;
     };
@@ -266,9 +424,11 @@ fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, h
         nofile >= need,
         "RLIMIT_NOFILE {nofile} < {need} (check `ulimit -Hn`)"
     );
-    let mut server = ServerBuilder::new("echo_server")
+    let mut args = kind.args();
+    args.extend(["--metrics", "127.0.0.1:0", "--max-connections", "20000"].map(String::from));
+    let mut server = ServerBuilder::new(kind.server())
         .backend(backend)
-        .args(&["--metrics", "127.0.0.1:0", "--max-connections", "20000"])
+        .args(&args)
         .nofile_limit(need + 256)
         .join_cgroup(cg.procs())
         .start();
@@ -280,8 +440,11 @@ fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, h
         "the default budget comes from the cgroup limit ({limit}): {budget}"
     );
     // A well-behaved client, connected before the crowd.
-    let mut early = connect(addr);
-    echo_round_trip(&mut early, b"before", "early client before the crowd");
+    let mut early = Client::connect(&kind, addr, Duration::from_secs(10)).expect("early client");
+    assert!(
+        early.served(&kind, "before"),
+        "early client before the crowd"
+    );
 
     let t = Instant::now();
     let mut crowd = Vec::with_capacity(idle);
@@ -291,7 +454,9 @@ fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, h
             Err(e) => panic!("idle connection {} failed: {e}", crowd.len()),
         }
     }
-    let peers: Vec<TcpStream> = (0..flooders).filter_map(|_| flooder(addr)).collect();
+    let peers: Vec<Flooder> = (0..flooders)
+        .filter_map(|_| Flooder::connect(&kind, addr))
+        .collect();
     assert_eq!(peers.len(), flooders, "every flooder connected");
     println!(
         "{backend}: {idle} idle + {flooders} flooders connected in {:?}",
@@ -301,7 +466,8 @@ fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, h
     let dropped = Arc::new(AtomicUsize::new(0));
     let flood_thread = {
         let (stop, dropped) = (stop.clone(), dropped.clone());
-        thread::spawn(move || flood(peers, stop, dropped))
+        let chunk = kind.chunk();
+        thread::spawn(move || flood(peers, chunk, stop, dropped))
     };
     let start = Instant::now();
     let mut max_rss = 0;
@@ -336,25 +502,30 @@ fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, h
     );
 
     // A new connection is served (the refusals reverse once the resets bring pressure down).
-    within(
-        Duration::from_secs(20),
-        "a new connection's echo",
-        move || loop {
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                if s.write_all(b"new").is_ok() {
-                    if let Ok(got) = read_exact_timeout(&mut s, 3, Duration::from_secs(2)) {
-                        if got == b"new" {
-                            return;
-                        }
-                    }
-                }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let t = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if let Some(mut c) = Client::connect(&kind, addr, Duration::from_secs(3)) {
+            if c.served(&kind, "new") {
+                break;
             }
-            thread::sleep(Duration::from_millis(100));
-        },
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: no new connection served in 20 s ({attempts} attempts)"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{backend}: a new connection served after {attempts} attempt(s), {:?}",
+        t.elapsed()
     );
     // The early client: still served, or (it holds nothing) never reset for the budget.
-    echo_round_trip(&mut early, b"after", "early client after the flood");
+    let t = Instant::now();
+    assert!(early.served(&kind, "after"), "early client after the flood");
+    println!("{backend}: the early client served in {:?}", t.elapsed());
 
     stop.store(true, Ordering::Relaxed);
     flood_thread.join().expect("flood thread");
@@ -378,6 +549,13 @@ fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, h
         })
         .collect();
     let used = metric(&m, "ringport_memory_used_bytes", "");
+    if let Kind::Pooled = kind {
+        println!(
+            "{backend}: pool queued {} (of 128), cancelled {}",
+            sum_samples(&m, "ringport_pool_queued_jobs", ""),
+            sum_samples(&m, "ringport_pool_cancelled_jobs", "")
+        );
+    }
     println!(
         "{backend}: budget {} MiB, used {} MiB, actions {actions:?}, closed overload {}, flooders dropped {}",
         budget / MIB,
@@ -412,9 +590,43 @@ fn crowd_and_flood(backend: Backend, limit: u64, idle: usize, flooders: usize, h
 }
 
 fn idle_crowd_and_200_flooders_in_64_mib(backend: Backend) {
-    crowd_and_flood(backend, 64 * MIB, 9_000, 200, Duration::from_secs(8));
+    crowd_and_flood(
+        Kind::Echo,
+        backend,
+        64 * MIB,
+        9_000,
+        200,
+        Duration::from_secs(8),
+    );
 }
 
 fn flooders_2000_in_128_mib(backend: Backend) {
-    crowd_and_flood(backend, 128 * MIB, 9_000, 2_000, Duration::from_secs(8));
+    crowd_and_flood(
+        Kind::Echo,
+        backend,
+        128 * MIB,
+        9_000,
+        2_000,
+        Duration::from_secs(8),
+    );
+}
+
+/// TLS `echo_server`: 2,000 idle connections and 200 flooders that complete their handshake,
+/// then send as fast as they can and never read, in 64 MiB.
+fn tls_200_flooders_in_64_mib(backend: Backend) {
+    let kind = Kind::Tls(tls::Pki::new());
+    crowd_and_flood(kind, backend, 64 * MIB, 2_000, 200, Duration::from_secs(8));
+}
+
+/// `line_server_pooled` with its job queue full (2 workers, 128 jobs): 2,000 idle connections
+/// and 200 clients pipelining `ECHO` lines (and a `SLEEP`) that never read a reply, in 64 MiB.
+fn pooled_full_queue_200_flooders_in_64_mib(backend: Backend) {
+    crowd_and_flood(
+        Kind::Pooled,
+        backend,
+        64 * MIB,
+        2_000,
+        200,
+        Duration::from_secs(8),
+    );
 }
