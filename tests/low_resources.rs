@@ -26,6 +26,7 @@ backend_tests!("echo_server";
     tls_200_flooders_in_64_mib,
 );
 backend_tests!("line_server_pooled"; pooled_full_queue_200_flooders_in_64_mib);
+backend_tests!("resp_server"; resp_mget_200_flooders_in_64_mib);
 
 const MIB: u64 = 1 << 20;
 
@@ -218,6 +219,20 @@ enum Kind {
     /// `line_server_pooled` with a small job queue, kept full: flooders send `ECHO` lines and
     /// a `SLEEP` now and then, and never read the replies.
     Pooled,
+    /// `resp_server` with one 256 KiB value: flooders pipeline `MGET k k k ...` (64 keys, a
+    /// 16 MiB reply for a 900-byte command) and never read.
+    Resp,
+}
+
+/// A RESP command.
+fn resp_command(args: &[&[u8]]) -> Vec<u8> {
+    let mut c = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        c.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        c.extend_from_slice(a);
+        c.extend_from_slice(b"\r\n");
+    }
+    c
 }
 
 impl Kind {
@@ -225,12 +240,13 @@ impl Kind {
         match self {
             Kind::Echo | Kind::Tls(_) => "echo_server",
             Kind::Pooled => "line_server_pooled",
+            Kind::Resp => "resp_server",
         }
     }
 
     fn args(&self) -> Vec<String> {
         match self {
-            Kind::Echo => vec![],
+            Kind::Echo | Kind::Resp => vec![],
             Kind::Tls(pki) => pki.server_args(false),
             // 2 workers, 128 jobs waiting at most: the flooders keep the queue full.
             Kind::Pooled => ["--workers", "2", "--queue", "128"]
@@ -245,13 +261,18 @@ impl Kind {
             Kind::Echo | Kind::Tls(_) => vec![b'x'; 64 << 10],
             Kind::Pooled => {
                 let mut c = Vec::with_capacity(64 << 10);
-                for _ in 0..32 {
+                for _ in 0..8 {
                     c.extend_from_slice(b"ECHO ");
-                    c.extend(std::iter::repeat_n(b'x', 2000));
+                    c.extend(std::iter::repeat_n(b'x', 8000));
                     c.extend_from_slice(b"\r\n");
                 }
-                c.extend_from_slice(b"SLEEP 20\r\n");
+                c.extend_from_slice(b"SLEEP 1\r\n");
                 c
+            }
+            Kind::Resp => {
+                let mut args: Vec<&[u8]> = vec![b"MGET"];
+                args.extend(std::iter::repeat_n(&b"k"[..], 64));
+                resp_command(&args)
             }
         }
     }
@@ -356,7 +377,7 @@ impl Client {
         s.set_read_timeout(Some(timeout)).ok()?;
         s.set_write_timeout(Some(timeout)).ok()?;
         match kind {
-            Kind::Echo => Some(Client::Plain(s)),
+            Kind::Echo | Kind::Resp => Some(Client::Plain(s)),
             Kind::Pooled => {
                 let greeting = read_exact_timeout(&mut s, 11, timeout).ok()?;
                 (greeting == b"+OK ready\r\n").then_some(Client::Plain(s))
@@ -376,6 +397,10 @@ impl Client {
     fn served(&mut self, kind: &Kind, tag: &str) -> bool {
         let (req, want) = match kind {
             Kind::Pooled => (format!("ECHO {tag}\r\n"), format!("+{tag}\r\n")),
+            Kind::Resp => (
+                String::from_utf8(resp_command(&[b"ECHO", tag.as_bytes()])).unwrap(),
+                format!("${}\r\n{tag}\r\n", tag.len()),
+            ),
             _ => (tag.to_string(), tag.to_string()),
         };
         let mut got = vec![0u8; want.len()];
@@ -445,6 +470,13 @@ fn crowd_and_flood(
         early.served(&kind, "before"),
         "early client before the crowd"
     );
+    if let (Kind::Resp, Client::Plain(s)) = (&kind, &mut early) {
+        let value = vec![b'v'; 256 << 10];
+        s.write_all(&resp_command(&[b"SET", b"k", &value]))
+            .expect("SET k");
+        let ok = read_exact_timeout(s, 5, Duration::from_secs(10)).expect("SET's reply");
+        assert_eq!(ok, b"+OK\r\n", "SET k");
+    }
 
     let t = Instant::now();
     let mut crowd = Vec::with_capacity(idle);
@@ -471,6 +503,7 @@ fn crowd_and_flood(
     };
     let start = Instant::now();
     let mut max_rss = 0;
+    let mut max_queued = 0;
     while start.elapsed() < hold {
         if !server.is_alive() {
             break;
@@ -478,6 +511,10 @@ fn crowd_and_flood(
         match rss_kib(server.pid()) {
             Some(kib) => max_rss = max_rss.max(kib),
             None => break, // gone (killed)
+        }
+        if let Kind::Pooled = kind {
+            let q = sum_samples(&scrape(&server), "ringport_pool_queued_jobs", "") as u64;
+            max_queued = max_queued.max(q);
         }
         thread::sleep(Duration::from_millis(200));
     }
@@ -551,9 +588,8 @@ fn crowd_and_flood(
     let used = metric(&m, "ringport_memory_used_bytes", "");
     if let Kind::Pooled = kind {
         println!(
-            "{backend}: pool queued {} (of 128), cancelled {}",
-            sum_samples(&m, "ringport_pool_queued_jobs", ""),
-            sum_samples(&m, "ringport_pool_cancelled_jobs", "")
+            "{backend}: pool queued at most {max_queued} (of 128) during the flood, cancelled {}",
+            sum_samples(&m, "ringport_pool_cancelled_jobs", "") as u64
         );
     }
     println!(
@@ -623,6 +659,19 @@ fn tls_200_flooders_in_64_mib(backend: Backend) {
 fn pooled_full_queue_200_flooders_in_64_mib(backend: Backend) {
     crowd_and_flood(
         Kind::Pooled,
+        backend,
+        64 * MIB,
+        2_000,
+        200,
+        Duration::from_secs(8),
+    );
+}
+
+/// RESP amplification: `resp_server` holding one 256 KiB value, 2,000 idle connections and
+/// 200 clients pipelining `MGET k k ...` (64 keys) that never read, in 64 MiB.
+fn resp_mget_200_flooders_in_64_mib(backend: Backend) {
+    crowd_and_flood(
+        Kind::Resp,
         backend,
         64 * MIB,
         2_000,
