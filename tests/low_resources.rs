@@ -563,6 +563,34 @@ fn crowd_and_flood(
     let t = Instant::now();
     assert!(early.served(&kind, "after"), "early client after the flood");
     println!("{backend}: the early client served in {:?}", t.elapsed());
+    if let (Kind::Resp, Client::Plain(s)) = (&kind, &mut early) {
+        // The server's own count of replies that waited for the budget.
+        s.write_all(&resp_command(&[b"INFO"])).expect("INFO");
+        let mut info = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let complete = |info: &[u8]| {
+            // `$N\r\n` then N bytes and `\r\n`.
+            let text = String::from_utf8_lossy(info);
+            let Some((head, _)) = text.split_once("\r\n") else {
+                return false;
+            };
+            let n: usize = head.trim_start_matches('$').parse().unwrap_or(0);
+            info.len() >= head.len() + 2 + n + 2
+        };
+        while !complete(&info) && Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => info.extend_from_slice(&buf[..n]),
+            }
+        }
+        let info = String::from_utf8_lossy(&info);
+        let waits = info
+            .lines()
+            .find(|l| l.starts_with("budget_waits:"))
+            .unwrap_or("budget_waits: missing");
+        println!("{backend}: resp_server INFO {waits}");
+    }
 
     stop.store(true, Ordering::Relaxed);
     flood_thread.join().expect("flood thread");
@@ -619,6 +647,21 @@ fn crowd_and_flood(
         closed,
         refusals + resets,
         "overload closes are the refusals plus the resets"
+    );
+    // Every charge is released once the flooders are gone: use falls under the shrink level.
+    let mut used = u64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while used >= budget / 2 && Instant::now() < deadline {
+        used = metric(&scrape(&server), "ringport_memory_used_bytes", "");
+        thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "{backend}: used {} KiB once the flooders are gone",
+        used / 1024
+    );
+    assert!(
+        used < budget / 2,
+        "{used} bytes still charged after the flood (budget {budget})"
     );
     drop(crowd);
     drop(server);

@@ -56,7 +56,9 @@ use ringport::codec::resp::{protocol_error_reply, Command};
 use ringport::codec::{DecodeError, Decoded, Decoder, Encoder, Resp};
 use ringport::{CloseReason, Conn, ConnInfo, ConnectionHandle, Frame, Handler, Pressure, Server};
 
-use resp_commands::{execute, may_build, resume, Client, Flow, Stats};
+use resp_commands::{
+    count_wait, execute, may_build, resume, Client, Flow, Stats, REPLY_QUEUE_HIGH,
+};
 use resp_store::Store;
 
 #[derive(Parser, Debug)]
@@ -151,7 +153,10 @@ impl Session {
 
 impl Handler for Session {
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        if self.client.pending.is_some() || !may_build(&self.client, conn) {
+        if self.client.pending.is_some() || !may_build(&mut self.client, conn) {
+            if self.client.pending.is_none() && conn.queued_bytes() <= REPLY_QUEUE_HIGH {
+                count_wait(&mut self.client, conn); // a budget wait (counted once)
+            }
             conn.hold_frame(); // offered again once the client has read its replies
             self.wait_for_reader(conn);
             return;
@@ -276,6 +281,7 @@ fn main() {
                     pending: None,
                     reserved: 0,
                     budget: budget.clone(),
+                    budget_waiting: false,
                 },
                 waiting: false,
                 close_when_done: false,

@@ -62,6 +62,8 @@ pub struct Client {
     pub reserved: usize,
     /// The engine's memory budget.
     pub budget: ringport::Budget,
+    /// Waiting for the budget since the last reply built (one wait counted per episode).
+    pub budget_waiting: bool,
 }
 
 impl Client {
@@ -83,22 +85,33 @@ impl Client {
 /// connection with replies queued waits for its client to read them; from `refuse`, every
 /// connection waits until the engine's actions bring the pressure down (a reply is many
 /// times its request: 200 clients asking each for 16 MiB must not all be answered in the
-/// same loop turn). A wait for the budget is counted (`INFO`: `budget_waits`).
-pub fn may_build(c: &Client, conn: &Conn<'_>) -> bool {
+/// same loop turn). The callers count the waits this starts (`INFO`: `reply_waits` for a
+/// full queue, `budget_waits` for the budget: [`count_wait`]).
+pub fn may_build(c: &mut Client, conn: &Conn<'_>) -> bool {
     let queued = conn.queued_bytes();
     if queued > REPLY_QUEUE_HIGH {
         return false;
     }
     let pressure = c.budget.pressure();
-    let budget_ok = match pressure {
+    let ok = match pressure {
         Pressure::Normal | Pressure::Shrink => true,
         Pressure::Pause => queued == 0,
         Pressure::Refuse | Pressure::Reset => false,
     };
-    if !budget_ok {
+    if ok {
+        c.budget_waiting = false;
+    }
+    ok
+}
+
+/// Counts a wait that [`may_build`] started: for the client's full queue or for the budget.
+pub fn count_wait(c: &mut Client, conn: &Conn<'_>) {
+    if conn.queued_bytes() > REPLY_QUEUE_HIGH {
+        c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+    } else if !c.budget_waiting {
+        c.budget_waiting = true; // the retries of this wait are not counted again
         c.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
     }
-    budget_ok
 }
 
 /// The keys an `MGET` has not answered yet, copied out of the request (at most its size).
@@ -400,7 +413,7 @@ fn mget(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
             rest.push(&key);
             args.for_each(|k| rest.push(&k));
             c.pending = Some(rest);
-            c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+            count_wait(c, conn);
             return Flow::Wait;
         }
         let before = conn.queued_bytes();
@@ -419,7 +432,7 @@ pub fn resume(c: &mut Client, conn: &mut Conn<'_>) -> Flow {
     while keys.next < keys.ends.len() {
         if !may_build(c, conn) {
             c.pending = Some(keys);
-            c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+            count_wait(c, conn);
             return Flow::Wait;
         }
         let before = conn.queued_bytes();
