@@ -36,7 +36,12 @@
 //!   ([`Conn::hold_frame`]), and an `MGET` stops between two values and keeps the keys it has
 //!   not answered; the connection stops reading and asks to hear when its queue is back
 //!   under the low write watermark ([`ConnectionHandle::notify_when_writable`] on itself),
-//!   then the reply goes on where it stopped (`INFO`: `reply_waits`).
+//!   then the reply goes on where it stopped (`INFO`: `reply_waits`). The same stop obeys
+//!   the process's memory budget ([`Conn::budget`], `--memory-budget`): under its `pause`
+//!   level a connection with replies queued waits, under `refuse` every one waits until the
+//!   engine's overload actions bring the pressure down (`INFO`: `budget_waits`); what an
+//!   `MGET` writes is charged at once, so 200 clients asking at once cannot all be answered
+//!   in one loop turn.
 //!
 //! Commands: PING ECHO GET SET (EX PX NX XX KEEPTTL) GETSET DEL EXISTS INCR INCRBY DECR DECRBY
 //! APPEND STRLEN MGET MSET EXPIRE PEXPIRE TTL PTTL PERSIST DBSIZE FLUSHALL SELECT(0) QUIT, and
