@@ -215,7 +215,7 @@ enum Kind {
     /// `echo_server`, plain TCP.
     Echo,
     /// `echo_server --tls-cert/--tls-key`: every flooder completes its handshake first.
-    Tls(tls::Pki),
+    Tls(Box<tls::Pki>),
     /// `line_server_pooled` with a small job queue, kept full: flooders send `ECHO` lines and
     /// a `SLEEP` now and then, and never read the replies.
     Pooled,
@@ -693,7 +693,7 @@ fn flooders_2000_in_128_mib(backend: Backend) {
 /// TLS `echo_server`: 2,000 idle connections and 200 flooders that complete their handshake,
 /// then send as fast as they can and never read, in 64 MiB.
 fn tls_200_flooders_in_64_mib(backend: Backend) {
-    let kind = Kind::Tls(tls::Pki::new());
+    let kind = Kind::Tls(Box::new(tls::Pki::new()));
     crowd_and_flood(kind, backend, 64 * MIB, 2_000, 200, Duration::from_secs(8));
 }
 
