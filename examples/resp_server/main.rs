@@ -38,7 +38,8 @@
 //!   under the low write watermark ([`ConnectionHandle::notify_when_writable`] on itself),
 //!   then the reply goes on where it stopped (`INFO`: `reply_waits`). The same stop obeys
 //!   the process's memory budget ([`Conn::budget`], `--memory-budget`): under its `pause`
-//!   level a connection with replies queued waits, under `refuse` every one waits until the
+//!   level the rest of an `MGET` waits and so does the next command of a connection with
+//!   replies queued (one holding nothing is answered), under `refuse` every one waits until the
 //!   engine's overload actions bring the pressure down (`INFO`: `budget_waits`); what an
 //!   `MGET` writes is charged at once, so 200 clients asking at once cannot all be answered
 //!   in one loop turn.
@@ -158,7 +159,7 @@ impl Session {
 
 impl Handler for Session {
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        if self.client.pending.is_some() || !may_build(&mut self.client, conn) {
+        if self.client.pending.is_some() || !may_build(&mut self.client, conn, false) {
             if self.client.pending.is_none() && conn.queued_bytes() <= REPLY_QUEUE_HIGH {
                 count_wait(&mut self.client, conn); // a budget wait (counted once)
             }

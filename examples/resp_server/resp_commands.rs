@@ -81,13 +81,16 @@ impl Client {
 }
 
 /// Whether a reply may be built for `conn` now: its queue is under [`REPLY_QUEUE_HIGH`], and
-/// the process's memory budget is not under pressure. From the budget's `pause` level a
-/// connection with replies queued waits for its client to read them; from `refuse`, every
-/// connection waits until the engine's actions bring the pressure down (a reply is many
-/// times its request: 200 clients asking each for 16 MiB must not all be answered in the
-/// same loop turn). The callers count the waits this starts (`INFO`: `reply_waits` for a
-/// full queue, `budget_waits` for the budget: [`count_wait`]).
-pub fn may_build(c: &mut Client, conn: &Conn<'_>) -> bool {
+/// the process's memory budget is not under pressure. From the budget's `pause` level the
+/// rest of an `MGET` (`more`: a value of a multi-value reply) waits, and so does a new command
+/// of a connection with replies queued: only a connection holding nothing gets an answer (a
+/// newcomer's `PING` is not starved by the flooders' `MGET`s, each of which would take the
+/// room back at once); from `refuse`, every connection waits until the engine's actions
+/// bring the pressure down (a reply is many times its request: 200 clients asking each for
+/// 16 MiB must not all be answered in the same loop turn). The callers count the waits this
+/// starts (`INFO`: `reply_waits` for a full queue, `budget_waits` for the budget:
+/// [`count_wait`]).
+pub fn may_build(c: &mut Client, conn: &Conn<'_>, more: bool) -> bool {
     let queued = conn.queued_bytes();
     if queued > REPLY_QUEUE_HIGH {
         return false;
@@ -95,7 +98,7 @@ pub fn may_build(c: &mut Client, conn: &Conn<'_>) -> bool {
     let pressure = c.budget.pressure();
     let ok = match pressure {
         Pressure::Normal | Pressure::Shrink => true,
-        Pressure::Pause => queued == 0,
+        Pressure::Pause => queued == 0 && !more,
         Pressure::Refuse | Pressure::Reset => false,
     };
     if ok {
@@ -408,7 +411,7 @@ fn getset(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
 fn mget(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
     conn.write(ReplyHeader::array(args.size_hint().1.unwrap_or(0)).as_bytes());
     while let Some(key) = args.next() {
-        if !may_build(c, conn) {
+        if !may_build(c, conn, true) {
             let mut rest = PendingKeys::default();
             rest.push(&key);
             args.for_each(|k| rest.push(&k));
@@ -430,7 +433,7 @@ pub fn resume(c: &mut Client, conn: &mut Conn<'_>) -> Flow {
         return Flow::Continue;
     };
     while keys.next < keys.ends.len() {
-        if !may_build(c, conn) {
+        if !may_build(c, conn, true) {
             c.pending = Some(keys);
             count_wait(c, conn);
             return Flow::Wait;
