@@ -36,7 +36,13 @@
 //!   ([`Conn::hold_frame`]), and an `MGET` stops between two values and keeps the keys it has
 //!   not answered; the connection stops reading and asks to hear when its queue is back
 //!   under the low write watermark ([`ConnectionHandle::notify_when_writable`] on itself),
-//!   then the reply goes on where it stopped (`INFO`: `reply_waits`).
+//!   then the reply goes on where it stopped (`INFO`: `reply_waits`). The same stop obeys
+//!   the process's memory budget ([`Conn::budget`], `--memory-budget`): under its `pause`
+//!   level the rest of an `MGET` waits and so does the next command of a connection with
+//!   replies queued (one holding nothing is answered), under `refuse` every one waits until the
+//!   engine's overload actions bring the pressure down (`INFO`: `budget_waits`); what an
+//!   `MGET` writes is charged at once, so 200 clients asking at once cannot all be answered
+//!   in one loop turn.
 //!
 //! Commands: PING ECHO GET SET (EX PX NX XX KEEPTTL) GETSET DEL EXISTS INCR INCRBY DECR DECRBY
 //! APPEND STRLEN MGET MSET EXPIRE PEXPIRE TTL PTTL PERSIST DBSIZE FLUSHALL SELECT(0) QUIT, and
@@ -54,9 +60,11 @@ use clap::Parser;
 use ringport::cli;
 use ringport::codec::resp::{protocol_error_reply, Command};
 use ringport::codec::{DecodeError, Decoded, Decoder, Encoder, Resp};
-use ringport::{CloseReason, Conn, ConnInfo, ConnectionHandle, Frame, Handler, Server};
+use ringport::{CloseReason, Conn, ConnInfo, ConnectionHandle, Frame, Handler, Pressure, Server};
 
-use resp_commands::{execute, resume, Client, Flow, Stats, REPLY_QUEUE_HIGH};
+use resp_commands::{
+    count_wait, execute, may_build, resume, Client, Flow, Stats, REPLY_QUEUE_HIGH,
+};
 use resp_store::Store;
 
 #[derive(Parser, Debug)]
@@ -83,6 +91,8 @@ const QUEUE_REFRESH: Duration = Duration::from_millis(100);
 const REFRESH_TIMER: u64 = 1;
 /// Asks for `on_writable` a loop turn after the wait began (see `wait_for_reader`).
 const WAIT_TIMER: u64 = 2;
+/// How often a connection waiting for the memory budget's pressure to fall looks again.
+const BUDGET_RETRY: Duration = Duration::from_millis(10);
 
 /// The [`Resp`] decoder with a bound on the whole command: a command still incomplete past
 /// `max` bytes (an `MSET` of many values, each under `--max-bulk`) is a protocol error with
@@ -140,7 +150,7 @@ impl Session {
         let now = conn.queued_bytes();
         self.client.store.queue_replies(self.counted, now);
         self.counted = now;
-        if now > 0 && !self.refresh_armed {
+        if (now > 0 || self.client.reserved > 0) && !self.refresh_armed {
             self.refresh_armed = true;
             conn.set_timer(REFRESH_TIMER, QUEUE_REFRESH);
         }
@@ -149,7 +159,10 @@ impl Session {
 
 impl Handler for Session {
     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
-        if self.client.pending.is_some() || conn.queued_bytes() > REPLY_QUEUE_HIGH {
+        if self.client.pending.is_some() || !may_build(&mut self.client, conn, false) {
+            if self.client.pending.is_none() && conn.queued_bytes() <= REPLY_QUEUE_HIGH {
+                count_wait(&mut self.client, conn); // a budget wait (counted once)
+            }
             conn.hold_frame(); // offered again once the client has read its replies
             self.wait_for_reader(conn);
             return;
@@ -167,6 +180,7 @@ impl Handler for Session {
     }
 
     fn on_writable(&mut self, conn: &mut Conn<'_>, _: u64) {
+        self.client.release_reserved(); // a turn later: the engine counts the queue now
         if !self.waiting || !conn.handle().is_open() {
             return; // closing: nothing more is built
         }
@@ -182,9 +196,17 @@ impl Handler for Session {
     }
 
     fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) {
+        self.client.release_reserved(); // a turn later: the engine counts the queue now
         if id == WAIT_TIMER {
             let me: ConnectionHandle = conn.handle();
-            if self.waiting && me.is_open() {
+            if self.waiting
+                && conn.queued_bytes() == 0
+                && self.client.budget.pressure() >= Pressure::Refuse
+            {
+                // Waiting for the budget, not for the client: look again in a while (the
+                // queue is empty, a writable watch would fire at once).
+                conn.set_timer(WAIT_TIMER, BUDGET_RETRY);
+            } else if self.waiting && me.is_open() {
                 me.notify_when_writable(&me, 0);
             }
         } else {
@@ -213,6 +235,7 @@ impl Handler for Session {
     }
 
     fn on_close(&mut self, info: &ConnInfo, reason: &CloseReason) {
+        self.client.release_reserved();
         self.client.store.queue_replies(self.counted, 0);
         self.client.stats.connected.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(peer = %info.peer, %reason, "client gone");
@@ -246,6 +269,7 @@ fn main() {
         max: max_command,
     };
     let (shared_store, shared_stats) = (Arc::clone(&store), Arc::clone(&stats));
+    let budget = engine.budget();
     let server = Server::listen(
         cli::listen_addr(&args.listen),
         codec,
@@ -261,6 +285,9 @@ fn main() {
                     id: info.id,
                     proto: 2,
                     pending: None,
+                    reserved: 0,
+                    budget: budget.clone(),
+                    budget_waiting: false,
                 },
                 waiting: false,
                 close_when_done: false,

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ringport::codec::resp::{self, parse_i64, Args, Command, ReplyHeader, NULL, NULL3, OK};
-use ringport::Conn;
+use ringport::{Conn, Pressure};
 
 use super::resp_store::{now_ms, IncrError, SetOptions, Store};
 
@@ -31,6 +31,9 @@ pub struct Stats {
     /// Times a reply stopped being built until its client read the queue down
     /// ([`REPLY_QUEUE_HIGH`]).
     pub reply_waits: AtomicU64,
+    /// Times a command or a reply waited because the process's memory budget was under
+    /// pressure ([`may_build`]).
+    pub budget_waits: AtomicU64,
 }
 
 /// Replies waiting to be sent beyond which nothing more is built for a connection: the next
@@ -52,6 +55,66 @@ pub struct Client {
     pub proto: u8,
     /// The keys of an `MGET` whose reply waits for the client to read ([`Flow::Wait`]).
     pub pending: Option<PendingKeys>,
+    /// Reply bytes charged to the memory budget as they were written, before the engine
+    /// counts them in the connection's queue (it does at the end of the loop turn): so that
+    /// the next connection's reply in the same turn sees them. Released a turn later
+    /// ([`Client::release_reserved`]).
+    pub reserved: usize,
+    /// The engine's memory budget.
+    pub budget: ringport::Budget,
+    /// Waiting for the budget since the last reply built (one wait counted per episode).
+    pub budget_waiting: bool,
+}
+
+impl Client {
+    /// Charges `bytes` just written to the budget until the engine has counted them.
+    fn reserve(&mut self, bytes: usize) {
+        self.budget.charge(bytes);
+        self.reserved += bytes;
+    }
+
+    /// Releases what [`Client::reserve`] charged (call a loop turn after the writes, or at
+    /// close).
+    pub fn release_reserved(&mut self) {
+        self.budget.release(std::mem::take(&mut self.reserved));
+    }
+}
+
+/// Whether a reply may be built for `conn` now: its queue is under [`REPLY_QUEUE_HIGH`], and
+/// the process's memory budget is not under pressure. From the budget's `pause` level the
+/// rest of an `MGET` (`more`: a value of a multi-value reply) waits, and so does a new command
+/// of a connection with replies queued: only a connection holding nothing gets an answer (a
+/// newcomer's `PING` is not starved by the flooders' `MGET`s, each of which would take the
+/// room back at once); from `refuse`, every connection waits until the engine's actions
+/// bring the pressure down (a reply is many times its request: 200 clients asking each for
+/// 16 MiB must not all be answered in the same loop turn). The callers count the waits this
+/// starts (`INFO`: `reply_waits` for a full queue, `budget_waits` for the budget:
+/// [`count_wait`]).
+pub fn may_build(c: &mut Client, conn: &Conn<'_>, more: bool) -> bool {
+    let queued = conn.queued_bytes();
+    if queued > REPLY_QUEUE_HIGH {
+        return false;
+    }
+    let pressure = c.budget.pressure();
+    let ok = match pressure {
+        Pressure::Normal | Pressure::Shrink => true,
+        Pressure::Pause => queued == 0 && !more,
+        Pressure::Refuse | Pressure::Reset => false,
+    };
+    if ok {
+        c.budget_waiting = false;
+    }
+    ok
+}
+
+/// Counts a wait that [`may_build`] started: for the client's full queue or for the budget.
+pub fn count_wait(c: &mut Client, conn: &Conn<'_>) {
+    if conn.queued_bytes() > REPLY_QUEUE_HIGH {
+        c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+    } else if !c.budget_waiting {
+        c.budget_waiting = true; // the retries of this wait are not counted again
+        c.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The keys an `MGET` has not answered yet, copied out of the request (at most its size).
@@ -348,15 +411,17 @@ fn getset(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
 fn mget(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
     conn.write(ReplyHeader::array(args.size_hint().1.unwrap_or(0)).as_bytes());
     while let Some(key) = args.next() {
-        if conn.queued_bytes() > REPLY_QUEUE_HIGH {
+        if !may_build(c, conn, true) {
             let mut rest = PendingKeys::default();
             rest.push(&key);
             args.for_each(|k| rest.push(&k));
             c.pending = Some(rest);
-            c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+            count_wait(c, conn);
             return Flow::Wait;
         }
+        let before = conn.queued_bytes();
         c.store.get(&key, |v| bulk_or_null(conn, v, c.proto));
+        c.reserve(conn.queued_bytes().saturating_sub(before));
     }
     Flow::Continue
 }
@@ -368,13 +433,15 @@ pub fn resume(c: &mut Client, conn: &mut Conn<'_>) -> Flow {
         return Flow::Continue;
     };
     while keys.next < keys.ends.len() {
-        if conn.queued_bytes() > REPLY_QUEUE_HIGH {
+        if !may_build(c, conn, true) {
             c.pending = Some(keys);
-            c.stats.reply_waits.fetch_add(1, Ordering::Relaxed);
+            count_wait(c, conn);
             return Flow::Wait;
         }
+        let before = conn.queued_bytes();
         c.store
             .get(keys.key(keys.next), |v| bulk_or_null(conn, v, c.proto));
+        c.reserve(conn.queued_bytes().saturating_sub(before));
         keys.next += 1;
     }
     Flow::Continue
@@ -762,7 +829,7 @@ fn info(c: &mut Client, conn: &mut Conn<'_>, _: Args<'_>) -> Flow {
          # Clients\r\nconnected_clients:{}\r\n\r\n\
          # Memory\r\nused_memory:{}\r\nmem_clients_normal:{}\r\nmaxmemory:{}\r\n\
          maxmemory_policy:noeviction\r\n\r\n\
-         # Stats\r\ntotal_connections_received:{}\r\nprotocol_errors:{}\r\nreply_waits:{}\r\n\r\n\
+         # Stats\r\ntotal_connections_received:{}\r\nprotocol_errors:{}\r\nreply_waits:{}\r\nbudget_waits:{}\r\n\r\n\
          # Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl=0\r\n",
         s.connected.load(Ordering::Relaxed),
         c.store.used_memory(),
@@ -771,6 +838,7 @@ fn info(c: &mut Client, conn: &mut Conn<'_>, _: Args<'_>) -> Flow {
         s.connections.load(Ordering::Relaxed),
         s.protocol_errors.load(Ordering::Relaxed),
         s.reply_waits.load(Ordering::Relaxed),
+        s.budget_waits.load(Ordering::Relaxed),
     );
     bulk(conn, text.as_bytes());
     Flow::Continue
