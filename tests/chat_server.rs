@@ -179,6 +179,8 @@ fn slow_disconnects_at_exit(s: &mut Server) -> u64 {
         .wait_exit(Duration::from_secs(15))
         .expect("exit after SIGTERM");
     assert_clean_exit(status, libc::SIGTERM, "chat_server");
+    // The process has exited, but the stderr collector may not have read its last lines yet.
+    s.wait_for_stderr(Duration::from_secs(5), |t| t.contains("chat room closed"));
     let text = strip_ansi(&s.stderr_text());
     let line = text
         .lines()
