@@ -17,13 +17,36 @@
 //!   queued for the other side is dropped, the session is broken), any other end as a graceful
 //!   close after the queued bytes. An upstream that refuses or times out closes the client.
 //!
-//! ```no_run
+//! ```
+//! # use std::io::{Read, Write};
 //! use ringport::{codec::Raw, relay::Relay, ConnectOptions, Engine, Server};
-//! let upstream = "127.0.0.1:5001".parse().unwrap();
-//! let server = Server::new("127.0.0.1:5006".parse().unwrap(), Raw, move |_| {
+//! # let upstream_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! # let upstream_addr = upstream_listener.local_addr()?;
+//! # let echo = std::thread::spawn(move || -> std::io::Result<()> {
+//! #     let (mut s, _) = upstream_listener.accept()?; // the upstream: an echo server
+//! #     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! #     std::io::copy(&mut s.try_clone()?, &mut s)?;
+//! #     Ok(())
+//! # });
+//! let upstream = upstream_addr; // e.g. "127.0.0.1:5001".parse()?
+//! let server = Server::new("127.0.0.1:0".parse()?, Raw, move |_| {
 //!     Relay::to(upstream, ConnectOptions::default())
 //! });
-//! # let _ = server;
+//! let mut engine = Engine::builder().io_threads(1).handle_signals(false).build()?;
+//! let addr = engine.add_server(server)?.local_addr();
+//! let running = engine.start()?;
+//! # let mut client = std::net::TcpStream::connect(addr)?;
+//! # client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! # client.write_all(b"hello")?;
+//! # let mut reply = [0u8; 5];
+//! # client.read_exact(&mut reply)?;
+//! # assert_eq!(&reply, b"hello");
+//! # client.shutdown(std::net::Shutdown::Write)?; // the FIN is relayed; the echo server ends
+//! # echo.join().unwrap()?;
+//! # drop(client);
+//! # running.shutdown_handle().shutdown();
+//! # running.join();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! A TLS terminator in front of a plaintext upstream that is told each client's address with
