@@ -5,7 +5,8 @@
 //! shared ones (backend, IO threads, connection limits, TLS, PROXY, metrics, reuse-port,
 //! drain and restart grace), and three calls:
 //!
-//! ```no_run
+//! ```
+//! # use std::io::{Read, Write};
 //! use clap::Parser;
 //! use ringport::codec::Raw;
 //! use ringport::{cli, Conn, Frame, Handler, Server};
@@ -26,11 +27,24 @@
 //!     }
 //! }
 //!
-//! let args = Args::parse();
+//! // A program reads its own command line: `Args::parse()`. Here, a fixed one:
+//! let args = Args::parse_from(["echo", "--listen", "127.0.0.1:0", "--io-threads", "1"]);
 //! let mut engine = args.server.engine(); // logging, metrics, signals
 //! let listen = cli::listen_addr(&args.listen);
 //! let server = args.server.add(&mut engine, Server::listen(listen, Raw, |_| Echo));
-//! cli::run(engine, &[&server]); // `listening on ...`, then serves until SIGINT/SIGTERM
+//! // A program ends with `cli::run(engine, &[&server]);`: it prints `listening on ...`,
+//! // then serves until SIGINT/SIGTERM. Here the engine runs in the background instead:
+//! let running = engine.start()?;
+//! # let mut client = std::net::TcpStream::connect(server.local_addr())?;
+//! # client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! # client.write_all(b"hello")?;
+//! # let mut reply = [0u8; 5];
+//! # client.read_exact(&mut reply)?;
+//! # assert_eq!(&reply, b"hello");
+//! # drop(client);
+//! running.shutdown_handle().shutdown(); // what SIGTERM does
+//! running.join();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! This module is for programs, not libraries: a flag that cannot be honoured (a bad

@@ -205,7 +205,9 @@ impl<'a> Conn<'a> {
     /// `Work` only once the job is accepted, so a refused job (queue full: the frame is held
     /// and offered again) leaves nothing behind:
     ///
-    /// ```no_run
+    /// ```
+    /// # use std::io::{Read, Write};
+    /// # use ringport::{codec::Raw, Engine, Server};
     /// # use ringport::{Conn, Frame, Handler, Work, pool::WorkerPool};
     /// struct Pooled { pool: WorkerPool }
     /// impl Handler for Pooled {
@@ -217,6 +219,24 @@ impl<'a> Conn<'a> {
     ///         }
     ///     }
     /// }
+    ///
+    /// let pool = WorkerPool::new("work", 2, 64)?;
+    /// let p = pool.clone();
+    /// let server = Server::new("127.0.0.1:0".parse()?, Raw, move |_| Pooled { pool: p.clone() });
+    /// # let mut engine = Engine::builder().io_threads(1).handle_signals(false).build()?;
+    /// # let addr = engine.add_server(server)?.local_addr();
+    /// # let running = engine.start()?;
+    /// # let mut client = std::net::TcpStream::connect(addr)?;
+    /// # client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    /// # client.write_all(b"ping")?;
+    /// # let mut reply = [0u8; 4];
+    /// # client.read_exact(&mut reply)?;
+    /// # assert_eq!(&reply, b"ping");
+    /// # drop(client);
+    /// # running.shutdown_handle().shutdown();
+    /// # running.join();
+    /// # pool.shutdown(std::time::Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// A `Work` made here and dropped unused (a job refused by another queue) ends through

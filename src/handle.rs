@@ -283,7 +283,9 @@ impl ConnectionHandle {
     /// fires at once (through the watcher's IO thread) if the queue is already low. This is
     /// how a proxy resumes reading the side that feeds a full connection.
     ///
-    /// ```no_run
+    /// ```
+    /// # use std::io::{Read, Write};
+    /// # use ringport::{codec::Raw, ConnectOptions, Engine, Server};
     /// # use ringport::{Conn, ConnectionHandle, Frame, HandleError, Handler};
     /// // Forwards to `peer`; stops reading while the peer is full (netty's autoRead).
     /// struct Forward { peer: ConnectionHandle }
@@ -302,6 +304,44 @@ impl ConnectionHandle {
     ///         conn.resume_reading();
     ///     }
     /// }
+    /// # // The test: a client's connection forwards to an upstream connection and back.
+    /// # struct Front { upstream: std::net::SocketAddr, fwd: Option<Forward> }
+    /// # impl Handler for Front {
+    /// #     fn on_open(&mut self, conn: &mut Conn<'_>) {
+    /// #         let back = Forward { peer: conn.handle() };
+    /// #         let peer = conn.connect(self.upstream, Raw, back, ConnectOptions::default());
+    /// #         self.fwd = Some(Forward { peer });
+    /// #     }
+    /// #     fn on_frame(&mut self, conn: &mut Conn<'_>, frame: Frame<'_>) {
+    /// #         if let Some(f) = &mut self.fwd { f.on_frame(conn, frame) }
+    /// #     }
+    /// #     fn on_writable(&mut self, conn: &mut Conn<'_>, v: u64) {
+    /// #         if let Some(f) = &mut self.fwd { f.on_writable(conn, v) }
+    /// #     }
+    /// # }
+    /// # let upstream_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let upstream_addr = upstream_listener.local_addr()?;
+    /// # let echo = std::thread::spawn(move || -> std::io::Result<()> {
+    /// #     let (mut s, _) = upstream_listener.accept()?; // the upstream: an echo server
+    /// #     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    /// #     std::io::copy(&mut s.try_clone()?, &mut s)?;
+    /// #     Ok(())
+    /// # });
+    /// # let server = Server::new("127.0.0.1:0".parse()?, Raw, move |_| Front { upstream: upstream_addr, fwd: None });
+    /// # let mut engine = Engine::builder().io_threads(1).handle_signals(false).build()?;
+    /// # let addr = engine.add_server(server)?.local_addr();
+    /// # let running = engine.start()?;
+    /// # let mut client = std::net::TcpStream::connect(addr)?;
+    /// # client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    /// # client.write_all(b"hello")?;
+    /// # let mut reply = [0u8; 5];
+    /// # client.read_exact(&mut reply)?;
+    /// # assert_eq!(&reply, b"hello");
+    /// # drop(client);
+    /// # running.shutdown_handle().shutdown();
+    /// # running.join();
+    /// # echo.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn notify_when_writable(&self, watcher: &ConnectionHandle, value: u64) {
         {

@@ -255,25 +255,53 @@ impl Conn<'_> {
     /// [`CloseReason::Io`] saying why. Both ends of a proxied session then live on the same
     /// thread: bytes never cross threads.
     ///
-    /// ```no_run
-    /// # use ringport::{codec::Raw, Conn, ConnectOptions, ConnectionHandle, Frame, Handler};
+    /// ```
+    /// # use std::io::{Read, Write};
+    /// # use std::net::SocketAddr;
+    /// # use ringport::{codec::Raw, Engine, Server};
+    /// # use ringport::{Conn, ConnectOptions, ConnectionHandle, Frame, Handler};
     /// struct Upstream { client: ConnectionHandle }
     /// impl Handler for Upstream {
     ///     fn on_frame(&mut self, _: &mut Conn<'_>, frame: Frame<'_>) {
     ///         let _ = self.client.write(frame.raw());
     ///     }
     /// }
-    /// struct Client { upstream: Option<ConnectionHandle> }
+    /// struct Client { addr: SocketAddr, upstream: Option<ConnectionHandle> }
     /// impl Handler for Client {
     ///     fn on_open(&mut self, conn: &mut Conn<'_>) {
     ///         let client = conn.handle();
-    ///         let addr = "127.0.0.1:6000".parse().unwrap();
-    ///         self.upstream = Some(conn.connect(addr, Raw, Upstream { client }, ConnectOptions::default()));
+    ///         let upstream = Upstream { client };
+    ///         self.upstream = Some(conn.connect(self.addr, Raw, upstream, ConnectOptions::default()));
     ///     }
     ///     fn on_frame(&mut self, _: &mut Conn<'_>, frame: Frame<'_>) {
     ///         if let Some(u) = &self.upstream { let _ = u.write(frame.raw()); }
     ///     }
     /// }
+    ///
+    /// # let upstream_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let upstream_addr = upstream_listener.local_addr()?;
+    /// # let echo = std::thread::spawn(move || -> std::io::Result<()> {
+    /// #     let (mut s, _) = upstream_listener.accept()?; // the upstream: an echo server
+    /// #     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    /// #     std::io::copy(&mut s.try_clone()?, &mut s)?;
+    /// #     Ok(())
+    /// # });
+    /// let addr = upstream_addr; // e.g. "127.0.0.1:6000".parse()?
+    /// let server = Server::new("127.0.0.1:0".parse()?, Raw, move |_| Client { addr, upstream: None });
+    /// # let mut engine = Engine::builder().io_threads(1).handle_signals(false).build()?;
+    /// # let addr = engine.add_server(server)?.local_addr();
+    /// # let running = engine.start()?;
+    /// # let mut client = std::net::TcpStream::connect(addr)?;
+    /// # client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    /// # client.write_all(b"hello")?;
+    /// # let mut reply = [0u8; 5];
+    /// # client.read_exact(&mut reply)?;
+    /// # assert_eq!(&reply, b"hello");
+    /// # drop(client);
+    /// # running.shutdown_handle().shutdown();
+    /// # running.join();
+    /// # echo.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn connect<D, H>(
         &mut self,

@@ -467,7 +467,9 @@ impl Ordered {
     /// the frame ([`Conn::hold_frame`]) and it is offered again a few ms later. A job whose
     /// connection is gone (reset, aborted) before it starts is skipped, not run.
     ///
-    /// ```no_run
+    /// ```
+    /// # use std::io::{Read, Write};
+    /// # use ringport::{codec::Raw, Engine, Server};
     /// # use ringport::{Conn, Frame, Handler, pool::{Ordered, WorkerPool}};
     /// struct Pooled { pool: WorkerPool, jobs: Ordered }
     /// impl Handler for Pooled {
@@ -479,6 +481,27 @@ impl Ordered {
     ///         }
     ///     }
     /// }
+    ///
+    /// let pool = WorkerPool::new("work", 2, 64)?;
+    /// let p = pool.clone();
+    /// let server = Server::new("127.0.0.1:0".parse()?, Raw, move |_| Pooled {
+    ///     pool: p.clone(),
+    ///     jobs: Ordered::new(8), // at most 8 of this connection's jobs wait
+    /// });
+    /// # let mut engine = Engine::builder().io_threads(1).handle_signals(false).build()?;
+    /// # let addr = engine.add_server(server)?.local_addr();
+    /// # let running = engine.start()?;
+    /// # let mut client = std::net::TcpStream::connect(addr)?;
+    /// # client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    /// # client.write_all(b"ping")?;
+    /// # let mut reply = [0u8; 4];
+    /// # client.read_exact(&mut reply)?;
+    /// # assert_eq!(&reply, b"ping");
+    /// # drop(client);
+    /// # running.shutdown_handle().shutdown();
+    /// # running.join();
+    /// # pool.shutdown(std::time::Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn submit_work(
         &self,

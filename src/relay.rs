@@ -17,25 +17,74 @@
 //!   queued for the other side is dropped, the session is broken), any other end as a graceful
 //!   close after the queued bytes. An upstream that refuses or times out closes the client.
 //!
-//! ```no_run
+//! ```
+//! # use std::io::{Read, Write};
 //! use ringport::{codec::Raw, relay::Relay, ConnectOptions, Engine, Server};
-//! let upstream = "127.0.0.1:5001".parse().unwrap();
-//! let server = Server::new("127.0.0.1:5006".parse().unwrap(), Raw, move |_| {
+//! # let upstream_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! # let upstream_addr = upstream_listener.local_addr()?;
+//! # let echo = std::thread::spawn(move || -> std::io::Result<()> {
+//! #     let (mut s, _) = upstream_listener.accept()?; // the upstream: an echo server
+//! #     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! #     std::io::copy(&mut s.try_clone()?, &mut s)?;
+//! #     Ok(())
+//! # });
+//! let upstream = upstream_addr; // e.g. "127.0.0.1:5001".parse()?
+//! let server = Server::new("127.0.0.1:0".parse()?, Raw, move |_| {
 //!     Relay::to(upstream, ConnectOptions::default())
 //! });
-//! # let _ = server;
+//! let mut engine = Engine::builder().io_threads(1).handle_signals(false).build()?;
+//! let addr = engine.add_server(server)?.local_addr();
+//! let running = engine.start()?;
+//! # let mut client = std::net::TcpStream::connect(addr)?;
+//! # client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! # client.write_all(b"hello")?;
+//! # let mut reply = [0u8; 5];
+//! # client.read_exact(&mut reply)?;
+//! # assert_eq!(&reply, b"hello");
+//! # client.shutdown(std::net::Shutdown::Write)?; // the FIN is relayed; the echo server ends
+//! # echo.join().unwrap()?;
+//! # drop(client);
+//! # running.shutdown_handle().shutdown();
+//! # running.join();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! A TLS terminator in front of a plaintext upstream that is told each client's address with
 //! a PROXY v2 header (`listen upstream cert.pem key.pem` on the command line):
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "tls")] {
+//! # use std::io::{Read, Write};
 //! use std::sync::Arc;
 //! use ringport::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 //! use ringport::{codec::Raw, relay::Relay, ConnectOptions, Engine, ProxyVersion, Server};
+//! # // The test's certificate, as PEM files.
+//! # let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+//! # let dir = std::env::temp_dir().join(format!("ringport-relay-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+//! # std::fs::write(&cert_path, ck.cert.pem())?;
+//! # std::fs::write(&key_path, ck.key_pair.serialize_pem())?;
+//! # let (cert_pem, key_pem) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+//! # // The upstream: reads the PROXY v2 header, then echoes.
+//! # let upstream_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! # let upstream_addr = upstream_listener.local_addr()?.to_string();
+//! # let upstream = upstream_addr.as_str();
+//! # let echo = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+//! #     let (mut s, _) = upstream_listener.accept()?;
+//! #     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! #     let mut header = [0u8; 16];
+//! #     s.read_exact(&mut header)?;
+//! #     assert_eq!(&header[..12], b"\r\n\r\n\0\r\nQUIT\n", "a PROXY v2 signature");
+//! #     let mut addresses = vec![0u8; u16::from_be_bytes([header[14], header[15]]) as usize];
+//! #     s.read_exact(&mut addresses)?;
+//! #     std::io::copy(&mut s.try_clone()?, &mut s)?;
+//! #     Ok(addresses)
+//! # });
 //!
-//! let a: Vec<String> = std::env::args().collect();
+//! // A program reads `listen upstream cert.pem key.pem` from its command line
+//! // (`let a: Vec<String> = std::env::args().collect();`). Here, fixed:
+//! let a = ["terminator", "127.0.0.1:0", upstream, cert_pem, key_pem];
 //! let (listen, upstream) = (a[1].parse().unwrap(), a[2].parse().unwrap());
 //! let certs = CertificateDer::pem_file_iter(&a[3]).unwrap().collect::<Result<_, _>>().unwrap();
 //! let key = PrivateKeyDer::from_pem_file(&a[4]).unwrap();
@@ -48,9 +97,37 @@
 //! })
 //! .tls(Arc::new(config));
 //! let mut engine = Engine::builder().build().unwrap();
-//! engine.add_server(server).unwrap();
-//! engine.run().unwrap();
+//! let addr = engine.add_server(server).unwrap().local_addr();
+//! // A program ends with `engine.run().unwrap();` (serves until SIGINT/SIGTERM). Here:
+//! let running = engine.start().unwrap();
+//! # // A TLS client.
+//! # let mut roots = ringport::rustls::RootCertStore::empty();
+//! # roots.add(ck.cert.der().clone())?;
+//! # let client_config = ringport::rustls::ClientConfig::builder()
+//! #     .with_root_certificates(roots)
+//! #     .with_no_client_auth();
+//! # let name = ringport::rustls::pki_types::ServerName::try_from("localhost")?;
+//! # let conn = ringport::rustls::ClientConnection::new(Arc::new(client_config), name)?;
+//! # let sock = std::net::TcpStream::connect(addr)?;
+//! # sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! # let client_addr = sock.local_addr()?;
+//! # let mut tls = ringport::rustls::StreamOwned::new(conn, sock);
+//! # tls.write_all(b"hello")?;
+//! # let mut reply = [0u8; 5];
+//! # tls.read_exact(&mut reply)?;
+//! # assert_eq!(&reply, b"hello");
+//! # tls.conn.send_close_notify(); // relayed as a FIN: the upstream's echo ends
+//! # tls.flush()?;
+//! # let addresses = echo.join().unwrap()?;
+//! # let std::net::SocketAddr::V4(c) = client_addr else { unreachable!() };
+//! # assert_eq!(&addresses[..4], &c.ip().octets(), "the client's address, in the PROXY header");
+//! # assert_eq!(&addresses[8..10], &c.port().to_be_bytes());
+//! # drop(tls);
+//! running.shutdown_handle().shutdown();
+//! running.join();
+//! # std::fs::remove_dir_all(&dir)?;
 //! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::net::SocketAddr;
