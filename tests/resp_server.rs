@@ -42,25 +42,6 @@ backend_tests!("resp_server";
 // Helpers: outside tools, a raw RESP client
 // ---------------------------------------------------------------------------------------------
 
-/// Whether `program args` runs and exits 0; when not, prints the skip line (or panics under
-/// `RINGPORT_TEST_REQUIRE_TOOLS=1`).
-fn tool_available(tool: &str, program: &str, args: &[&str], why: &str) -> bool {
-    let ok = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("RINGPORT_TEST_REQUIRE_TOOLS").is_some_and(|v| v != "0") {
-            panic!("{tool} required (RINGPORT_TEST_REQUIRE_TOOLS) but not installed ({why})");
-        }
-        println!("skipped: {tool} not installed ({why})");
-    }
-    ok
-}
-
 /// Runs `cmd` with `stdin` fed from a thread; kills it and panics after `timeout`.
 fn run_bounded(mut cmd: Command, stdin: Vec<u8>, timeout: Duration) -> Output {
     let what = format!("{cmd:?}");

@@ -1339,3 +1339,22 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether `program args` runs and exits 0 (`tool` is the name printed); when not, prints the
+/// skip line, and panics instead under `RINGPORT_TEST_REQUIRE_TOOLS=1`.
+pub fn tool_available(tool: &str, program: &str, args: &[&str], why: &str) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("RINGPORT_TEST_REQUIRE_TOOLS").is_some_and(|v| v != "0") {
+            panic!("{tool} required (RINGPORT_TEST_REQUIRE_TOOLS) but not installed ({why})");
+        }
+        println!("skipped: {tool} not installed ({why})");
+    }
+    ok
+}

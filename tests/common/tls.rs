@@ -19,23 +19,10 @@ use ringport::rustls::{self, pki_types};
 
 use super::{Server, IO_TIMEOUT};
 
-/// Whether `tool` can be run (`tool` answers `args`); prints the skip line when not, and panics
-/// instead under `RINGPORT_TEST_REQUIRE_TOOLS=1`.
+/// Whether `tool` can be run (`tool` answers `args`): [`tool_available`] with the tool as
+/// its own program.
 pub fn have_tool(tool: &str, args: &[&str], why: &str) -> bool {
-    let ok = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("RINGPORT_TEST_REQUIRE_TOOLS").is_some_and(|v| v != "0") {
-            panic!("{tool} required (RINGPORT_TEST_REQUIRE_TOOLS) but not installed ({why})");
-        }
-        println!("skipped: {tool} not installed ({why})");
-    }
-    ok
+    super::tool_available(tool, tool, args, why)
 }
 
 pub fn have_python() -> bool {
