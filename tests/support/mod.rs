@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod limits;
 pub mod net;
 
 use ringport::{BackendKind, Engine, EngineBuilder, Error};
