@@ -9,90 +9,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::line::{self, LineClient};
+use common::line::LineClient;
 use common::*;
 
 const SERVER: &str = "line_server";
 
+// SLEEPs block the IO thread here: keep them short.
+line_suite!("line_server", pipelined_sleep_ms = 2);
+
 backend_tests!("line_server";
-    greeting_and_verbs,
-    verbs_case_insensitive,
-    bare_lf_accepted,
-    quit_closes_after_flush,
-    empty_and_unknown_keep_connection,
-    sleep_arguments,
-    pipelined_in_order,
-    fragmented_commands,
-    line_too_long,
-    line_too_long_default,
-    garbage_lines,
-    connect_and_vanish_flood,
-    reset_mid_line,
-    many_concurrent_clients,
-    sigterm_flushes_pending_reply,
     sleep_blocks_its_io_thread,
 );
-
-fn greeting_and_verbs(b: Backend) {
-    line::greeting_and_verbs(SERVER, b);
-}
-
-fn verbs_case_insensitive(b: Backend) {
-    line::verbs_case_insensitive(SERVER, b);
-}
-
-fn bare_lf_accepted(b: Backend) {
-    line::bare_lf_accepted(SERVER, b);
-}
-
-fn quit_closes_after_flush(b: Backend) {
-    line::quit_closes_after_flush(SERVER, b);
-}
-
-fn empty_and_unknown_keep_connection(b: Backend) {
-    line::empty_and_unknown_keep_connection(SERVER, b);
-}
-
-fn sleep_arguments(b: Backend) {
-    line::sleep_arguments(SERVER, b);
-}
-
-fn pipelined_in_order(b: Backend) {
-    // SLEEPs block the IO thread here: keep them short.
-    line::pipelined_in_order(SERVER, b, 2);
-}
-
-fn fragmented_commands(b: Backend) {
-    line::fragmented_commands(SERVER, b);
-}
-
-fn line_too_long(b: Backend) {
-    line::line_too_long(SERVER, b);
-}
-
-fn line_too_long_default(b: Backend) {
-    line::line_too_long_default(SERVER, b);
-}
-
-fn garbage_lines(b: Backend) {
-    line::garbage_lines(SERVER, b);
-}
-
-fn connect_and_vanish_flood(b: Backend) {
-    line::connect_and_vanish_flood(SERVER, b);
-}
-
-fn reset_mid_line(b: Backend) {
-    line::reset_mid_line(SERVER, b);
-}
-
-fn many_concurrent_clients(b: Backend) {
-    line::many_concurrent_clients(SERVER, b);
-}
-
-fn sigterm_flushes_pending_reply(b: Backend) {
-    line::sigterm_flushes_pending_reply(SERVER, b);
-}
 
 /// In `line_server` a SLEEP blocks its IO thread (handlers run on it): with one IO thread, a
 /// PING sent on another connection once the server has read the SLEEP is not answered before

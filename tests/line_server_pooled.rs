@@ -20,22 +20,9 @@ use common::*;
 
 const SERVER: &str = "line_server_pooled";
 
+line_suite!("line_server_pooled", pipelined_sleep_ms = 5);
+
 backend_tests!("line_server_pooled";
-    greeting_and_verbs,
-    verbs_case_insensitive,
-    bare_lf_accepted,
-    quit_closes_after_flush,
-    empty_and_unknown_keep_connection,
-    sleep_arguments,
-    pipelined_in_order,
-    fragmented_commands,
-    line_too_long,
-    line_too_long_default,
-    garbage_lines,
-    connect_and_vanish_flood,
-    reset_mid_line,
-    many_concurrent_clients,
-    sigterm_flushes_pending_reply,
     sleeps_do_not_delay_ping,
     pipelined_random_sleeps_in_order,
     workers_flag,
@@ -133,66 +120,6 @@ fn shutdown_deadline_resets_unfinished_jobs(b: Backend) {
         .wait_exit(Duration::from_secs(1 + 5))
         .expect("no exit within drain-timeout + 5 s");
     assert_clean_exit(st, libc::SIGTERM, "after SIGTERM with queued jobs");
-}
-
-fn greeting_and_verbs(b: Backend) {
-    line::greeting_and_verbs(SERVER, b);
-}
-
-fn verbs_case_insensitive(b: Backend) {
-    line::verbs_case_insensitive(SERVER, b);
-}
-
-fn bare_lf_accepted(b: Backend) {
-    line::bare_lf_accepted(SERVER, b);
-}
-
-fn quit_closes_after_flush(b: Backend) {
-    line::quit_closes_after_flush(SERVER, b);
-}
-
-fn empty_and_unknown_keep_connection(b: Backend) {
-    line::empty_and_unknown_keep_connection(SERVER, b);
-}
-
-fn sleep_arguments(b: Backend) {
-    line::sleep_arguments(SERVER, b);
-}
-
-fn pipelined_in_order(b: Backend) {
-    line::pipelined_in_order(SERVER, b, 5);
-}
-
-fn fragmented_commands(b: Backend) {
-    line::fragmented_commands(SERVER, b);
-}
-
-fn line_too_long(b: Backend) {
-    line::line_too_long(SERVER, b);
-}
-
-fn line_too_long_default(b: Backend) {
-    line::line_too_long_default(SERVER, b);
-}
-
-fn garbage_lines(b: Backend) {
-    line::garbage_lines(SERVER, b);
-}
-
-fn connect_and_vanish_flood(b: Backend) {
-    line::connect_and_vanish_flood(SERVER, b);
-}
-
-fn reset_mid_line(b: Backend) {
-    line::reset_mid_line(SERVER, b);
-}
-
-fn many_concurrent_clients(b: Backend) {
-    line::many_concurrent_clients(SERVER, b);
-}
-
-fn sigterm_flushes_pending_reply(b: Backend) {
-    line::sigterm_flushes_pending_reply(SERVER, b);
 }
 
 /// With 8 workers and one IO thread, 6 connections running `SLEEP 3000` do not delay a PING on

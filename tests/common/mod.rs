@@ -85,6 +85,28 @@ macro_rules! backend_tests {
     };
 }
 
+/// The shared line-protocol suite of [`line`] for a line server binary, each test once per
+/// backend under its own name; `pipelined_sleep_ms` bounds the SLEEPs `pipelined_in_order`
+/// pipelines (short where a SLEEP blocks the IO thread).
+#[allow(unused_macros)] // used by the two line-server test files only
+macro_rules! line_suite {
+    ($server:literal, pipelined_sleep_ms = $ms:expr) => {
+        line_suite!(@each $server; greeting_and_verbs, verbs_case_insensitive, bare_lf_accepted, quit_closes_after_flush, empty_and_unknown_keep_connection, sleep_arguments, fragmented_commands, line_too_long, line_too_long_default, garbage_lines, connect_and_vanish_flood, reset_mid_line, many_concurrent_clients, sigterm_flushes_pending_reply);
+        fn pipelined_in_order(b: $crate::common::Backend) {
+            $crate::common::line::pipelined_in_order($server, b, $ms)
+        }
+        backend_tests!($server; pipelined_in_order);
+    };
+    (@each $server:literal; $($name:ident),+) => {
+        $(
+            fn $name(b: $crate::common::Backend) {
+                $crate::common::line::$name($server, b)
+            }
+        )+
+        backend_tests!($server; $($name),+);
+    };
+}
+
 /// The IO backend a server is asked to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
