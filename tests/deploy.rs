@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::deploy::{
-    free_port, http_get, is_gone, kill, load_result, metrics_addr, ringport_load, sample,
-    successor_pid, tool, Proc, Successors,
+    free_port, http_get, is_gone, kill, load_ran_through_restarts, metrics_addr, ringport_load,
+    sample, successor_pid, tool, Proc, Successors,
 };
 use common::*;
 
@@ -363,20 +363,7 @@ fn ringport_load_through_three_restarts(b: Backend) {
         echo_once(addr, format!("served after restart {round}").as_bytes())
             .expect("the successor serves");
     }
-    assert!(
-        began.elapsed().as_secs_f64() < secs - 1.0,
-        "three restarts took {:?}, longer than the load ran",
-        began.elapsed()
-    );
-    let st = run
-        .wait_exit(Duration::from_secs_f64(secs + 60.0))
-        .expect("ringport-load finishes");
-    let (messages, errors, json) = load_result(&run.output());
-    assert!(
-        st.success() && errors == 0,
-        "ringport-load through three restarts: {st}\n{json}"
-    );
-    assert!(messages > 100, "the load ran: {json}");
+    let messages = load_ran_through_restarts(&mut run, secs, began, 100);
     println!(
         "ringport-load through 3 restarts: {messages} messages (one connection each), 0 errors"
     );

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::deploy::{
-    http_get, is_gone, kill, load_result, metrics_addr, ringport_load, sample, successor_pid,
-    wait_gone, Proc, Successors,
+    http_get, is_gone, kill, load_ran_through_restarts, metrics_addr, ringport_load, sample,
+    successor_pid, wait_gone, Proc, Successors,
 };
 use common::*;
 
@@ -142,20 +142,7 @@ fn twenty_connections_through_three_restarts(b: Backend) {
         !is_gone(first),
         "the first process serves its 20 connections"
     );
-    assert!(
-        began.elapsed().as_secs_f64() < secs - 1.0,
-        "three restarts took {:?}, longer than the load ran",
-        began.elapsed()
-    );
-    let st = run
-        .wait_exit(Duration::from_secs_f64(secs + 60.0))
-        .expect("ringport-load finishes");
-    let (messages, errors, json) = load_result(&run.output());
-    assert!(
-        st.success() && errors == 0,
-        "ringport-load through three restarts: {st}\n{json}"
-    );
-    assert!(messages > 1000, "the load ran: {json}");
+    let messages = load_ran_through_restarts(&mut run, secs, began, 1000);
     // Its connections closed: the first process goes.
     assert!(
         gone_or_reaped(&mut server, first, GONE),

@@ -331,6 +331,27 @@ pub fn load_result(out: &str) -> (u64, u64, String) {
     (field("messages"), field("errors"), line)
 }
 
+/// The `ringport-load --json` run that ran `secs` across three restarts begun at `began`: the
+/// restarts ended before the load did, the run finished with no error and sent more than
+/// `min_messages` messages, which it returns.
+pub fn load_ran_through_restarts(run: &mut Proc, secs: f64, began: Instant, min: u64) -> u64 {
+    assert!(
+        began.elapsed().as_secs_f64() < secs - 1.0,
+        "three restarts took {:?}, longer than the load ran",
+        began.elapsed()
+    );
+    let st = run
+        .wait_exit(Duration::from_secs_f64(secs + 60.0))
+        .expect("ringport-load finishes");
+    let (messages, errors, json) = load_result(&run.output());
+    assert!(
+        st.success() && errors == 0,
+        "ringport-load through three restarts: {st}\n{json}"
+    );
+    assert!(messages > min, "the load ran: {json}");
+    messages
+}
+
 /// Kills the restart successors it holds when dropped, also when a test fails (they are not
 /// children of the test, so nothing else would).
 pub struct Successors(pub Vec<i32>);
