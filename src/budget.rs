@@ -102,6 +102,8 @@ pub struct Budget {
 struct Inner {
     limit: usize,
     used: AtomicUsize,
+    /// The most `used` has been (the low-resource tests assert it stays under `limit`).
+    peak: AtomicUsize,
     /// Connections charging anything now (the watermark share divides by them).
     holders: AtomicUsize,
     actions: [AtomicU64; 4],
@@ -121,6 +123,7 @@ impl Budget {
             inner: Arc::new(Inner {
                 limit: limit.max(1 << 20),
                 used: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
                 holders: AtomicUsize::new(0),
                 actions: Default::default(),
                 refused_charges: AtomicU64::new(0),
@@ -141,6 +144,11 @@ impl Budget {
         self.inner.used.load(Relaxed)
     }
 
+    /// The most bytes charged at once since the budget was made.
+    pub fn peak(&self) -> usize {
+        self.inner.peak.load(Relaxed)
+    }
+
     /// How full the budget is now.
     pub fn pressure(&self) -> Pressure {
         Pressure::of(self.used(), self.inner.limit)
@@ -149,7 +157,8 @@ impl Budget {
     /// Charges `bytes` unconditionally (what is already allocated). Pair with
     /// [`Budget::release`].
     pub fn charge(&self, bytes: usize) {
-        self.inner.used.fetch_add(bytes, Relaxed);
+        let now = self.inner.used.fetch_add(bytes, Relaxed) + bytes;
+        self.inner.peak.fetch_max(now, Relaxed);
     }
 
     /// Charges `bytes` if that leaves the budget below the [`Pressure::Refuse`] threshold;
@@ -164,6 +173,7 @@ impl Budget {
                 let next = u.checked_add(bytes)?;
                 (Pressure::of(next, limit) < Pressure::Refuse).then_some(next)
             })
+            .map(|before| self.inner.peak.fetch_max(before + bytes, Relaxed))
             .is_ok();
         if !ok {
             self.inner.refused_charges.fetch_add(1, Relaxed);

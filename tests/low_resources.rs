@@ -614,6 +614,7 @@ fn crowd_and_flood(
         })
         .collect();
     let used = metric(&m, "ringport_memory_used_bytes", "");
+    let peak = metric(&m, "ringport_memory_used_peak_bytes", "");
     if let Kind::Pooled = kind {
         println!(
             "{backend}: pool queued at most {max_queued} (of 128) during the flood, cancelled {}",
@@ -621,9 +622,10 @@ fn crowd_and_flood(
         );
     }
     println!(
-        "{backend}: budget {} MiB, used {} MiB, actions {actions:?}, closed overload {}, flooders dropped {}",
+        "{backend}: budget {} MiB, used {} MiB (peak {} MiB), actions {actions:?}, closed overload {}, flooders dropped {}",
         budget / MIB,
         used / MIB,
+        peak / MIB,
         overload(&m),
         dropped.load(Ordering::Relaxed)
     );
