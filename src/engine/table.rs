@@ -70,6 +70,9 @@ pub(super) struct State {
     pub drain: Duration,
     pub shutdown_deadline: Option<Instant>,
     pub last_tick: Instant,
+    /// Every reading connection was paused when the budget reached its refuse level
+    /// (`overload.rs`); cleared when pressure falls below it.
+    pub refuse_paused: bool,
     /// Connections whose `on_shutdown` waits for their first input (token, generation, at
     /// the latest): a client that just connected gets its first request answered.
     pub deferred_shutdown: Vec<(Token, u64, Instant)>,
