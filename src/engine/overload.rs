@@ -19,14 +19,21 @@ const HOLDING: usize = 64 << 10;
 
 /// The read pause a flush applies: the server's watermarks, shrunk under pressure, and under
 /// [`Pressure::Pause`] any waiting output. Returns whether reading should pause (the caller
-/// keeps `bp_paused` and its counter).
-pub(super) fn should_pause(c: &ConnCore, queued: usize, budget: &crate::budget::Budget) -> bool {
+/// keeps `bp_paused` and its counter). `exempt`: the server is exempt from overload actions
+/// (the metrics server), so the refuse level does not stop its reading.
+pub(super) fn should_pause(
+    c: &ConnCore,
+    queued: usize,
+    budget: &crate::budget::Budget,
+    exempt: bool,
+) -> bool {
     let pressure = budget.pressure();
     let high = budget.write_share(c.write_high);
     // From the refuse level no connection takes input, as no new connection is taken: a
     // connection holding nothing would otherwise still read one buffer and queue its reply,
     // and 2,000 of them took the charge to 120% of the budget (issue 25).
-    let budget_pause = (pressure >= Pressure::Pause && queued > 0) || pressure >= Pressure::Refuse;
+    let budget_pause =
+        (pressure >= Pressure::Pause && queued > 0) || (pressure >= Pressure::Refuse && !exempt);
     if !c.bp_paused {
         if queued > c.write_high {
             return true;
@@ -107,7 +114,8 @@ impl State {
             return;
         }
         let queued = c.queued();
-        if should_pause(c, queued, &budget) {
+        let exempt = self.servers[c.server].limits.overload_exempt;
+        if should_pause(c, queued, &budget, exempt) {
             c.bp_paused = true;
             self.ctx.stats[c.server].threads[self.index]
                 .backpressure_pauses
@@ -133,7 +141,11 @@ impl State {
         for (token, e) in self.entries.iter_mut().enumerate() {
             let Some(e) = e else { continue };
             let c = &mut e.core;
-            if c.phase != Phase::Open || c.bp_paused || !c.reading {
+            if c.phase != Phase::Open
+                || c.bp_paused
+                || !c.reading
+                || self.servers[c.server].limits.overload_exempt
+            {
                 continue;
             }
             c.bp_paused = true;
