@@ -30,6 +30,9 @@ backend_tests!("resp_server"; resp_mget_200_flooders_in_64_mib);
 
 const MIB: u64 = 1 << 20;
 
+#[path = "low_resources/chat.rs"]
+mod chat;
+
 /// A memory cgroup made for one test (a child of this process's own), removed on drop.
 struct MemCgroup {
     dir: PathBuf,
