@@ -13,7 +13,8 @@
 //!   is never disconnected because another publishes fast.
 //! - A member that holds a publisher paused for the room's stall timeout without reading its
 //!   queue down is disconnected (reset; logged; counted by [`Room::dropped_slow`]; its own
-//!   close reason is `local`), and the publisher goes on. A member that never reads thus costs
+//!   close reason is [`SlowConsumer`](crate::CloseReason::SlowConsumer), `slow-consumer`),
+//!   and the publisher goes on. A member that never reads thus costs
 //!   at most the high watermark plus one message per publisher, and stalls the room for at
 //!   most the stall timeout.
 //!
@@ -288,7 +289,7 @@ impl Room {
                 "fan-out member does not read; disconnecting it"
             );
         }
-        let _ = b.entry.handle.abort();
+        let _ = b.entry.handle.abort_slow();
     }
 }
 

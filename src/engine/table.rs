@@ -473,14 +473,24 @@ impl State {
                         .mark_dirty(token, &mut self.entries[token].as_mut().expect("live").core);
                 }
             }
-            HandleMsg::Close { token, gen, abort } => {
+            HandleMsg::Close {
+                token,
+                gen,
+                abort,
+                slow,
+            } => {
                 let Some(e) = self.entry_gen(token, gen) else {
                     return;
                 };
-                if abort {
-                    e.core.begin_abort(CloseReason::Local);
+                let reason = if slow {
+                    CloseReason::SlowConsumer
                 } else {
-                    e.core.begin_close(CloseReason::Local);
+                    CloseReason::Local
+                };
+                if abort {
+                    e.core.begin_abort(reason);
+                } else {
+                    e.core.begin_close(reason);
                 }
                 self.mark(token);
             }
