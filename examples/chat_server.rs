@@ -148,5 +148,9 @@ fn main() {
     .write_watermarks(args.max_backlog / 4, args.max_backlog);
     let server = args.server.add(&mut engine, server);
     cli::run(engine, &[&server]);
-    tracing::info!(slow_disconnects = room.dropped_slow(), "chat room closed");
+    tracing::info!(
+        slow_disconnects = room.dropped_slow(),
+        budget_waits = room.budget_waits(),
+        "chat room closed"
+    );
 }

@@ -82,7 +82,7 @@ fn main() {
         .engine_with(|b| b.recv_buffer_size(args.io_buffer));
     let pool =
         WorkerPool::new("ringport-worker", args.workers, 1024).unwrap_or_else(|e| cli::fail(e));
-    let buffers = BufferPool::new(args.transfer_buffers, frame_bytes);
+    let buffers = BufferPool::new(args.transfer_buffers, frame_bytes).with_budget(engine.budget());
     let (p, b, io_buffer) = (pool.clone(), buffers.clone(), args.io_buffer);
     let server = Server::listen(cli::listen_addr(&args.listen), codec, move |_| Session {
         pool: p.clone(),

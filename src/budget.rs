@@ -102,6 +102,8 @@ pub struct Budget {
 struct Inner {
     limit: usize,
     used: AtomicUsize,
+    /// The most `used` has been (the low-resource tests assert it stays under `limit`).
+    peak: AtomicUsize,
     /// Connections charging anything now (the watermark share divides by them).
     holders: AtomicUsize,
     actions: [AtomicU64; 4],
@@ -121,6 +123,7 @@ impl Budget {
             inner: Arc::new(Inner {
                 limit: limit.max(1 << 20),
                 used: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
                 holders: AtomicUsize::new(0),
                 actions: Default::default(),
                 refused_charges: AtomicU64::new(0),
@@ -141,6 +144,11 @@ impl Budget {
         self.inner.used.load(Relaxed)
     }
 
+    /// The most bytes charged at once since the budget was made.
+    pub fn peak(&self) -> usize {
+        self.inner.peak.load(Relaxed)
+    }
+
     /// How full the budget is now.
     pub fn pressure(&self) -> Pressure {
         Pressure::of(self.used(), self.inner.limit)
@@ -149,7 +157,8 @@ impl Budget {
     /// Charges `bytes` unconditionally (what is already allocated). Pair with
     /// [`Budget::release`].
     pub fn charge(&self, bytes: usize) {
-        self.inner.used.fetch_add(bytes, Relaxed);
+        let now = self.inner.used.fetch_add(bytes, Relaxed) + bytes;
+        self.inner.peak.fetch_max(now, Relaxed);
     }
 
     /// Charges `bytes` if that leaves the budget below the [`Pressure::Refuse`] threshold;
@@ -164,6 +173,7 @@ impl Budget {
                 let next = u.checked_add(bytes)?;
                 (Pressure::of(next, limit) < Pressure::Refuse).then_some(next)
             })
+            .map(|before| self.inner.peak.fetch_max(before + bytes, Relaxed))
             .is_ok();
         if !ok {
             self.inner.refused_charges.fetch_add(1, Relaxed);
@@ -217,8 +227,12 @@ impl Budget {
         (before != now as u8).then(|| (Pressure::from_u8(before), now))
     }
 
-    /// How long pressure has been at [`Pressure::Refuse`] or above (as of `now`; zero below
-    /// it). Refusing new connections frees nothing: if it lasts, the resets begin.
+    /// How long the budget has been refusing: since pressure reached [`Pressure::Refuse`],
+    /// until use is back under `RESET_TARGET_PERMILLE` (zero outside that). Refusing new
+    /// connections frees nothing: if it lasts, the resets begin. The hysteresis matters: use
+    /// that swings between 80% and 85% (readers paused at the refuse level resume below it and
+    /// fill it again) would otherwise restart the clock at each swing, never reset anyone, and
+    /// refuse newcomers on and off for ever.
     pub(crate) fn refusing_for(
         &self,
         now: std::time::Instant,
@@ -226,8 +240,13 @@ impl Budget {
     ) -> std::time::Duration {
         let now_ms = now.saturating_duration_since(self.inner.start).as_millis() as u64 + 1;
         if pressure < Pressure::Refuse {
-            self.inner.refusing_since_ms.store(0, Relaxed);
-            return std::time::Duration::ZERO;
+            let since = self.inner.refusing_since_ms.load(Relaxed);
+            let floor = self.inner.limit / 1000 * RESET_TARGET_PERMILLE;
+            if since == 0 || self.used() < floor {
+                self.inner.refusing_since_ms.store(0, Relaxed);
+                return std::time::Duration::ZERO;
+            }
+            return std::time::Duration::from_millis(now_ms.saturating_sub(since));
         }
         let since = match self
             .inner
@@ -392,6 +411,34 @@ mod tests {
         b.release(8 << 20);
         assert_eq!(b.used(), 0);
         assert!(b.try_charge(1 << 20));
+    }
+
+    #[test]
+    fn refusing_lasts_from_the_refuse_level_until_back_under_the_reset_target() {
+        use std::time::{Duration, Instant};
+        let b = Budget::new(1000 << 20);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        b.charge(860 << 20);
+        assert_eq!(b.refusing_for(at(0), b.pressure()), Duration::ZERO);
+        // Swings between 80% and 85% keep the clock running...
+        b.release(30 << 20);
+        assert_eq!(b.pressure(), Pressure::Pause);
+        assert_eq!(
+            b.refusing_for(at(600), b.pressure()),
+            Duration::from_millis(600)
+        );
+        b.charge(30 << 20);
+        assert_eq!(
+            b.refusing_for(at(1200), b.pressure()),
+            Duration::from_millis(1200)
+        );
+        // ...and falling under 80% stops it; below the refuse level it does not start.
+        b.release(100 << 20);
+        assert_eq!(b.refusing_for(at(1300), b.pressure()), Duration::ZERO);
+        b.charge(60 << 20);
+        assert_eq!(b.refusing_for(at(1400), b.pressure()), Duration::ZERO);
+        assert_eq!(b.peak(), 860 << 20);
     }
 
     #[test]

@@ -13,9 +13,25 @@
 //!   is never disconnected because another publishes fast.
 //! - A member that holds a publisher paused for the room's stall timeout without reading its
 //!   queue down is disconnected (reset; logged; counted by [`Room::dropped_slow`]; its own
-//!   close reason is `local`), and the publisher goes on. A member that never reads thus costs
+//!   close reason is [`SlowConsumer`](crate::CloseReason::SlowConsumer), `slow-consumer`),
+//!   and the publisher goes on. A member that never reads thus costs
 //!   at most the high watermark plus one message per publisher, and stalls the room for at
 //!   most the stall timeout.
+//!
+//! # Under the memory budget
+//!
+//! Every message becomes one queued copy per member, so a room of silent members is what
+//! fills memory under a fast talker (200 of them took `chat_server` past a 64 MiB cgroup in
+//! 0.4 s: the copies reach the budget's count only when each member's IO thread takes them).
+//! The room therefore counts what its members hold itself (their handles' backlogs, exact at
+//! once) on top of the budget's charge: once that reaches the budget's
+//! [`Pause`](crate::budget::Pressure::Pause) level, a message for a member that still holds
+//! anything waits for it instead of being queued ([`Room::budget_waits`]), and the publisher
+//! pauses under the rule above: the member is written to when it has read everything or the
+//! pressure falls (looked at again every [`BUDGET_RETRY`]), or is disconnected at the stall
+//! timeout. A member holding nothing still gets the message, so readers that keep up keep
+//! reading. Members' queues are charged to the budget through their connections, so the
+//! engine's resets at the top pick the largest of them.
 //!
 //! # Use
 //!
@@ -77,6 +93,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
+use crate::budget::{Budget, Pressure};
 use crate::conn::Conn;
 use crate::handle::{ConnectionHandle, HandleError};
 
@@ -84,11 +101,19 @@ use crate::handle::{ConnectionHandle, HandleError};
 /// (reserved: a handler with timers of its own uses other ids).
 pub const STALL_TIMER: u64 = u64::MAX - 0xfa;
 
+/// The timer id a [`Member`] arms while a publish waits for the memory budget (reserved).
+pub const BUDGET_TIMER: u64 = u64::MAX - 0xfb;
+
+/// How often a publish waiting for the memory budget looks again.
+pub const BUDGET_RETRY: Duration = Duration::from_millis(50);
+
 /// The members of one fan-out group, shared by the IO threads (`Arc<Room>`).
 pub struct Room {
     members: RwLock<HashMap<u64, Entry>>,
     stall_timeout: Duration,
     dropped_slow: AtomicU64,
+    /// Messages held back for the memory budget (each then waits for its member).
+    budget_waits: AtomicU64,
     /// For a room of [`Topics`]: the map it is in, and its key there (it leaves the map
     /// with its last member).
     home: Option<(Weak<RoomMap>, Box<[u8]>)>,
@@ -107,6 +132,9 @@ struct Blocking {
     id: u64,
     entry: Entry,
     unsent: Option<Arc<[u8]>>,
+    /// `unsent` waits for the memory budget (tried again by [`BUDGET_TIMER`]), not for the
+    /// member's queue to go down (its watch).
+    for_budget: bool,
 }
 
 impl Room {
@@ -116,6 +144,7 @@ impl Room {
             members: RwLock::new(HashMap::new()),
             stall_timeout,
             dropped_slow: AtomicU64::new(0),
+            budget_waits: AtomicU64::new(0),
             home: None,
         }
     }
@@ -135,6 +164,8 @@ impl Room {
             me: handle,
             joined: true,
             blocking: Vec::new(),
+            budget: conn.budget().clone(),
+            retry_armed: false,
         }
     }
 
@@ -148,6 +179,8 @@ impl Room {
             me: conn.handle(),
             joined: false,
             blocking: Vec::new(),
+            budget: conn.budget().clone(),
+            retry_armed: false,
         }
     }
 
@@ -166,6 +199,13 @@ impl Room {
         self.dropped_slow.load(Ordering::Relaxed)
     }
 
+    /// Messages held back so far for the memory budget: each waited for its member to read
+    /// what it held (or for the pressure to fall), or for its disconnection at the stall
+    /// timeout; none is dropped.
+    pub fn budget_waits(&self) -> u64 {
+        self.budget_waits.load(Ordering::Relaxed)
+    }
+
     /// The stall timeout the room was made with.
     pub fn stall_timeout(&self) -> Duration {
         self.stall_timeout
@@ -180,11 +220,31 @@ impl Room {
     }
 
     /// Sends `msg` to everyone but `from`: how many members it was queued for or waits for,
-    /// and the members whose queue it found full or filled.
-    fn broadcast(&self, from: u64, msg: &Arc<[u8]>) -> (usize, Vec<Blocking>) {
+    /// and the members whose queue it found full or filled, or that must wait for the budget.
+    fn broadcast(&self, from: u64, msg: &Arc<[u8]>, budget: &Budget) -> (usize, Vec<Blocking>) {
         let members = self.read_members();
+        // What the members hold now, exact (the budget counts it only once their IO threads
+        // take it), on top of the budget's charge: counted twice in part, so the room waits
+        // a little early rather than late.
+        let mut held = budget.used()
+            + members
+                .values()
+                .map(|m| m.handle.queued_bytes())
+                .sum::<usize>();
         let (mut sent, mut blocking) = (0, Vec::new());
         for (&id, m) in members.iter().filter(|(id, _)| **id != from) {
+            if budget_wait(budget, m.handle.queued_bytes(), held + msg.len()) {
+                self.budget_waits.fetch_add(1, Ordering::Relaxed);
+                sent += 1;
+                blocking.push(Blocking {
+                    id,
+                    entry: m.clone(),
+                    unsent: Some(msg.clone()),
+                    for_budget: true,
+                });
+                continue;
+            }
+            held += msg.len();
             let unsent = match m.handle.write(&msg[..]) {
                 Ok(()) if m.handle.is_writable() => {
                     sent += 1;
@@ -199,6 +259,7 @@ impl Room {
                 id,
                 entry: m.clone(),
                 unsent,
+                for_budget: false,
             });
         }
         debug_assert!(blocking.len() <= sent);
@@ -228,7 +289,7 @@ impl Room {
                 "fan-out member does not read; disconnecting it"
             );
         }
-        let _ = b.entry.handle.abort();
+        let _ = b.entry.handle.abort_slow();
     }
 }
 
@@ -243,6 +304,16 @@ pub struct Member {
     joined: bool,
     /// Members this publisher waits for, its reading paused (empty: reading).
     blocking: Vec<Blocking>,
+    /// The engine's memory budget.
+    budget: Budget,
+    /// [`BUDGET_TIMER`] is armed.
+    retry_armed: bool,
+}
+
+/// Whether a message for a member holding `member_holds` bytes waits for the budget, the
+/// room's members and the budget holding `held` bytes with it.
+fn budget_wait(budget: &Budget, member_holds: usize, held: usize) -> bool {
+    member_holds > 0 && Pressure::of(held, budget.limit()) >= Pressure::Pause
 }
 
 impl Member {
@@ -269,7 +340,7 @@ impl Member {
             "a publish while the previous one waits"
         );
         let msg = msg.into();
-        let (sent, mut blocking) = self.room.broadcast(self.id, &msg);
+        let (sent, mut blocking) = self.room.broadcast(self.id, &msg, &self.budget);
         if blocking.is_empty() {
             return sent;
         }
@@ -281,7 +352,14 @@ impl Member {
         conn.pause_reading();
         conn.set_timer(STALL_TIMER, self.room.stall_timeout);
         for b in &self.blocking {
-            b.entry.handle.notify_when_writable(&self.me, b.id);
+            if b.for_budget {
+                self.retry_armed = true;
+            } else {
+                b.entry.handle.notify_when_writable(&self.me, b.id);
+            }
+        }
+        if self.retry_armed {
+            conn.set_timer(BUDGET_TIMER, BUDGET_RETRY);
         }
         sent
     }
@@ -292,37 +370,80 @@ impl Member {
         let Some(i) = self.blocking.iter().position(|b| b.id == value) else {
             return false; // not ours, or an older watch of a member no longer waited for
         };
+        if self.retry(i) {
+            self.blocking.swap_remove(i);
+        }
+        self.after_retry(conn);
+        true
+    }
+
+    /// Tries the member `blocking[i]` again: `true` once it no longer holds this publisher
+    /// up. Waiting for the budget, it is looked at again by [`BUDGET_TIMER`]; otherwise when
+    /// its queue is back under the low watermark.
+    fn retry(&mut self, i: usize) -> bool {
         let b = &mut self.blocking[i];
+        let h = &b.entry.handle;
         if let Some(msg) = &b.unsent {
-            match b.entry.handle.write(&msg[..]) {
+            let held = self.budget.used() + h.queued_bytes() + msg.len();
+            if h.is_open() && budget_wait(&self.budget, h.queued_bytes(), held) {
+                b.for_budget = true;
+                self.retry_armed = true;
+                return false; // `after_retry` arms the timer
+            }
+            b.for_budget = false;
+            match h.write(&msg[..]) {
                 Ok(()) => b.unsent = None,
                 Err(HandleError::Full) => {}
                 Err(HandleError::Closed | HandleError::EngineStopped) => b.unsent = None,
             }
         }
-        let h = &b.entry.handle;
         if b.unsent.is_none() && (h.is_writable() || !h.is_open()) {
-            self.blocking.swap_remove(i);
-        } else {
-            h.notify_when_writable(&self.me, b.id);
+            return true;
         }
+        h.notify_when_writable(&self.me, b.id);
+        false
+    }
+
+    /// After members were tried again: reading resumes when none holds this publisher up;
+    /// the budget's retry timer runs while one waits for the budget.
+    fn after_retry(&mut self, conn: &mut Conn<'_>) {
         if self.blocking.is_empty() {
             conn.cancel_timer(STALL_TIMER);
+            conn.cancel_timer(BUDGET_TIMER);
+            self.retry_armed = false;
             conn.resume_reading();
+        } else if self.retry_armed {
+            conn.set_timer(BUDGET_TIMER, BUDGET_RETRY);
         }
-        true
     }
 
     /// Hand every [`Handler::on_timer`](crate::Handler::on_timer) call here first: `true` if
     /// it was the stall timer ([`STALL_TIMER`]); the members still holding this publisher up
     /// are disconnected, and reading resumes.
     pub fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) -> bool {
+        if id == BUDGET_TIMER {
+            // The members waiting for the budget are tried again (the others wait for their
+            // queue to go down: a retry re-registers their watch, which is harmless).
+            self.retry_armed = false;
+            let mut i = 0;
+            while i < self.blocking.len() {
+                if self.blocking[i].for_budget && self.retry(i) {
+                    self.blocking.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            self.after_retry(conn);
+            return true;
+        }
         if id != STALL_TIMER {
             return false;
         }
         for b in std::mem::take(&mut self.blocking) {
             self.room.evict(&b);
         }
+        conn.cancel_timer(BUDGET_TIMER);
+        self.retry_armed = false;
         conn.resume_reading();
         true
     }

@@ -27,6 +27,8 @@ pub(crate) enum HandleMsg {
         token: usize,
         gen: u64,
         abort: bool,
+        /// The close reason counted: `Local`, or `SlowConsumer` (a fan-out eviction).
+        slow: bool,
     },
     ShutdownWrite {
         token: usize,
@@ -369,6 +371,7 @@ impl ConnectionHandle {
             token: self.token,
             gen: self.gen,
             abort: false,
+            slow: false,
         });
         if r.is_ok() {
             self.shared.mark_closing();
@@ -380,10 +383,22 @@ impl ConnectionHandle {
     /// the connection (clones and `Work` too) says closed and refuses writes with
     /// [`HandleError::Closed`]. `Closed` if the connection had already ended.
     pub fn abort(&self) -> Result<(), HandleError> {
+        self.abort_as(false)
+    }
+
+    /// [`abort`](ConnectionHandle::abort), counted under
+    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer) (a fan-out member
+    /// evicted for not reading).
+    pub(crate) fn abort_slow(&self) -> Result<(), HandleError> {
+        self.abort_as(true)
+    }
+
+    fn abort_as(&self, slow: bool) -> Result<(), HandleError> {
         let r = self.post(HandleMsg::Close {
             token: self.token,
             gen: self.gen,
             abort: true,
+            slow,
         });
         if r.is_ok() {
             self.shared.mark_dead();

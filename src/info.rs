@@ -164,11 +164,14 @@ pub enum CloseReason {
     /// The process-wide memory budget was nearly spent: a new connection refused at accept,
     /// or (at the top) an open one holding the most bytes for the longest, reset.
     Overload,
+    /// A fan-out member ([`fanout::Room`](crate::fanout::Room)) that held a publisher up for
+    /// the room's stall timeout without reading its queue down: reset, its queue dropped.
+    SlowConsumer,
 }
 
 impl CloseReason {
     /// Number of distinct kinds of reason.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every kind's [`name`](CloseReason::name), in [`index`](CloseReason::index) order.
     pub const NAMES: [&'static str; CloseReason::COUNT] = [
@@ -187,6 +190,7 @@ impl CloseReason {
         "proxy-header",
         "proxy-header-timeout",
         "overload",
+        "slow-consumer",
     ];
 
     /// A stable index per kind of reason, for counters.
@@ -207,6 +211,7 @@ impl CloseReason {
             CloseReason::ProxyHeader(_) => 12,
             CloseReason::ProxyHeaderTimeout => 13,
             CloseReason::Overload => 14,
+            CloseReason::SlowConsumer => 15,
         }
     }
 
@@ -225,6 +230,7 @@ impl CloseReason {
                 | CloseReason::FlushStalled
                 | CloseReason::DrainTimeout
                 | CloseReason::Overload
+                | CloseReason::SlowConsumer
         )
     }
 
@@ -274,6 +280,7 @@ mod tests {
             CloseReason::ProxyHeader(String::new()),
             CloseReason::ProxyHeaderTimeout,
             CloseReason::Overload,
+            CloseReason::SlowConsumer,
         ];
         for (i, r) in all.iter().enumerate() {
             assert_eq!(r.index(), i);

@@ -33,6 +33,13 @@
 //!   the request is answered, so no close of the connection drops the reply. A job whose
 //!   connection is gone (reset, aborted) before it starts is skipped, not run, and counted
 //!   ([`WorkerPool::cancelled`]).
+//! - Under the memory budget: from the budget's [`Refuse`](crate::budget::Pressure::Refuse)
+//!   level [`WorkerPool::try_execute_work`] and [`Ordered::submit_work`] refuse new jobs as a
+//!   full queue does (the handler holds its frame and stops reading), counted by
+//!   [`WorkerPool::budget_refusals`]: a job's reply would be charged only once written, too
+//!   late. A [`BufferPool`] made [`with_budget`](BufferPool::with_budget) charges each buffer
+//!   it allocates (`try_charge`: none past the refuse level; `try_get` says `None`, the same
+//!   backpressure) until the buffer is dropped, the pool's free ones with the pool.
 //! - Shutdown ([`WorkerPool::shutdown`]): jobs not yet started are dropped, running jobs may
 //!   finish until the deadline; the pool never waits for connection handles, which keep nothing
 //!   alive.
@@ -45,6 +52,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::budget::{Budget, Pressure};
 use crate::conn::Conn;
 use crate::handle::Work;
 
@@ -151,6 +159,19 @@ struct Shared {
     busy: AtomicUsize,
     /// Jobs skipped because their connection was gone before they started.
     cancelled: AtomicU64,
+    /// Jobs refused because the memory budget was at its refuse level.
+    budget_refusals: AtomicU64,
+}
+
+impl Shared {
+    /// Whether a job for `conn` is refused for the memory budget (counted).
+    fn refused_for_budget(&self, conn: &Conn<'_>) -> bool {
+        let refused = conn.budget().pressure() >= Pressure::Refuse;
+        if refused {
+            self.budget_refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        refused
+    }
 }
 
 impl Shared {
@@ -196,6 +217,7 @@ impl WorkerPool {
             workers,
             busy: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
+            budget_refusals: AtomicU64::new(0),
         });
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -237,6 +259,9 @@ impl WorkerPool {
         conn: &mut Conn<'_>,
         job: impl FnOnce(Work) + Send + 'static,
     ) -> Result<(), PoolFull> {
+        if self.shared.refused_for_budget(conn) {
+            return Err(PoolFull);
+        }
         let mut q = self.shared.lock();
         if q.stopping || !q.admit(None, self.shared.capacity, Instant::now()) {
             return Err(PoolFull);
@@ -255,6 +280,12 @@ impl WorkerPool {
         );
         q.ready.push_back(entry);
         self.shared.wake.notify_one();
+    }
+
+    /// Jobs refused so far because the memory budget was at its refuse level (the handler
+    /// held its frame, as for a full queue).
+    pub fn budget_refusals(&self) -> u64 {
+        self.shared.budget_refusals.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting (every connection's together).
@@ -509,6 +540,9 @@ impl Ordered {
         conn: &mut Conn<'_>,
         job: impl FnOnce(Work) + Send + 'static,
     ) -> Result<(), Busy> {
+        if pool.shared.refused_for_budget(conn) {
+            return Err(Busy::PoolFull);
+        }
         self.enqueue(pool, || Task::Reply(Box::new(job), conn.work()))
     }
 
@@ -556,6 +590,17 @@ struct BufferPoolInner {
     out: std::sync::atomic::AtomicUsize,
     count: usize,
     capacity: usize,
+    /// Charged `capacity` for every buffer allocated and not yet dropped.
+    budget: Option<Budget>,
+}
+
+impl Drop for BufferPoolInner {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            let free = self.free.get_mut().unwrap_or_else(|e| e.into_inner()).len();
+            b.release(free * self.capacity);
+        }
+    }
 }
 
 impl BufferPool {
@@ -567,7 +612,30 @@ impl BufferPool {
                 out: std::sync::atomic::AtomicUsize::new(0),
                 count,
                 capacity,
+                budget: None,
             }),
+        }
+    }
+
+    /// Charges every buffer this pool allocates to `budget` (the engine's:
+    /// [`Engine::budget`](crate::Engine::budget)) while it exists; past the budget's refuse
+    /// level none is allocated ([`BufferPool::try_get`] says `None`). Call before the first
+    /// `try_get`.
+    pub fn with_budget(self, budget: Budget) -> BufferPool {
+        let inner = BufferPoolInner {
+            free: Mutex::new(Vec::new()),
+            out: std::sync::atomic::AtomicUsize::new(0),
+            count: self.inner.count,
+            capacity: self.inner.capacity,
+            budget: Some(budget),
+        };
+        debug_assert_eq!(
+            self.inner.out.load(Ordering::Acquire),
+            0,
+            "buffers already out"
+        );
+        BufferPool {
+            inner: Arc::new(inner),
         }
     }
 
@@ -579,12 +647,19 @@ impl BufferPool {
                 (n < i.count).then_some(n + 1)
             })
             .ok()?;
-        let buf = i
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(i.capacity));
+        let free = i.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let buf = match free {
+            Some(buf) => buf,
+            None => {
+                if let Some(b) = &i.budget {
+                    if !b.try_charge(i.capacity) {
+                        i.out.fetch_sub(1, Ordering::AcqRel);
+                        return None;
+                    }
+                }
+                Vec::with_capacity(i.capacity)
+            }
+        };
         Some(PooledBuf {
             buf,
             pool: self.inner.clone(),
@@ -626,6 +701,8 @@ impl Drop for PooledBuf {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(buf);
+        } else if let Some(b) = &self.pool.budget {
+            b.release(self.pool.capacity); // grown past the pool's size: freed, not kept
         }
         self.pool.out.fetch_sub(1, Ordering::AcqRel);
     }
@@ -635,6 +712,25 @@ impl Drop for PooledBuf {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    #[test]
+    fn a_budgeted_buffer_pool_charges_what_it_allocates_and_stops_at_the_refuse_level() {
+        let budget = Budget::new(1 << 20);
+        let pool = BufferPool::new(8, 256 << 10).with_budget(budget.clone());
+        let a = pool.try_get().expect("first buffer");
+        let b = pool.try_get().expect("second buffer");
+        let c = pool.try_get().expect("third buffer (75%)");
+        assert_eq!(budget.used(), 768 << 10);
+        assert!(pool.try_get().is_none(), "a fourth would pass 85%");
+        assert_eq!(pool.in_use(), 3, "the refused one is not counted out");
+        drop(c);
+        assert_eq!(budget.used(), 768 << 10, "a free buffer stays charged");
+        let c = pool.try_get().expect("the free one comes back");
+        assert_eq!(budget.used(), 768 << 10, "reused: no new charge");
+        drop((a, b, c));
+        drop(pool);
+        assert_eq!(budget.used(), 0, "the pool's free buffers go with it");
+    }
 
     #[test]
     fn buffer_pool_never_hands_out_more_than_its_count_and_reuses_returns() {

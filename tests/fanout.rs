@@ -154,7 +154,7 @@ fn a_never_reader_is_dropped_and_the_readers_that_keep_up_get_everything(kind: B
         "bounded: {most_queued} B queued for the never-reader"
     );
     let stats = server.stats().snapshot();
-    assert_eq!(stats.closed_by(&CloseReason::Local), 1, "{stats:?}");
+    assert_eq!(stats.closed_by(&CloseReason::SlowConsumer), 1, "{stats:?}");
     drop(never);
     running.shutdown_handle().shutdown();
     running.join();

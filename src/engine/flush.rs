@@ -143,7 +143,8 @@ impl State {
         }
         let queued = c.queued();
         if c.phase == Phase::Open {
-            let pause = super::overload::should_pause(c, queued, &self.ctx.budget);
+            let exempt = self.servers[c.server].limits.overload_exempt;
+            let pause = super::overload::should_pause(c, queued, &self.ctx.budget, exempt);
             if !c.bp_paused && pause {
                 c.bp_paused = true;
                 self.ctx.stats[c.server].threads[self.index]

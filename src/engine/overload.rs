@@ -19,11 +19,21 @@ const HOLDING: usize = 64 << 10;
 
 /// The read pause a flush applies: the server's watermarks, shrunk under pressure, and under
 /// [`Pressure::Pause`] any waiting output. Returns whether reading should pause (the caller
-/// keeps `bp_paused` and its counter).
-pub(super) fn should_pause(c: &ConnCore, queued: usize, budget: &crate::budget::Budget) -> bool {
+/// keeps `bp_paused` and its counter). `exempt`: the server is exempt from overload actions
+/// (the metrics server), so the refuse level does not stop its reading.
+pub(super) fn should_pause(
+    c: &ConnCore,
+    queued: usize,
+    budget: &crate::budget::Budget,
+    exempt: bool,
+) -> bool {
     let pressure = budget.pressure();
     let high = budget.write_share(c.write_high);
-    let budget_pause = pressure >= Pressure::Pause && queued > 0;
+    // From the refuse level no connection takes input, as no new connection is taken: a
+    // connection holding nothing would otherwise still read one buffer and queue its reply,
+    // and 2,000 of them took the charge to 120% of the budget (issue 25).
+    let budget_pause =
+        (pressure >= Pressure::Pause && queued > 0) || (pressure >= Pressure::Refuse && !exempt);
     if !c.bp_paused {
         if queued > c.write_high {
             return true;
@@ -81,16 +91,31 @@ impl State {
     ) {
         let budget = self.ctx.budget.clone();
         let now = self.ctx.now;
+        // From the shrink level on, each receive armed takes one buffer at most (io_uring's
+        // multishot ones could land four per connection before a pause acts: 2,000 flooders
+        // took the charge to 160% of the budget).
+        backend.set_recv_tight(budget.pressure() >= Pressure::Shrink);
         let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
             return;
         };
         let c = &mut e.core;
         Self::recharge(&budget, now, c);
+        let pressure = budget.pressure();
+        if pressure >= Pressure::Refuse && !self.refuse_paused {
+            self.pause_all_for_budget(backend);
+        } else if pressure < Pressure::Refuse {
+            self.refuse_paused = false;
+        }
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = &mut e.core;
         if budget.pressure() < Pressure::Shrink || c.phase != Phase::Open || c.bp_paused {
             return;
         }
         let queued = c.queued();
-        if should_pause(c, queued, &budget) {
+        let exempt = self.servers[c.server].limits.overload_exempt;
+        if should_pause(c, queued, &budget, exempt) {
             c.bp_paused = true;
             self.ctx.stats[c.server].threads[self.index]
                 .backpressure_pauses
@@ -101,6 +126,67 @@ impl State {
             }
             self.ctx.mark_dirty(token, c);
         }
+    }
+
+    /// The budget reached its refuse level: every connection still reading stops (once per
+    /// rise), before its next receive rather than after it. With thousands of connections one
+    /// buffer each is more than the budget has left (2,000 × 16 KiB is 32 MiB: two thirds of a
+    /// 48 MiB budget), and a connection learning of the pressure only from its own receive has
+    /// taken that buffer already. Reading resumes through the flush once pressure falls below
+    /// the refuse level (`overload_tick` marks them).
+    fn pause_all_for_budget(&mut self, backend: &mut dyn crate::sys::Backend) {
+        self.refuse_paused = true;
+        let budget = &self.ctx.budget;
+        let mut paused = 0u64;
+        for (token, e) in self.entries.iter_mut().enumerate() {
+            let Some(e) = e else { continue };
+            let c = &mut e.core;
+            if c.phase != Phase::Open
+                || c.bp_paused
+                || !c.reading
+                || self.servers[c.server].limits.overload_exempt
+            {
+                continue;
+            }
+            c.bp_paused = true;
+            c.reading = false;
+            backend.set_reading(token, false);
+            budget.count(Action::Pause);
+            self.ctx.stats[c.server].threads[self.index]
+                .backpressure_pauses
+                .add(1);
+            paused += 1;
+        }
+        debug!(
+            paused,
+            thread = self.index,
+            "memory budget at the refuse level: reading paused on every connection"
+        );
+    }
+
+    /// Before a receive is copied: whether it arrived late, on a connection the budget paused
+    /// (its recv was already in the kernel when the pause was decided), and copying it would
+    /// take the budget to its reset level. Such a connection is reset instead (counted under
+    /// `overload`) and its bytes are not taken: a peer's sending never makes the process
+    /// allocate past the budget (issue 25).
+    pub(super) fn late_input_over_budget(&mut self, token: Token, len: usize) -> bool {
+        let budget = &self.ctx.budget;
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
+            return false;
+        };
+        let c = &mut e.core;
+        if !c.bp_paused
+            || c.charged == 0
+            || c.phase != Phase::Open
+            || Pressure::of(budget.used() + len, budget.limit()) < Pressure::Reset
+        {
+            return false;
+        }
+        warn!(peer = %c.info.peer, held = c.charged, len, used = budget.used(), limit = budget.limit(), "memory budget at the top: a paused connection's late input would pass it; resetting the connection");
+        budget.count(Action::Reset);
+        c.force_abort(CloseReason::Overload);
+        self.ctx.mark_dirty(token, c);
+        true
     }
 
     /// Gives back a closed connection's charge.
@@ -173,13 +259,21 @@ impl State {
                 c.force_abort(CloseReason::Overload);
                 self.ctx.mark_dirty(token, c);
             }
-        } else if pressure < Pressure::Pause {
+        } else if pressure < Pressure::Refuse {
+            self.refuse_paused = false;
             // A connection paused for the budget whose queue does not move (its peer does not
-            // read) is looked at again: below the pause level it may read.
+            // read) is looked at again: below the pause level it may read, and below the
+            // refuse level so may one that holds no output (paused by `pause_all_for_budget`).
             for (token, e) in self.entries.iter_mut().enumerate() {
                 let Some(e) = e else { continue };
                 let c = &mut e.core;
-                if c.bp_paused && c.phase == Phase::Open && c.queued() <= c.write_high {
+                let queued = c.queued();
+                let may_read = if pressure < Pressure::Pause {
+                    queued <= c.write_high
+                } else {
+                    queued == 0
+                };
+                if c.bp_paused && c.phase == Phase::Open && may_read {
                     self.ctx.mark_dirty(token, c);
                 }
             }

@@ -70,6 +70,9 @@ pub(super) struct State {
     pub drain: Duration,
     pub shutdown_deadline: Option<Instant>,
     pub last_tick: Instant,
+    /// Every reading connection was paused when the budget reached its refuse level
+    /// (`overload.rs`); cleared when pressure falls below it.
+    pub refuse_paused: bool,
     /// Connections whose `on_shutdown` waits for their first input (token, generation, at
     /// the latest): a client that just connected gets its first request answered.
     pub deferred_shutdown: Vec<(Token, u64, Instant)>,
@@ -470,14 +473,24 @@ impl State {
                         .mark_dirty(token, &mut self.entries[token].as_mut().expect("live").core);
                 }
             }
-            HandleMsg::Close { token, gen, abort } => {
+            HandleMsg::Close {
+                token,
+                gen,
+                abort,
+                slow,
+            } => {
                 let Some(e) = self.entry_gen(token, gen) else {
                     return;
                 };
-                if abort {
-                    e.core.begin_abort(CloseReason::Local);
+                let reason = if slow {
+                    CloseReason::SlowConsumer
                 } else {
-                    e.core.begin_close(CloseReason::Local);
+                    CloseReason::Local
+                };
+                if abort {
+                    e.core.begin_abort(reason);
+                } else {
+                    e.core.begin_close(reason);
                 }
                 self.mark(token);
             }

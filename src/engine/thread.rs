@@ -194,6 +194,7 @@ impl IoThread {
                 drain,
                 shutdown_deadline: None,
                 last_tick: now,
+                refuse_paused: false,
                 deferred_shutdown: Vec::new(),
                 plain: Vec::new(),
             },
@@ -262,6 +263,9 @@ impl IoThread {
             match self.backend.next() {
                 None => return n - 1,
                 Some(Event::Data { token, data }) => {
+                    if self.st.late_input_over_budget(token, data.len()) {
+                        continue; // reset for the budget; its bytes are not taken
+                    }
                     self.st.on_data(token, data);
                     // The budget moves with each receive, not only at the turn's end: a turn
                     // can bring thousands of receives (io_uring's multishot ones).

@@ -17,7 +17,7 @@
 //! | `ringport_backpressure_pauses_total` | server | reads paused by a full write queue |
 //! | `ringport_layer_handshakes_total` | server | connections whose layers became ready (TLS) |
 //! | `ringport_proxy_headers_total` | server, outcome | PROXY headers: `v1`, `v2`, `local`, `none`, `refused` |
-//! | `ringport_memory_budget_bytes`, `ringport_memory_used_bytes` | | the memory budget and what is charged to it |
+//! | `ringport_memory_budget_bytes`, `ringport_memory_used_bytes`, `ringport_memory_used_peak_bytes` | | the memory budget, what is charged to it now and at most |
 //! | `ringport_overload_actions_total` | action | overload actions: `shrink`, `pause`, `refuse`, `reset` |
 //! | `ringport_io_loop_turns_total` | thread | IO loop turns |
 //! | `ringport_io_completions_total` | thread | completions handled |
@@ -306,6 +306,12 @@ impl Collector for Collect {
             "ringport_memory_used_bytes",
             "Bytes charged to the memory budget now.",
             &[(Vec::new(), budget.used() as u64)],
+        )?;
+        gauge_rows(
+            e,
+            "ringport_memory_used_peak_bytes",
+            "The most bytes charged to the memory budget at once since the start.",
+            &[(Vec::new(), budget.peak() as u64)],
         )?;
         let actions: Vec<(Labels, u64)> = Action::NAMES
             .iter()

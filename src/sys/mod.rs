@@ -134,6 +134,11 @@ pub(crate) trait Backend {
     fn connect(&mut self, token: Token, socket: socket2::Socket, addr: SocketAddr);
     /// Pauses (`false`) or resumes (`true`) reading. Data already read may still be delivered.
     fn set_reading(&mut self, token: Token, on: bool);
+    /// Under memory pressure (`true`) every receive armed from now on takes one buffer at
+    /// most, so that a connection the budget pauses has at most one buffer more arriving after
+    /// the decision; `false` restores the backend's batch. A backend that reads one buffer per
+    /// readable connection per loop turn anyway (epoll, poll, IOCP) has nothing to change.
+    fn set_recv_tight(&mut self, _tight: bool) {}
     /// Sends all of `buf`. The caller keeps at most one send in flight per token.
     fn send(&mut self, token: Token, buf: Vec<u8>);
     /// Shuts down the write side (shutdown(2), `SHUT_WR`): the peer reads EOF after the bytes

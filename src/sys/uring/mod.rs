@@ -214,6 +214,9 @@ pub(crate) struct UringBackend {
     /// Bytes one multishot recv may take before it ends (`None`: the kernel predates the
     /// limit, 6.16; see `arm_recv`).
     recv_cap: Option<u32>,
+    /// Under memory pressure (`set_recv_tight`): a recv is armed single-shot, one buffer at
+    /// most, instead of multishot.
+    tight: bool,
     /// Connections whose recv ended and is re-armed at the next `wait()` (after the engine's
     /// flush: a connection paused in the meantime is not re-armed at all).
     rearm: Vec<Token>,
@@ -269,6 +272,7 @@ impl UringBackend {
             recv_mode: tuning::tuning().recv,
             own: ownbuf::OwnBufs::new(config.recv_buffer_size),
             recv_cap: u32::try_from(config.recv_buffer_size * RECV_CAP_BUFFERS).ok(),
+            tight: false,
             rearm: Vec::new(),
             held_own: None,
             wake: Arc::new(EventFd(fd)),
@@ -516,6 +520,10 @@ impl Backend for UringBackend {
             // A paused connection must still learn of a reset (issue 27).
             self.arm_err_poll(token);
         }
+    }
+
+    fn set_recv_tight(&mut self, tight: bool) {
+        self.tight = tight;
     }
 
     fn send(&mut self, token: Token, buf: Vec<u8>) {

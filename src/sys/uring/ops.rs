@@ -109,7 +109,14 @@ impl UringBackend {
         }
         c.recv = true;
         let (fd, fixed) = c.target();
-        let entry = match self.recv_mode {
+        // Under memory pressure a multishot recv, which could land RECV_CAP_BUFFERS buffers
+        // (or, before 6.16, any number) before a pause takes effect, is one buffer instead: a
+        // connection paused for the budget then has at most that one more arriving (issue 25).
+        let mode = match self.recv_mode {
+            Recv::Multishot if self.tight => Recv::Single,
+            mode => mode,
+        };
+        let entry = match mode {
             Recv::Multishot => {
                 let mut entry = opcode::RecvMulti::new(fd, BGID).build();
                 if let Some(cap) = self.recv_cap {
