@@ -37,6 +37,9 @@ pub(super) struct BufRing {
     pub(super) resident: bool,
     /// How often the buffers' pages were released.
     pub(super) releases: u64,
+    /// Buffers the kernel is done with (their last CQE came) and that are not yet recycled:
+    /// lent to the engine, or kept. Their pages are never released.
+    out: u32,
 }
 
 impl BufRing {
@@ -83,9 +86,10 @@ impl BufRing {
             receives: 0,
             resident: false,
             releases: 0,
+            out: 0,
         };
         for bid in 0..count {
-            ring.recycle(bid);
+            ring.publish(bid);
         }
         Ok(ring)
     }
@@ -136,16 +140,28 @@ impl BufRing {
         }
         self.receives = self.receives.wrapping_add(1);
         self.resident = true;
+        if !more {
+            self.out += 1;
+            debug_assert!(
+                self.out <= u32::from(self.count),
+                "more buffers out than exist"
+            );
+        }
         off
     }
 
     /// Gives the buffers' pages back to the kernel (`MADV_DONTNEED`): the next receive into a
     /// buffer faults in a fresh zeroed page. The ring entries before the buffers stay (the
-    /// kernel has them pinned). The caller makes sure no byte the kernel wrote is still unread:
-    /// no buffer lent out, no completion unreaped, and no receive copied outside this thread's
-    /// `io_uring_enter` (DEFER_TASKRUN), which is what `UringBackend::release_ring_pages`
-    /// checks.
+    /// kernel has them pinned). Does nothing while a buffer is out (lent or kept, not yet
+    /// recycled). The caller makes sure no other byte the kernel wrote is still unread: no
+    /// completion unreaped, no receive copied outside this thread's `io_uring_enter`
+    /// (DEFER_TASKRUN), no data kept from a buffer the kernel is still filling (incremental
+    /// mode); `UringBackend::release_ring_pages` checks the first two, and the backend keeps
+    /// no data across a `wait`.
     pub(super) fn release_pages(&mut self) {
+        if self.out > 0 {
+            return;
+        }
         let len = self.map_len - self.ring_len;
         // SAFETY: the range is the buffer part of this struct's own live mapping (from
         // `ring_len`, page aligned, to its end). MADV_DONTNEED on private anonymous memory
@@ -198,8 +214,15 @@ impl BufRing {
         }
     }
 
-    /// Gives buffer `bid` (back) to the kernel: fill the entry at the tail, then publish it.
+    /// Gives buffer `bid`, whose last CQE came, back to the kernel.
     pub(super) fn recycle(&mut self, bid: u16) {
+        debug_assert!(self.out > 0, "recycling a buffer that is not out");
+        self.out = self.out.saturating_sub(1);
+        self.publish(bid);
+    }
+
+    /// Gives buffer `bid` to the kernel: fill the entry at the tail, then publish it.
+    fn publish(&mut self, bid: u16) {
         debug_assert!(bid < self.count);
         self.offsets[bid as usize] = 0;
         let index = (self.tail & (self.count - 1)) as usize;

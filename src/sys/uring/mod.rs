@@ -373,16 +373,14 @@ impl UringBackend {
     }
 
     /// Gives the buffer ring's pages back to the kernel after a quiet spell (`Trim`), if no
-    /// byte the kernel wrote into them can still be unread: no buffer lent out, no completion
-    /// waiting in the queue or in the kernel's overflow list. With DEFER_TASKRUN the kernel
-    /// copies received bytes only inside this thread's `io_uring_enter` and posts their CQE
-    /// in the same call, so nothing lands between this check and the release.
+    /// byte the kernel wrote into them can still be unread: no buffer out (`BufRing` checks),
+    /// no completion waiting in the queue or in the kernel's overflow list. With DEFER_TASKRUN
+    /// the kernel copies received bytes only inside this thread's `io_uring_enter` and posts
+    /// their CQE in the same call, so nothing lands between this check and the release.
     fn release_ring_pages(&mut self) {
         debug_assert!(self.trim.is_some(), "only with DEFER_TASKRUN");
-        if self.held.is_some()
-            || !self.ring.completion().is_empty()
-            || self.ring.submission().cq_overflow()
-        {
+        debug_assert!(self.held.is_none(), "wait() recycles the lent buffer first");
+        if !self.ring.completion().is_empty() || self.ring.submission().cq_overflow() {
             return;
         }
         self.bufs.release_pages();

@@ -31,7 +31,13 @@ fn the_rule_sums_quiet_waits_and_starts_again_on_a_receive() {
     bufs.consumed(1, 64, false);
     assert_eq!(trim.timeout(&bufs, Some(100 * MS)), Some(30 * MS));
     assert!(trim.timed_out(), "30 ms quiet");
+    // Not while a buffer is out (lent to the engine or kept): its bytes may be unread.
+    bufs.recycle(0);
+    bufs.release_pages();
+    assert!(bufs.resident);
+    assert_eq!(bufs.releases, 0);
     // Released: the rule stays out of the way until the next receive.
+    bufs.recycle(1);
     bufs.release_pages();
     assert!(!bufs.resident);
     assert_eq!(bufs.releases, 1);
