@@ -39,7 +39,8 @@
 //!   incremental consumption (`IOU_PBUF_RING_INC`, 6.12; whole buffers on older kernels), so
 //!   that small receives share a buffer instead of each touching a fresh one: RSS per idle
 //!   connection at 10k 508 B instead of about 900, but 500 blocking connections measured
-//!   0.86x msg/s in 6 of 6 rounds against it off (issue 21), so off by default;
+//!   0.86x msg/s in 6 of 6 rounds against it off (issue 21), so off by default (the 512 B
+//!   target is met without it by `RINGPORT_URING_TRIM`);
 //! - `RINGPORT_URING_TRIM=MS|off` (default `100`, 1 to 60000): once the provided-buffer ring
 //!   has received nothing for MS milliseconds, its buffers' pages go back to the kernel
 //!   (`MADV_DONTNEED`; `bufring::Trim`). Only on rings with DEFER_TASKRUN (the default setup),
