@@ -23,8 +23,8 @@
 #                   A ringport-uring name may carry io_uring experiment switches after `~`:
 #                   `ringport-uring~setup=coop`, `ringport-uring~recv=single,cq=2`,
 #                   `ringport-uring~ringfd=on,fixed=on,wait=min:8:50` (setup, recv, cq,
-#                   ringfd, fixed, wait, balance: RINGPORT_URING_SETUP / _RECV / _CQ / _RINGFD /
-#                   _FIXED / _WAIT / _BALANCE, see src/sys/uring/tuning.rs).
+#                   ringfd, fixed, wait, balance, inc, trim: RINGPORT_URING_SETUP / _RECV / _CQ /
+#                   _RINGFD / _FIXED / _WAIT / _BALANCE / _INC / _TRIM, see src/sys/uring/tuning.rs).
 #   SCENARIOS="pp1 pp50 pp500 pp5000 big50 line50 line500 line50p line500p packet50 packet500
 #              packet50p packet500p rss10k"   (`...p`: 16 messages in flight per connection)
 #                   A ringport name may also carry `@LABEL` (before any `~`): its binaries
@@ -186,6 +186,7 @@ server_env() {
         wait) out="$out RINGPORT_URING_WAIT=${kv#*=}" ;;
         balance) out="$out RINGPORT_URING_BALANCE=${kv#*=}" ;;
         inc) out="$out RINGPORT_URING_INC=${kv#*=}" ;;
+        trim) out="$out RINGPORT_URING_TRIM=${kv#*=}" ;;
         *) return 1 ;;
         esac
     done

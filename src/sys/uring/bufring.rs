@@ -1,10 +1,12 @@
-//! The provided-buffer ring the kernel picks receive buffers from, and the eventfd other
-//! threads write to when they wake the IO thread.
+//! The provided-buffer ring the kernel picks receive buffers from, the rule that gives its
+//! pages back once it has been quiet for a while (`Trim`), and the eventfd other threads write
+//! to when they wake the IO thread.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
 use io_uring::IoUring;
 
@@ -28,6 +30,16 @@ pub(super) struct BufRing {
     pub(super) incremental: bool,
     /// Per buffer, where the next receive's bytes start (incremental mode; 0 otherwise).
     offsets: Vec<u32>,
+    /// Receives so far (wrapping): `Trim` tells a quiet ring by this count standing still.
+    pub(super) receives: u32,
+    /// Whether the kernel may have written into the buffers since their pages were last
+    /// released (`release_pages`).
+    pub(super) resident: bool,
+    /// How often the buffers' pages were released.
+    pub(super) releases: u64,
+    /// Buffers the kernel is done with (their last CQE came) and that are not yet recycled:
+    /// lent to the engine, or kept. Their pages are never released.
+    out: u32,
 }
 
 impl BufRing {
@@ -71,9 +83,13 @@ impl BufRing {
             leak: false,
             incremental: false,
             offsets: vec![0; count as usize],
+            receives: 0,
+            resident: false,
+            releases: 0,
+            out: 0,
         };
         for bid in 0..count {
-            ring.recycle(bid);
+            ring.publish(bid);
         }
         Ok(ring)
     }
@@ -122,7 +138,67 @@ impl BufRing {
         if self.incremental {
             self.offsets[bid as usize] = (off + len) as u32;
         }
+        self.receives = self.receives.wrapping_add(1);
+        self.resident = true;
+        if !more {
+            self.out += 1;
+            debug_assert!(
+                self.out <= u32::from(self.count),
+                "more buffers out than exist"
+            );
+        }
         off
+    }
+
+    /// Gives the buffers' pages back to the kernel (`MADV_DONTNEED`): the next receive into a
+    /// buffer faults in a fresh zeroed page. The ring entries before the buffers stay (the
+    /// kernel has them pinned). Does nothing while a buffer is out (lent or kept, not yet
+    /// recycled). The caller makes sure no other byte the kernel wrote is still unread: no
+    /// completion unreaped, no receive copied outside this thread's `io_uring_enter`
+    /// (DEFER_TASKRUN), no data kept from a buffer the kernel is still filling (incremental
+    /// mode); `UringBackend::release_ring_pages` checks the first two, and the backend keeps
+    /// no data across a `wait`.
+    pub(super) fn release_pages(&mut self) {
+        if self.out > 0 {
+            return;
+        }
+        let len = self.map_len - self.ring_len;
+        // SAFETY: the range is the buffer part of this struct's own live mapping (from
+        // `ring_len`, page aligned, to its end). MADV_DONTNEED on private anonymous memory
+        // only makes later reads see zero-filled pages; no Rust reference into the buffers
+        // is alive (`data` borrows `self`, and this takes `&mut self`).
+        let r = unsafe {
+            libc::madvise(
+                self.base.as_ptr().add(self.ring_len).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r == 0 {
+            self.resident = false;
+            self.releases += 1;
+        } else {
+            tracing::debug!(error = %io::Error::last_os_error(), "releasing the receive buffers' pages failed");
+        }
+    }
+
+    /// How many of the buffers' pages are resident (`mincore`).
+    #[cfg(test)]
+    pub(super) fn resident_pages(&self) -> usize {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = self.map_len - self.ring_len;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: a page-aligned range of our own mapping; `vec` has one byte per page.
+        let r = unsafe {
+            libc::mincore(
+                self.base.as_ptr().add(self.ring_len).cast(),
+                len,
+                vec.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().filter(|b| *b & 1 != 0).count()
     }
 
     fn entries(&self) -> *mut io_uring::types::BufRingEntry {
@@ -138,8 +214,15 @@ impl BufRing {
         }
     }
 
-    /// Gives buffer `bid` (back) to the kernel: fill the entry at the tail, then publish it.
+    /// Gives buffer `bid`, whose last CQE came, back to the kernel.
     pub(super) fn recycle(&mut self, bid: u16) {
+        debug_assert!(self.out > 0, "recycling a buffer that is not out");
+        self.out = self.out.saturating_sub(1);
+        self.publish(bid);
+    }
+
+    /// Gives buffer `bid` to the kernel: fill the entry at the tail, then publish it.
+    fn publish(&mut self, bid: u16) {
         debug_assert!(bid < self.count);
         self.offsets[bid as usize] = 0;
         let index = (self.tail & (self.count - 1)) as usize;
@@ -178,6 +261,74 @@ impl Drop for BufRing {
             // never registered); `leak` is set whenever that cannot be guaranteed.
             unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_len) };
         }
+    }
+}
+
+/// When the buffer ring's pages go back to the kernel (`RINGPORT_URING_TRIM`, issue 21).
+///
+/// The kernel takes the ring's buffers in turn, so a burst of small receives touches the first
+/// page of every buffer (2 IO threads x 512 buffers x 4 KiB: 4 MiB, 420 B per connection at
+/// 10k idle connections), and they stay resident after the burst. Once the ring has received
+/// nothing for `after`, the pages are released; under steady traffic nothing is done, and the
+/// wait of a quiet ring is cut at most once per `after` to notice.
+///
+/// Quiet time is summed over waits that timed out (the engine's own timers may cut them
+/// shorter); any receive starts it again.
+#[derive(Debug)]
+pub(super) struct Trim {
+    after: Duration,
+    /// How long the ring has been quiet, over waits that timed out.
+    quiet: Duration,
+    /// `BufRing::receives` when last looked at.
+    seen: u32,
+    /// The timeout given to the wait in progress, if the ring had pages to release.
+    waiting: Option<Duration>,
+}
+
+impl Trim {
+    pub(super) fn new(after: Duration) -> Trim {
+        debug_assert!(!after.is_zero());
+        Trim {
+            after,
+            quiet: Duration::ZERO,
+            seen: 0,
+            waiting: None,
+        }
+    }
+
+    /// The timeout of the wait that begins: the engine's, cut to when the ring's pages are
+    /// due for release (unchanged when nothing is resident).
+    pub(super) fn timeout(
+        &mut self,
+        bufs: &BufRing,
+        timeout: Option<Duration>,
+    ) -> Option<Duration> {
+        if bufs.receives != self.seen {
+            self.seen = bufs.receives;
+            self.quiet = Duration::ZERO;
+        }
+        if !bufs.resident {
+            self.waiting = None;
+            return timeout;
+        }
+        let left = self.after.saturating_sub(self.quiet);
+        let cut = timeout.map_or(left, |t| t.min(left));
+        self.waiting = Some(cut);
+        Some(cut)
+    }
+
+    /// The wait timed out with nothing to reap. Returns whether the ring has now been quiet
+    /// for `after` (the quiet time starts again).
+    pub(super) fn timed_out(&mut self) -> bool {
+        let Some(waited) = self.waiting.take() else {
+            return false;
+        };
+        self.quiet += waited;
+        if self.quiet < self.after {
+            return false;
+        }
+        self.quiet = Duration::ZERO;
+        true
     }
 }
 

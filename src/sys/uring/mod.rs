@@ -65,7 +65,7 @@ use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{opcode, squeue, IoUring};
 
 use super::{Backend, BackendConfig, Event, Token, Waker};
-use bufring::{BufRing, EventFd};
+use bufring::{BufRing, EventFd, Trim};
 use ops::{reset_and_close, set_linger_zero, user_data, Kind};
 pub(crate) use probe::probe;
 use probe::{build_ring, check_features};
@@ -244,6 +244,9 @@ pub(crate) struct UringBackend {
     trace: Option<Box<trace::Trace>>,
     /// The wait of each loop turn (`RINGPORT_URING_WAIT`, `enter.rs`).
     wait_rule: enter::WaitRule,
+    /// When the buffer ring's pages go back to the kernel (`RINGPORT_URING_TRIM`; `None`: off,
+    /// or a ring without DEFER_TASKRUN).
+    trim: Option<Trim>,
 }
 
 /// Direct-descriptor slots per ring with `RINGPORT_URING_FIXED=on` (tokens are per thread, so
@@ -288,6 +291,15 @@ impl UringBackend {
             fixed_slots: 0,
             trace: trace::enabled().then(|| Box::new(trace::Trace::new())),
             wait_rule: enter::WaitRule::new(&ring),
+            // DEFER_TASKRUN (only the `defer` setup asks for it, with SINGLE_ISSUER, which no
+            // fallback has): the kernel writes into the buffers only in this thread's enter.
+            trim: tuning::tuning()
+                .trim
+                .filter(|_| {
+                    tuning::tuning().setup == tuning::Setup::Defer
+                        && ring.params().is_setup_single_issuer()
+                })
+                .map(Trim::new),
             ring,
         };
         let t = tuning::tuning();
@@ -362,6 +374,20 @@ impl UringBackend {
                 break;
             }
         }
+    }
+
+    /// Gives the buffer ring's pages back to the kernel after a quiet spell (`Trim`), if no
+    /// byte the kernel wrote into them can still be unread: no buffer out (`BufRing` checks),
+    /// no completion waiting in the queue or in the kernel's overflow list. With DEFER_TASKRUN
+    /// the kernel copies received bytes only inside this thread's `io_uring_enter` and posts
+    /// their CQE in the same call, so nothing lands between this check and the release.
+    fn release_ring_pages(&mut self) {
+        debug_assert!(self.trim.is_some(), "only with DEFER_TASKRUN");
+        debug_assert!(self.held.is_none(), "wait() recycles the lent buffer first");
+        if !self.ring.completion().is_empty() || self.ring.submission().cq_overflow() {
+            return;
+        }
+        self.bufs.release_pages();
     }
 
     fn recycle_held(&mut self) {
@@ -580,12 +606,23 @@ impl Backend for UringBackend {
             t.wait_begins();
         }
         let wait = self.wait_rule.next_turn();
+        let timeout = match self.trim.as_mut() {
+            Some(trim) => trim.timeout(&self.bufs, timeout),
+            None => timeout,
+        };
         let entered = self.enter(ready, wait, timeout);
         if let Some(t) = self.trace.as_mut() {
             t.wait_ends();
         }
         match entered {
             Ok(_) => Ok(()),
+            // Timed out: a quiet ring may give its pages back.
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                if self.trim.as_mut().is_some_and(Trim::timed_out) {
+                    self.release_ring_pages();
+                }
+                Ok(())
+            }
             // Timeout, signal, or CQ overflow backpressure (reap and retry next turn).
             Err(e)
                 if matches!(
@@ -731,3 +768,6 @@ mod close_tests;
 
 #[cfg(test)]
 mod own_tests;
+
+#[cfg(test)]
+mod trim_tests;

@@ -39,9 +39,15 @@
 //!   incremental consumption (`IOU_PBUF_RING_INC`, 6.12; whole buffers on older kernels), so
 //!   that small receives share a buffer instead of each touching a fresh one: RSS per idle
 //!   connection at 10k 508 B instead of about 900, but 500 blocking connections measured
-//!   0.86x msg/s in 6 of 6 rounds against it off (issue 21), so off by default.
+//!   0.86x msg/s in 6 of 6 rounds against it off (issue 21), so off by default (the 512 B
+//!   target is met without it by `RINGPORT_URING_TRIM`);
+//! - `RINGPORT_URING_TRIM=MS|off` (default `100`, 1 to 60000): once the provided-buffer ring
+//!   has received nothing for MS milliseconds, its buffers' pages go back to the kernel
+//!   (`MADV_DONTNEED`; `bufring::Trim`). Only on rings with DEFER_TASKRUN (the default setup),
+//!   where the kernel writes into the buffers only inside this thread's `io_uring_enter`.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Ring setup flags (`RINGPORT_URING_SETUP`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +97,12 @@ pub(super) struct Tuning {
     pub wait: Wait,
     pub balance: bool,
     pub incremental: bool,
+    /// Release the ring's pages after this long without a receive (`None`: never).
+    pub trim: Option<Duration>,
 }
+
+/// `RINGPORT_URING_TRIM`'s default.
+pub(super) const TRIM_AFTER: Duration = Duration::from_millis(100);
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -104,6 +115,7 @@ impl Default for Tuning {
             wait: Wait::Adapt { want: 8, usec: 50 },
             balance: false,
             incremental: false,
+            trim: Some(TRIM_AFTER),
         }
     }
 }
@@ -184,6 +196,14 @@ pub(super) fn parse(var: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<&'stat
             None => bad.push("RINGPORT_URING_WAIT"),
         }
     }
+    match get("RINGPORT_URING_TRIM").as_deref() {
+        None => {}
+        Some("off") => t.trim = None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if (1..=60_000).contains(&ms) => t.trim = Some(Duration::from_millis(ms)),
+            _ => bad.push("RINGPORT_URING_TRIM"),
+        },
+    }
     (t, bad)
 }
 
@@ -239,6 +259,7 @@ mod tests {
             ("RINGPORT_URING_WAIT", "min:8:50"),
             ("RINGPORT_URING_BALANCE", "on"),
             ("RINGPORT_URING_INC", "on"),
+            ("RINGPORT_URING_TRIM", "250"),
         ]);
         assert!(bad.is_empty());
         assert_eq!(
@@ -252,8 +273,10 @@ mod tests {
                 wait: Wait::Min { want: 8, usec: 50 },
                 balance: true,
                 incremental: true,
+                trim: Some(Duration::from_millis(250)),
             }
         );
+        assert_eq!(parse_map(&[("RINGPORT_URING_TRIM", "off")]).0.trim, None);
         assert_eq!(
             parse_map(&[("RINGPORT_URING_WAIT", "noiowait")]).0.wait,
             Wait::NoIowait
@@ -285,6 +308,7 @@ mod tests {
             ("RINGPORT_URING_RINGFD", "yes"),
             ("RINGPORT_URING_WAIT", "min:8"),
             ("RINGPORT_URING_BALANCE", "1"),
+            ("RINGPORT_URING_TRIM", "0"),
         ]);
         assert_eq!(t, Tuning::default());
         assert_eq!(
@@ -295,9 +319,17 @@ mod tests {
                 "RINGPORT_URING_CQ",
                 "RINGPORT_URING_RINGFD",
                 "RINGPORT_URING_BALANCE",
-                "RINGPORT_URING_WAIT"
+                "RINGPORT_URING_WAIT",
+                "RINGPORT_URING_TRIM"
             ]
         );
+        for v in ["60001", "-1", "1.5", "on"] {
+            assert_eq!(
+                parse_map(&[("RINGPORT_URING_TRIM", v)]).1,
+                vec!["RINGPORT_URING_TRIM"],
+                "{v}"
+            );
+        }
         for v in [
             "min:0:50",
             "min:8:0",
