@@ -48,7 +48,8 @@ run() { # label, then the command of the traced forwarder (or "" for echo_server
   fi
   target/release/ringport-load echo --target "$target" -c "$CONNS" -l "$LEN" -n "$MSGS" --json \
     >"$OUT_DIR/$label.load.json"
-  kill -INT $(pgrep -P "$traced_pid") 2>/dev/null || true
+  kill -INT $(pgrep -P "$traced_pid") 2>/dev/null || true # ringport: a graceful stop
+  sleep 0.5; kill -TERM $(pgrep -P "$traced_pid") 2>/dev/null || true # fwd_proxy (INT is ignored in a background job)
   wait "$traced_pid" 2>/dev/null || true
   [ -n "$echo_pid" ] && { kill "$echo_pid"; wait "$echo_pid" 2>/dev/null || true; }
   python3 - "$OUT_DIR/$label.strace" "$label" "$total" <<'PY'
