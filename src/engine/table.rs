@@ -462,6 +462,7 @@ impl State {
                     debug!(peer = %e.core.info.peer, len, "handle write after the connection's last bytes; dropped");
                 }
                 let spent = e.core.take_handle_write(data);
+                debug_assert!(spent.is_empty(), "a recycled buffer carries no bytes");
                 self.ctx.bufs.put(spent);
                 if taken {
                     self.ctx
