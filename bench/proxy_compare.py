@@ -4,6 +4,7 @@
     bench/proxy_compare.py                      # 5 rounds, 10 conns, 64 KiB, 2 s per run
     ROUNDS=7 LEN=128 CONNS=50 bench/proxy_compare.py
     VARIANTS="rb64=--recv-buffer-size,65536" bench/proxy_compare.py   # A/B a tcp_proxy flag
+    REFS="copy=--mode,copy splice=--mode,splice" bench/proxy_compare.py  # fwd_proxy references
 
 Environment:
   ROUNDS=5 DURATION=2 WARMUP=1 CONNS=10 LEN=65536 BACKEND=uring CLIENT=event
@@ -11,8 +12,15 @@ Environment:
                                     `cargo build --release --example echo_server --example tcp_proxy`
                                     and `cargo build --release -p ringport-load`)
   VARIANTS="label=ARGS ..."         extra tcp_proxy processes (ARGS: its extra flags, comma
-                                    separated) run interleaved as `proxy@label`
+                                    separated; an ARG `ENV:K=V` goes to its environment
+                                    instead, `BIN:PATH` names another tcp_proxy binary, e.g.
+                                    an older build) run interleaved as `proxy@label`
   PROXY_BIN=BIN_DIR/tcp_proxy       the tcp_proxy binary
+  REFS="label=ARGS ..."             reference forwarders (bench's `fwd_proxy`, ARGS: its flags,
+                                    comma separated) run interleaved as `ref@label`; build it
+                                    with `cargo build --release -p ringport-bench --bin fwd_proxy`
+  REF_BIN=target/release/fwd_proxy  the reference forwarder
+  NO_PROXY=1                        leave tcp_proxy out (direct and the references only)
   PROXY_ENV="K=V ..."               environment of every tcp_proxy (e.g. an experiment switch)
   OUT=bench/results/proxy-<date>.jsonl   one JSON line per run
 
@@ -20,7 +28,8 @@ Every round runs `direct`, `proxy` and each variant once, the order rotated by o
 Figures are medians over the rounds; `ratio` is each target's msg/s over `direct`'s in the
 same round, then the median of those (the machine is shared: per-round ratios cancel load
 that drifts between rounds). Server CPU per message is the user + system time (/proc/PID/stat)
-of echo_server plus tcp_proxy over the run, divided by the messages.
+of echo_server plus tcp_proxy (or the reference forwarder) over the run, divided by the
+messages; the forwarder's own part is printed as user + sys.
 """
 
 import json
@@ -70,12 +79,21 @@ def main():
     penv = dict(kv.split("=", 1) for kv in env("PROXY_ENV", "").split())
     targets = {"direct": (None, echo_addr)}
     procs = [echo]
-    variants = [("proxy", "")] + [tuple(v.split("=", 1)) for v in env("VARIANTS", "").split()]
+    variants = [] if env("NO_PROXY") else [("proxy", "")]
+    variants += [tuple(v.split("=", 1)) for v in env("VARIANTS", "").split()]
     proxy_bin = env("PROXY_BIN", os.path.join(BIN_DIR, "tcp_proxy"))
-    for name, extra in variants:
-        label = name if name == "proxy" else f"proxy@{name}"
-        args = ["--upstream", echo_addr] + [a for a in extra.split(",") if a]
-        p, addr = start(proxy_bin, args, penv)
+    ref_bin = env("REF_BIN", os.path.join(ROOT, "target/release/fwd_proxy"))
+    refs = [tuple(v.split("=", 1)) for v in env("REFS", "").split()]
+    for kind, (name, extra) in [("proxy", v) for v in variants] + [("ref", v) for v in refs]:
+        label = name if name == "proxy" else f"{kind}@{name}"
+        extra = [a for a in extra.split(",") if a]
+        args = ["--upstream", echo_addr] + [a for a in extra if not a.startswith("ENV:")]
+        venv = dict(a[4:].split("=", 1) for a in extra if a.startswith("ENV:"))
+        args = [a for a in args if not a.startswith("BIN:")]
+        bins = [a[4:] for a in extra if a.startswith("BIN:")]
+        path = bins[0] if bins else ref_bin if kind == "ref" else proxy_bin
+        p, addr = start(path, args,
+                        dict(penv, **venv) if kind == "proxy" else venv)
         procs.append(p)
         targets[label] = (p, addr)
     names = list(targets)

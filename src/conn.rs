@@ -62,6 +62,13 @@ impl<'a> Conn<'a> {
         self.dirty();
     }
 
+    /// An empty buffer from this IO thread's pool, for a [`ConnectionHandle::write`] that
+    /// lands on this thread (the relay's): the write's buffer comes back to the pool when
+    /// the peer has taken it, instead of a new allocation per write.
+    pub(crate) fn pooled_buf(&mut self) -> Vec<u8> {
+        self.ctx.bufs.get()
+    }
+
     /// Encodes `payload` with the server's codec (length header, or line terminator) and
     /// queues the frame in one write.
     ///

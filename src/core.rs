@@ -265,20 +265,27 @@ impl ConnCore {
     /// Takes a handle's write from the inbox into the queue (or drops it, no longer
     /// counted, when the connection takes no more bytes). The bytes stay in the handles'
     /// `backlog`, now as this thread's own part: no atomic step. Returns the emptied buffer
-    /// the write replaced, to recycle.
-    pub(crate) fn take_handle_write(&mut self, data: Vec<u8>) -> Option<Vec<u8>> {
+    /// to recycle: the queue's own one when the write's buffer became the queue, else the
+    /// write's (appended or dropped). A relay forwards every read through here, so a buffer
+    /// freed per write would churn the allocator (the heap trimmed and grown again, its pages
+    /// faulted in afresh: 12-25 % of `tcp_proxy`'s CPU on 64 KiB echoes).
+    pub(crate) fn take_handle_write(&mut self, mut data: Vec<u8>) -> Vec<u8> {
         if !self.takes_handle_writes() {
             if let Some(s) = &self.shared {
                 s.backlog.fetch_sub(data.len(), Ordering::AcqRel);
             }
-            return None;
+            data.clear();
+            return data;
         }
         self.published += data.len();
         if self.out.is_empty() {
-            return Some(std::mem::replace(&mut self.out, data));
+            let mut old = std::mem::replace(&mut self.out, data);
+            old.clear();
+            return old;
         }
         self.out.extend_from_slice(&data);
-        None
+        data.clear();
+        data
     }
 
     /// Makes the handles' `backlog` count this thread's queue as it is now (one atomic step
@@ -421,7 +428,10 @@ impl BufPool {
     }
 
     pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() <= Self::MAX_CAPACITY && self.free.len() < Self::KEEP {
+        if buf.capacity() > 0
+            && buf.capacity() <= Self::MAX_CAPACITY
+            && self.free.len() < Self::KEEP
+        {
             buf.clear();
             self.free.push(buf);
         }
@@ -571,10 +581,10 @@ mod tests {
 
         s.backlog.fetch_add(100, Ordering::AcqRel); // `ConnectionHandle::write` posts 100
         assert_eq!((s.backlog(), c.queued()), (110, 110));
-        assert_eq!(
-            c.take_handle_write(vec![2; 100]),
-            None,
-            "appended to the queue"
+        let spent = c.take_handle_write(vec![2; 100]);
+        assert!(
+            spent.is_empty() && spent.capacity() >= 100,
+            "appended to the queue; its buffer comes back to recycle"
         );
         assert_eq!(
             (s.backlog(), c.queued()),
@@ -597,17 +607,15 @@ mod tests {
         c.out.clear();
         c.publish_queued();
         s.backlog.fetch_add(7, Ordering::AcqRel);
-        let old = c
-            .take_handle_write(vec![3; 7])
-            .expect("the emptied queue comes back");
-        assert!(old.is_empty());
+        let old = c.take_handle_write(vec![3; 7]);
+        assert!(old.is_empty(), "the emptied queue comes back");
         assert_eq!((s.backlog(), c.queued(), c.out.len()), (7, 7, 7));
 
         // A closed connection drops what is taken, and stops counting it.
         c.publish_queued();
         c.write_shut = true;
         s.backlog.fetch_add(5, Ordering::AcqRel);
-        assert_eq!(c.take_handle_write(vec![4; 5]), None);
+        assert!(c.take_handle_write(vec![4; 5]).is_empty());
         assert_eq!((s.backlog(), c.out.len()), (7, 7));
     }
 }

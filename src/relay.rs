@@ -196,7 +196,16 @@ impl Relay {
             conn.hold_frame(); // no peer yet: cannot happen (it is made in on_open), never drop
             return;
         };
-        match peer.write(bytes) {
+        if !peer.is_writable() && peer.is_open() {
+            conn.hold_frame(); // full: offered again after the peer drains
+            self.wait_for_peer(conn);
+            return;
+        }
+        // Both sides live on this IO thread: the copy goes into a pooled buffer that the
+        // peer's queue gives back, not a fresh allocation per read.
+        let mut buf = conn.pooled_buf();
+        buf.extend_from_slice(bytes);
+        match peer.write(buf) {
             Ok(()) => {
                 self.forwarded += bytes.len() as u64;
                 if !peer.is_writable() {

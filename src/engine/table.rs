@@ -464,10 +464,9 @@ impl State {
                     // a close is asked.
                     debug!(peer = %e.core.info.peer, len, "handle write after the connection's last bytes; dropped");
                 }
-                let old = e.core.take_handle_write(data);
-                if let Some(old) = old {
-                    self.ctx.bufs.put(old);
-                }
+                let spent = e.core.take_handle_write(data);
+                debug_assert!(spent.is_empty(), "a recycled buffer carries no bytes");
+                self.ctx.bufs.put(spent);
                 if taken {
                     self.ctx
                         .mark_dirty(token, &mut self.entries[token].as_mut().expect("live").core);

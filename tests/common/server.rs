@@ -568,6 +568,21 @@ impl Server {
         Duration::from_secs_f64((utime + stime) as f64 / hz as f64)
     }
 
+    /// Minor page faults so far (`minflt` of /proc/<pid>/stat): pages the process touched
+    /// for the first time, e.g. after the allocator handed memory back and took it again.
+    pub fn minor_faults(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/<pid>/stat");
+        let after = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+        // After comm: state is field 3 (index 0 here); minflt is field 10.
+        after
+            .split_whitespace()
+            .nth(7)
+            .expect("minflt")
+            .parse()
+            .expect("minflt")
+    }
+
     /// Number of open descriptors of the server process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
