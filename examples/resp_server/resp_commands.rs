@@ -206,16 +206,9 @@ const COMMANDS: &[Spec] = &[
 
 /// Runs one command and writes its reply.
 pub fn execute(client: &mut Client, conn: &mut Conn<'_>, cmd: &Command<'_>) -> Flow {
-    let name = cmd.name();
-    let mut lower = [0u8; 16];
-    let spec = (name.len() <= lower.len())
-        .then(|| {
-            let lower = &mut lower[..name.len()];
-            lower.copy_from_slice(&name);
-            lower.make_ascii_lowercase();
-            COMMANDS.iter().find(|s| s.name.as_bytes() == &lower[..])
-        })
-        .flatten();
+    let mut args = cmd.args();
+    let name = args.next().unwrap_or_default(); // the arguments follow it
+    let spec = lookup(&name);
     let Some(spec) = spec else {
         unknown_command(conn, cmd);
         return Flow::Continue;
@@ -230,9 +223,20 @@ pub fn execute(client: &mut Client, conn: &mut Conn<'_>, cmd: &Command<'_>) -> F
         conn.write(b"-OOM command not allowed when used memory > 'maxmemory'.\r\n");
         return Flow::Continue;
     }
-    let mut args = cmd.args();
-    args.next(); // the name
     (spec.run)(client, conn, args)
+}
+
+/// The command called `name` (any case), if there is one.
+fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    let mut lower = [0u8; 16];
+    let lower = lower.get_mut(..name.len())?;
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    // The length and first letter rule out most of the table before a comparison.
+    COMMANDS.iter().find(|s| {
+        let n = s.name.as_bytes();
+        n.len() == lower.len() && n[0] == lower[0] && n == &lower[..]
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
