@@ -253,10 +253,25 @@ fn lookup(name: &[u8]) -> Option<&'static Spec> {
 // Replies
 // ---------------------------------------------------------------------------------------------
 
+/// Values up to this many bytes are answered with one `conn.write` of the whole reply,
+/// assembled on the stack; longer ones with three (header, the value borrowed, CRLF).
+const SMALL_BULK: usize = 64;
+
 fn bulk(conn: &mut Conn<'_>, value: &[u8]) {
-    conn.write(ReplyHeader::bulk(value.len()).as_bytes());
-    conn.write(value);
-    conn.write(b"\r\n");
+    let header = ReplyHeader::bulk(value.len());
+    let header = header.as_bytes();
+    if value.len() <= SMALL_BULK {
+        let mut reply = [0u8; 24 + SMALL_BULK + 2]; // a header is at most 24 bytes
+        let end = header.len() + value.len() + 2;
+        reply[..header.len()].copy_from_slice(header);
+        reply[header.len()..end - 2].copy_from_slice(value);
+        reply[end - 2..end].copy_from_slice(b"\r\n");
+        conn.write(&reply[..end]);
+    } else {
+        conn.write(header);
+        conn.write(value);
+        conn.write(b"\r\n");
+    }
 }
 
 fn null(conn: &mut Conn<'_>, proto: u8) {

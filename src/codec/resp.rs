@@ -305,28 +305,43 @@ impl Decoder for Resp {
 /// every client sends (a few digits, then `\r\n`): one pass over the digits, no line search.
 #[inline]
 fn number_line(buf: &[u8], from: usize) -> Option<(Option<i64>, usize)> {
-    if let Some(rest) = buf.get(from..) {
-        // Up to 18 digits cannot overflow an i64; a longer or signed number takes the
-        // general path.
-        let mut v: i64 = 0;
-        let mut i = 0;
-        while let Some(&d) = rest.get(i) {
-            if !d.is_ascii_digit() || i == 18 {
-                break;
-            }
-            v = v * 10 + i64::from(d - b'0');
-            i += 1;
+    let slow = || header_line(buf, from).map(|(content, after)| (parse_i64(content), after));
+    match quick_number(buf, from) {
+        Some((n, after)) => {
+            debug_assert_eq!(slow(), Some((Some(n), after)), "the fast path agrees");
+            Some((Some(n), after))
         }
-        let canonical = i == 1 || (i > 1 && rest[0] != b'0');
-        if canonical && rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n') {
-            debug_assert_eq!(
-                header_line(buf, from).map(|(c, a)| (parse_i64(c), a)),
-                Some((Some(v), from + i + 2))
-            );
-            return Some((Some(v), from + i + 2));
-        }
+        None => slow(),
     }
-    header_line(buf, from).map(|(content, after)| (parse_i64(content), after))
+}
+
+/// [`number_line`]'s fast path: a line of 1 to 18 digits without a leading zero (or `0`
+/// alone), then `\r\n`; `None` for anything else, which the general path then reads.
+#[inline]
+fn quick_number(buf: &[u8], from: usize) -> Option<(i64, usize)> {
+    let rest = buf.get(from..)?;
+    // One or two digits (a command's count, its name, most keys): matched whole.
+    match *rest {
+        [d @ b'0'..=b'9', b'\r', b'\n', ..] => return Some((i64::from(d - b'0'), from + 3)),
+        [a @ b'1'..=b'9', b @ b'0'..=b'9', b'\r', b'\n', ..] => {
+            return Some((i64::from((a - b'0') * 10 + (b - b'0')), from + 4));
+        }
+        _ => {}
+    }
+    // Up to 18 digits cannot overflow an i64; a longer or signed number takes the general
+    // path.
+    let mut v: i64 = 0;
+    let mut i = 0;
+    while let Some(&d) = rest.get(i) {
+        if !d.is_ascii_digit() || i == 18 {
+            break;
+        }
+        v = v * 10 + i64::from(d - b'0');
+        i += 1;
+    }
+    let canonical = i == 1 || (i > 1 && rest[0] != b'0');
+    (canonical && rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n'))
+        .then_some((v, from + i + 2))
 }
 
 /// The content of the `\r\n`-terminated line starting at `from` (at most
