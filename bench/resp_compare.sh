@@ -12,10 +12,14 @@
 #   KEYS=1000000      small keys loaded (redis-cli --pipe) for the memory figure
 #   BENCH_MD=<repo>/bench/results/resp-compare.md   file whose marked section is rewritten ("-": don't)
 #   NO_BUILD=1        use target/release/examples/resp_server as it is
+#   RINGPORT_BIN=path another resp_server binary (e.g. an older build, for a before/after); implies NO_BUILD
 #   RINGPORT_BACKEND=epoll   the server's backend (default auto: io_uring where available)
+#   RINGPORT_ARGS="--io-threads 1"   more resp_server flags (default none: one IO thread per CPU)
 #
 # Measured per test: requests/s, p50 and p99 latency (redis-benchmark --csv), and the server's
-# CPU time (utime + stime from /proc/PID/stat, 10 ms ticks) divided by the requests of that test. Memory: RSS
+# CPU time divided by the requests of that test: the sum over the server's threads of the time
+# on a CPU (user + system) in /proc/PID/task/*/schedstat, in nanoseconds (utime + stime from
+# /proc/PID/stat count 10 ms ticks, too coarse for a -P 16 run of a few hundred ms). Memory: RSS
 # (VmRSS) before and after loading KEYS keys of 16-byte names and 3-byte values (the shape
 # redis-benchmark uses). Figures are medians over the rounds. Client and servers share the
 # machine; its load average is recorded because other work on it skews every figure.
@@ -30,7 +34,7 @@ PIPELINES=${PIPELINES:-"1 16"}
 KEYS=${KEYS:-1000000}
 BENCH_MD=${BENCH_MD:-$ROOT/bench/results/resp-compare.md}
 TESTS="ping,set,get"
-COMMAND="ROUNDS=$ROUNDS REQUESTS=$REQUESTS CLIENTS=$CLIENTS PIPELINES=\"$PIPELINES\" KEYS=$KEYS bench/resp_compare.sh"
+COMMAND="${RINGPORT_ARGS:+RINGPORT_ARGS=\"$RINGPORT_ARGS\" }ROUNDS=$ROUNDS REQUESTS=$REQUESTS CLIENTS=$CLIENTS PIPELINES=\"$PIPELINES\" KEYS=$KEYS bench/resp_compare.sh"
 
 for tool in redis-server redis-benchmark redis-cli python3; do
     command -v "$tool" >/dev/null || {
@@ -57,11 +61,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ -z "${NO_BUILD:-}" ]; then
+if [ -z "${NO_BUILD:-}" ] && [ -z "${RINGPORT_BIN:-}" ]; then
     log "building resp_server (release)"
     (cd "$ROOT" && cargo build --release --example resp_server -q) || exit 1
 fi
-RINGPORT_BIN=$ROOT/target/release/examples/resp_server
+RINGPORT_BIN=${RINGPORT_BIN:-$ROOT/target/release/examples/resp_server}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -71,7 +75,7 @@ free_port() {
 start_server() {
     local name=$1 port=$2 pid
     case $name in
-    ringport) "$RINGPORT_BIN" --listen "127.0.0.1:$port" >"$WORK/$name.out" 2>"$WORK/$name.err" & ;;
+    ringport) "$RINGPORT_BIN" --listen "127.0.0.1:$port" ${RINGPORT_ARGS:-} >"$WORK/$name.out" 2>"$WORK/$name.err" & ;;
     redis) redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$WORK" >"$WORK/$name.out" 2>&1 & ;;
     esac
@@ -87,9 +91,9 @@ start_server() {
     return 1
 }
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Nanoseconds on a CPU, summed over the process's threads.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { print t }'; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-CLK_TCK=$(getconf CLK_TCK)
 
 PORT_RINGPORT=$(free_port)
 PORT_REDIS=$(free_port)
@@ -107,15 +111,15 @@ log "ringport (backend $BACKEND) on $PORT_RINGPORT, redis $REDIS_VERSION on $POR
 run_bench() {
     local server=$1 port=$2 pid=$3 pipeline=$4 round=$5 test before after out ntests cpu_us
     for test in ${TESTS//,/ }; do
-        before=$(cpu_ticks "$pid")
+        before=$(cpu_ns "$pid")
         out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
             -P "$pipeline" --csv 2>"$WORK/bench.err") || {
             log "redis-benchmark failed against $server: $(cat "$WORK/bench.err")"
             return 1
         }
-        after=$(cpu_ticks "$pid")
+        after=$(cpu_ns "$pid")
         ntests=$(printf '%s\n' "$out" | grep -c '^"[A-Z]')
-        cpu_us=$(python3 -c "print(($after - $before) / $CLK_TCK * 1e6 / ($REQUESTS * $ntests))")
+        cpu_us=$(python3 -c "print(($after - $before) / 1e3 / ($REQUESTS * $ntests))")
         printf '%s\n' "$out" | python3 -c '
 import csv, sys
 server, pipeline, rnd, cpu = sys.argv[1:5]
@@ -180,27 +184,53 @@ for line in open(sys.argv[1]):
 def med(xs):
     return statistics.median(xs)
 
-print("| test | -P | server | requests/s | p50 ms | p99 ms | server CPU µs/request | ringport / redis (rps) |")
-print("|---|---|---|---|---|---|---|---|")
+print("| test | -P | server | requests/s | p50 ms | p99 ms | server CPU µs/request | ringport / redis (rps) | ringport / redis (CPU per request) |")
+print("|---|---|---|---|---|---|---|---|---|")
 tests = sorted({t for (t, _, _) in runs}, key=["PING_INLINE", "PING_MBULK", "SET", "GET"].index)
 for pipeline in sorted({p for (_, p, _) in runs}):
     for test in tests:
-        rps = {}
+        rps, cpu = {}, {}
         for server in ("ringport", "redis"):
             r = runs.get((test, pipeline, server))
             if not r:
                 continue
             rps[server] = med([x[0] for x in r])
+            cpu[server] = med([x[3] for x in r])
         for server in ("ringport", "redis"):
             r = runs.get((test, pipeline, server))
             if not r:
                 continue
-            ratio = ""
+            ratio = cpu_ratio = ""
             if server == "ringport" and rps.get("redis"):
                 ratio = f"**{rps['ringport'] / rps['redis']:.2f}x**"
+            if server == "ringport" and cpu.get("redis"):
+                cpu_ratio = f"**{cpu['ringport'] / cpu['redis']:.2f}x**"
             print(f"| {test} | {pipeline} | {server} | {med([x[0] for x in r]):,.0f} | "
                   f"{med([x[1] for x in r]):.3f} | {med([x[2] for x in r]):.3f} | "
-                  f"{med([x[3] for x in r]):.1f} | {ratio} |")
+                  f"{med([x[3] for x in r]):.2f} | {ratio} | {cpu_ratio} |")
+print()
+# The issue's figure: server CPU per request over SET and GET together, per round (the ratio of
+# the two servers' sums in the same round), then the median and the spread over the rounds.
+print("| -P | SET+GET CPU per request, ringport / redis: median | min | max | rounds |")
+print("|---|---|---|---|---|")
+per_round = defaultdict(dict)
+for line in open(sys.argv[1]):
+    server, pipeline, rnd, test, rps_, p50, p99, c = line.rstrip("\n").split("\t")
+    if test in ("SET", "GET"):
+        per_round[(int(pipeline), rnd)][(server, test)] = float(c)
+for pipeline in sorted({p for (p, _) in per_round}):
+    ratios = []
+    for (p, rnd), d in sorted(per_round.items()):
+        if p != pipeline:
+            continue
+        try:
+            ours = d[("ringport", "SET")] + d[("ringport", "GET")]
+            theirs = d[("redis", "SET")] + d[("redis", "GET")]
+        except KeyError:
+            continue
+        ratios.append(ours / theirs)
+    if ratios:
+        print(f"| {pipeline} | **{med(ratios):.2f}x** | {min(ratios):.2f}x | {max(ratios):.2f}x | {len(ratios)} |")
 print()
 print("| server | keys | RSS before | RSS after | bytes per key | ringport / redis |")
 print("|---|---|---|---|---|---|")
@@ -224,7 +254,7 @@ CPU_MODEL=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 SECTION=$WORK/section.md
 {
     echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') with \`$COMMAND\`: ringport \`resp_server\`"
-    echo "(release, backend $BACKEND, $(nproc) IO threads) and redis-server $REDIS_VERSION (no persistence),"
+    echo "(release, backend $BACKEND, flags: \`${RINGPORT_ARGS:-none}\`, IO threads: one per CPU unless set there) and redis-server $REDIS_VERSION (no persistence),"
     echo "both started once, runs interleaved, redis-benchmark \`-t $TESTS -c $CLIENTS -n $REQUESTS\`,"
     echo "medians over $ROUNDS rounds. Machine: $(nproc) CPUs ($CPU_MODEL), shared by client, both servers"
     echo "and other work: load average $LOAD_BEFORE before, $LOAD_AFTER after. **The figures are noisy**;"

@@ -29,6 +29,7 @@ backend_tests!("resp_server";
     redis_benchmark_without_errors,
     maxmemory_refuses_writes_with_oom,
     unread_expired_keys_are_swept,
+    set_conditions_see_an_expired_key_as_missing,
     pipelined_replies_in_order,
     a_client_that_never_reads_costs_bounded_memory,
     a_large_mget_is_built_only_as_fast_as_it_is_read,
@@ -551,6 +552,38 @@ fn unread_expired_keys_are_swept(b: Backend) {
         &mut s,
         b"GET e7\r\nTTL e8\r\nGET keep\r\n",
         b"$-1\r\n:-2\r\n$1\r\nv\r\n",
+    );
+}
+
+/// `SET` checks `NX`/`XX`/`KEEPTTL` on the table slot it then fills (one probe): a key that has
+/// expired but is still in its table (the sweep has not reached it yet) counts as missing, and
+/// replacing it keeps the count of expiring keys (`INFO` `db0:...,expires=`) exact.
+fn set_conditions_see_an_expired_key_as_missing(b: Backend) {
+    let server = Server::start(SERVER, b, &[]);
+    let mut s = server.connect();
+    expect_reply(
+        &mut s,
+        b"SET e v PX 30\r\nSET f v PX 30\r\n",
+        b"+OK\r\n+OK\r\n",
+    );
+    wait_until(Duration::from_secs(10), "both keys expired", || {
+        s.write_all(b"PTTL e\r\nPTTL f\r\n").unwrap();
+        let (e, f) = (read_line(&mut s), read_line(&mut s));
+        e == ":-2\r\n" && f == ":-2\r\n"
+    });
+    expect_reply(
+        &mut s,
+        b"SET e w XX\r\nSET e w NX KEEPTTL\r\nGET e\r\nTTL e\r\nSET f w KEEPTTL\r\nTTL f\r\n\
+          SET f x XX\r\nGET f\r\nDBSIZE\r\n",
+        b"$-1\r\n+OK\r\n$1\r\nw\r\n:-1\r\n+OK\r\n:-1\r\n+OK\r\n$1\r\nx\r\n:2\r\n",
+    );
+    s.write_all(b"INFO\r\n").unwrap();
+    let head = read_line(&mut s);
+    let len: usize = head[1..].trim().parse().expect("bulk length of INFO");
+    let body = text(&read_exact_timeout(&mut s, len + 2, IO_TIMEOUT).expect("INFO body"));
+    assert!(
+        body.contains("db0:keys=2,expires=0,"),
+        "two keys, none expiring: {body}"
     );
 }
 

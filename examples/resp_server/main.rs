@@ -7,7 +7,7 @@
 //! $ redis-cli -p 6380 GET greeting                     → "hello"
 //! ```
 //!
-//! How it is built (a folder example: copy the folder, `main.rs` and its two modules):
+//! How it is built (a folder example: copy the folder, `main.rs` and its modules):
 //!
 //! - **Framing**: the [`Resp`] codec from `ringport::codec` turns the byte stream into whole
 //!   commands (arrays of bulk strings, or inline lines typed in telnet) with Redis's limits; a
@@ -16,13 +16,15 @@
 //!   closes (counted in `INFO` as `protocol_errors`); nobody else notices. A whole command
 //!   may be `--max-bulk` plus 1 MiB ([`CommandLimit`]): beyond that it gets
 //!   `-ERR Protocol error: command larger than N bytes` too.
-//! - **Commands** (`resp_commands.rs`): a table of name, arity and function; the
+//! - **Commands** (`resp_commands.rs`, the commands by family under `resp_commands/`): a
+//!   table of name, arity and function; the
 //!   dispatch checks arity and `--maxmemory` the way Redis does and answers with Redis's exact
 //!   error texts. Replies go straight into the connection's write queue; pipelined commands
 //!   are answered in order (one connection's frames run one after another on its IO thread).
 //!   A client that sends `HELLO 3` (redis-py 8 does by default) gets RESP3 nulls and maps.
-//! - **Keyspace** (`resp_store.rs`): 64 shards, each a `Mutex<HashSet>`, chosen by key
-//!   hash, shared by all IO threads: no global lock, a lock held for one map operation.
+//! - **Keyspace** (`resp_store.rs`): 64 shards, each a `Mutex<HashTable>`, chosen by key
+//!   hash, shared by all IO threads: no global lock, a lock held for one map operation; a
+//!   key is hashed once per command (keyed SipHash), for its shard and its slot.
 //!   Expiry is checked lazily on access (an expired key reads as missing); a small thread of
 //!   this server sweeps expired keys out of 8 shards every 100 ms. The engine's timers belong
 //!   to connections (`Conn::set_timer`), and the keyspace outlives every connection, so the

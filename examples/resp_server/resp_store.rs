@@ -4,9 +4,14 @@
 //! - **Shards.** 64 `Mutex<Table>`s chosen by a hash of the key: two commands contend only when
 //!   their keys land in the same shard, and a lock is held for one map operation (plus, for a
 //!   `GET`, the copy of the value into the connection's write queue). There is no global lock.
+//! - **One hash per command.** The key is hashed once, with SipHash under a random key (std's
+//!   `RandomState`, as Redis uses SipHash: a peer choosing keys cannot degrade a table); bits
+//!   32..38 of that hash choose the shard, and the whole hash finds the slot in the shard's
+//!   `hashbrown::HashTable` (which looks at the low bits and the top 7). A `SET` is one probe:
+//!   its conditions are checked on the slot it then fills.
 //! - **Compact entries.** One allocation per key holds `[expiry (8 bytes, only if set)] key
 //!   value`; the table slot is that pointer, the key length and a flag (24 bytes). Lookups
-//!   borrow the key part (`Borrow<[u8]>`), so no key is copied to look it up.
+//!   compare the key part, so no key is copied to look it up.
 //! - **Expiry** is an absolute time in Unix milliseconds. It is checked lazily on every access
 //!   (an expired key reads as missing; a write or delete of it removes it), and [`Store::sweep`]
 //!   removes expired keys from a few shards at a time, called every 100 ms by a small thread of
@@ -16,12 +21,12 @@
 //!   connection publishes its queue's size as it changes); [`Store::over_limit`] compares the
 //!   sum with `--maxmemory`, as Redis counts its client output buffers.
 
-use std::borrow::Borrow;
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use hashbrown::hash_table::{Entry as Slot, HashTable};
 
 /// Number of shards (a power of two).
 const SHARDS: usize = 64;
@@ -95,27 +100,10 @@ fn expired(e: &Entry, now: &mut Option<u64>) -> bool {
     e.has_expire && e.expired(*now.get_or_insert_with(now_ms))
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Entry) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Entry {}
-impl Hash for Entry {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key().hash(state); // the same bytes `<[u8]>::hash` feeds: lookups by `&[u8]` work
-    }
-}
-impl Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
-}
-
 /// One shard: its entries and the counters kept with them.
 #[derive(Default)]
 struct Table {
-    set: HashSet<Entry>,
+    set: HashTable<Entry>,
     /// Estimated bytes held.
     used: usize,
     /// Entries with an expiry.
@@ -125,20 +113,32 @@ struct Table {
 impl Table {
     /// The live entry for `key` (one lookup): an expired entry reads as missing; it is removed
     /// when the key is written, deleted or swept.
-    fn live(&self, key: &[u8], now: &mut Option<u64>) -> Option<&Entry> {
-        self.set.get(key).filter(|e| !expired(e, now))
+    fn live(&self, k: Key<'_>, now: &mut Option<u64>) -> Option<&Entry> {
+        self.set
+            .find(k.hash, |e| e.key() == k.bytes)
+            .filter(|e| !expired(e, now))
     }
 
-    fn insert(&mut self, entry: Entry) {
+    /// Stores `entry` (its key is `k`'s), replacing the key's entry if there is one.
+    fn insert(&mut self, k: Key<'_>, entry: Entry) {
+        debug_assert_eq!(entry.key(), k.bytes);
         self.used += entry.cost();
         self.volatile += usize::from(entry.has_expire);
-        if let Some(old) = self.set.replace(entry) {
-            self.forget(&old);
+        let rehash = |e: &Entry| k.state.hash_one(e.key());
+        match self.set.entry(k.hash, |e| e.key() == k.bytes, rehash) {
+            Slot::Occupied(mut slot) => {
+                let old = std::mem::replace(slot.get_mut(), entry);
+                self.forget(&old);
+            }
+            Slot::Vacant(slot) => {
+                slot.insert(entry);
+            }
         }
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let old = self.set.take(key)?;
+    fn remove(&mut self, k: Key<'_>) -> Option<Entry> {
+        let slot = self.set.find_entry(k.hash, |e| e.key() == k.bytes).ok()?;
+        let (old, _) = slot.remove();
         self.forget(&old);
         Some(old)
     }
@@ -147,6 +147,15 @@ impl Table {
         self.used -= old.cost();
         self.volatile -= usize::from(old.has_expire);
     }
+}
+
+/// A key with its hash (computed once per command) and the hasher that made it (for a table
+/// that grows).
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    bytes: &'a [u8],
+    hash: u64,
+    state: &'a RandomState,
 }
 
 struct Shard {
@@ -183,18 +192,15 @@ pub struct Store {
     max_memory: usize,
     /// Bytes of replies queued for clients and not yet sent, as the connections last saw them.
     replies: AtomicUsize,
+    /// The keyed SipHash of every key (shard and slot).
+    state: RandomState,
 }
 
-/// A cheap hash of the key for choosing its shard (the tables use SipHash with a random key
-/// themselves, so a peer choosing keys can skew the shards but not degrade a table).
-fn shard_hash(key: &[u8]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for chunk in key.chunks(8) {
-        let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x5851_f42d_4c95_7f2d);
-    }
-    (h >> 58) as usize % SHARDS
+/// The shard of a key hash: bits 32..38, which a table's slot index (the low bits of a table
+/// under 2^32 slots) and tag (the top 7 bits) do not use, so a shard's keys still spread
+/// over its whole table.
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize % SHARDS
 }
 
 impl Store {
@@ -209,14 +215,21 @@ impl Store {
                 .collect(),
             max_memory,
             replies: AtomicUsize::new(0),
+            state: RandomState::new(),
         }
     }
 
     /// Runs `f` on the shard of `key` under its lock, then publishes the shard's memory use.
-    fn with<R>(&self, key: &[u8], f: impl FnOnce(&mut Table) -> R) -> R {
-        let shard = &self.shards[shard_hash(key)];
+    fn with<R>(&self, key: &[u8], f: impl FnOnce(&mut Table, Key<'_>) -> R) -> R {
+        let hash = self.state.hash_one(key);
+        let k = Key {
+            bytes: key,
+            hash,
+            state: &self.state,
+        };
+        let shard = &self.shards[shard_of(hash)];
         let mut table = lock(&shard.table);
-        let r = f(&mut table);
+        let r = f(&mut table, k);
         shard.used.store(table.used, Ordering::Relaxed);
         r
     }
@@ -263,53 +276,73 @@ impl Store {
     /// Calls `f` with the value of `key` (`None` if missing), under the shard lock: copy what
     /// you need and return quickly.
     pub fn get<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        self.with(key, |t| f(t.live(key, &mut None).map(Entry::value)))
+        self.with(key, |t, k| f(t.live(k, &mut None).map(Entry::value)))
     }
 
-    /// `SET`: stores `value` unless a condition fails; `true` if it was stored.
+    /// `SET`: stores `value` unless a condition fails; `true` if it was stored. One probe of
+    /// the table: the conditions are checked on the slot the value then goes to.
     pub fn set(&self, key: &[u8], value: &[u8], opts: SetOptions) -> bool {
-        self.with(key, |t| {
-            let mut now = None;
-            let current = t.live(key, &mut now);
-            if (opts.only_new && current.is_some()) || (opts.only_existing && current.is_none()) {
-                return false;
+        self.with(key, |t, k| {
+            let rehash = |e: &Entry| k.state.hash_one(e.key());
+            match t.set.entry(k.hash, |e| e.key() == key, rehash) {
+                Slot::Occupied(mut slot) => {
+                    let live = !expired(slot.get(), &mut None);
+                    if (opts.only_new && live) || (opts.only_existing && !live) {
+                        return false;
+                    }
+                    let expire_at = match opts.keep_ttl {
+                        true if live => slot.get().expire_at(),
+                        true => None,
+                        false => opts.expire_at,
+                    };
+                    let entry = Entry::new(key, value, expire_at);
+                    t.used += entry.cost();
+                    t.volatile += usize::from(entry.has_expire);
+                    let old = std::mem::replace(slot.get_mut(), entry);
+                    t.used -= old.cost();
+                    t.volatile -= usize::from(old.has_expire);
+                }
+                Slot::Vacant(slot) => {
+                    if opts.only_existing {
+                        return false;
+                    }
+                    let expire_at = if opts.keep_ttl { None } else { opts.expire_at };
+                    let entry = Entry::new(key, value, expire_at);
+                    t.used += entry.cost();
+                    t.volatile += usize::from(entry.has_expire);
+                    slot.insert(entry);
+                }
             }
-            let expire_at = if opts.keep_ttl {
-                current.and_then(Entry::expire_at)
-            } else {
-                opts.expire_at
-            };
-            t.insert(Entry::new(key, value, expire_at));
             true
         })
     }
 
     /// `GETSET`: stores `value` (without expiry) and calls `f` with the old value.
     pub fn get_set<R>(&self, key: &[u8], value: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        self.with(key, |t| {
-            let old = t.remove(key).filter(|e| !expired(e, &mut None));
+        self.with(key, |t, k| {
+            let old = t.remove(k).filter(|e| !expired(e, &mut None));
             let r = f(old.as_ref().map(Entry::value));
-            t.insert(Entry::new(key, value, None));
+            t.insert(k, Entry::new(key, value, None));
             r
         })
     }
 
     /// `DEL` of one key: whether it existed.
     pub fn del(&self, key: &[u8]) -> bool {
-        self.with(key, |t| {
-            t.remove(key).is_some_and(|e| !expired(&e, &mut None))
+        self.with(key, |t, k| {
+            t.remove(k).is_some_and(|e| !expired(&e, &mut None))
         })
     }
 
     /// Whether `key` exists.
     pub fn exists(&self, key: &[u8]) -> bool {
-        self.with(key, |t| t.live(key, &mut None).is_some())
+        self.with(key, |t, k| t.live(k, &mut None).is_some())
     }
 
     /// `INCRBY`: adds `delta` to the integer value of `key` (missing: 0); its expiry is kept.
     pub fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, IncrError> {
-        self.with(key, |t| {
-            let (old, expire_at) = match t.live(key, &mut None) {
+        self.with(key, |t, k| {
+            let (old, expire_at) = match t.live(k, &mut None) {
                 None => (0, None),
                 Some(e) => (
                     ringport::codec::resp::parse_i64(e.value()).ok_or(IncrError::NotInteger)?,
@@ -319,7 +352,7 @@ impl Store {
             let new = old.checked_add(delta).ok_or(IncrError::Overflow)?;
             let text = ringport::codec::resp::ReplyHeader::integer(new);
             let digits = &text.as_bytes()[1..text.as_bytes().len() - 2]; // ":<n>\r\n"
-            t.insert(Entry::new(key, digits, expire_at));
+            t.insert(k, Entry::new(key, digits, expire_at));
             Ok(new)
         })
     }
@@ -327,8 +360,8 @@ impl Store {
     /// `APPEND`: the new length, or `None` (nothing changed) if it would exceed `max_len`; the
     /// expiry is kept.
     pub fn append(&self, key: &[u8], suffix: &[u8], max_len: usize) -> Option<usize> {
-        self.with(key, |t| {
-            let entry = match t.live(key, &mut None) {
+        self.with(key, |t, k| {
+            let entry = match t.live(k, &mut None) {
                 None => Entry::new(key, suffix, None),
                 Some(e) if e.value().len() + suffix.len() > max_len => return None,
                 Some(e) => {
@@ -339,7 +372,7 @@ impl Store {
                 }
             };
             let len = entry.value().len();
-            t.insert(entry);
+            t.insert(k, entry);
             Some(len)
         })
     }
@@ -347,19 +380,19 @@ impl Store {
     /// `EXPIRE`/`PEXPIRE` to an absolute time (Unix ms; at or before now deletes the key):
     /// whether the key existed.
     pub fn expire_at(&self, key: &[u8], at_ms: i64) -> bool {
-        self.with(key, |t| {
+        self.with(key, |t, k| {
             let mut now = None;
-            let Some(e) = t.live(key, &mut now) else {
+            let Some(e) = t.live(k, &mut now) else {
                 return false;
             };
             let now = *now.get_or_insert_with(now_ms);
             match u64::try_from(at_ms) {
                 Ok(at) if at > now => {
                     let entry = Entry::new(key, e.value(), Some(at));
-                    t.insert(entry);
+                    t.insert(k, entry);
                 }
                 _ => {
-                    t.remove(key);
+                    t.remove(k);
                 }
             }
             true
@@ -368,9 +401,9 @@ impl Store {
 
     /// `TTL`/`PTTL` in ms: `None` if the key is missing, `Some(None)` if it never expires.
     pub fn ttl_ms(&self, key: &[u8]) -> Option<Option<u64>> {
-        self.with(key, |t| {
+        self.with(key, |t, k| {
             let mut now = None;
-            let e = t.live(key, &mut now)?;
+            let e = t.live(k, &mut now)?;
             let now = *now.get_or_insert_with(now_ms);
             Some(e.expire_at().map(|at| at.saturating_sub(now)))
         })
@@ -378,15 +411,15 @@ impl Store {
 
     /// `PERSIST`: whether an expiry was removed.
     pub fn persist(&self, key: &[u8]) -> bool {
-        self.with(key, |t| {
-            let Some(e) = t.live(key, &mut None) else {
+        self.with(key, |t, k| {
+            let Some(e) = t.live(k, &mut None) else {
                 return false;
             };
             if !e.has_expire {
                 return false;
             }
             let entry = Entry::new(key, e.value(), None);
-            t.insert(entry);
+            t.insert(k, entry);
             true
         })
     }

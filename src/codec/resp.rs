@@ -190,14 +190,14 @@ impl Resp {
 
     fn decode_array(&mut self, buf: &[u8]) -> Result<Option<Decoded>, DecodeError> {
         if self.next == 0 {
-            let Some((count, after)) = header_line(buf, 1) else {
+            let Some((count, after)) = number_line(buf, 1) else {
                 return if buf.len() > 1 + MAX_HEADER + 1 {
                     Err(self.fail("too big mbulk count string"))
                 } else {
                     Ok(None)
                 };
             };
-            let n = match parse_i64(count) {
+            let n = match count {
                 Some(n) if n <= 0 => return Ok(self.done(after, after)),
                 Some(n) if usize::try_from(n).is_ok_and(|n| n <= self.max_args) => n as usize,
                 _ => return Err(self.fail("invalid multibulk length")),
@@ -218,14 +218,14 @@ impl Resp {
                 };
                 return Err(self.fail(format!("expected '$', got '{got}'")));
             }
-            let Some((digits, after)) = header_line(buf, start + 1) else {
+            let Some((length, after)) = number_line(buf, start + 1) else {
                 return if buf.len() - start > 1 + MAX_HEADER + 1 {
                     Err(self.fail("too big bulk count string"))
                 } else {
                     Ok(None)
                 };
             };
-            let len = match parse_i64(digits) {
+            let len = match length {
                 Some(n) if n >= 0 && usize::try_from(n).is_ok_and(|n| n <= self.max_bulk) => {
                     n as usize
                 }
@@ -297,6 +297,51 @@ impl Decoder for Resp {
             Some(_) => self.decode_inline(buf),
         }
     }
+}
+
+/// The number on the `\r\n`-terminated line starting at `from` (`None` if it is not one in
+/// [`parse_i64`]'s form) and the offset after its terminator; `None` while the line is
+/// incomplete. What [`header_line`] and [`parse_i64`] give together, with a fast path for what
+/// every client sends (a few digits, then `\r\n`): one pass over the digits, no line search.
+#[inline]
+fn number_line(buf: &[u8], from: usize) -> Option<(Option<i64>, usize)> {
+    let slow = || header_line(buf, from).map(|(content, after)| (parse_i64(content), after));
+    match quick_number(buf, from) {
+        Some((n, after)) => {
+            debug_assert_eq!(slow(), Some((Some(n), after)), "the fast path agrees");
+            Some((Some(n), after))
+        }
+        None => slow(),
+    }
+}
+
+/// [`number_line`]'s fast path: a line of 1 to 18 digits without a leading zero (or `0`
+/// alone), then `\r\n`; `None` for anything else, which the general path then reads.
+#[inline]
+fn quick_number(buf: &[u8], from: usize) -> Option<(i64, usize)> {
+    let rest = buf.get(from..)?;
+    // One or two digits (a command's count, its name, most keys): matched whole.
+    match *rest {
+        [d @ b'0'..=b'9', b'\r', b'\n', ..] => return Some((i64::from(d - b'0'), from + 3)),
+        [a @ b'1'..=b'9', b @ b'0'..=b'9', b'\r', b'\n', ..] => {
+            return Some((i64::from((a - b'0') * 10 + (b - b'0')), from + 4));
+        }
+        _ => {}
+    }
+    // Up to 18 digits cannot overflow an i64; a longer or signed number takes the general
+    // path.
+    let mut v: i64 = 0;
+    let mut i = 0;
+    while let Some(&d) = rest.get(i) {
+        if !d.is_ascii_digit() || i == 18 {
+            break;
+        }
+        v = v * 10 + i64::from(d - b'0');
+        i += 1;
+    }
+    let canonical = i == 1 || (i > 1 && rest[0] != b'0');
+    (canonical && rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n'))
+        .then_some((v, from + i + 2))
 }
 
 /// The content of the `\r\n`-terminated line starting at `from` (at most
@@ -492,11 +537,9 @@ impl<'a> Command<'a> {
     #[must_use]
     pub fn parse(frame: &'a [u8]) -> Command<'a> {
         if frame.first() == Some(&b'*') {
-            let (argc, first) = match header_line(frame, 1) {
+            let (argc, first) = match number_line(frame, 1) {
                 Some((count, after)) => (
-                    parse_i64(count)
-                        .and_then(|n| usize::try_from(n).ok())
-                        .unwrap_or(0),
+                    count.and_then(|n| usize::try_from(n).ok()).unwrap_or(0),
                     after,
                 ),
                 None => (0, frame.len()),
@@ -574,8 +617,8 @@ impl<'a> Iterator for Args<'a> {
                 Word::Built => Cow::Owned(built),
             });
         }
-        let (digits, after) = header_line(self.frame, self.pos + 1)?;
-        let len = usize::try_from(parse_i64(digits)?).ok()?;
+        let (length, after) = number_line(self.frame, self.pos + 1)?;
+        let len = usize::try_from(length?).ok()?;
         let bytes = self.frame.get(after..after.checked_add(len)?)?;
         self.pos = after + len + 2;
         Some(Cow::Borrowed(bytes))

@@ -354,6 +354,48 @@ fn strict_integers_like_string2ll() {
 }
 
 #[test]
+fn number_lines_read_as_the_line_search_and_parse_i64_do() {
+    let numbers = [
+        "0",
+        "5",
+        "00",
+        "05",
+        "10",
+        "99",
+        "100",
+        "012",
+        "-1",
+        "-0",
+        "+1",
+        " 1",
+        "1 ",
+        "",
+        "-",
+        "1a",
+        "a1",
+        "999999999999999999",
+        "1000000000000000000",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "0000000000000000000001",
+    ];
+    let ends = ["\r\n", "\r\nxyz", "\r", "", "\n", "\rx", "x\r\n", "\n\r"];
+    for n in numbers {
+        for end in ends {
+            let buf = format!("${n}{end}").into_bytes();
+            let slow = header_line(&buf, 1).map(|(c, after)| (parse_i64(c), after));
+            assert_eq!(
+                number_line(&buf, 1),
+                slow,
+                "{:?}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+    }
+}
+
+#[test]
 fn reply_encoders() {
     assert_eq!(ReplyHeader::bulk(0).as_bytes(), b"$0\r\n");
     assert_eq!(ReplyHeader::array(12).as_bytes(), b"*12\r\n");
