@@ -8,8 +8,9 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::budget::{Action, Pressure, REFUSE_LIMIT, RESET_TARGET_PERMILLE};
-use crate::core::{ConnCore, Phase, Token};
+use crate::core::{ConnCore, Token};
 use crate::info::CloseReason;
+use crate::machine::{Actions, Event, Life};
 use crate::stats::ThreadStats;
 
 use super::table::State;
@@ -19,12 +20,12 @@ const HOLDING: usize = 64 << 10;
 
 /// The read pause a flush applies: the server's watermarks, shrunk under pressure, and under
 /// [`Pressure::Pause`] any waiting output. Returns whether reading should pause (the caller
-/// keeps `bp_paused` and its counter).
+/// keeps the machine's backpressure pause and its counter).
 pub(super) fn should_pause(c: &ConnCore, queued: usize, budget: &crate::budget::Budget) -> bool {
     let pressure = budget.pressure();
     let high = budget.write_share(c.write_high);
     let budget_pause = pressure >= Pressure::Pause && queued > 0;
-    if !c.bp_paused {
+    if !c.m.bp_paused() {
         if queued > c.write_high {
             return true;
         }
@@ -86,17 +87,18 @@ impl State {
         };
         let c = &mut e.core;
         Self::recharge(&budget, now, c);
-        if budget.pressure() < Pressure::Shrink || c.phase != Phase::Open || c.bp_paused {
+        if budget.pressure() < Pressure::Shrink || !c.m.is_open() || c.m.bp_paused() {
             return;
         }
         let queued = c.queued();
         if should_pause(c, queued, &budget) {
-            c.bp_paused = true;
-            self.ctx.stats[c.server].threads[self.index]
-                .backpressure_pauses
-                .add(1);
-            if c.reading {
-                c.reading = false;
+            let a = c.m.budget_pause();
+            if a.has(Actions::COUNT_PAUSE) {
+                self.ctx.stats[c.server].threads[self.index]
+                    .backpressure_pauses
+                    .add(1);
+            }
+            if a.has(Actions::READ_OFF) {
                 backend.set_reading(token, false);
             }
             self.ctx.mark_dirty(token, c);
@@ -150,7 +152,7 @@ impl State {
             for (token, e) in self.entries.iter().enumerate() {
                 let Some(e) = e else { continue };
                 let c = &e.core;
-                if c.charged == 0 || matches!(c.phase, Phase::Aborting | Phase::Closed) {
+                if c.charged == 0 || matches!(c.m.life(), Life::Aborting | Life::Closed) {
                     continue;
                 }
                 let since = c.rare.as_ref().and_then(|r| r.holding_since).unwrap_or(now);
@@ -170,7 +172,7 @@ impl State {
                 freed += c.charged as usize;
                 warn!(peer = %c.info.peer, held = c.charged, used = budget.used(), limit = budget.limit(), "memory budget at the top: resetting the connection holding the most");
                 budget.count(Action::Reset);
-                c.force_abort(CloseReason::Overload);
+                c.on(Event::ForceAbort(CloseReason::Overload));
                 self.ctx.mark_dirty(token, c);
             }
         } else if pressure < Pressure::Pause {
@@ -179,7 +181,7 @@ impl State {
             for (token, e) in self.entries.iter_mut().enumerate() {
                 let Some(e) = e else { continue };
                 let c = &mut e.core;
-                if c.bp_paused && c.phase == Phase::Open && c.queued() <= c.write_high {
+                if c.m.bp_paused() && c.m.is_open() && c.queued() <= c.write_high {
                     self.ctx.mark_dirty(token, c);
                 }
             }
