@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Actions, Input, Life, Machine, Setup, Words, WriteSide};
+use super::{Actions, Flags, Input, Life, Machine, Setup, Words, WriteSide};
 use crate::info::CloseReason;
 
 /// What the timers' tick knows of a connection (computed by the engine from its buffers,
@@ -72,11 +72,11 @@ impl Machine {
     pub fn flush_send(&self, unsent: bool, last_words: bool, layered: bool) -> Actions {
         let mut a = Actions::NONE;
         let ending = self.life == Life::Closing || self.write == WriteSide::ShutPending;
-        let idle = !self.sending && !unsent;
+        let idle = !self.flags.has(Flags::SENDING) && !unsent;
         if layered && ending && self.opened() && idle && self.work == 0 && !last_words {
             a |= Actions::FINISH_LAYERS;
         }
-        if !self.sending && self.writable() {
+        if !self.flags.has(Flags::SENDING) && self.writable() {
             a |= Actions::SEND;
         }
         a
@@ -84,7 +84,7 @@ impl Machine {
 
     /// Whether nothing is queued, in flight or owed (`unsent`, `last_words` as above).
     pub fn drained(&self, unsent: bool, last_words: bool) -> bool {
-        !self.sending && !unsent && self.work == 0 && !last_words
+        !self.flags.has(Flags::SENDING) && !unsent && self.work == 0 && !last_words
     }
 
     /// Step 3a, after the send: the half-close's FIN, and the end of a connection both of
@@ -109,10 +109,10 @@ impl Machine {
     /// Step 3b, while open: backpressure (`pause`: the engine's watermark and budget verdict,
     /// asked only while open).
     pub fn backpressure(&mut self, pause: bool) -> Actions {
-        if self.life != Life::Open || self.bp_paused == pause {
+        if self.life != Life::Open || self.flags.has(Flags::BP_PAUSED) == pause {
             return Actions::NONE;
         }
-        self.bp_paused = pause;
+        self.flags.set(Flags::BP_PAUSED, pause);
         if pause {
             Actions::COUNT_PAUSE
         } else {
@@ -145,18 +145,18 @@ impl Machine {
     pub fn read_order(&mut self) -> Actions {
         let want = match self.life {
             Life::Open => {
-                !self.user_paused
-                    && !self.bp_paused
+                !self.flags.has(Flags::USER_PAUSED)
+                    && !self.flags.has(Flags::BP_PAUSED)
                     && self.frames == super::Frames::Flowing
                     && self.input == Input::Open
             }
             Life::Lingering => self.input == Input::Open,
             _ => false,
         };
-        if want == self.reading {
+        if want == self.flags.has(Flags::READING) {
             return Actions::NONE;
         }
-        self.reading = want;
+        self.flags.set(Flags::READING, want);
         if want {
             Actions::READ_ON
         } else {
@@ -167,12 +167,12 @@ impl Machine {
     /// Under memory pressure right after input: pause reading at once (the flush at the
     /// turn's end keeps the decision). `READ_OFF` only if the backend was reading.
     pub fn budget_pause(&mut self) -> Actions {
-        if self.life != Life::Open || self.bp_paused {
+        if self.life != Life::Open || self.flags.has(Flags::BP_PAUSED) {
             return Actions::NONE;
         }
-        self.bp_paused = true;
+        self.flags.set(Flags::BP_PAUSED, true);
         let mut a = Actions::COUNT_PAUSE | Actions::FLUSH;
-        if std::mem::take(&mut self.reading) {
+        if self.flags.replace(Flags::READING, false) {
             a |= Actions::READ_OFF;
         }
         a

@@ -254,6 +254,69 @@ pub enum Event {
     Hold,
 }
 
+/// The machine's yes/no state, one bit each (one byte instead of eight bools: the machine is
+/// part of every connection's entry).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Flags(u8);
+
+impl Flags {
+    /// `Conn::pause_reading`.
+    const USER_PAUSED: Flags = Flags(1);
+    /// Paused for the write queue (above the high watermark) or the memory budget.
+    const BP_PAUSED: Flags = Flags(2);
+    /// Whether the backend is currently asked to read.
+    const READING: Flags = Flags(4);
+    /// A send is in the backend's hands.
+    const SENDING: Flags = Flags(8);
+    /// Queued for the end-of-turn flush.
+    const DIRTY: Flags = Flags(16);
+    /// Some input has arrived.
+    const RECEIVED: Flags = Flags(32);
+    /// The connection counts against its client's address in the per-IP limits.
+    const PEER_COUNTED: Flags = Flags(64);
+    /// The close was reported (`take_reason`): debug builds assert it happens once.
+    const REPORTED: Flags = Flags(128);
+    const NAMES: [(&'static str, Flags); 8] = [
+        ("user_paused", Flags::USER_PAUSED),
+        ("bp_paused", Flags::BP_PAUSED),
+        ("reading", Flags::READING),
+        ("sending", Flags::SENDING),
+        ("dirty", Flags::DIRTY),
+        ("received", Flags::RECEIVED),
+        ("peer_counted", Flags::PEER_COUNTED),
+        ("reported", Flags::REPORTED),
+    ];
+
+    fn has(self, f: Flags) -> bool {
+        self.0 & f.0 != 0
+    }
+
+    fn set(&mut self, f: Flags, on: bool) {
+        if on {
+            self.0 |= f.0;
+        } else {
+            self.0 &= !f.0;
+        }
+    }
+
+    /// Sets `f` to `on`; returns what it was.
+    fn replace(&mut self, f: Flags, on: bool) -> bool {
+        let was = self.has(f);
+        self.set(f, on);
+        was
+    }
+}
+
+impl std::fmt::Debug for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = Flags::NAMES
+            .iter()
+            .filter(|(_, b)| self.has(*b))
+            .map(|(n, _)| *n);
+        f.debug_set().entries(on).finish()
+    }
+}
+
 /// One connection's state: phases as enums, the counters the decisions need.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -263,22 +326,9 @@ pub struct Machine {
     frames: Frames,
     write: WriteSide,
     words: Words,
-    /// `Conn::pause_reading`.
-    user_paused: bool,
-    /// Paused for the write queue (above the high watermark) or the memory budget.
-    bp_paused: bool,
-    /// Whether the backend is currently asked to read.
-    reading: bool,
-    /// A send is in the backend's hands.
-    sending: bool,
-    /// Queued for the end-of-turn flush.
-    dirty: bool,
-    /// Some input has arrived.
-    received: bool,
-    /// The connection counts against its client's address in the per-IP limits.
-    peer_counted: bool,
-    /// The close was reported (`take_reason`): debug builds assert it happens once.
-    reported: bool,
+    /// The flags: user and backpressure pauses, reading, sending, dirty, received, counted
+    /// against its IP, reported ([`Flags`]).
+    flags: Flags,
     /// Outstanding work.
     work: u64,
     /// Why it closes (boxed: most reasons carry a string, and only a closing connection has
@@ -302,14 +352,7 @@ impl Machine {
             frames: Frames::Flowing,
             write: WriteSide::Open,
             words: Words::Open,
-            user_paused: false,
-            bp_paused: false,
-            reading: true,
-            sending: false,
-            dirty: false,
-            received: false,
-            peer_counted: false,
-            reported: false,
+            flags: Flags(Flags::READING.0),
             work: 0,
             reason: None,
         }
@@ -319,7 +362,7 @@ impl Machine {
     pub fn connecting() -> Machine {
         Machine {
             setup: Setup::Connecting,
-            reading: false,
+            flags: Flags(0),
             ..Machine::accepted()
         }
     }
@@ -337,10 +380,10 @@ impl Machine {
         self.setup == Setup::Ready
     }
     pub fn user_paused(&self) -> bool {
-        self.user_paused
+        self.flags.has(Flags::USER_PAUSED)
     }
     pub fn bp_paused(&self) -> bool {
-        self.bp_paused
+        self.flags.has(Flags::BP_PAUSED)
     }
     pub fn held(&self) -> bool {
         self.frames == Frames::Held
@@ -350,7 +393,7 @@ impl Machine {
         self.input != Input::Open
     }
     pub fn received(&self) -> bool {
-        self.received
+        self.flags.has(Flags::RECEIVED)
     }
     pub fn reason(&self) -> Option<&CloseReason> {
         self.reason.as_deref()
@@ -374,7 +417,9 @@ impl Machine {
 
     /// Frames may be delivered to the handler now.
     pub fn wants_frames(&self) -> bool {
-        self.life == Life::Open && !self.user_paused && self.frames == Frames::Flowing
+        self.life == Life::Open
+            && !self.flags.has(Flags::USER_PAUSED)
+            && self.frames == Frames::Flowing
     }
 
     /// Received plaintext goes to the decoder (else it is read and discarded: the connection
@@ -382,7 +427,9 @@ impl Machine {
     pub fn accepts_input(&self) -> bool {
         let ok = self.life == Life::Open && self.frames != Frames::Failed && self.opened();
         debug_assert!(
-            ok || self.reason.is_some() || self.setup != Setup::Ready || self.reported,
+            ok || self.reason.is_some()
+                || self.setup != Setup::Ready
+                || self.flags.has(Flags::REPORTED),
             "input discarded without a recorded reason: {self:?}"
         );
         ok
@@ -395,21 +442,21 @@ impl Machine {
 
     /// Marks the connection dirty; `true` if it was not (the engine queues it once).
     pub fn mark_dirty(&mut self) -> bool {
-        !std::mem::replace(&mut self.dirty, true)
+        !self.flags.replace(Flags::DIRTY, true)
     }
 
     /// The flush picked the connection up.
     pub fn clear_dirty(&mut self) {
-        self.dirty = false;
+        self.flags.set(Flags::DIRTY, false);
     }
 
     pub fn set_peer_counted(&mut self, counted: bool) {
-        self.peer_counted = counted;
+        self.flags.set(Flags::PEER_COUNTED, counted);
     }
 
     /// The per-IP count is given back (once).
     pub fn take_peer_counted(&mut self) -> bool {
-        std::mem::take(&mut self.peer_counted)
+        self.flags.replace(Flags::PEER_COUNTED, false)
     }
 
     /// Records `reason` unless one is recorded.
@@ -421,8 +468,8 @@ impl Machine {
 
     /// The close is reported: its one reason (`default` if none was recorded). Exactly once.
     pub fn take_reason(&mut self, default: CloseReason) -> CloseReason {
-        debug_assert!(!self.reported, "a close reported twice");
-        self.reported = true;
+        debug_assert!(!self.flags.has(Flags::REPORTED), "a close reported twice");
+        self.flags.set(Flags::REPORTED, true);
         self.reason.take().map_or(default, |r| *r)
     }
 
@@ -450,7 +497,7 @@ impl Machine {
                 if self.setup == Setup::Connecting {
                     self.setup = Setup::Handshaking;
                 }
-                self.reading = true; // the backend reads once connected
+                self.flags.set(Flags::READING, true); // the backend reads once connected
                 Actions::FLUSH
             }
             E::Ready => {
@@ -466,7 +513,7 @@ impl Machine {
                 run | Actions::FLUSH
             }
             E::Received => {
-                self.received = true;
+                self.flags.set(Flags::RECEIVED, true);
                 Actions::NONE
             }
             E::PeerEof { layer_eof } => self.peer_eof(layer_eof.clone()),
@@ -481,19 +528,19 @@ impl Machine {
                 if self.input == Input::Open {
                     self.input = Input::Closed;
                 }
-                self.reading = false;
+                self.flags.set(Flags::READING, false);
                 self.begin_abort(reason.clone()) | Actions::FLUSH
             }
             E::SendProgress { done } => {
                 if *done {
-                    self.sending = false;
+                    self.flags.set(Flags::SENDING, false);
                 }
                 Actions::FLUSH
             }
             E::SendStarted => {
-                debug_assert!(!self.sending, "one send in flight");
+                debug_assert!(!self.flags.has(Flags::SENDING), "one send in flight");
                 debug_assert!(self.writable(), "a send after the write side shut");
-                self.sending = true;
+                self.flags.set(Flags::SENDING, true);
                 Actions::NONE
             }
             E::TimerDue => {
@@ -582,11 +629,11 @@ impl Machine {
                 Actions::FLUSH
             }
             E::Pause => {
-                self.user_paused = true;
+                self.flags.set(Flags::USER_PAUSED, true);
                 Actions::FLUSH
             }
             E::Resume => {
-                self.user_paused = false;
+                self.flags.set(Flags::USER_PAUSED, false);
                 Actions::FLUSH
             }
             E::Hold => {
@@ -600,18 +647,18 @@ impl Machine {
 
     fn peer_eof(&mut self, layer_eof: Option<CloseReason>) -> Actions {
         if self.input != Input::Open {
-            self.reading = false; // TCP's EOF after the layer's own end of stream
+            self.flags.set(Flags::READING, false); // TCP's EOF after the layer's own end of stream
             return Actions::NONE;
         }
         let live = matches!(self.life, Life::Open | Life::Closing);
         if let (Some(reason), false, true) = (layer_eof, self.opened(), live) {
             // The layers never got ready: the EOF ends the connection (a reason of its own).
             self.input = Input::Closed;
-            self.reading = false;
+            self.flags.set(Flags::READING, false);
             return self.force_close(reason) | Actions::FLUSH;
         }
         self.input = Input::Closed;
-        self.reading = false;
+        self.flags.set(Flags::READING, false);
         if self.life != Life::Open {
             return Actions::FLUSH;
         }
@@ -693,56 +740,45 @@ impl Machine {
     pub fn check(&self) {
         let past_open = self.life != Life::Open;
         assert!(
-            !past_open || self.reason.is_some() || self.reported || self.life == Life::Closed,
+            !past_open
+                || self.reason.is_some()
+                || self.flags.has(Flags::REPORTED)
+                || self.life == Life::Closed,
             "past Open without a recorded reason: {self:?}"
         );
         assert!(
-            self.frames != Frames::Failed || self.reason.is_some() || self.reported,
+            self.frames != Frames::Failed
+                || self.reason.is_some()
+                || self.flags.has(Flags::REPORTED),
             "frames failed without a recorded reason: {self:?}"
         );
         assert!(
-            self.input != Input::EofPending || self.reason.is_some() || self.reported,
+            self.input != Input::EofPending
+                || self.reason.is_some()
+                || self.flags.has(Flags::REPORTED),
             "EOF pending without a reason: {self:?}"
         );
         assert!(
-            self.write != WriteSide::Shut || !self.sending,
+            self.write != WriteSide::Shut || !self.flags.has(Flags::SENDING),
             "a send in flight after FIN: {self:?}"
         );
         assert!(
-            self.setup != Setup::Connecting || (!self.reading && !self.sending),
+            self.setup != Setup::Connecting
+                || (!self.flags.has(Flags::READING) && !self.flags.has(Flags::SENDING)),
             "a connecting socket reads or sends: {self:?}"
         );
     }
 
     #[cfg(debug_assertions)]
     fn differs(&self, o: &Machine) -> bool {
-        (
-            self.life,
-            self.setup,
-            self.input,
-            self.frames,
-            self.write,
-            self.words,
-            self.user_paused,
-            self.bp_paused,
-            self.reading,
-            self.sending,
-            self.received,
-            self.work,
-        ) != (
-            o.life,
-            o.setup,
-            o.input,
-            o.frames,
-            o.write,
-            o.words,
-            o.user_paused,
-            o.bp_paused,
-            o.reading,
-            o.sending,
-            o.received,
-            o.work,
-        ) || self.reason != o.reason
+        // Bookkeeping bits (dirty, counted, reported) are not the connection's state.
+        let state = |m: &Machine| {
+            let flags = m.flags.0 & !(Flags::DIRTY.0 | Flags::PEER_COUNTED.0 | Flags::REPORTED.0);
+            (
+                m.life, m.setup, m.input, m.frames, m.write, m.words, flags, m.work,
+            )
+        };
+        state(self) != state(o) || self.reason != o.reason
     }
 }
 
@@ -762,10 +798,10 @@ impl Machine {
         self.write
     }
     pub fn reading(&self) -> bool {
-        self.reading
+        self.flags.has(Flags::READING)
     }
     pub fn sending(&self) -> bool {
-        self.sending
+        self.flags.has(Flags::SENDING)
     }
 }
 
