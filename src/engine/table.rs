@@ -158,8 +158,8 @@ impl State {
         let stack = c.layers.as_mut().expect("layered");
         let result = stack.receive(data, &mut plain);
         let ready = stack.ready();
-        let header_read = matches!(result, Ok(r) if r.client_named);
-        if header_read {
+        let named = matches!(result, Ok(r) if r.client_named);
+        if named {
             stack.describe(&mut c.info);
         }
         self.ctx.mark_dirty(token, c);
@@ -169,7 +169,7 @@ impl State {
                 warn!(peer = %c.info.peer, %reason, "closing connection: layer failed");
                 c.on(Event::LayerFailed(reason));
             }
-            Ok(_) if header_read && !self.header_read(token) => {} // refused by a per-IP limit
+            Ok(_) if named && !self.client_named(token) => {} // refused by a per-IP limit
             Ok(input) => {
                 if ready && !opened {
                     self.ctx.stats[server].threads[self.index].handshakes.add(1);
@@ -187,30 +187,20 @@ impl State {
         self.plain = plain;
     }
 
-    /// The PROXY header is read (`info.client` is known): counts how the connection began
+    /// A layer named the client (`info.client` is known): counts how the connection began
     /// and applies the server's per-IP limits to the client's address. `false`: refused (the
     /// connection is closing).
-    fn header_read(&mut self, token: Token) -> bool {
+    fn client_named(&mut self, token: Token) -> bool {
         let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
             return false;
         };
         let c = &mut e.core;
         let server = &self.servers[c.server];
         let stats = &self.ctx.stats[c.server].threads[self.index];
-        match &c.info.proxy {
-            None => stats.proxy_none.add(1),
-            Some(p) if p.local => stats.proxy_local.add(1),
-            Some(p) if p.version == crate::ProxyVersion::V1 => stats.proxy_v1.add(1),
-            Some(_) => stats.proxy_v2.add(1),
-        }
-        let Some(peers) = &server.peers else {
+        stats.count_origin(c.info.proxy.as_deref());
+        let (Some(peers), Some(ip)) = (&server.peers, c.info.limited_ip()) else {
             return true;
         };
-        // A Unix peer whose header gave no client address has no IP to limit.
-        if c.info.unix.is_some() && c.info.proxy.as_ref().is_none_or(|p| p.source.is_none()) {
-            return true;
-        }
-        let ip = c.info.client.ip();
         match peers.admit(ip) {
             Ok(()) => {
                 c.m.set_peer_counted(true);

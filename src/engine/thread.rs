@@ -338,10 +338,10 @@ impl IoThread {
                 return;
             }
         };
-        // Behind a PROXY header, per-IP limits wait for the client's address (table.rs). A
-        // Unix peer has no IP address: no per-IP limit applies to it.
+        // When a layer names the client (a PROXY header), per-IP limits wait for its address
+        // (table.rs, `client_named`). A Unix peer has no IP address: no per-IP limit applies.
         let admitted = match &server.peers {
-            Some(peers) if server.limits.proxy.is_none() && unix.is_none() => {
+            Some(peers) if !server.limits.layers_name_client() && unix.is_none() => {
                 if let Err(why) = peers.admit(peer.ip()) {
                     count_refusal(stats, why, peer);
                     return;
