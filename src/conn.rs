@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::codec::{EncodeError, Encoder};
-use crate::core::{ConnCore, Phase, ThreadCtx, Token};
+use crate::core::{ConnCore, ThreadCtx, Token};
 use crate::handle::{ConnectionHandle, Work};
 use crate::info::{CloseReason, ConnInfo};
+use crate::machine::Event;
 use crate::timers::Timers;
 
 /// The context lent to a [`Handler`](crate::Handler) callback.
@@ -113,7 +114,7 @@ impl<'a> Conn<'a> {
     /// [`Conn::close`], recording `reason` (e.g. a protocol violation) for `on_close` and the
     /// counters.
     pub fn close_with(&mut self, reason: CloseReason) {
-        self.core.begin_close(reason);
+        self.core.on(Event::Close(reason));
         self.dirty();
     }
 
@@ -130,16 +131,15 @@ impl<'a> Conn<'a> {
         // Also during a close that has not sent its last bytes yet (e.g. after the default
         // `on_shutdown`'s `close`): these become them.
         if self.core.takes_own_writes() {
-            let r = self.core.rare_mut();
-            r.last_words.extend_from_slice(data);
-            r.sealed = true;
+            self.core.rare_mut().last_words.extend_from_slice(data);
         }
-        self.close();
+        self.core.on(Event::CloseAfter); // seals (if it took the words), then closes
+        self.dirty();
     }
 
     /// Resets the connection (SO_LINGER 0): queued bytes are dropped.
     pub fn abort(&mut self) {
-        self.core.begin_abort(CloseReason::Local);
+        self.core.on(Event::Abort(CloseReason::Local));
         self.dirty();
     }
 
@@ -165,8 +165,8 @@ impl<'a> Conn<'a> {
     /// }
     /// ```
     pub fn shutdown_write(&mut self) {
-        if self.core.phase == Phase::Open {
-            self.core.shut_write_pending = true;
+        if self.core.m.is_open() {
+            self.core.on(Event::ShutdownWrite);
             self.dirty();
         }
     }
@@ -174,26 +174,26 @@ impl<'a> Conn<'a> {
     /// Stops delivering frames (and reading) until [`Conn::resume_reading`] or
     /// [`ConnectionHandle::resume_reading`]. Bytes already received are kept, in order.
     pub fn pause_reading(&mut self) {
-        self.core.user_paused = true;
+        self.core.on(Event::Pause);
         self.dirty();
     }
 
     /// Resumes reading after [`Conn::pause_reading`].
     pub fn resume_reading(&mut self) {
-        self.core.user_paused = false;
+        self.core.on(Event::Resume);
         self.dirty();
     }
 
     /// Whether reading is paused by [`Conn::pause_reading`].
     pub fn is_reading_paused(&self) -> bool {
-        self.core.user_paused
+        self.core.m.user_paused()
     }
 
     /// Only in `on_frame`: this frame was not consumed (e.g. a worker queue is full). The engine
     /// keeps it, stops reading, and delivers it again 2 ms later (and every 2 ms while it is
     /// held, whatever wakes the IO thread meanwhile), without decoding or counting it again.
     pub fn hold_frame(&mut self) {
-        self.core.held = true;
+        self.core.on(Event::Hold);
     }
 
     /// A `Send + Sync` handle for writing to / closing this connection from other threads.
@@ -256,14 +256,14 @@ impl<'a> Conn<'a> {
             .alive
             .load(std::sync::atomic::Ordering::Acquire);
         if counted {
-            self.core.work += 1;
+            self.core.on(Event::WorkStarted);
         }
         Work::new(handle, counted)
     }
 
     /// [`Work`] outstanding on this connection.
     pub fn outstanding_work(&self) -> u64 {
-        self.core.work
+        self.core.m.work()
     }
 
     /// Bytes queued for sending and not yet written to the socket (including what handles
@@ -276,7 +276,7 @@ impl<'a> Conn<'a> {
     /// (what a [`ConnectionHandle::write`] would need to be accepted). `false` once a close
     /// has begun or the write side is shut.
     pub fn is_writable(&self) -> bool {
-        self.core.phase == Phase::Open
+        self.core.m.is_open()
             && self.core.takes_own_writes()
             && self.core.queued() < self.core.write_high
     }
@@ -305,7 +305,7 @@ impl<'a> Conn<'a> {
     /// }
     /// ```
     pub fn set_timer(&mut self, id: u64, after: Duration) {
-        if self.core.phase != Phase::Open {
+        if !self.core.m.is_open() {
             return;
         }
         let deadline = self.ctx.now + after;

@@ -15,30 +15,13 @@ use crate::budget::Budget;
 use crate::handle::{ConnShared, ConnectionHandle, Inbox};
 use crate::info::{CloseReason, ConnInfo};
 use crate::layer::{Layer, Stack};
+use crate::machine::{Actions, Event, Machine};
 use crate::sockopt::SocketOptions;
 use crate::stats::{ServerStats, ThreadStats};
 use crate::timers::{TimerRecord, Timers};
 
 /// Identifies a connection slot within one IO thread.
 pub(crate) type Token = usize;
-
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Reading and writing.
-    Open,
-    /// Closing gracefully: no more frames are delivered; outstanding work answers and queued
-    /// bytes are flushed first.
-    Closing,
-    /// Flushed and write side shut down; reading (and discarding) until EOF or the linger
-    /// deadline (`Rare::linger_until`), so unread input does not turn our last reply into a
-    /// reset.
-    Lingering,
-    /// Reset requested: close with SO_LINGER 0 at the next flush.
-    Aborting,
-    /// `Backend::close` was called; waiting for its `Closed` event.
-    Closed,
-}
 
 /// The part of a connection's state that most connections never use (`ConnCore::rare`).
 #[derive(Default)]
@@ -47,12 +30,6 @@ pub(crate) struct Rare {
     pub connect_deadline: Option<Instant>,
     /// Bytes to send once the outstanding work has answered, right before a graceful close.
     pub last_words: Vec<u8>,
-    /// `close_after` was called: the handler's own writes are ignored from now on (its last
-    /// words are last); only outstanding work still answers, before them.
-    pub sealed: bool,
-    /// The last words are queued: nothing more is taken, not even a handle's write that
-    /// raced with the close (it is dropped, logged).
-    pub words_queued: bool,
     /// Since when a closing connection's queued bytes have not moved (`None`: they moved).
     pub stalled_since: Option<Instant>,
     /// The kernel's unacknowledged bytes at the last stall check (SIOCOUTQ).
@@ -78,40 +55,13 @@ pub(crate) struct ConnCore {
     pub out: Vec<u8>,
     /// Bytes of the send in flight not yet reported written (0: none in flight).
     pub inflight: usize,
-    /// A send is in the backend's hands.
-    pub sending: bool,
     /// Received bytes not yet consumed by the decoder (a partial frame, or frames held back
     /// while reading is paused). Empty (no allocation) in the common case.
     pub rbuf: Vec<u8>,
-    pub phase: Phase,
-    /// Why it closes (boxed: most reasons carry a string, and only a closing connection has
-    /// one).
-    pub reason: Option<Box<CloseReason>>,
-    pub user_paused: bool,
-    pub bp_paused: bool,
-    pub read_closed: bool,
-    /// Whether the backend is currently asked to read.
-    pub reading: bool,
-    /// The handler held the current frame back (`Conn::hold_frame`).
-    pub held: bool,
-    /// Outgoing connection not yet established: nothing is sent or read.
-    pub connecting: bool,
-    /// The decoder failed: no more frames, no more reading (until a lingering close).
-    pub decode_failed: bool,
-    /// EOF arrived while frames were held back; `on_read_closed` waits until they are delivered.
-    pub eof_pending: bool,
-    /// `shutdown_write` asked: FIN once everything queued is sent (reading goes on).
-    pub shut_write_pending: bool,
-    /// Our write side is shut: nothing more can be written.
-    pub write_shut: bool,
-    /// Outstanding [`Work`](crate::Work) (counted on this thread, ended through the inbox).
-    pub work: u64,
-    pub dirty: bool,
+    /// The connection's life: every phase and flag of it, as enums ([`crate::machine`]).
+    pub m: Machine,
     /// Last input, send progress or finished work (the idle timeout's clock).
     pub last_active: Instant,
-    /// Some input has arrived (a shutdown spares a connection that has sent nothing yet for a
-    /// moment: its first request is on its way).
-    pub received: bool,
     /// Shared with handles (allocated when the first handle is made).
     pub shared: Option<Arc<ConnShared>>,
     /// How much of `shared.backlog` is this thread's own queue (`own_queued`, as last
@@ -123,11 +73,6 @@ pub(crate) struct ConnCore {
     pub write_high: usize,
     /// The connection's layers (TLS, ...), if its server has any.
     pub layers: Option<Box<Stack>>,
-    /// `on_open` has run (with layers: once they are ready, e.g. the handshake is done).
-    pub opened: bool,
-    /// The connection counts against `info.client`'s address in the server's per-IP limits
-    /// (the address is not kept twice: `client` does not change once it is counted).
-    pub peer_counted: bool,
     /// Bytes this connection has charged to the memory budget (saturating).
     pub charged: u32,
     /// Capacity of the send buffer in the backend's hands (0: none): all of it is held until
@@ -147,34 +92,47 @@ impl ConnCore {
             info,
             out: Vec::new(),
             inflight: 0,
-            sending: false,
             rbuf: Vec::new(),
-            phase: Phase::Open,
-            reason: None,
-            user_paused: false,
-            bp_paused: false,
-            read_closed: false,
-            reading: true,
-            held: false,
-            eof_pending: false,
-            decode_failed: false,
-            connecting: false,
-            shut_write_pending: false,
-            write_shut: false,
-            work: 0,
-            dirty: false,
+            m: Machine::accepted(),
             last_active: now,
-            received: false,
             shared: None,
             published: 0,
             write_low: 0,
             write_high: usize::MAX,
             layers: None,
-            opened: false,
-            peer_counted: false,
             charged: 0,
             inflight_cap: 0,
             rare: None,
+        }
+    }
+
+    /// Feeds `event` to the machine and carries out what concerns the connection's own state
+    /// (handles, timers, dropped output); returns the actions for the engine.
+    pub(crate) fn on(&mut self, event: Event) -> Actions {
+        let a = self.m.handle(event);
+        self.apply(a);
+        a
+    }
+
+    /// Carries out the actions that touch only this connection's state: dropping the output
+    /// (a layer failed), disarming timers and telling handles.
+    pub(crate) fn apply(&mut self, a: Actions) {
+        if a.has(Actions::DROP_OUTPUT) {
+            self.out.clear();
+            if let Some(r) = self.rare.as_deref_mut() {
+                r.last_words.clear();
+            }
+        }
+        if a.has(Actions::LEFT_OPEN) {
+            if let Some(r) = self.rare.as_deref_mut() {
+                r.timers.clear(); // their heap entries find no record: stale, never fired
+            }
+            if let Some(s) = &self.shared {
+                s.mark_closing();
+            }
+        }
+        if a.has(Actions::KILL_HANDLES) {
+            self.kill_handles();
         }
     }
 
@@ -195,31 +153,24 @@ impl ConnCore {
         self.rare.as_ref().is_some_and(|r| !r.last_words.is_empty())
     }
 
-    /// Queues the `close_after` bytes (once every outstanding job has answered): from now on
-    /// nothing more is taken, so nothing follows them.
+    /// Queues the `close_after` bytes (the machine said so: every outstanding job has
+    /// answered): from now on nothing more is taken, so nothing follows them.
     pub(crate) fn queue_last_words(&mut self) {
-        debug_assert_eq!(self.work, 0, "last words before the work answered");
-        let r = self.rare_mut();
-        let words = std::mem::take(&mut r.last_words);
-        r.words_queued = true;
+        debug_assert_eq!(self.m.work(), 0, "last words before the work answered");
+        let words = std::mem::take(&mut self.rare_mut().last_words);
         self.out.extend_from_slice(&words);
     }
 
     /// Whether the handler's own writes (`Conn::write`) are still queued: as
     /// [`ConnCore::writable`], but not after `close_after` (its bytes are the last).
     pub(crate) fn takes_own_writes(&self) -> bool {
-        self.writable() && !self.rare.as_ref().is_some_and(|r| r.sealed)
+        self.m.takes_own_writes()
     }
 
     /// Whether a handle's write taken from the inbox now is queued: as
     /// [`ConnCore::writable`], but not once the last words are queued.
     pub(crate) fn takes_handle_writes(&self) -> bool {
-        self.writable() && !self.rare.as_ref().is_some_and(|r| r.words_queued)
-    }
-
-    /// When the layers must be ready by, while they are not.
-    pub(crate) fn layer_deadline(&self) -> Option<Instant> {
-        self.layers.as_ref().and_then(|s| s.deadline())
+        self.m.takes_handle_writes()
     }
 
     /// Bytes the layers produced and not yet handed to the backend.
@@ -301,89 +252,20 @@ impl ConnCore {
         self.published = own;
     }
 
-    /// Whether more bytes may be queued.
-    pub(crate) fn writable(&self) -> bool {
-        matches!(self.phase, Phase::Open | Phase::Closing) && !self.write_shut
-    }
-
-    /// Starts a graceful close for `reason` unless one is under way.
-    pub(crate) fn begin_close(&mut self, reason: CloseReason) {
-        if self.phase == Phase::Open {
-            self.set_phase(Phase::Closing);
-            self.set_reason(reason);
-        }
-    }
-
-    /// Requests a reset for `reason` unless the connection is already closed.
-    pub(crate) fn begin_abort(&mut self, reason: CloseReason) {
-        if !matches!(self.phase, Phase::Closed | Phase::Aborting) {
-            self.set_phase(Phase::Aborting);
-            self.set_reason(reason);
-        }
-    }
-
-    /// Closes because a layer failed or timed out: what the handler queued is dropped (it can
-    /// no longer be sent meaningfully), what the layer queued (an alert) is still sent, and
-    /// `reason` replaces any reason recorded before.
-    pub(crate) fn force_close(&mut self, reason: CloseReason) {
-        self.out.clear();
-        if let Some(r) = self.rare.as_deref_mut() {
-            r.last_words.clear();
-        }
-        self.work = 0;
-        self.decode_failed = true;
-        self.reason = Some(Box::new(reason));
-        if self.phase == Phase::Open {
-            self.set_phase(Phase::Closing);
-        }
-    }
-
-    /// Resets the connection for `reason`, which replaces any reason recorded before (a reset
-    /// that drops queued bytes must be counted as what it is).
-    pub(crate) fn force_abort(&mut self, reason: CloseReason) {
-        if !matches!(self.phase, Phase::Closed | Phase::Aborting) {
-            self.set_phase(Phase::Aborting);
-            self.reason = Some(Box::new(reason));
-        }
-    }
-
-    pub(crate) fn set_reason(&mut self, reason: CloseReason) {
-        if self.reason.is_none() {
-            self.reason = Some(Box::new(reason));
-        }
-    }
-
-    /// Moves to `phase`. Once the connection stops being open, its timers are disarmed
-    /// (nothing `on_timer` would write may follow a close's last bytes) and its plain handles
-    /// say closed; once nothing more can be written, every handle fails.
-    pub(crate) fn set_phase(&mut self, phase: Phase) {
-        debug_assert!(
-            phase != Phase::Open || self.phase == Phase::Open,
-            "a connection never reopens"
-        );
-        self.phase = phase;
-        if phase != Phase::Open {
-            if let Some(r) = self.rare.as_deref_mut() {
-                r.timers.clear(); // their heap entries find no record: stale, never fired
-            }
-            if let Some(s) = &self.shared {
-                s.mark_closing();
-            }
-        }
-        if !matches!(phase, Phase::Open | Phase::Closing) {
-            self.kill_handles();
-        }
-    }
-
     pub(crate) fn kill_handles(&mut self) {
         if let Some(s) = &self.shared {
             s.mark_dead();
         }
     }
 
+    /// Whether more bytes may be queued.
+    pub(crate) fn writable(&self) -> bool {
+        self.m.writable()
+    }
+
     /// Frames may be delivered to the handler now.
     pub(crate) fn wants_frames(&self) -> bool {
-        self.phase == Phase::Open && !self.user_paused && !self.held && !self.decode_failed
+        self.m.wants_frames()
     }
 
     /// The cross-thread state, made on first use.
@@ -392,7 +274,7 @@ impl ConnCore {
             return ConnShared::dead();
         }
         let (low, high) = (self.write_low, self.write_high);
-        let closing = self.phase != Phase::Open;
+        let closing = !self.m.is_open();
         self.shared
             .get_or_insert_with(|| {
                 let s = ConnShared::new(low, high);
@@ -514,8 +396,7 @@ pub(crate) struct ThreadCtx {
 
 impl ThreadCtx {
     pub(crate) fn mark_dirty(&mut self, token: Token, core: &mut ConnCore) {
-        if !core.dirty {
-            core.dirty = true;
+        if core.m.mark_dirty() {
             self.dirty.push(token);
         }
     }
@@ -564,9 +445,7 @@ mod tests {
 
     fn core() -> ConnCore {
         let addr = "127.0.0.1:1".parse().unwrap();
-        let mut c = ConnCore::new(0, 1, ConnInfo::new(addr, addr, 0), Instant::now());
-        c.phase = Phase::Open;
-        c
+        ConnCore::new(0, 1, ConnInfo::new(addr, addr, 0), Instant::now())
     }
 
     /// What a handle sees (`backlog`) and what the IO thread sees (`queued`) agree at every
@@ -613,7 +492,8 @@ mod tests {
 
         // A closed connection drops what is taken, and stops counting it.
         c.publish_queued();
-        c.write_shut = true;
+        c.on(crate::machine::Event::Close(CloseReason::Local));
+        c.m.flush_close(true); // drained: FIN, lingering
         s.backlog.fetch_add(5, Ordering::AcqRel);
         assert!(c.take_handle_write(vec![4; 5]).is_empty());
         assert_eq!((s.backlog(), c.out.len()), (7, 7));
@@ -628,7 +508,8 @@ mod size_tests {
     fn conn_core_stays_small() {
         let size = std::mem::size_of::<super::ConnCore>();
         // 288 after issue 21's shrink; +8 for `info.unix` (a Box: Unix peers only), +8 for
-        // the memory budget's `charged` and `inflight_cap`.
-        assert!(size <= 304, "ConnCore grew to {size} bytes (304 before)");
+        // the memory budget's `charged` and `inflight_cap`; -8 for the machine (its eight
+        // yes/no flags in one byte).
+        assert!(size <= 296, "ConnCore grew to {size} bytes (296 before)");
     }
 }

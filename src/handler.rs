@@ -387,7 +387,7 @@ pub(crate) fn guarded<H>(
     if catch_unwind(AssertUnwindSafe(|| f(handler, &mut conn))).is_err() {
         *poisoned = true;
         tracing::error!(peer = %core.info.peer, "handler panicked; resetting its connection");
-        core.force_abort(CloseReason::HandlerPanic);
+        core.on(crate::machine::Event::ForceAbort(CloseReason::HandlerPanic));
         ctx.mark_dirty(token, core);
     }
 }
@@ -397,8 +397,9 @@ pub(crate) fn guarded<H>(
 pub(crate) fn decode_failed(core: &mut ConnCore, ctx: &mut ThreadCtx, error: &DecodeError) {
     tracing::warn!(peer = %core.info.peer, %error, "closing connection: protocol error");
     ctx.stats(core.server).decode_errors.add(1);
-    core.decode_failed = true;
-    core.set_reason(CloseReason::Protocol(error.to_string()));
+    core.on(crate::machine::Event::DecodeError(CloseReason::Protocol(
+        error.to_string(),
+    )));
 }
 
 /// The callbacks other than the data path, forwarded to the handler through `self.guard`
@@ -493,8 +494,8 @@ impl<H: Handler, D: Decoder> DynConn for Typed<H, D> {
                 ctx.stats(core.server).frames_in.add(1);
             }
             self.guard(core, ctx, token, |h, c| h.on_frame(c, frame));
-            if core.held || self.poisoned {
-                if core.held && !self.poisoned {
+            if core.m.held() || self.poisoned {
+                if core.m.held() && !self.poisoned {
                     self.held = Some(d);
                 }
                 break;

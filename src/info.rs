@@ -66,6 +66,14 @@ impl ConnInfo {
             unix: None,
         }
     }
+
+    /// The address the per-IP limits count this connection under: the client's (the peer's,
+    /// or the one a layer named, e.g. a PROXY header's source), or none for a Unix peer with
+    /// no client address named (it has no IP to limit).
+    pub(crate) fn limited_ip(&self) -> Option<std::net::IpAddr> {
+        let named = self.proxy.as_ref().is_some_and(|p| p.source.is_some());
+        (self.unix.is_none() || named).then(|| self.client.ip())
+    }
 }
 
 /// Which version of the PROXY protocol a header was.

@@ -199,6 +199,12 @@ mod info;
 mod layer;
 mod limits;
 mod listen;
+/// The connection's life as a sans-IO state machine (public only for the fuzz targets).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod machine;
+#[cfg(not(feature = "fuzzing"))]
+mod machine;
 pub mod metrics;
 pub mod pool;
 pub mod relay;

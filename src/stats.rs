@@ -50,6 +50,19 @@ pub(crate) struct ThreadStats {
     pub closed: [Counter; CloseReason::COUNT],
 }
 
+impl ThreadStats {
+    /// Counts how a connection whose layers named its client began: with which PROXY
+    /// header, or none.
+    pub(crate) fn count_origin(&self, proxy: Option<&crate::info::ProxyInfo>) {
+        match proxy {
+            None => self.proxy_none.add(1),
+            Some(p) if p.local => self.proxy_local.add(1),
+            Some(p) if p.version == crate::info::ProxyVersion::V1 => self.proxy_v1.add(1),
+            Some(_) => self.proxy_v2.add(1),
+        }
+    }
+}
+
 /// All counters of one server, shared by its IO threads and its handle.
 #[derive(Debug)]
 pub struct ServerStats {

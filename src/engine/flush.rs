@@ -10,7 +10,8 @@
 
 use tracing::debug;
 
-use crate::core::{Phase, Token};
+use crate::core::Token;
+use crate::machine::{Actions, Event};
 use crate::sys::Backend;
 
 use super::table::State;
@@ -40,7 +41,7 @@ impl State {
         let Some(e) = self.entry(token) else {
             return;
         };
-        e.core.dirty = false;
+        e.core.m.clear_dirty();
         // Input held back (paused, held frame) is delivered first once frames are wanted again.
         if e.core.wants_frames() && !e.core.rbuf.is_empty() {
             self.pump(token);
@@ -51,34 +52,28 @@ impl State {
             return;
         };
         let c = &mut e.core;
-        if c.held && !held.contains(&token) {
+        if c.m.held() && !held.contains(&token) {
             held.push(token); // held outside on_frame: still retried, never a silent stall
         }
-        match c.phase {
-            Phase::Aborting => {
-                c.set_phase(Phase::Closed);
-                backend.close(token, true);
-                return;
-            }
-            Phase::Closed => return,
-            _ => {}
+        // Resets, closes before the connect, and the last words of a close (once every
+        // outstanding job has answered).
+        let a = c.m.flush_start(c.has_last_words());
+        c.apply(a);
+        if a.has(Actions::ABORT) {
+            backend.close(token, true);
+        } else if a.has(Actions::CLOSE) {
+            backend.close(token, false);
         }
-        if c.connecting {
-            if c.phase != Phase::Open {
-                // Closed before it connected: nothing to flush.
-                c.set_phase(Phase::Closed);
-                backend.close(token, false);
-            }
-            return; // nothing is sent or read before the connect completes
+        if a.has(Actions::STOP) {
+            return;
         }
-        // The last words of a close go out once every outstanding job has answered.
-        if c.phase == Phase::Closing && c.work == 0 && c.has_last_words() {
+        if a.has(Actions::QUEUE_LAST_WORDS) {
             c.queue_last_words();
         }
         // Layers (TLS) turn the handler's plaintext into wire bytes, and end a graceful close
         // or half-close with their own last bytes (close_notify) once everything is answered.
         if let Some(stack) = c.layers.as_mut() {
-            if c.opened && !c.out.is_empty() {
+            if c.m.opened() && !c.out.is_empty() {
                 if stack.is_closed() {
                     // Written after close_notify was queued: on plaintext the same write would
                     // come after the FIN. Dropped alike (the handles already answer `Closed`).
@@ -91,7 +86,7 @@ impl State {
                     let r = stack.send(&c.out);
                     c.out.clear();
                     if let Err(reason) = r {
-                        c.force_close(reason);
+                        c.on(Event::LayerFailed(reason));
                     }
                 }
             }
@@ -100,9 +95,10 @@ impl State {
         // mid-handshake ends an outgoing connection's handshake) and nothing queued or in
         // flight is left, so that a write taken before it is never dropped. From then on the
         // handles answer `Closed`, as after a plaintext FIN.
-        let ending = c.phase == Phase::Closing || c.shut_write_pending;
-        let idle = !c.sending && c.out.is_empty() && c.wire_len() == 0;
-        if ending && c.opened && idle && c.work == 0 && !c.has_last_words() {
+        let unsent = !c.out.is_empty() || c.wire_len() > 0;
+        let a =
+            c.m.flush_send(unsent, c.has_last_words(), c.layers.is_some());
+        if a.has(Actions::FINISH_LAYERS) {
             if let Some(stack) = c.layers.as_mut() {
                 if !stack.is_closed() {
                     stack.finish(); // once; nothing after a failure
@@ -111,48 +107,33 @@ impl State {
             }
         }
         // One send in flight per connection; everything queued meanwhile goes in the next.
-        let can_send = !c.sending && c.writable();
         let sendable = match c.layers.as_deref_mut() {
             Some(stack) => &mut stack.wire,
             None => &mut c.out,
         };
-        if can_send && !sendable.is_empty() {
+        if a.has(Actions::SEND) && !sendable.is_empty() {
             let buf = std::mem::take(sendable);
             c.inflight = buf.len();
             c.inflight_cap = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
-            c.sending = true;
+            c.on(Event::SendStarted);
             backend.send(token, buf);
         }
-        let drained = !c.sending
-            && c.out.is_empty()
-            && c.wire_len() == 0
-            && c.work == 0
-            && !c.has_last_words();
-        // Half-close: FIN after everything queued (and answered) is sent, and with layers only
-        // once they are established (their close_notify went first); reading goes on.
-        let established = c.opened || c.layers.is_none();
-        if c.shut_write_pending && c.phase == Phase::Open && drained && established {
-            c.shut_write_pending = false;
-            c.write_shut = true;
-            c.kill_handles();
+        let unsent = !c.out.is_empty() || c.wire_len() > 0;
+        let drained = c.m.drained(unsent, c.has_last_words());
+        let a = c.m.flush_write(drained, c.layers.is_some());
+        if a.has(Actions::SHUT_WRITE) {
             backend.shutdown_write(token);
         }
-        // Both directions are over (the peer's EOF was delivered, our FIN is sent): done.
-        if c.phase == Phase::Open && c.write_shut && c.read_closed && !c.eof_pending {
-            c.begin_close(crate::info::CloseReason::PeerClosed);
-        }
+        c.apply(a);
         let queued = c.queued();
-        if c.phase == Phase::Open {
+        if c.m.is_open() {
             let exempt = self.servers[c.server].limits.overload_exempt;
             let pause = super::overload::should_pause(c, queued, &self.ctx.budget, exempt);
-            if !c.bp_paused && pause {
-                c.bp_paused = true;
+            if c.m.backpressure(pause).has(Actions::COUNT_PAUSE) {
                 self.ctx.stats[c.server].threads[self.index]
                     .backpressure_pauses
                     .add(1);
                 debug!(peer = %c.info.peer, queued, "write queue above high watermark; pausing reads");
-            } else if c.bp_paused && !pause {
-                c.bp_paused = false;
             }
         }
         c.publish_queued();
@@ -162,40 +143,28 @@ impl State {
                 s.wake_watchers();
             }
         }
-        if c.phase == Phase::Closing && drained {
-            if c.read_closed {
-                c.set_phase(Phase::Closed);
-                backend.close(token, false);
-                return;
-            }
-            // Flushed: shut our side, then read (and discard) until EOF or the linger ends.
-            if !c.write_shut {
-                c.write_shut = true;
-                backend.shutdown_write(token);
-            }
+        // A drained graceful close: FIN and linger (or close at once after the peer's EOF);
+        // a lingering close ends at EOF; then whether to read.
+        let a = c.m.flush_close(drained);
+        if a.has(Actions::SHUT_WRITE) {
+            backend.shutdown_write(token);
+        }
+        if a.has(Actions::LINGER) {
             let mut until = self.ctx.now + LINGER;
             if let Some(d) = self.shutdown_deadline {
                 until = until.min(d);
             }
             c.rare_mut().linger_until = Some(until);
-            c.set_phase(Phase::Lingering);
             c.rbuf = Vec::new();
         }
-        if c.phase == Phase::Lingering && c.read_closed {
-            c.set_phase(Phase::Closed);
+        c.apply(a);
+        if a.has(Actions::CLOSE) {
             backend.close(token, false);
-            return;
         }
-        let want_read = match c.phase {
-            Phase::Open => {
-                !c.user_paused && !c.bp_paused && !c.held && !c.read_closed && !c.decode_failed
-            }
-            Phase::Lingering => !c.read_closed,
-            _ => false,
-        };
-        if want_read != c.reading {
-            c.reading = want_read;
-            backend.set_reading(token, want_read);
+        if a.has(Actions::READ_ON) {
+            backend.set_reading(token, true);
+        } else if a.has(Actions::READ_OFF) {
+            backend.set_reading(token, false);
         }
     }
 }

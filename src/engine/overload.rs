@@ -8,8 +8,9 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::budget::{Action, Pressure, REFUSE_LIMIT, RESET_TARGET_PERMILLE};
-use crate::core::{ConnCore, Phase, Token};
+use crate::core::{ConnCore, Token};
 use crate::info::CloseReason;
+use crate::machine::{Actions, Event, Life};
 use crate::stats::ThreadStats;
 
 use super::table::State;
@@ -19,7 +20,7 @@ const HOLDING: usize = 64 << 10;
 
 /// The read pause a flush applies: the server's watermarks, shrunk under pressure, and under
 /// [`Pressure::Pause`] any waiting output. Returns whether reading should pause (the caller
-/// keeps `bp_paused` and its counter). `exempt`: the server is exempt from overload actions
+/// keeps the machine's backpressure pause and its counter). `exempt`: the server is exempt from overload actions
 /// (the metrics server), so the refuse level does not stop its reading.
 pub(super) fn should_pause(
     c: &ConnCore,
@@ -34,7 +35,7 @@ pub(super) fn should_pause(
     // and 2,000 of them took the charge to 120% of the budget (issue 25).
     let budget_pause =
         (pressure >= Pressure::Pause && queued > 0) || (pressure >= Pressure::Refuse && !exempt);
-    if !c.bp_paused {
+    if !c.m.bp_paused() {
         if queued > c.write_high {
             return true;
         }
@@ -110,18 +111,19 @@ impl State {
             return;
         };
         let c = &mut e.core;
-        if budget.pressure() < Pressure::Shrink || c.phase != Phase::Open || c.bp_paused {
+        if budget.pressure() < Pressure::Shrink || !c.m.is_open() || c.m.bp_paused() {
             return;
         }
         let queued = c.queued();
         let exempt = self.servers[c.server].limits.overload_exempt;
         if should_pause(c, queued, &budget, exempt) {
-            c.bp_paused = true;
-            self.ctx.stats[c.server].threads[self.index]
-                .backpressure_pauses
-                .add(1);
-            if c.reading {
-                c.reading = false;
+            let a = c.m.budget_pause();
+            if a.has(Actions::COUNT_PAUSE) {
+                self.ctx.stats[c.server].threads[self.index]
+                    .backpressure_pauses
+                    .add(1);
+            }
+            if a.has(Actions::READ_OFF) {
                 backend.set_reading(token, false);
             }
             self.ctx.mark_dirty(token, c);
@@ -141,16 +143,18 @@ impl State {
         for (token, e) in self.entries.iter_mut().enumerate() {
             let Some(e) = e else { continue };
             let c = &mut e.core;
-            if c.phase != Phase::Open
-                || c.bp_paused
-                || !c.reading
+            if !c.m.is_open()
+                || c.m.bp_paused()
+                || !c.m.reading()
                 || self.servers[c.server].limits.overload_exempt
             {
                 continue;
             }
-            c.bp_paused = true;
-            c.reading = false;
-            backend.set_reading(token, false);
+            // The flush at the turn's end keeps the pause while the pressure lasts: no need
+            // to mark thousands of connections dirty for it.
+            if c.m.budget_pause().has(Actions::READ_OFF) {
+                backend.set_reading(token, false);
+            }
             budget.count(Action::Pause);
             self.ctx.stats[c.server].threads[self.index]
                 .backpressure_pauses
@@ -175,16 +179,16 @@ impl State {
             return false;
         };
         let c = &mut e.core;
-        if !c.bp_paused
+        if !c.m.bp_paused()
             || c.charged == 0
-            || c.phase != Phase::Open
+            || !c.m.is_open()
             || Pressure::of(budget.used() + len, budget.limit()) < Pressure::Reset
         {
             return false;
         }
         warn!(peer = %c.info.peer, held = c.charged, len, used = budget.used(), limit = budget.limit(), "memory budget at the top: a paused connection's late input would pass it; resetting the connection");
         budget.count(Action::Reset);
-        c.force_abort(CloseReason::Overload);
+        c.on(Event::ForceAbort(CloseReason::Overload));
         self.ctx.mark_dirty(token, c);
         true
     }
@@ -236,7 +240,7 @@ impl State {
             for (token, e) in self.entries.iter().enumerate() {
                 let Some(e) = e else { continue };
                 let c = &e.core;
-                if c.charged == 0 || matches!(c.phase, Phase::Aborting | Phase::Closed) {
+                if c.charged == 0 || matches!(c.m.life(), Life::Aborting | Life::Closed) {
                     continue;
                 }
                 let since = c.rare.as_ref().and_then(|r| r.holding_since).unwrap_or(now);
@@ -256,7 +260,7 @@ impl State {
                 freed += c.charged as usize;
                 warn!(peer = %c.info.peer, held = c.charged, used = budget.used(), limit = budget.limit(), "memory budget at the top: resetting the connection holding the most");
                 budget.count(Action::Reset);
-                c.force_abort(CloseReason::Overload);
+                c.on(Event::ForceAbort(CloseReason::Overload));
                 self.ctx.mark_dirty(token, c);
             }
         } else if pressure < Pressure::Refuse {
@@ -273,7 +277,7 @@ impl State {
                 } else {
                     queued == 0
                 };
-                if c.bp_paused && c.phase == Phase::Open && may_read {
+                if c.m.bp_paused() && c.m.is_open() && may_read {
                     self.ctx.mark_dirty(token, c);
                 }
             }

@@ -68,6 +68,12 @@ impl Limits {
         self.proxy.is_some() || !self.layers.is_empty()
     }
 
+    /// Whether a layer names the client (a PROXY header): the per-IP limits wait for it
+    /// instead of counting the peer at accept.
+    pub(crate) fn layers_name_client(&self) -> bool {
+        self.proxy.is_some()
+    }
+
     /// A new connection's layers, bottom (socket side) first: the PROXY header below
     /// everything else.
     pub(crate) fn make_layers(&self) -> Result<Vec<Box<dyn Layer>>, String> {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::core::{ConnCore, DynConn, Phase, Slots, ThreadCtx, Token};
+use crate::core::{ConnCore, DynConn, Slots, ThreadCtx, Token};
 use crate::handle::HandleMsg;
 use crate::info::CloseReason;
+use crate::machine::{Actions, Event, Life, Tick, TickFacts};
 use crate::timers::Due;
 
 use super::server::SharedServer;
@@ -43,7 +44,7 @@ pub(super) fn open_entry<'a>(
     entries
         .get_mut(token)
         .and_then(Option::as_mut)
-        .filter(|e| e.core.phase == Phase::Open)
+        .filter(|e| e.core.m.is_open())
 }
 
 pub(super) struct ListenerState {
@@ -136,7 +137,7 @@ impl State {
             .bytes_in
             .add(data.len() as u64);
         c.last_active = self.ctx.now;
-        c.received = true;
+        c.on(Event::Received);
         if c.layers.is_some() {
             self.on_layered_data(token, data);
         } else {
@@ -153,25 +154,25 @@ impl State {
             return;
         };
         let c = &mut e.core;
-        if matches!(c.phase, Phase::Aborting | Phase::Closed) {
+        if !c.m.layers_take_input() {
             self.plain = plain;
             return;
         }
         let stack = c.layers.as_mut().expect("layered");
         let result = stack.receive(data, &mut plain);
         let ready = stack.ready();
-        let header_read = matches!(result, Ok(r) if r.client_named);
-        if header_read {
+        let named = matches!(result, Ok(r) if r.client_named);
+        if named {
             stack.describe(&mut c.info);
         }
         self.ctx.mark_dirty(token, c);
-        let (opened, server) = (c.opened, c.server);
+        let (opened, server) = (c.m.opened(), c.server);
         match result {
             Err(reason) => {
                 warn!(peer = %c.info.peer, %reason, "closing connection: layer failed");
-                c.force_close(reason);
+                c.on(Event::LayerFailed(reason));
             }
-            Ok(_) if header_read && !self.header_read(token) => {} // refused by a per-IP limit
+            Ok(_) if named && !self.client_named(token) => {} // refused by a per-IP limit
             Ok(input) => {
                 if ready && !opened {
                     self.ctx.stats[server].threads[self.index].handshakes.add(1);
@@ -189,38 +190,28 @@ impl State {
         self.plain = plain;
     }
 
-    /// The PROXY header is read (`info.client` is known): counts how the connection began
+    /// A layer named the client (`info.client` is known): counts how the connection began
     /// and applies the server's per-IP limits to the client's address. `false`: refused (the
     /// connection is closing).
-    fn header_read(&mut self, token: Token) -> bool {
+    fn client_named(&mut self, token: Token) -> bool {
         let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
             return false;
         };
         let c = &mut e.core;
         let server = &self.servers[c.server];
         let stats = &self.ctx.stats[c.server].threads[self.index];
-        match &c.info.proxy {
-            None => stats.proxy_none.add(1),
-            Some(p) if p.local => stats.proxy_local.add(1),
-            Some(p) if p.version == crate::ProxyVersion::V1 => stats.proxy_v1.add(1),
-            Some(_) => stats.proxy_v2.add(1),
-        }
-        let Some(peers) = &server.peers else {
+        stats.count_origin(c.info.proxy.as_deref());
+        let (Some(peers), Some(ip)) = (&server.peers, c.info.limited_ip()) else {
             return true;
         };
-        // A Unix peer whose header gave no client address has no IP to limit.
-        if c.info.unix.is_some() && c.info.proxy.as_ref().is_none_or(|p| p.source.is_none()) {
-            return true;
-        }
-        let ip = c.info.client.ip();
         match peers.admit(ip) {
             Ok(()) => {
-                c.peer_counted = true;
+                c.m.set_peer_counted(true);
                 true
             }
             Err(why) => {
                 super::peers::count_refusal(stats, why, c.info.client);
-                c.force_close(CloseReason::Local);
+                c.on(Event::LayerFailed(CloseReason::Local));
                 false
             }
         }
@@ -232,15 +223,15 @@ impl State {
             return;
         };
         let c = &mut e.core;
-        if c.opened {
-            return;
+        let a = c.on(Event::Ready);
+        if !a.has(Actions::FLUSH) {
+            return; // opened already
         }
-        c.opened = true;
         if let Some(stack) = c.layers.as_deref_mut() {
             stack.opened();
             stack.describe(&mut c.info);
         }
-        if c.phase == Phase::Open {
+        if a.has(Actions::RUN_OPEN) {
             e.app.open(&mut e.core, &mut self.ctx, token);
         }
         self.ctx.mark_dirty(token, &mut e.core);
@@ -253,7 +244,7 @@ impl State {
             return;
         };
         let c = &mut e.core;
-        if c.phase != Phase::Open || c.decode_failed || !c.opened {
+        if !c.m.accepts_input() {
             return; // closing, or past a decode error: input is read and discarded
         }
         if c.rbuf.is_empty() {
@@ -279,7 +270,7 @@ impl State {
         let buf = std::mem::take(&mut e.core.rbuf);
         let used = e.app.data(&mut e.core, &mut self.ctx, token, &buf);
         let mut buf = buf;
-        if e.core.phase != Phase::Open || used == buf.len() {
+        if !e.core.m.is_open() || used == buf.len() {
             // Nothing left to keep: release the memory (idle connections hold no buffer).
         } else {
             buf.drain(..used);
@@ -299,19 +290,18 @@ impl State {
         if c.rbuf.len() > limit && c.wants_frames() {
             warn!(peer = %c.info.peer, buffered = c.rbuf.len(), limit, "closing connection: too much undecoded input");
             c.rbuf = Vec::new();
-            c.decode_failed = true;
-            c.begin_close(CloseReason::Protocol(format!(
+            c.on(Event::InputOverflow(CloseReason::Protocol(format!(
                 "more than {limit} bytes of undecoded input"
-            )));
+            ))));
         }
         // Only a state change needs a flush (writes, closes and pauses mark the connection
         // themselves): re-marking a connection whose input is just an incomplete frame would
         // spin the loop until the rest of the frame arrives.
-        if c.held && !self.held.contains(&token) {
+        if c.m.held() && !self.held.contains(&token) {
             self.held.push(token);
             self.ctx.mark_dirty(token, c);
         }
-        if c.phase != Phase::Open {
+        if !c.m.is_open() {
             self.ctx.mark_dirty(token, c);
         }
     }
@@ -321,36 +311,33 @@ impl State {
             return;
         };
         let c = &mut e.core;
-        if c.read_closed {
-            c.reading = false; // TCP's EOF after the layer's own end of stream
-            return;
-        }
-        if c.layers.is_some() && !c.opened && matches!(c.phase, Phase::Open | Phase::Closing) {
-            let reason = c
-                .layers
-                .as_ref()
-                .map_or(CloseReason::PeerClosed, |l| l.eof_reason());
-            if reason == CloseReason::PeerClosed {
-                debug!(peer = %c.info.peer, "connection closed before sending a byte");
-            } else {
-                warn!(peer = %c.info.peer, %reason, "closing connection: EOF before the handshake finished");
+        let before = (c.m.read_closed(), c.m.opened(), c.m.life());
+        // With layers not ready yet, the EOF ends the connection for a reason of their own.
+        let layer_eof = match &c.layers {
+            Some(l) if !c.m.opened() => Some(l.eof_reason()),
+            _ => None,
+        };
+        let a = c.on(Event::PeerEof { layer_eof });
+        match before {
+            (true, ..) => return, // TCP's EOF after the layer's own end of stream
+            (false, false, Life::Open | Life::Closing) if a.has(Actions::DROP_OUTPUT) => {
+                let reason = c.m.reason().cloned().unwrap_or(CloseReason::PeerClosed);
+                if reason == CloseReason::PeerClosed {
+                    debug!(peer = %c.info.peer, "connection closed before sending a byte");
+                } else {
+                    warn!(peer = %c.info.peer, %reason, "closing connection: EOF before the handshake finished");
+                }
+                self.mark(token);
+                return;
             }
-            c.read_closed = true;
-            c.reading = false;
-            c.force_close(reason);
-            self.mark(token);
-            return;
+            (_, _, Life::Open) if c.layers.as_ref().is_some_and(|s| !s.eof()) => {
+                debug!(peer = %c.info.peer, "TLS connection truncated: EOF without close_notify");
+            }
+            _ => {}
         }
-        if c.layers.as_ref().is_some_and(|s| !s.eof()) && c.phase == Phase::Open {
-            debug!(peer = %c.info.peer, "TLS connection truncated: EOF without close_notify");
-        }
-        e.core.read_closed = true;
-        e.core.reading = false;
-        if e.core.phase == Phase::Open {
-            e.core.set_reason(CloseReason::PeerClosed);
-            e.core.eof_pending = true;
+        if before.2 == Life::Open {
             // Frames already received are delivered before the half-close is.
-            if !e.core.rbuf.is_empty() && e.core.wants_frames() {
+            if a.has(Actions::PUMP) && !e.core.rbuf.is_empty() {
                 self.pump(token);
             }
             self.deliver_eof(token);
@@ -366,11 +353,9 @@ impl State {
         let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
             return;
         };
-        if !e.core.eof_pending || !e.core.wants_frames() {
-            return;
+        if e.core.on(Event::DeliverEof).has(Actions::RUN_READ_CLOSED) {
+            e.app.read_closed(&mut e.core, &mut self.ctx, token);
         }
-        e.core.eof_pending = false;
-        e.app.read_closed(&mut e.core, &mut self.ctx, token);
     }
 
     pub(super) fn on_io_error(&mut self, token: Token, error: &io::Error) {
@@ -379,9 +364,7 @@ impl State {
         };
         let reason = CloseReason::from_io(error);
         debug!(peer = %e.core.info.peer, %error, "connection error");
-        e.core.read_closed = true;
-        e.core.reading = false;
-        e.core.begin_abort(reason);
+        e.core.on(Event::Reset(reason));
         let Some(e) = self.entries[token].as_mut() else {
             return;
         };
@@ -414,7 +397,7 @@ impl State {
             .add(c.inflight as u64);
         c.inflight = 0;
         c.inflight_cap = 0;
-        c.sending = false;
+        c.on(Event::SendProgress { done: true });
         c.last_active = self.ctx.now;
         c.unstall();
         self.ctx.bufs.put(buf);
@@ -436,11 +419,11 @@ impl State {
         self.uncharge(&mut e.core);
         let server = &self.servers[e.core.server];
         server.stats.active.fetch_sub(1, Ordering::Relaxed);
-        if let (Some(peers), true) = (&server.peers, std::mem::take(&mut e.core.peer_counted)) {
+        if let (Some(peers), true) = (&server.peers, e.core.m.take_peer_counted()) {
             peers.release(e.core.info.client.ip());
         }
         e.core.kill_handles();
-        let reason = e.core.reason.take().map_or(default, |r| *r);
+        let reason = e.core.m.take_reason(default);
         self.ctx.stats(e.core.server).closed[reason.index()].add(1);
         if reason.is_local_reset() {
             warn!(peer = %e.core.info.peer, %reason, "connection reset");
@@ -487,9 +470,9 @@ impl State {
                     CloseReason::Local
                 };
                 if abort {
-                    e.core.begin_abort(reason);
+                    e.core.on(Event::Abort(reason));
                 } else {
-                    e.core.begin_close(reason);
+                    e.core.on(Event::Close(reason));
                 }
                 self.mark(token);
             }
@@ -497,16 +480,14 @@ impl State {
                 let Some(e) = self.entry_gen(token, gen) else {
                     return;
                 };
-                if e.core.phase == Phase::Open {
-                    e.core.shut_write_pending = true;
-                }
+                e.core.on(Event::ShutdownWrite);
                 self.mark(token);
             }
             HandleMsg::Resume { token, gen } => {
                 let Some(e) = self.entry_gen(token, gen) else {
                     return;
                 };
-                e.core.user_paused = false;
+                e.core.on(Event::Resume);
                 self.mark(token);
             }
             HandleMsg::Notify { token, gen, value } => {
@@ -534,7 +515,7 @@ impl State {
                 let Some(e) = self.entry_gen(token, gen) else {
                     return;
                 };
-                e.core.work = e.core.work.saturating_sub(1);
+                e.core.on(Event::WorkDone);
                 e.core.last_active = now;
                 e.core.unstall();
                 self.mark(token);
@@ -571,9 +552,8 @@ impl State {
                     let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
                         continue;
                     };
-                    // A closing connection's timers were disarmed (`ConnCore::set_phase`).
-                    debug_assert_eq!(e.core.phase, Phase::Open, "a timer fired while closing");
-                    if e.core.phase == Phase::Open {
+                    // A closing connection's timers were disarmed (`Actions::LEFT_OPEN`).
+                    if e.core.on(Event::TimerDue).has(Actions::RUN_TIMER) {
                         e.app.timer(&mut e.core, &mut self.ctx, token, id);
                         self.ctx.mark_dirty(token, &mut e.core);
                     }
@@ -597,42 +577,45 @@ impl State {
                 continue;
             };
             let c = &mut e.core;
-            // A layer's own setup deadline (the PROXY header's), for connections not open yet.
-            let own_expired = match &c.layers {
-                Some(l) if !c.opened => l.expired(now),
+            // A layer's own setup deadline (the PROXY header's), or the handshake's, for
+            // connections not open yet.
+            let layer_expired = match &c.layers {
+                Some(l) if !c.m.opened() => l.expired(now).or_else(|| {
+                    l.deadline()
+                        .is_some_and(|d| d <= now)
+                        .then(|| l.timeout_reason())
+                }),
                 _ => None,
             };
-            if !c.opened && (own_expired.is_some() || c.layer_deadline().is_some_and(|d| d <= now))
-            {
-                let reason = own_expired.unwrap_or_else(|| {
-                    c.layers
-                        .as_ref()
-                        .map_or(CloseReason::Local, |l| l.timeout_reason())
-                });
-                warn!(peer = %c.info.peer, %reason, "closing connection: handshake not finished in time");
-                c.force_abort(reason);
-                self.ctx.mark_dirty(token, c);
-                continue;
-            }
-            if c.connecting && c.connect_deadline().is_some_and(|d| d <= now) {
-                c.begin_abort(CloseReason::Io(
-                    io::ErrorKind::TimedOut,
-                    "connect timed out".into(),
-                ));
-                self.ctx.mark_dirty(token, c);
-                continue;
-            }
-            let idle = self.servers[c.server].limits.idle_timeout;
-            match c.phase {
-                Phase::Open
-                    if c.work == 0
-                        && idle.is_some_and(|t| now.duration_since(c.last_active) >= t) =>
-                {
+            let facts = TickFacts {
+                now,
+                layer_expired,
+                connect_deadline: c.connect_deadline(),
+                idle_timeout: self.servers[c.server].limits.idle_timeout,
+                last_active: c.last_active,
+                linger_until: c.rare.as_ref().and_then(|r| r.linger_until),
+                queued: c.queued(),
+                past_drain: past_deadline,
+            };
+            let (first, drain) = c.m.tick(&facts);
+            match first {
+                Some(Tick::LayerExpired(reason)) => {
+                    warn!(peer = %c.info.peer, %reason, "closing connection: handshake not finished in time");
+                    c.on(Event::ForceAbort(reason));
+                    self.ctx.mark_dirty(token, c);
+                    continue;
+                }
+                Some(Tick::ConnectTimeout) => {
+                    c.on(Event::ConnectTimeout);
+                    self.ctx.mark_dirty(token, c);
+                    continue;
+                }
+                Some(Tick::Idle) => {
                     debug!(peer = %c.info.peer, "idle timeout");
-                    c.begin_close(CloseReason::IdleTimeout);
+                    c.on(Event::Idle);
                     self.ctx.mark_dirty(token, c);
                 }
-                Phase::Closing if c.work == 0 && c.queued() > 0 => {
+                Some(Tick::CheckStall) => {
                     // The kernel's send buffer may be too full to report writability for a
                     // long time while a slow reader still takes bytes: its unacknowledged
                     // queue shrinking is progress too.
@@ -649,26 +632,21 @@ impl State {
                         None => r.stalled_since = Some(now),
                         Some(since) if now.duration_since(since) >= super::FLUSH_STALL => {
                             warn!(peer = %c.info.peer, queued = c.queued(), "closing connection's flush moved no byte for the stall limit; resetting");
-                            c.force_abort(CloseReason::FlushStalled);
+                            c.on(Event::ForceAbort(CloseReason::FlushStalled));
                             self.ctx.mark_dirty(token, c);
                         }
                         Some(_) => {}
                     }
                 }
-                Phase::Lingering
-                    if c.rare
-                        .as_ref()
-                        .and_then(|r| r.linger_until)
-                        .is_none_or(|until| until <= now) =>
-                {
-                    c.read_closed = true; // stop waiting for the peer's EOF
+                Some(Tick::LingerOver) => {
+                    c.on(Event::LingerOver); // stop waiting for the peer's EOF
                     self.ctx.mark_dirty(token, c);
                 }
-                _ => {}
+                None => {}
             }
-            if past_deadline && matches!(c.phase, Phase::Open | Phase::Closing) {
-                warn!(peer = %c.info.peer, queued = c.queued(), work = c.work, "drain deadline passed; resetting connection");
-                c.force_abort(CloseReason::DrainTimeout);
+            if drain && matches!(c.m.life(), Life::Open | Life::Closing) {
+                warn!(peer = %c.info.peer, queued = c.queued(), work = c.m.work(), "drain deadline passed; resetting connection");
+                c.on(Event::DrainDeadline);
                 self.ctx.mark_dirty(token, c);
             }
         }

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use tracing::{debug, error, warn};
 
-use crate::core::{BufPool, ConnCore, ConnectRequest, DynConn, Phase, Slots, ThreadCtx};
+use crate::core::{BufPool, ConnCore, ConnectRequest, DynConn, Slots, ThreadCtx};
 use crate::handle::Inbox;
 use crate::handler::ConnectOptions;
 use crate::info::{CloseReason, ConnInfo};
 use crate::layer::Stack;
+use crate::machine::{Actions, Event as M, Machine};
 use crate::stats::LoopStats;
 use crate::sys::{self, Backend, BackendConfig, Event};
 use crate::timers::Timers;
@@ -282,7 +283,7 @@ impl IoThread {
                 Some(Event::SendError { token, error, buf }) => {
                     self.st.ctx.bufs.put(buf);
                     if let Some(e) = self.st.entry(token) {
-                        e.core.sending = false;
+                        e.core.on(M::SendProgress { done: true });
                         e.core.inflight_cap = 0;
                     }
                     self.st.on_io_error(token, &error);
@@ -341,10 +342,10 @@ impl IoThread {
                 return;
             }
         };
-        // Behind a PROXY header, per-IP limits wait for the client's address (table.rs). A
-        // Unix peer has no IP address: no per-IP limit applies to it.
+        // When a layer names the client (a PROXY header), per-IP limits wait for its address
+        // (table.rs, `client_named`). A Unix peer has no IP address: no per-IP limit applies.
         let admitted = match &server.peers {
-            Some(peers) if server.limits.proxy.is_none() && unix.is_none() => {
+            Some(peers) if !server.limits.layers_name_client() && unix.is_none() => {
                 if let Err(why) = peers.admit(peer.ip()) {
                     count_refusal(stats, why, peer);
                     return;
@@ -402,7 +403,7 @@ impl IoThread {
         core.write_low = server.limits.write_low;
         core.write_high = server.limits.write_high;
         debug_assert!(admitted.is_none_or(|ip| ip == core.info.client.ip()));
-        core.peer_counted = admitted.is_some();
+        core.m.set_peer_counted(admitted.is_some());
         let layered = server.limits.layered();
         if layered {
             // `on_open` waits until the layers are ready (the PROXY header is read, the TLS
@@ -411,11 +412,13 @@ impl IoThread {
                 Ok(layers) => {
                     let mut stack = Stack::new(layers, server.limits.handshake_timeout);
                     if let Err(reason) = stack.start(st.ctx.now) {
-                        core.force_close(reason);
+                        core.on(M::LayerFailed(reason));
                     }
                     core.layers = Some(Box::new(stack));
                 }
-                Err(e) => core.force_close(CloseReason::TlsError(e)),
+                Err(e) => {
+                    core.on(M::LayerFailed(CloseReason::TlsError(e)));
+                }
             }
         }
         st.insert(token, Entry { core, app });
@@ -432,11 +435,10 @@ impl IoThread {
         let Some(e) = st.entries.get_mut(token).and_then(Option::as_mut) else {
             return;
         };
-        e.core.connecting = false;
+        e.core.on(M::Connected); // the backend reads once connected
         if let Some(r) = e.core.rare.as_deref_mut() {
             r.connect_deadline = None;
         }
-        e.core.reading = true; // the backend reads once connected
         let c = &mut e.core;
         // A PROXY header goes before everything: the layers' first bytes (ClientHello) and
         // the handler's writes queued while connecting.
@@ -459,7 +461,7 @@ impl IoThread {
         if let Some(stack) = c.layers.as_mut() {
             // The TLS client speaks first; `on_open` waits for the handshake.
             if let Err(reason) = stack.start(st.ctx.now) {
-                c.force_close(reason);
+                c.on(M::LayerFailed(reason));
             }
             st.ctx.mark_dirty(token, c);
             return;
@@ -540,8 +542,7 @@ impl IoThread {
             .active
             .fetch_add(1, Ordering::Relaxed);
         let mut core = ConnCore::new(server, req.gen, info, st.ctx.now);
-        core.connecting = true;
-        core.reading = false;
+        core.m = Machine::connecting(); // nothing is sent or read before the connect completes
         if let Some(t) = req.timeout {
             core.rare_mut().connect_deadline = Some(st.ctx.now + t);
         }
@@ -599,15 +600,13 @@ impl IoThread {
         let spare_until = (st.ctx.now + FRESH_GRACE).min(st.ctx.now + st.drain / 2);
         for (token, slot) in st.entries.iter_mut().enumerate() {
             if let Some(e) = slot.as_mut() {
-                e.core.set_reason(CloseReason::Shutdown); // whoever closes it from now on
-                if e.core.phase == Phase::Open && e.core.opened {
-                    let fresh = !e.core.received && e.core.server != st.ctx.client_server;
+                // The reason of whoever closes it from now on; one never opened just closes.
+                if e.core.on(M::ShutdownBegun).has(Actions::RUN_SHUTDOWN) {
+                    let fresh = !e.core.m.received() && e.core.server != st.ctx.client_server;
                     match st.ctx.slots.gen(token) {
                         Some(gen) if fresh => st.deferred_shutdown.push((token, gen, spare_until)),
                         _ => e.app.shutdown(&mut e.core, &mut st.ctx, token),
                     }
-                } else {
-                    e.core.begin_close(CloseReason::Shutdown); // never opened: just close
                 }
                 st.ctx.mark_dirty(token, &mut e.core);
             }
@@ -627,7 +626,7 @@ impl IoThread {
             let Some(e) = open_entry(&st.ctx.slots, &mut st.entries, token, gen) else {
                 return false;
             };
-            if !e.core.received && now < until {
+            if !e.core.m.received() && now < until {
                 return true;
             }
             e.app.shutdown(&mut e.core, &mut st.ctx, token);
@@ -656,7 +655,7 @@ impl IoThread {
             let Some(e) = st.entries[token].as_mut() else {
                 continue;
             };
-            if e.core.phase == Phase::Open && e.core.opened {
+            if e.core.m.is_open() && e.core.m.opened() {
                 e.app.retire(&mut e.core, &mut st.ctx, token);
                 st.ctx.mark_dirty(token, &mut e.core);
             } else if let Some(gen) = st.ctx.slots.gen(token) {
@@ -680,7 +679,7 @@ impl IoThread {
             let Some(e) = open_entry(&st.ctx.slots, &mut st.entries, token, gen) else {
                 return false;
             };
-            if !e.core.opened {
+            if !e.core.m.opened() {
                 return true;
             }
             e.app.retire(&mut e.core, &mut st.ctx, token);
@@ -713,7 +712,7 @@ impl IoThread {
         let held = std::mem::take(&mut self.st.held);
         for token in held {
             if let Some(e) = self.st.entries.get_mut(token).and_then(Option::as_mut) {
-                e.core.held = false;
+                e.core.on(M::RetryHeld);
                 self.st.ctx.mark_dirty(token, &mut e.core);
             }
         }

@@ -111,8 +111,8 @@ impl<H: ItemHandler<D>, D: ItemDecoder> DynConn for Items<H, D> {
                         ctx.stats(core.server).frames_in.add(1);
                     }
                     self.guard(core, ctx, token, |h, c| h.on_item(c, item));
-                    if core.held || self.poisoned {
-                        self.held = core.held && !self.poisoned;
+                    if core.m.held() || self.poisoned {
+                        self.held = core.m.held() && !self.poisoned;
                         break;
                     }
                     pos += consumed;
