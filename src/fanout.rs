@@ -211,6 +211,12 @@ impl Room {
         self.stall_timeout
     }
 
+    /// What the members hold now (exact: the budget counts it only once their IO threads
+    /// take it).
+    fn hold(members: &HashMap<u64, Entry>) -> usize {
+        members.values().map(|m| m.handle.queued_bytes()).sum()
+    }
+
     fn read_members(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Entry>> {
         self.members.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -226,11 +232,7 @@ impl Room {
         // What the members hold now, exact (the budget counts it only once their IO threads
         // take it), on top of the budget's charge: counted twice in part, so the room waits
         // a little early rather than late.
-        let mut held = budget.used()
-            + members
-                .values()
-                .map(|m| m.handle.queued_bytes())
-                .sum::<usize>();
+        let mut held = budget.used() + Self::hold(&members);
         let (mut sent, mut blocking) = (0, Vec::new());
         for (&id, m) in members.iter().filter(|(id, _)| **id != from) {
             if budget_wait(budget, m.handle.queued_bytes(), held + msg.len()) {
@@ -384,7 +386,10 @@ impl Member {
         let b = &mut self.blocking[i];
         let h = &b.entry.handle;
         if let Some(msg) = &b.unsent {
-            let held = self.budget.used() + h.queued_bytes() + msg.len();
+            // The same count as the first try: the budget's charge plus what the whole room
+            // holds (not only this member: 200 members each under the line held 27 MiB of a
+            // 24 MiB budget between them).
+            let held = self.budget.used() + Room::hold(&self.room.read_members()) + msg.len();
             if h.is_open() && budget_wait(&self.budget, h.queued_bytes(), held) {
                 b.for_budget = true;
                 self.retry_armed = true;
