@@ -191,7 +191,13 @@ fn a_handshake_message_in_tiny_records_is_refused_at_the_bound() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(&r, CloseReason::TlsError(m) if m.contains("without a complete")), "{r:?}");
-    assert!(sent >= super::MAX_HELD - chunk.len(), "refused at {sent} bytes");
+    assert!(
+        matches!(&r, CloseReason::TlsError(m) if m.contains("without a complete")),
+        "{r:?}"
+    );
+    assert!(
+        sent >= super::MAX_HELD - chunk.len(),
+        "refused at {sent} bytes"
+    );
     assert!(up.is_empty());
 }
