@@ -552,6 +552,9 @@ impl Layer for TlsLayer {
                 // The start of what the next call completes: kept, exactly sized.
                 if held {
                     buf.drain(..used);
+                    if buf.capacity() > 2 * buf.len() + (1 << 10) {
+                        buf.shrink_to_fit(); // held for as long as the peer is slow
+                    }
                     self.rx = std::mem::take(&mut buf);
                 } else {
                     self.rx = buf[used..].to_vec();
