@@ -158,7 +158,10 @@ fn records_split_at_every_byte_come_up_whole() {
             if fed < wire.len() {
                 assert!(up.is_empty(), "nothing before the record is whole");
                 assert_eq!(server.rx.len(), fed, "the start of the record, exactly");
-                assert!(server.held() <= 2 * fed + (1 << 10), "no spare capacity kept");
+                assert!(
+                    server.held() <= 2 * fed + (1 << 10),
+                    "no spare capacity kept"
+                );
             }
         }
         assert_eq!(up, msg, "piece {piece}");
