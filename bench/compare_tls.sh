@@ -98,6 +98,9 @@ for round in $(seq "$ROUNDS"); do
         has idle || continue
         start "$s"
         r0=$(rss_kib "$PID")
+        # A fresh log: the wait below must not find the previous run's "holding" (a race that
+        # gave a 0.0 KiB sample: the background job truncates the file only once it runs).
+        : >"$WORK/idle.err"
         "$REL/ringport-load" echo --target "$ADDR" -c "$CONNS_IDLE" -l 16 -n 1 --hold "$HOLD" \
             --tls --insecure --json --threads 2 >"$WORK/idle.json" 2>"$WORK/idle.err" &
         lp=$!

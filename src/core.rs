@@ -202,7 +202,10 @@ impl ConnCore {
     pub(crate) fn footprint(&self) -> usize {
         let handles = self.queued() - self.own_queued();
         self.out.capacity()
-            + self.layers.as_ref().map_or(0, |l| l.wire.capacity())
+            + self
+                .layers
+                .as_ref()
+                .map_or(0, |l| l.wire.capacity() + l.held())
             + (self.inflight_cap as usize).max(self.inflight)
             + self.rbuf.capacity()
             + handles

@@ -334,6 +334,7 @@ impl Server {
     /// ```
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        let config = crate::layer::tls::server_config(config);
         self.limits.layers.push(Arc::new(move || {
             crate::layer::tls::TlsLayer::server(&config)
                 .map(|l| Box::new(l) as Box<dyn crate::layer::Layer>)

@@ -64,6 +64,11 @@ pub(crate) trait Layer: Send {
     fn names_client(&self) -> bool {
         false
     }
+    /// Bytes the layer keeps between calls (received bytes not complete yet): charged to the
+    /// connection's footprint.
+    fn held(&self) -> usize {
+        0
+    }
 }
 
 /// What one call of [`Stack::receive`] produced besides plaintext.
@@ -172,6 +177,11 @@ impl Stack {
     /// When the layers must be ready by, while they are not.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Bytes the layers keep between calls (their own, besides `wire`).
+    pub(crate) fn held(&self) -> usize {
+        self.layers.iter().map(|l| l.held()).sum()
     }
 
     /// Whether the peer ended the stream at the top layer.

@@ -104,3 +104,104 @@ fn stack_of_tls_alone_appends_plaintext_and_keeps_nothing_after_an_error() {
     assert!(matches!(r, Ok(i) if !i.eof));
     assert_eq!(up, b"heldhello", "a dead stack gives nothing");
 }
+
+/// Runs a handshake with every flight fed to the other side in pieces of `piece` bytes.
+fn established_in_pieces(piece: usize) -> (TlsLayer, TlsLayer) {
+    let (server_config, client_config) = tls_configs();
+    let mut server = TlsLayer::server(&server_config).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = TlsLayer::client(&client_config, name).unwrap();
+    let (mut c2s, mut s2c) = (Vec::new(), Vec::new());
+    client.start(&mut c2s).unwrap();
+    for _ in 0..8 {
+        let mut up = Vec::new();
+        for p in std::mem::take(&mut c2s).chunks(piece) {
+            server.input(p, &mut up, &mut s2c).unwrap();
+        }
+        for p in std::mem::take(&mut s2c).chunks(piece) {
+            client.input(p, &mut up, &mut c2s).unwrap();
+        }
+        assert!(up.is_empty());
+    }
+    assert!(server.ready() && client.ready());
+    (server, client)
+}
+
+/// The point of the unbuffered API: once a call has consumed every complete record, an idle
+/// connection keeps no buffer (rustls' buffered connection kept a 4 KiB one each).
+#[test]
+fn an_idle_connection_holds_no_buffer() {
+    let (mut server, mut client) = established();
+    assert_eq!((server.held(), client.held()), (0, 0));
+    let mut wire = Vec::new();
+    client.output(&[7; 5000], &mut wire).unwrap();
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    server.input(&wire, &mut up, &mut down).unwrap();
+    assert_eq!(up, [7; 5000]);
+    assert_eq!(server.held(), 0, "nothing kept once the record is in");
+}
+
+/// Handshake flights and a record cut at every byte: the start is held (exactly what is
+/// pending), the whole comes up once, and the held bytes are freed when the record completes.
+#[test]
+fn records_split_at_every_byte_come_up_whole() {
+    for piece in [1, 2, 7, 100] {
+        let (mut server, mut client) = established_in_pieces(piece);
+        assert_eq!(server.held(), 0);
+        let mut wire = Vec::new();
+        let msg: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        client.output(&msg, &mut wire).unwrap();
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for (i, p) in wire.chunks(piece).enumerate() {
+            server.input(p, &mut up, &mut down).unwrap();
+            let fed = ((i + 1) * piece).min(wire.len());
+            if fed < wire.len() {
+                assert!(up.is_empty(), "nothing before the record is whole");
+                assert_eq!(server.rx.len(), fed, "the start of the record, exactly");
+                assert!(
+                    server.held() <= 2 * fed + (1 << 10),
+                    "no spare capacity kept"
+                );
+            }
+        }
+        assert_eq!(up, msg, "piece {piece}");
+        assert_eq!(server.held(), 0, "freed once the record is in");
+        assert!(down.is_empty());
+    }
+}
+
+/// A handshake message announced as 60,000 bytes and sent in records of one byte each (6
+/// bytes on the wire per payload byte): held until its end would be 360 KB. Refused once the
+/// held bytes pass the bound, with a TLS error; nothing panics.
+#[test]
+fn a_handshake_message_in_tiny_records_is_refused_at_the_bound() {
+    let (server_config, _) = tls_configs();
+    let mut server = TlsLayer::server(&server_config).unwrap();
+    let mut first = Vec::new();
+    for b in [0x01, 0x00, 0xea, 0x60] {
+        first.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x01, b]);
+    }
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    server.input(&first, &mut up, &mut down).unwrap();
+    let chunk: Vec<u8> = [0x16, 0x03, 0x01, 0x00, 0x01, 0x00].repeat(1000);
+    let mut sent = first.len();
+    let r = loop {
+        match server.input(&chunk, &mut up, &mut down) {
+            Ok(_) => {
+                sent += chunk.len();
+                assert!(server.rx.len() <= super::MAX_HELD + chunk.len());
+                assert!(sent < 400 << 10, "never refused");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&r, CloseReason::TlsError(m) if m.contains("without a complete")),
+        "{r:?}"
+    );
+    assert!(
+        sent >= super::MAX_HELD - chunk.len(),
+        "refused at {sent} bytes"
+    );
+    assert!(up.is_empty());
+}
