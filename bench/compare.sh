@@ -16,6 +16,8 @@
 #   DURATION=5      seconds per throughput run (after WARMUP)
 #   WARMUP=1        warm-up seconds per throughput run (samples discarded)
 #   HOLD=3          seconds the 10k connections are held open (RSS scenario)
+#   SETTLE=1        seconds into the hold the RSS is read (io_uring gives a quiet ring's pages
+#                   back 100 ms after the last receive: RINGPORT_URING_TRIM)
 #   CLIENTS="event blocking"  ringport-load client styles; every throughput scenario runs under
 #                   each (pipelined scenarios only under `event`, rss10k only under `event`)
 #   SERVERS="ringport-uring ringport-epoll tokio monoio"        echo scenarios
@@ -81,6 +83,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 HOLD=${HOLD:-3}
+SETTLE=${SETTLE:-1}
 CLIENTS=${CLIENTS:-"event blocking"}
 SERVERS=${SERVERS:-"ringport-uring ringport-epoll tokio monoio"}
 FRAMED_SERVERS=${FRAMED_SERVERS:-"ringport-uring ringport-epoll tokio-util"}
@@ -418,7 +421,7 @@ run_rss() { # scenario server round
     busy=""
     for _ in $(seq 1200); do # up to 120 s for the connect storm
         if grep -q "holding connections open" "$err" 2>/dev/null; then
-            sleep 0.5
+            sleep "$SETTLE"
             busy=$(rss_kib "$SERVER_PID")
             break
         fi

@@ -22,6 +22,9 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS_IDLE=${CONNS_IDLE:-10000}
 HOLD=${HOLD:-3}
+# Seconds into the hold the idle RSS is read (io_uring gives a quiet ring's pages back 100 ms
+# after the last receive: RINGPORT_URING_TRIM).
+SETTLE=${SETTLE:-1}
 SERVERS=${SERVERS:-"ringport-uring ringport-epoll tokio-rustls"}
 SCENARIOS=${SCENARIOS:-"echo50 hs50 idle"}
 has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -105,6 +108,7 @@ for round in $(seq "$ROUNDS"); do
             --tls --insecure --json --threads 2 >"$WORK/idle.json" 2>"$WORK/idle.err" &
         lp=$!
         for _ in $(seq 600); do grep -q "holding" "$WORK/idle.err" && break; sleep 0.1; done
+        sleep "$SETTLE" # idle memory: read once the connections have been idle a moment
         r1=$(rss_kib "$PID")
         wait "$lp"
         open=$(json "['connections_open_at_end']" <"$WORK/idle.json")

@@ -67,6 +67,7 @@ impl Actions {
         self.0 & a.0 == a.0 && a.0 != 0
     }
 
+    #[cfg_attr(not(debug_assertions), allow(dead_code))] // the checks run in debug builds
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }

@@ -525,6 +525,7 @@ impl Machine {
     }
 
     /// The invariants that hold between events.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))] // the checks run in debug builds
     pub fn check(&self) {
         let past_open = self.life != Life::Open;
         assert!(
