@@ -297,21 +297,39 @@ fn encode<D>(
     e: &mut rustls::unbuffered::EncodeTlsData<'_, D>,
     down: &mut Vec<u8>,
 ) -> Result<(), rustls::Error> {
+    append_sized(down, 1 << 10, |out| match e.encode(out) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(s)) => Err(Ok(s.required_size)),
+        Err(err) => Err(Err(err.to_string())),
+    })
+}
+
+/// Appends to `down` what `write` puts into a slice of `room` bytes, growing the slice once
+/// more each time `write` says it needs more (`Err(Ok(required))`) than it was given; on any
+/// other error (`Err(Err(why))`) `down` is left as it was.
+fn append_sized(
+    down: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Result<usize, String>>,
+) -> Result<(), rustls::Error> {
     let start = down.len();
-    let mut room = 1 << 10;
     loop {
         down.resize(start + room, 0);
-        match e.encode(&mut down[start..]) {
+        match write(&mut down[start..]) {
             Ok(n) => {
                 down.truncate(start + n);
                 return Ok(());
             }
-            Err(EncodeError::InsufficientSize(s)) if s.required_size > room => {
-                room = s.required_size;
-            }
-            Err(err) => {
+            Err(Ok(required)) if required > room => room = required,
+            Err(Ok(required)) => {
                 down.truncate(start);
-                return Err(rustls::Error::General(err.to_string()));
+                return Err(rustls::Error::General(format!(
+                    "rustls asked for {required} bytes of room and was given {room}"
+                )));
+            }
+            Err(Err(why)) => {
+                down.truncate(start);
+                return Err(rustls::Error::General(why));
             }
         }
     }
@@ -405,48 +423,25 @@ trait WriteTo {
 /// size when it is more (a key update queued with the data), and the call is repeated.
 const OVERHEAD: usize = 40;
 
+/// An encryption error as [`append_sized`] reads it: more room, or a failure.
+fn sized(err: EncryptError) -> Result<usize, String> {
+    match err {
+        EncryptError::InsufficientSize(s) => Ok(s.required_size),
+        err => Err(err.to_string()),
+    }
+}
+
 impl<D> WriteTo for WriteTraffic<'_, D> {
     fn encrypt(&mut self, data: &[u8], down: &mut Vec<u8>) -> Result<(), rustls::Error> {
         let records = data.len().div_ceil(16 << 10).max(1);
-        let start = down.len();
-        let mut room = data.len() + records * OVERHEAD;
-        loop {
-            down.resize(start + room, 0);
-            match WriteTraffic::encrypt(self, data, &mut down[start..]) {
-                Ok(n) => {
-                    down.truncate(start + n);
-                    return Ok(());
-                }
-                Err(EncryptError::InsufficientSize(s)) if s.required_size > room => {
-                    room = s.required_size;
-                }
-                Err(err) => {
-                    down.truncate(start);
-                    return Err(rustls::Error::General(err.to_string()));
-                }
-            }
-        }
+        let room = data.len() + records * OVERHEAD;
+        append_sized(down, room, |out| {
+            WriteTraffic::encrypt(self, data, out).map_err(sized)
+        })
     }
 
     fn close_notify(&mut self, down: &mut Vec<u8>) -> Result<(), rustls::Error> {
-        let start = down.len();
-        let mut room = 64;
-        loop {
-            down.resize(start + room, 0);
-            match self.queue_close_notify(&mut down[start..]) {
-                Ok(n) => {
-                    down.truncate(start + n);
-                    return Ok(());
-                }
-                Err(EncryptError::InsufficientSize(s)) if s.required_size > room => {
-                    room = s.required_size;
-                }
-                Err(err) => {
-                    down.truncate(start);
-                    return Err(rustls::Error::General(err.to_string()));
-                }
-            }
-        }
+        append_sized(down, 64, |out| self.queue_close_notify(out).map_err(sized))
     }
 }
 
