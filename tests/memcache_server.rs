@@ -168,6 +168,36 @@ fn cases() -> Vec<Vec<u8>> {
     c
 }
 
+/// `text` with every numeric value's end padding removed (`VALUE k f 20\r\n2<19 spaces>\r\n`
+/// reads as `VALUE k f 1\r\n2\r\n`): the one place memcached's replies may differ.
+fn unpad(text: &str) -> String {
+    let lines: Vec<&str> = text.split_inclusive("\r\n").collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let (head, data) = (lines[i], lines.get(i + 1).copied().unwrap_or(""));
+        let value = data.trim_end_matches("\r\n");
+        let digits = value.trim_end_matches(' ');
+        if head.starts_with("VALUE ")
+            && digits.len() < value.len()
+            && !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            let mut fields: Vec<&str> = head.trim_end_matches("\r\n").split(' ').collect();
+            let len = digits.len().to_string();
+            if fields.len() >= 4 {
+                fields[3] = &len;
+            }
+            out.push_str(&format!("{}\r\n{digits}\r\n", fields.join(" ")));
+            i += 2;
+        } else {
+            out.push_str(head);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn replies_match_memcached_byte_for_byte(b: Backend) {
     if !tool_available(
         "memcached",
@@ -186,6 +216,14 @@ fn replies_match_memcached_byte_for_byte(b: Backend) {
     let got = transcript(&mut ours.connect(), &cases);
     for ((case, got), want) in cases.iter().zip(&got).zip(&want) {
         let shown = String::from_utf8_lossy(&case[..case.len().min(300)]);
+        if got != want && unpad(got) == unpad(want) {
+            // memcached's protocol.txt: a number that loses length in `incr`/`decr` "MAY be
+            // space-padded at the end". memcached pads only when it may change the item in
+            // place (no other reference to it at that moment), so its own replies differ run
+            // to run; both forms are the protocol's.
+            println!("replies to {shown:?} differ only in a number's padding: {got:?} / {want:?}");
+            continue;
+        }
         assert_eq!(got, want, "replies to {shown:?}");
     }
     // Every command the suite lists was exercised.
@@ -297,4 +335,23 @@ fn a_line_over_max_line_closes_only_that_connection(b: Backend) {
     let want = b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n";
     let got = read_exact_timeout(&mut other, want.len(), IO_TIMEOUT).expect("reply");
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
+#[test]
+fn unpad_removes_only_a_numbers_padding() {
+    assert_eq!(
+        unpad("VALUE n 0 20\r\n2                   \r\nEND\r\n"),
+        "VALUE n 0 1\r\n2\r\nEND\r\n"
+    );
+    assert_eq!(
+        unpad("VALUE n 0 3 7\r\n12 \r\nEND\r\n"),
+        "VALUE n 0 2 7\r\n12\r\nEND\r\n"
+    );
+    // Text, or a number without padding, stays as it is.
+    for text in [
+        "VALUE s 0 3\r\nab \r\nEND\r\n",
+        "VALUE n 0 2\r\n12\r\nEND\r\n",
+    ] {
+        assert_eq!(unpad(text), text);
+    }
 }
