@@ -67,9 +67,15 @@ fn start_haproxy_bind(
 ) -> (SocketAddr, Proc, std::path::PathBuf) {
     let port = free_port();
     let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // One directory per call: two tests with the same options (the v1 and v2 runs of
+    // `tcp_proxy_into_accept_proxy`) run at once, and one's cleanup removed the other's file.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tag = format!("{bind_opts}{server_opts}").replace(' ', "_");
-    let dir =
-        std::env::temp_dir().join(format!("ringport-haproxy-{}-{b}-{tag}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "ringport-haproxy-{}-{call}-{b}-{tag}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("haproxy.cfg");
     let names = ["one", "two"];
