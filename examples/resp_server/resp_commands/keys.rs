@@ -49,27 +49,26 @@ pub(super) fn pexpire(c: &mut Client, conn: &mut Conn<'_>, args: Args<'_>) -> Fl
     Flow::Continue
 }
 
-pub(super) fn ttl(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
-    let [key] = take(&mut args);
-    integer(
-        conn,
-        match c.store.ttl_ms(&key) {
-            None => -2,
-            Some(None) => -1,
-            Some(Some(ms)) => i64::try_from(ms.saturating_add(500) / 1000).unwrap_or(i64::MAX),
-        },
-    );
-    Flow::Continue
+pub(super) fn ttl(c: &mut Client, conn: &mut Conn<'_>, args: Args<'_>) -> Flow {
+    ttl_in(c, conn, args, 1000)
 }
 
-pub(super) fn pttl(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>) -> Flow {
+pub(super) fn pttl(c: &mut Client, conn: &mut Conn<'_>, args: Args<'_>) -> Flow {
+    ttl_in(c, conn, args, 1)
+}
+
+/// `TTL` / `PTTL`: the time left in units of `unit_ms`, rounded to the nearest; -2 for no
+/// key, -1 for no expiry.
+fn ttl_in(c: &mut Client, conn: &mut Conn<'_>, mut args: Args<'_>, unit_ms: u64) -> Flow {
     let [key] = take(&mut args);
     integer(
         conn,
         match c.store.ttl_ms(&key) {
             None => -2,
             Some(None) => -1,
-            Some(Some(ms)) => i64::try_from(ms).unwrap_or(i64::MAX),
+            Some(Some(ms)) => {
+                i64::try_from(ms.saturating_add(unit_ms / 2) / unit_ms).unwrap_or(i64::MAX)
+            }
         },
     );
     Flow::Continue
