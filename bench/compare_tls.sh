@@ -15,6 +15,9 @@
 #   idle    CONNS_IDLE idle TLS connections (handshake done, one 16-byte echo each):
 #           server RSS growth per connection, in KiB
 # Prints a markdown table on stdout; progress on stderr. NO_BUILD=1 skips cargo.
+# PIN=1: the server runs on CPU 0 with one thread (ringport `--io-threads 1`, tokio one worker),
+# the client on CPU 1 with one thread (`taskset`), so that neither takes the other's core: the
+# rates mean something on a 2-core machine, where unpinned they swing 0.15-1.9x per round.
 set -uo pipefail
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +30,10 @@ HOLD=${HOLD:-3}
 SETTLE=${SETTLE:-1}
 SERVERS=${SERVERS:-"ringport-uring ringport-epoll tokio-rustls"}
 SCENARIOS=${SCENARIOS:-"echo50 hs50 idle"}
+SRV=() CLI=() ONE=() TOKIO_ONE=() CLIENT_THREADS=2
+if [ "${PIN:-0}" = 1 ]; then
+    SRV=(taskset -c 0) CLI=(taskset -c 1) ONE=(--io-threads 1) TOKIO_ONE=(--threads 1) CLIENT_THREADS=1
+fi
 has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 REL=$ROOT/target/release
 WORK=$(mktemp -d /tmp/ringport-tls-bench.XXXXXX)
@@ -52,9 +59,9 @@ start() { # server[@echo_server binary] -> sets PID and ADDR
     : >"$out"
     case $1 in *@*) bin=${1#*@} ;; esac
     case ${1%%@*} in
-    ringport-uring) "$bin" --listen 127.0.0.1:0 --backend uring "${TLS[@]}" >"$out" 2>/dev/null & ;;
-    ringport-epoll) "$bin" --listen 127.0.0.1:0 --backend epoll "${TLS[@]}" >"$out" 2>/dev/null & ;;
-    tokio-rustls) "$REL/tokio_rustls_echo" --listen 127.0.0.1:0 "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    ringport-uring) "${SRV[@]}" "$bin" --listen 127.0.0.1:0 --backend uring "${ONE[@]}" "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    ringport-epoll) "${SRV[@]}" "$bin" --listen 127.0.0.1:0 --backend epoll "${ONE[@]}" "${TLS[@]}" >"$out" 2>/dev/null & ;;
+    tokio-rustls) "${SRV[@]}" "$REL/tokio_rustls_echo" --listen 127.0.0.1:0 "${TOKIO_ONE[@]}" "${TLS[@]}" >"$out" 2>/dev/null & ;;
     esac
     PID=$!
     for _ in $(seq 200); do
@@ -69,7 +76,7 @@ stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=""; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-load() { "$REL/ringport-load" "$@" --tls --insecure --json --threads 2; }
+load() { "${CLI[@]}" "$REL/ringport-load" "$@" --tls --insecure --json --threads "$CLIENT_THREADS"; }
 HZ=$(getconf CLK_TCK)
 
 RES=$WORK/results.tsv
