@@ -15,6 +15,9 @@
 #   RINGPORT_BIN=path another resp_server binary (e.g. an older build, for a before/after); implies NO_BUILD
 #   RINGPORT_BACKEND=epoll   the server's backend (default auto: io_uring where available)
 #   RINGPORT_ARGS="--io-threads 1"   more resp_server flags (default none: one IO thread per CPU)
+#   PIN=1             both servers on CPU 0 (resp_server with --io-threads 1, as redis serves
+#                     commands on one thread), redis-benchmark on CPU 1 (`taskset`): neither
+#                     takes the other's core, so context switches and wake-ups are the servers'
 #
 # Measured per test: requests/s, p50 and p99 latency (redis-benchmark --csv), and the server's
 # CPU time divided by the requests of that test: the sum over the server's threads of the time
@@ -34,7 +37,11 @@ PIPELINES=${PIPELINES:-"1 16"}
 KEYS=${KEYS:-1000000}
 BENCH_MD=${BENCH_MD:-$ROOT/bench/results/resp-compare.md}
 TESTS="ping,set,get"
-COMMAND="${RINGPORT_ARGS:+RINGPORT_ARGS=\"$RINGPORT_ARGS\" }ROUNDS=$ROUNDS REQUESTS=$REQUESTS CLIENTS=$CLIENTS PIPELINES=\"$PIPELINES\" KEYS=$KEYS bench/resp_compare.sh"
+SRV=() CLI=()
+if [ "${PIN:-0}" = 1 ]; then
+    SRV=(taskset -c 0) CLI=(taskset -c 1) RINGPORT_ARGS="--io-threads 1 ${RINGPORT_ARGS:-}"
+fi
+COMMAND="${PIN:+PIN=$PIN }${RINGPORT_ARGS:+RINGPORT_ARGS=\"$RINGPORT_ARGS\" }ROUNDS=$ROUNDS REQUESTS=$REQUESTS CLIENTS=$CLIENTS PIPELINES=\"$PIPELINES\" KEYS=$KEYS bench/resp_compare.sh"
 
 for tool in redis-server redis-benchmark redis-cli python3; do
     command -v "$tool" >/dev/null || {
@@ -75,8 +82,8 @@ free_port() {
 start_server() {
     local name=$1 port=$2 pid
     case $name in
-    ringport) "$RINGPORT_BIN" --listen "127.0.0.1:$port" ${RINGPORT_ARGS:-} >"$WORK/$name.out" 2>"$WORK/$name.err" & ;;
-    redis) redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    ringport) "${SRV[@]}" "$RINGPORT_BIN" --listen "127.0.0.1:$port" ${RINGPORT_ARGS:-} >"$WORK/$name.out" 2>"$WORK/$name.err" & ;;
+    redis) "${SRV[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$WORK" >"$WORK/$name.out" 2>&1 & ;;
     esac
     pid=$!
@@ -112,7 +119,7 @@ run_bench() {
     local server=$1 port=$2 pid=$3 pipeline=$4 round=$5 test before after out ntests cpu_us
     for test in ${TESTS//,/ }; do
         before=$(cpu_ns "$pid")
-        out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
+        out=$("${CLI[@]}" redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$REQUESTS" -c "$CLIENTS" \
             -P "$pipeline" --csv 2>"$WORK/bench.err") || {
             log "redis-benchmark failed against $server: $(cat "$WORK/bench.err")"
             return 1
