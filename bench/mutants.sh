@@ -17,15 +17,18 @@
 #   timestamps warm, and run `--in-place` there; cargo-mutants' own copy with
 #   --copy-target=true rebuilt every dependency here, the build scripts' outputs being newer)
 #
-# Two tiers (how to fit the engine files in a few hours):
-#   MUTANTS_TIER=1 bench/mutants.sh 0/12   # tier 1: the in-process tests only (library unit
-#                      # tests and the integration tests that run an Engine in the test process,
-#                      # no example build): ~70 s per mutant here (48 in 54 min).
-#                      # Output: $MUTANTS_DIR/tier1/.
-#   MUTANTS_TIER=2 bench/mutants.sh        # tier 2: only the mutants tier 1 missed or timed out
-#                      # (read from $MUTANTS_DIR/tier1/mutants.out), each against the whole
-#                      # suite. Output: $MUTANTS_DIR/tier2/. A mutant is missed only if tier 2
-#                      # misses it too.
+# Three tiers (how to fit 3,000 mutants on 2 cores); each later tier runs only what the tier
+# before it did not catch, so a mutant is missed only if every tier misses it:
+# Give each shard its own MUTANTS_DIR (a tier's results of one shard are overwritten by the next):
+#   MUTANTS_TIER=0 MUTANTS_DIR=mut/s0 bench/mutants.sh 0/8    # tier 0: the library's unit tests only (the machine,
+#                      # layers, codecs, backends' socket tests), proptest at PROPTEST_CASES=64:
+#                      # ~2 s build + ~4 s test per mutant here. Output: $MUTANTS_DIR/tier0/.
+#   MUTANTS_TIER=1 bench/mutants.sh 0/8    # tier 1: the in-process integration tests too (no
+#                      # example build), for tier 0's missed and timed-out mutants of the same
+#                      # shard: ~70 s per mutant. Output: $MUTANTS_DIR/tier1/.
+#   MUTANTS_TIER=2 bench/mutants.sh        # tier 2: what tier 1 missed, against the whole suite.
+#                      # Output: $MUTANTS_DIR/tier2/.
+#   (Tier 1 without tier-0 results runs every mutant of the shard, as before tier 0 existed.)
 # Shards are round-robin (mutant i runs in shard i % n), so each shard is a uniform sample
 # across the files; `--list` with the same shard shows which mutants it holds.
 # Exclusions (non-unix code, Debug impls) are in .cargo/mutants.toml, with reasons in TESTING.md.
@@ -56,18 +59,20 @@ tier="${MUTANTS_TIER:-}"
 base="${MUTANTS_DIR:-.}"
 case "$tier" in
     "") outdir="$base" ;;
-    1 | 2) outdir="$base/tier$tier" ;;
+    0 | 1 | 2) outdir="$base/tier$tier" ;;
     *)
-        echo "mutants: MUTANTS_TIER must be 1 or 2" >&2
+        echo "mutants: MUTANTS_TIER must be 0, 1 or 2" >&2
         exit 1
         ;;
 esac
 mkdir -p "$outdir"
 
-files="${MUTANTS_FILES:-src/engine.rs src/engine/*.rs src/conn.rs src/conn/*.rs src/handle.rs src/pool.rs src/codec/mod.rs src/codec/length.rs src/codec/line.rs}"
+# Issue 21's scope: the machine, the layers, the handler, the engine, the Linux backends, the
+# codecs (exclusions with their reasons in .cargo/mutants.toml).
+files="${MUTANTS_FILES:-src/machine/*.rs src/layer/*.rs src/codec/*.rs src/core.rs src/conn.rs src/handler.rs src/handler/*.rs src/handle.rs src/relay.rs src/engine/*.rs src/sys/*.rs src/sys/uring/*.rs}"
 args=(
     --package ringport
-    --timeout "${MUTANTS_TIMEOUT:-$([ "$tier" = 1 ] && echo 240 || echo 600)}"
+    --timeout "${MUTANTS_TIMEOUT:-$(case "$tier" in 0) echo 60 ;; 1) echo 240 ;; *) echo 600 ;; esac)}"
     --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}"
     --output "$outdir"
 )
@@ -79,33 +84,44 @@ case " $* " in
     *" --in-place "*) ;;
     *) args+=(--jobs 1) ;;
 esac
-if [ -n "$shard" ]; then
-    args+=(--shard "$shard" --sharding round-robin)
-fi
 
-# Tier 2: select exactly the mutants tier 1 did not catch, by their listed names.
-if [ "$tier" = 2 ]; then
-    t1="$base/tier1/mutants.out"
-    if [ ! -f "$t1/missed.txt" ]; then
-        echo "mutants: no tier-1 results in $t1 (run MUTANTS_TIER=1 first)" >&2
-        exit 1
-    fi
+# Tiers 1 and 2: select exactly the mutants the tier before did not catch, by their names.
+prev=""
+case "$tier" in
+    1) [ -f "$base/tier0/mutants.out/missed.txt" ] && prev="$base/tier0/mutants.out" ;;
+    2)
+        prev="$base/tier1/mutants.out"
+        if [ ! -f "$prev/missed.txt" ]; then
+            echo "mutants: no tier-1 results in $prev (run MUTANTS_TIER=1 first)" >&2
+            exit 1
+        fi
+        ;;
+esac
+if [ -n "$prev" ]; then
     n=0
     while IFS= read -r name; do
         [ -n "$name" ] || continue
         args+=(--re "^$(printf '%s' "$name" | sed 's/[][\\.^$*+?(){}|]/\\&/g')\$")
         n=$((n + 1))
-    done < <(cat "$t1/missed.txt" "$t1/timeout.txt" 2>/dev/null)
+    done < <(cat "$prev/missed.txt" "$prev/timeout.txt" 2>/dev/null)
     if [ "$n" = 0 ]; then
-        echo "mutants: tier 1 caught every mutant it ran; nothing for tier 2"
+        echo "mutants: the tier before caught every mutant it ran; nothing for tier $tier"
         exit 0
     fi
-    echo "mutants: tier 2 re-runs $n mutants with the whole suite"
+    echo "mutants: tier $tier re-runs $n mutants the tier before did not catch"
+fi
+# The names select tier 1's and 2's mutants: the shard the tier before ran is not applied again.
+if [ -n "$shard" ] && [ -z "$prev" ]; then
+    args+=(--shard "$shard" --sharding round-robin)
 fi
 # Tier 1's test targets: the in-process tests (no example build). `--cargo-arg` goes to the
 # build (`cargo test --no-run`) as well as the test run, so only these targets are rebuilt
 # per mutant (arguments after `--` would reach the test run only, and every test binary and
 # example would still be linked for each mutant).
+if [ "$tier" = 0 ]; then
+    args+=("--cargo-arg=--lib")
+    export PROPTEST_CASES="${PROPTEST_CASES:-64}"
+fi
 if [ "$tier" = 1 ]; then
     for t in --lib --test=limits --test=gateway --test=handles --test=handler_panic \
         --test=outgoing_connect --test=signals --test=accept_spread; do
