@@ -29,7 +29,9 @@ Figures are medians over the rounds; `ratio` is each target's msg/s over `direct
 same round, then the median of those (the machine is shared: per-round ratios cancel load
 that drifts between rounds). Server CPU per message is the user + system time (/proc/PID/stat)
 of echo_server plus tcp_proxy (or the reference forwarder) over the run, divided by the
-messages; the forwarder's own part is printed as user + sys.
+messages; the forwarder's own part is printed as user + sys. Run-queue wait per message is the
+time the process's threads were runnable but not running (/proc/PID/task/*/schedstat, sampled
+every 10 ms so that threads living only during the run count too).
 """
 
 import json
@@ -73,6 +75,40 @@ def cpu(pid):
     return int(f[11]) / TICK, int(f[12]) / TICK
 
 
+def run_delays(pid):
+    """Nanoseconds each thread of `pid` has spent runnable but not running (schedstat)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out[tid] = int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that ended meanwhile
+    return out
+
+
+def run_load(cmd, pids):
+    """Runs the load client; returns its output and, per pid, the seconds its threads waited
+    runnable but not running meanwhile. Threads are sampled every 10 ms, so those that start
+    and end during the run (fwd_proxy's, one per direction per session) are counted up to
+    their last sample."""
+    start = [run_delays(p) for p in pids]
+    last = [dict(d) for d in start]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while True:
+        for seen, p in zip(last, pids):
+            seen.update(run_delays(p))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    out, _ = proc.communicate()
+    waited = [sum(v - s.get(t, 0) for t, v in l.items()) / 1e9 for s, l in zip(start, last)]
+    return out, waited
+
+
 def main():
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     echo, echo_addr = start(os.path.join(BIN_DIR, "echo_server"), [])
@@ -108,11 +144,11 @@ def main():
                 proxy, addr = targets[n]
                 pids = [echo.pid] + ([proxy.pid] if proxy else [])
                 c0 = [cpu(p) for p in pids]
-                res = subprocess.run([LOAD, "echo", "--target", addr, "-c", CONNS, "-l", LEN,
-                                      "-d", DURATION, "--warmup", WARMUP, "--client", CLIENT,
-                                      "--json"], capture_output=True, text=True)
+                stdout, waited = run_load([LOAD, "echo", "--target", addr, "-c", CONNS, "-l",
+                                           LEN, "-d", DURATION, "--warmup", WARMUP, "--client",
+                                           CLIENT, "--json"], pids)
                 c1 = [cpu(p) for p in pids]
-                j = json.loads(res.stdout[res.stdout.index("{"):])
+                j = json.loads(stdout[stdout.index("{"):])
                 msgs = j["messages"] * (1 + float(WARMUP) / float(DURATION))
                 row = {"round": r, "target": n, "msg_s": j["messages_per_sec"],
                        "mb_s": j["mb_per_sec_received"], "errors": j["errors"],
@@ -121,6 +157,8 @@ def main():
                        "echo_cpu_us_per_msg": (sum(c1[0]) - sum(c0[0])) * 1e6 / max(msgs, 1),
                        "proxy_user_us_per_msg": (c1[1][0] - c0[1][0]) * 1e6 / max(msgs, 1) if proxy else 0,
                        "proxy_sys_us_per_msg": (c1[1][1] - c0[1][1]) * 1e6 / max(msgs, 1) if proxy else 0,
+                       "proxy_runq_us_per_msg": waited[1] * 1e6 / max(msgs, 1) if proxy else 0,
+                       "echo_runq_us_per_msg": waited[0] * 1e6 / max(msgs, 1),
                        "conns": CONNS, "len": LEN, "backend": BACKEND, "client": CLIENT,
                        "load": os.getloadavg()[0]}
                 out.write(json.dumps(row) + "\n")
@@ -135,14 +173,16 @@ def main():
         p.wait()
     print(f"\n{CONNS} conns x {LEN} B, {BACKEND}, {CLIENT} client, {ROUNDS} rounds of "
           f"{DURATION} s; load average {load_avg[0][0]:.1f} -> {load_avg[1][0]:.1f}; raw: {OUT}")
-    print("| target | msg/s (median) | MB/s | p50 us | server CPU us/msg (echo; proxy user + sys) | vs direct (median, min-max) |")
-    print("|---|---|---|---|---|---|")
+    print("| target | msg/s (median) | MB/s | p50 us | server CPU us/msg (echo; proxy user + sys) "
+          "| run-queue wait us/msg (echo; proxy) | vs direct (median, min-max) |")
+    print("|---|---|---|---|---|---|---|")
     for n in names:
         med = lambda k: statistics.median(x[k] for x in runs[n])
         rs = ratios[n]
         print(f"| {n} | {med('msg_s'):.0f} | {med('mb_s'):.0f} | {med('p50_us'):.0f} | "
               f"{med('cpu_us_per_msg'):.1f} ({med('echo_cpu_us_per_msg'):.1f}; "
               f"{med('proxy_user_us_per_msg'):.1f} + {med('proxy_sys_us_per_msg'):.1f}) | "
+              f"{med('echo_runq_us_per_msg'):.1f}; {med('proxy_runq_us_per_msg'):.1f} | "
               f"{statistics.median(rs):.2f}x "
               f"({min(rs):.2f}-{max(rs):.2f}) |")
 
