@@ -24,6 +24,7 @@ mod build;
 mod client;
 pub mod close;
 pub mod deploy;
+#[macro_use]
 pub mod hostile;
 pub mod line;
 mod observe;
