@@ -59,6 +59,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 QUICK=""
 for arg in "$@"; do
     case $arg in
@@ -118,17 +120,7 @@ LOAD_PID=""
 stop_server() {
     local pid=$SERVER_PID
     SERVER_PID=""
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "server $pid ignored SIGTERM for 5 s; killing it"
-        kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null
+    stop_pid "$pid" 5 || log "server $pid ignored SIGTERM for 5 s; killed it"
     return 0
 }
 cleanup() {
@@ -282,8 +274,6 @@ start_server() { # family name -> sets SERVER_PID and PORT; fails if no listenin
     stop_server
     return 1
 }
-
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
 

@@ -22,6 +22,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-3}
 OPS=${OPS:-20000}
 THREADS=${THREADS:-4}
@@ -40,7 +42,6 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 BIN=$ROOT/target/release/examples/memcache_server
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wait_port() {
     for _ in $(seq 100); do

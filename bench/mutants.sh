@@ -9,7 +9,7 @@
 # Usage:
 #   bench/mutants.sh                 # every mutant of the files below (many hours on 2 cores)
 #   bench/mutants.sh 3/8             # shard 3 of 8 (0-based): run the shards on separate days
-#   MUTANTS_FILES="src/codec/line.rs src/pool.rs" bench/mutants.sh   # a subset
+#   MUTANTS_FILES="src/codec/line.rs src/pool/queue.rs" bench/mutants.sh   # a subset
 #   bench/mutants.sh --list          # extra arguments go to cargo-mutants
 #   bench/mutants.sh --in-place --baseline skip   # reuse target/ (no cold build of a copy);
 #                                    # the tree is mutated meanwhile: build nothing else in it

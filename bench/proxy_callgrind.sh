@@ -8,6 +8,8 @@
 #
 # Prints instructions per message and the top functions; raw callgrind files to OUT_DIR.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-10} LEN=${LEN:-65536} MSGS=${MSGS:-30}
 BIN=${BIN_DIR:-target/release/examples}
@@ -15,14 +17,7 @@ OUT_DIR=${OUT_DIR:-bench/results/callgrind-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT_DIR"
 total=$((CONNS * MSGS))
 
-addr_of() {
-  for _ in $(seq 300); do
-    a=$(sed -n 's/.*listening on \([^ ]*\) .*/\1/p' "$1" | head -1)
-    [ -n "$a" ] && { echo "$a"; return; }
-    sleep 0.1
-  done
-  echo "no listening line in $1" >&2; exit 1
-}
+addr_of() { listening_addr "$1" 300; }
 
 profile() { # label, then the profiled command (its upstream already in it, if any)
   local label=$1; shift

@@ -10,6 +10,8 @@
 # Prints, per traced process, the calls per message and the top calls; the raw strace
 # summaries go to OUT_DIR (default bench/results/syscalls-<date>/).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 BACKEND=${BACKEND:-uring} CONNS=${CONNS:-10} LEN=${LEN:-65536} MSGS=${MSGS:-200}
 REFS=${REFS:-} PROXY_ENV=${PROXY_ENV:-}
@@ -18,14 +20,7 @@ OUT_DIR=${OUT_DIR:-bench/results/syscalls-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT_DIR"
 total=$((CONNS * MSGS))
 
-addr_of() { # wait for the "listening on ADDR " line in $1
-  for _ in $(seq 100); do
-    a=$(sed -n 's/.*listening on \([^ ]*\) .*/\1/p' "$1" | head -1)
-    [ -n "$a" ] && { echo "$a"; return; }
-    sleep 0.1
-  done
-  echo "no listening line in $1" >&2; exit 1
-}
+addr_of() { listening_addr "$1" 100; } # wait for the "listening on ADDR " line in $1
 
 run() { # label, then the command of the traced forwarder (or "" for echo_server alone)
   local label=$1; shift

@@ -7,10 +7,10 @@
 #   bench/resp_ab.sh OLD_BINARY NEW_BINARY
 #   P=16 N=100000 ARGS="--io-threads 1" ROUNDS=6 bench/resp_ab.sh /tmp/old/resp_server target/release/examples/resp_server
 set -u
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 A=$1 B=$2
 P=${P:-1} N=${N:-20000} ROUNDS=${ROUNDS:-6} ARGS=${ARGS:-}
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { print t }'; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port_a=$(free_port)
 port_b=$(free_port)
 # shellcheck disable=SC2086 # ARGS is a list of flags
@@ -21,10 +21,7 @@ pid_a=$!
 pid_b=$!
 trap 'kill $pid_a $pid_b 2>/dev/null; wait' EXIT
 for port in "$port_a" "$port_b"; do
-    for _ in $(seq 100); do
-        [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break
-        sleep 0.1
-    done
+    wait_redis "$port" 100
 done
 echo "# -P $P -n $N, flags '${ARGS}', load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# round build cpu_us_per_request"

@@ -23,8 +23,10 @@ for tool in valgrind callgrind_control callgrind_annotate redis-benchmark redis-
     }
 done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 BIN=${RINGPORT_BIN:-$ROOT/target/release/examples/resp_server}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 dir=$(mktemp -d /tmp/ringport-resp-callgrind.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 case $server in
@@ -39,10 +41,7 @@ redis) valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out.c
     ;;
 esac
 pid=$!
-for _ in $(seq 300); do
-    [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break
-    sleep 0.1
-done
+wait_redis "$port" 300
 redis-benchmark -p "$port" -t set -n 2000 -c 50 -P 16 -q >/dev/null 2>&1
 callgrind_control -i on "$pid" >/dev/null
 redis-benchmark -p "$port" -t set,get -n "$n" -c 50 -P "$pipeline" -q >"$out.bench" 2>&1

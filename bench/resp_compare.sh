@@ -30,6 +30,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-3}
 REQUESTS=${REQUESTS:-100000}
 CLIENTS=${CLIENTS:-50}
@@ -74,10 +76,6 @@ if [ -z "${NO_BUILD:-}" ] && [ -z "${RINGPORT_BIN:-}" ]; then
 fi
 RINGPORT_BIN=${RINGPORT_BIN:-$ROOT/target/release/examples/resp_server}
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # start_server NAME PORT -> echoes the pid once the server answers PING
 start_server() {
     local name=$1 port=$2 pid
@@ -87,20 +85,13 @@ start_server() {
         --dir "$WORK" >"$WORK/$name.out" 2>&1 & ;;
     esac
     pid=$!
-    for _ in $(seq 100); do
-        if [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ]; then
-            echo "$pid"
-            return 0
-        fi
-        sleep 0.1
-    done
+    if wait_redis "$port" 100; then
+        echo "$pid"
+        return 0
+    fi
     log "$name did not start"
     return 1
 }
-
-# Nanoseconds on a CPU, summed over the process's threads.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { print t }'; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 PORT_RINGPORT=$(free_port)
 PORT_REDIS=$(free_port)

@@ -33,6 +33,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 SOAK_SECS=${SOAK_SECS:-60}
 BACKENDS=${BACKENDS:-"uring epoll"}
 CONNS_EACH=${CONNS_EACH:-50}
@@ -53,17 +55,7 @@ CLIENT_PIDS=()
 stop_server() {
     local pid=$SERVER_PID
     SERVER_PID=""
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "server $pid still running 10 s after SIGTERM; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    stop_pid "$pid" 10 || log "server $pid still running 10 s after SIGTERM; killed it"
 }
 # shellcheck disable=SC2329 # invoked by the EXIT trap
 cleanup() {
@@ -93,7 +85,6 @@ for bin in "$SERVER_BIN" "$LOAD_BIN"; do
     }
 done
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 now_ms() { # wall-clock milliseconds (bash 5 EPOCHREALTIME)
     local t=${EPOCHREALTIME/[.,]/}

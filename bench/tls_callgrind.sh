@@ -14,6 +14,8 @@
 # Prints a markdown table on stdout; progress on stderr. Needs valgrind; NO_BUILD=1 skips cargo.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 REL=$ROOT/target/release
 BINS=${BINS:-"this@$REL/examples/echo_server"}
 WORK=$(mktemp -d /tmp/ringport-tls-callgrind.XXXXXX)
@@ -27,11 +29,7 @@ if [ -z "${NO_BUILD:-}" ]; then
         cargo build --release -p ringport-load --bin ringport-load) >&2 ||
         { echo "tls_callgrind: build failed" >&2; exit 1; }
 fi
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=localhost \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null ||
-    { echo "tls_callgrind: openssl req failed" >&2; exit 1; }
+self_signed_cert "$WORK" || { echo "tls_callgrind: openssl req failed" >&2; exit 1; }
 
 run() { # binary, load args... -> prints the server's total instructions
     local bin=$1 out=$WORK/server.out cg=$WORK/cg.out
@@ -42,13 +40,8 @@ run() { # binary, load args... -> prints the server's total instructions
         --backend epoll --io-threads 1 --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
         >"$out" 2>"$WORK/valgrind.err" &
     PID=$!
-    local addr=""
-    for _ in $(seq 600); do
-        addr=$(sed -n 's/^listening on \([^ ]*\) .*/\1/p' "$out")
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "tls_callgrind: $bin did not start" >&2; exit 1; }
+    local addr
+    addr=$(listening_addr "$out" 600) || { echo "tls_callgrind: $bin did not start" >&2; exit 1; }
     "$REL/ringport-load" echo --target "$addr" -l 1024 --tls --insecure --threads 1 --json "$@" \
         >"$WORK/load.json" 2>/dev/null || { echo "tls_callgrind: load failed: $*" >&2; exit 1; }
     kill -TERM "$PID"

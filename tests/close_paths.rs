@@ -21,7 +21,6 @@
 
 #[macro_use]
 mod common;
-mod support;
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
@@ -29,9 +28,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::close::{connect_small_rcvbuf, fresh_seed, stop_and_stats, StoppedStats};
+use common::close::{stop_and_stats, StoppedStats};
 use common::line::LineClient;
+use common::net::connect_small_rcvbuf;
 use common::packet::Layout;
+use common::support;
 use common::*;
 use support::net::{send_half_close_read_slowly, SlowRead};
 
@@ -77,7 +78,7 @@ backend_tests!("echo_server";
 /// nothing may be counted as `flush-stalled`.
 fn slow_reader_with_full_kernel_buffer_gets_every_byte(b: Backend) {
     let mut s = Server::start(ECHO, b, &[]);
-    let data = Rng::new(fresh_seed()).bytes(4 << 20);
+    let data = Rng::new(test_seed()).bytes(4 << 20);
     let c = connect_small_rcvbuf(s.addr, 8192);
     let slow = SlowRead {
         rate_bytes_per_sec: 40_000.0,
@@ -125,7 +126,7 @@ mod slow_reader_with_full_kernel_buffer_gets_every_byte {
 /// Peer half-close without a pool: 2 MiB echoed, then EOF; counted `peer-closed`.
 fn echo_half_close_echoes_everything(b: Backend) {
     let mut s = Server::start(ECHO, b, &[]);
-    let data = Rng::new(fresh_seed()).bytes(2 << 20);
+    let data = Rng::new(test_seed()).bytes(2 << 20);
     let mut c = s.connect();
     let back = half_close_and_read(&mut c, data.clone(), "echo half-close");
     assert_bytes_eq(&back, &data, "echo half-close");
@@ -206,7 +207,7 @@ fn large_decode_error_with_one_transfer_buffer(b: Backend) {
 /// pipelined, then a half-close: every frame echoed in order, then EOF; `peer-closed`.
 fn frames_then_half_close(server: &str, b: Backend) {
     let mut s = Server::start(server, b, &["--max-frame", "65536"]);
-    let mut rng = Rng::new(fresh_seed());
+    let mut rng = Rng::new(test_seed());
     let mut data = Vec::new();
     for i in 0..60 {
         let len = if i % 5 == 0 {
@@ -231,7 +232,7 @@ fn frames_then_oversized_header(server: &str, b: Backend, extra: &[&str]) {
     let mut args = vec!["--max-frame", "65536"];
     args.extend_from_slice(extra);
     let mut s = Server::start(server, b, &args);
-    let mut rng = Rng::new(fresh_seed());
+    let mut rng = Rng::new(test_seed());
     let mut frames = Layout::DEFAULT.frame(&rng.bytes(10));
     frames.extend_from_slice(&Layout::DEFAULT.frame(&rng.bytes(30_000)));
     frames.extend_from_slice(&Layout::DEFAULT.frame(&rng.bytes(10)));

@@ -12,22 +12,9 @@
 #[macro_use]
 mod common;
 
-use common::hostile::{ms, run, Attack::*, Case, How::*, Kind::*, Stage::*};
-use common::Backend;
+use common::hostile::{ms, Attack::*, Case, How::*, Kind::*, Stage::*};
 
-/// `name => case;` rows: each becomes `name::epoll` and `name::uring`.
-macro_rules! cases {
-    ($($name:ident => $case:expr;)+) => {
-        $(
-            fn $name(b: Backend) {
-                run(stringify!($name), &$case, b)
-            }
-        )+
-        backend_tests!("echo_server"; $($name),+);
-    };
-}
-
-cases! {
+hostile_cases! {
     // The plain port: echo_server (no frames: any bytes are echoed).
     echo_trickle => Case::new(Echo, FirstFrame, Trickle { conns: 20, every: ms(50) });
     echo_half_open => Case::new(Echo, FirstFrame, HalfOpen { conns: 200 });

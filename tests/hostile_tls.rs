@@ -10,22 +10,9 @@
 #[macro_use]
 mod common;
 
-use common::hostile::{ms, run, Attack::*, Case, How::*, Kind::*, Stage::*};
-use common::Backend;
+use common::hostile::{ms, Attack::*, Case, How::*, Kind::*, Stage::*};
 
-/// `name => case;` rows: each becomes `name::epoll` and `name::uring`.
-macro_rules! cases {
-    ($($name:ident => $case:expr;)+) => {
-        $(
-            fn $name(b: Backend) {
-                run(stringify!($name), &$case, b)
-            }
-        )+
-        backend_tests!("echo_server"; $($name),+);
-    };
-}
-
-cases! {
+hostile_cases! {
     // TLS, at the handshake: the ClientHello byte by byte, clients that never finish it,
     // FIN / RST / a plaintext close_notify right after the ClientHello, garbage, a record
     // header announcing more than a record may hold.

@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -212,6 +212,119 @@ fn rss_kib(pid: i32) -> Option<u64> {
 
 /// One scenario at a time: each takes thousands of descriptors and a share of the machine.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the one-at-a-time lock, makes a memory cgroup of `limit` bytes named after `cgroup`
+/// (`None` after the printed skip) and starts `server` in it, with `args`, the metrics port,
+/// room for 20,000 connections and an open-file limit of `nofile`. Bind the three in this
+/// order: the server goes first (killed), then its cgroup (removed), then the lock.
+fn start_in_cgroup(
+    cgroup: &str,
+    server: &str,
+    backend: Backend,
+    limit: u64,
+    args: &[String],
+    nofile: u64,
+) -> Option<(MutexGuard<'static, ()>, MemCgroup, Server)> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cg = cgroup_or_skip(cgroup, limit)?;
+    let mut args = args.to_vec();
+    args.extend(["--metrics", "127.0.0.1:0", "--max-connections", "20000"].map(String::from));
+    let server = ServerBuilder::new(server)
+        .backend(backend)
+        .args(&args)
+        .nofile_limit(nofile)
+        .join_cgroup(cg.procs())
+        .start();
+    Some((serial, cg, server))
+}
+
+/// Samples the server's RSS every 200 ms for `hold` while it lives (`sample` runs at each),
+/// prints what its cgroup saw, and asserts what every scenario keeps: the server alive
+/// (`under`: the load, in the message), no OOM kill in its cgroup, its RSS under the `limit`.
+fn hold_within_limit(
+    server: &mut Server,
+    cg: &MemCgroup,
+    backend: Backend,
+    limit: u64,
+    hold: Duration,
+    under: &str,
+    mut sample: impl FnMut(&Server),
+) {
+    let start = Instant::now();
+    let mut max_rss = 0;
+    while start.elapsed() < hold {
+        if !server.is_alive() {
+            break;
+        }
+        match rss_kib(server.pid()) {
+            Some(kib) => max_rss = max_rss.max(kib),
+            None => break, // gone (killed)
+        }
+        sample(server);
+        thread::sleep(Duration::from_millis(200));
+    }
+    let alive = server.is_alive();
+    println!(
+        "{backend}: alive={alive} after {:?}, max RSS {} MiB, cgroup peak {:?} MiB (kernel {:?} MiB), OOM kills {}",
+        start.elapsed(),
+        max_rss / 1024,
+        cg.peak().map(|p| p / MIB),
+        cg.kmem_peak().map(|p| p / MIB),
+        cg.oom_kills()
+    );
+    server.assert_alive(under);
+    assert_eq!(
+        cg.oom_kills(),
+        0,
+        "the OOM killer ran in the server's cgroup"
+    );
+    assert!(
+        max_rss * 1024 < limit,
+        "RSS {max_rss} KiB not under the {limit}-byte limit"
+    );
+}
+
+/// Retries `served` every 100 ms until it says yes, for at most 20 s (asserted); prints after
+/// how many attempts and how long. `who`: the client, in the messages.
+fn served_within_20_s(backend: Backend, who: &str, mut served: impl FnMut() -> bool) {
+    let t = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if served() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{backend}: {who} not served in 20 s ({attempts} attempts)"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{backend}: {who} served after {attempts} attempt(s), {:?}",
+        t.elapsed()
+    );
+}
+
+/// The overload actions counted so far, by name.
+fn overload_actions(exposition: &str) -> Vec<(&'static str, u64)> {
+    ["shrink", "pause", "refuse", "reset"]
+        .into_iter()
+        .map(|a| {
+            let labels = format!("action=\"{a}\"");
+            (
+                a,
+                metric(exposition, "ringport_overload_actions_total", &labels),
+            )
+        })
+        .collect()
+}
+
+/// Connections closed for `reason` so far.
+fn closed(exposition: &str, reason: &str) -> u64 {
+    let labels = format!("reason=\"{reason}\"");
+    sum_samples(exposition, "ringport_connections_closed_total", &labels) as u64
+}
 
 /// What the server under test speaks, and so how its clients talk to it.
 enum Kind {
@@ -441,25 +554,23 @@ fn crowd_and_flood(
     flooders: usize,
     hold: Duration,
 ) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let name = format!("{}-{}-{}", kind.server(), backend.name(), flooders);
-    let Some(cg) = cgroup_or_skip(&name, limit) else {
-        return;
-    };
     let need = (idle + flooders) as u64 + 256;
     let nofile = raise_nofile(need);
     assert!(
         nofile >= need,
         "RLIMIT_NOFILE {nofile} < {need} (check `ulimit -Hn`)"
     );
-    let mut args = kind.args();
-    args.extend(["--metrics", "127.0.0.1:0", "--max-connections", "20000"].map(String::from));
-    let mut server = ServerBuilder::new(kind.server())
-        .backend(backend)
-        .args(&args)
-        .nofile_limit(need + 256)
-        .join_cgroup(cg.procs())
-        .start();
+    let Some((_serial, cg, mut server)) = start_in_cgroup(
+        &name,
+        kind.server(),
+        backend,
+        limit,
+        &kind.args(),
+        need + 256,
+    ) else {
+        return;
+    };
     let addr = server.addr;
     let m = scrape(&server);
     let budget = metric(&m, "ringport_memory_budget_bytes", "");
@@ -504,64 +615,20 @@ fn crowd_and_flood(
         let chunk = kind.chunk();
         thread::spawn(move || flood(peers, chunk, stop, dropped))
     };
-    let start = Instant::now();
-    let mut max_rss = 0;
     let mut max_queued = 0;
-    while start.elapsed() < hold {
-        if !server.is_alive() {
-            break;
-        }
-        match rss_kib(server.pid()) {
-            Some(kib) => max_rss = max_rss.max(kib),
-            None => break, // gone (killed)
-        }
+    let under = "under the idle crowd and the flood";
+    hold_within_limit(&mut server, &cg, backend, limit, hold, under, |server| {
         if let Kind::Pooled = kind {
-            let q = sum_samples(&scrape(&server), "ringport_pool_queued_jobs", "") as u64;
+            let q = sum_samples(&scrape(server), "ringport_pool_queued_jobs", "") as u64;
             max_queued = max_queued.max(q);
         }
-        thread::sleep(Duration::from_millis(200));
-    }
-    let alive = server.is_alive();
-    println!(
-        "{backend}: alive={alive} after {:?}, max RSS {} MiB, cgroup peak {:?} MiB (kernel {:?} MiB), OOM kills {}",
-        start.elapsed(),
-        max_rss / 1024,
-        cg.peak().map(|p| p / MIB),
-        cg.kmem_peak().map(|p| p / MIB),
-        cg.oom_kills()
-    );
-    server.assert_alive("under the idle crowd and the flood");
-    assert_eq!(
-        cg.oom_kills(),
-        0,
-        "the OOM killer ran in the server's cgroup"
-    );
-    assert!(
-        max_rss * 1024 < limit,
-        "RSS {max_rss} KiB not under the {limit}-byte limit"
-    );
+    });
 
     // A new connection is served (the refusals reverse once the resets bring pressure down).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let t = Instant::now();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        if let Some(mut c) = Client::connect(&kind, addr, Duration::from_secs(3)) {
-            if c.served(&kind, "new") {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{backend}: no new connection served in 20 s ({attempts} attempts)"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    println!(
-        "{backend}: a new connection served after {attempts} attempt(s), {:?}",
-        t.elapsed()
-    );
+    served_within_20_s(backend, "a new connection", || {
+        Client::connect(&kind, addr, Duration::from_secs(3))
+            .is_some_and(|mut c| c.served(&kind, "new"))
+    });
     // The early client: still served, or (it holds nothing) never reset for the budget.
     let t = Instant::now();
     assert!(early.served(&kind, "after"), "early client after the flood");
@@ -598,24 +665,7 @@ fn crowd_and_flood(
     stop.store(true, Ordering::Relaxed);
     flood_thread.join().expect("flood thread");
     let m = scrape(&server);
-    let overload = |m: &str| {
-        sum_samples(
-            m,
-            "ringport_connections_closed_total",
-            "reason=\"overload\"",
-        ) as u64
-    };
-    let actions: Vec<(String, u64)> = ["shrink", "pause", "refuse", "reset"]
-        .iter()
-        .map(|a| {
-            let v = metric(
-                &m,
-                "ringport_overload_actions_total",
-                &format!("action=\"{a}\""),
-            );
-            (a.to_string(), v)
-        })
-        .collect();
+    let actions = overload_actions(&m);
     let used = metric(&m, "ringport_memory_used_bytes", "");
     let peak = metric(&m, "ringport_memory_used_peak_bytes", "");
     if let Kind::Pooled = kind {
@@ -629,7 +679,7 @@ fn crowd_and_flood(
         budget / MIB,
         used / MIB,
         peak / MIB,
-        overload(&m),
+        closed(&m, "overload"),
         dropped.load(Ordering::Relaxed)
     );
     // A peer's sending never takes the charge past the budget (the pauses, refusals and
@@ -656,14 +706,14 @@ fn crowd_and_flood(
         dropped.load(Ordering::Relaxed)
     );
     // A reset is counted as closed once its close completes: a moment after the action.
-    let mut closed = overload(&m);
+    let mut overload = closed(&m, "overload");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while closed < refusals + resets && Instant::now() < deadline {
+    while overload < refusals + resets && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
-        closed = overload(&scrape(&server));
+        overload = closed(&scrape(&server), "overload");
     }
     assert_eq!(
-        closed,
+        overload,
         refusals + resets,
         "overload closes are the refusals plus the resets"
     );

@@ -17,42 +17,29 @@ use ringport::{
     BackendKind, CloseReason, Conn, ConnInfo, ConnectOptions, ConnectionHandle, Frame, Handler,
     RunningEngine, Server, ServerHandle,
 };
+use support::certs::Ca;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    ca: Ca,
     server_chain: Vec<pki_types::CertificateDer<'static>>,
     server_key: pki_types::PrivateKeyDer<'static>,
 }
 
 fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ringport test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "ringport.test".to_string()])
-            .unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let ca = Ca::new("ringport test CA");
+    let (server_chain, server_key) = ca.issue_der(&["localhost", "ringport.test"], true);
     Pki {
-        server_chain: vec![cert.der().clone()],
-        server_key: pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         ca,
-        ca_key,
+        server_chain,
+        server_key,
     }
 }
 
 impl Pki {
     fn roots(&self) -> Arc<rustls::RootCertStore> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        Arc::new(roots)
+        self.ca.roots()
     }
 
     fn server_config(&self, client_auth: bool) -> Arc<rustls::ServerConfig> {
@@ -72,31 +59,11 @@ impl Pki {
         Arc::new(config)
     }
 
-    /// A client certificate signed by the CA (or by a CA of its own when `trusted` is false).
-    fn client_identity(
-        &self,
-        trusted: bool,
-    ) -> (
-        Vec<pki_types::CertificateDer<'static>>,
-        pki_types::PrivateKeyDer<'static>,
-    ) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["client.test".to_string()]).unwrap();
-        let cert = if trusted {
-            params.signed_by(&key, &self.ca, &self.ca_key).unwrap()
-        } else {
-            params.self_signed(&key).unwrap()
-        };
-        (
-            vec![cert.der().clone()],
-            pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-    }
-
     fn client_config(&self, identity: bool, trusted: bool) -> Arc<rustls::ClientConfig> {
         let b = rustls::ClientConfig::builder().with_root_certificates(self.roots());
         let mut config = if identity {
-            let (chain, key) = self.client_identity(trusted);
+            // Signed by the CA, or self-signed when not `trusted`.
+            let (chain, key) = self.ca.issue_der(&["client.test"], trusted);
             b.with_client_auth_cert(chain, key).unwrap()
         } else {
             b.with_no_client_auth()

@@ -441,21 +441,7 @@ fn proxy_to_openssl_s_server(backend: Backend) {
     }
     let pki = Pki::new();
     let upstream = SServer::start(&pki);
-    let up = upstream.addr.to_string();
-    let ca = pki.path("ca.pem");
-    let proxy = Server::start(
-        "tcp_proxy",
-        backend,
-        &[
-            "--upstream",
-            &up,
-            "--upstream-tls",
-            "--upstream-ca",
-            &ca,
-            "--upstream-name",
-            "localhost",
-        ],
-    );
+    let proxy = upstream_tls_proxy(backend, &pki, upstream.addr, "localhost");
     let mut c = proxy.connect();
     c.write_all(b"hello ringport\n").unwrap();
     let back = read_exact_timeout(&mut c, 15, IO_TIMEOUT).expect("the reversed line");
@@ -463,19 +449,7 @@ fn proxy_to_openssl_s_server(backend: Backend) {
     drop(c);
     // An upstream the CA did not sign (the name does not match): the client is closed unanswered.
     let other = SServer::start(&pki);
-    let proxy = Server::start(
-        "tcp_proxy",
-        backend,
-        &[
-            "--upstream",
-            &other.addr.to_string(),
-            "--upstream-tls",
-            "--upstream-ca",
-            &ca,
-            "--upstream-name",
-            "wrong.test",
-        ],
-    );
+    let proxy = upstream_tls_proxy(backend, &pki, other.addr, "wrong.test");
     let mut c = proxy.connect();
     let _ = c.write_all(b"hello\n");
     let (got, closed) = drain_until_closed(&mut c);

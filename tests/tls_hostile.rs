@@ -116,20 +116,7 @@ fn close_notify_then_bytes(backend: Backend) {
 fn half_close_waits_for_upstream_handshake(backend: Backend) {
     let pki = Pki::new();
     let chat = tls_server("chat_server", backend, &pki, &[]);
-    let (up, ca) = (chat.addr.to_string(), pki.path("ca.pem"));
-    let proxy = Server::start(
-        "tcp_proxy",
-        backend,
-        &[
-            "--upstream",
-            &up,
-            "--upstream-tls",
-            "--upstream-ca",
-            &ca,
-            "--upstream-name",
-            "localhost",
-        ],
-    );
+    let proxy = upstream_tls_proxy(backend, &pki, chat.addr, "localhost");
     let tries = 5;
     let mut results = Vec::new();
     for _ in 0..tries {

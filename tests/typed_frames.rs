@@ -8,16 +8,11 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
 
 use ringport::codec::{HeaderParser, LineBody, WithBody};
-use ringport::{
-    BackendKind, Conn, Handler, ItemHandler, RunningEngine, Server, ServerHandle, StatsSnapshot,
-};
-
-const WAIT: Duration = Duration::from_secs(20);
+use ringport::{BackendKind, Conn, Handler, ItemHandler, RunningEngine, Server, ServerHandle};
+use support::limits::{any_port, connect, stop, wait_stats};
 
 /// `PUT <len>` carries a body; `NOP` has none; any other line is a bad one.
 #[derive(Clone)]
@@ -70,23 +65,10 @@ const INPUT_LIMIT: usize = 16 << 10;
 fn start(kind: BackendKind) -> Option<(RunningEngine, ServerHandle)> {
     let builder = ringport::Engine::builder().backend(kind).io_threads(1);
     let mut engine = support::build(builder)?;
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let codec = LineBody::new(Put, MAX_LINE, MAX_BODY);
-    let server = Server::typed(addr, codec, |_| Session).max_buffered_input(INPUT_LIMIT);
+    let server = Server::typed(any_port(), codec, |_| Session).max_buffered_input(INPUT_LIMIT);
     let handle = engine.add_server(server).unwrap();
     Some((engine.start().unwrap(), handle))
-}
-
-fn stop(running: RunningEngine) {
-    running.shutdown_handle().shutdown();
-    running.join();
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.set_write_timeout(Some(WAIT)).unwrap();
-    s
 }
 
 /// Reads until exactly `want` has arrived (fails on EOF, a timeout, or different bytes).
@@ -95,25 +77,6 @@ fn expect(s: &mut TcpStream, want: &[u8]) {
     s.read_exact(&mut got)
         .unwrap_or_else(|e| panic!("reading {:?}: {e}", String::from_utf8_lossy(want)));
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
-}
-
-fn wait_stats(
-    server: &ServerHandle,
-    what: &str,
-    pred: impl Fn(&StatsSnapshot) -> bool,
-) -> StatsSnapshot {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = server.stats().snapshot();
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {WAIT:?}; stats {s:?}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn bad_frames_are_answered_and_the_connection_goes_on(kind: BackendKind) {

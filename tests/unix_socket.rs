@@ -7,7 +7,6 @@
 
 #[macro_use]
 mod common;
-mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -16,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+use common::support;
 use common::*;
 use ringport::codec::Raw;
 use ringport::{

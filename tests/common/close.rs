@@ -1,12 +1,10 @@
 //! Helpers for the close-path tests (`close_paths.rs`, `echo_model.rs`): the counters a server
-//! logs when it stops, a fresh (printed, replayable) seed, and a client socket with a small
-//! receive buffer.
+//! logs when it stops.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::{assert_clean_exit, Server, IO_TIMEOUT};
+use super::{assert_clean_exit, Server};
 
 /// A server's counters, as its `stopped ... stats=StatsSnapshot { .. }` log line prints them:
 /// the plain counters by field name and the close counts by reason name.
@@ -83,38 +81,4 @@ pub fn stop_and_stats(s: &mut Server, timeout: Duration) -> StoppedStats {
         .find(|l| l.contains("stopped") && l.contains("stats="))
         .expect("stopped line");
     StoppedStats::parse(line).unwrap_or_else(|| panic!("unparsable stats line: {line}"))
-}
-
-/// The seed of a randomised test: `RINGPORT_TEST_SEED` to replay one, otherwise a fresh one
-/// each run. Printed either way (the test also names it when it fails).
-pub fn fresh_seed() -> u64 {
-    let seed = match std::env::var("RINGPORT_TEST_SEED") {
-        Ok(s) => s
-            .parse()
-            .unwrap_or_else(|_| panic!("RINGPORT_TEST_SEED={s:?} is not a u64")),
-        Err(_) => {
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
-        }
-    };
-    println!("seed: {seed} (RINGPORT_TEST_SEED={seed} replays it)");
-    seed
-}
-
-/// A client whose receive buffer is set to `rcvbuf` bytes BEFORE connecting (so the window it
-/// advertises stays small), with `TCP_NODELAY` and [`IO_TIMEOUT`] socket timeouts.
-pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-    sock.connect(&addr.into())
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    let s: TcpStream = sock.into();
-    s.set_nodelay(true).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
 }

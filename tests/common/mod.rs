@@ -24,26 +24,33 @@ mod build;
 mod client;
 pub mod close;
 pub mod deploy;
+#[macro_use]
 pub mod hostile;
 pub mod line;
 mod observe;
 pub mod packet;
 mod server;
+/// The library-level tests' harness: its client basics (`support::net`) are this one's too.
+#[path = "../support/mod.rs"]
+pub mod support;
 pub mod tls;
 
 pub use build::*;
 pub use client::*;
+pub use net::{
+    assert_bytes_eq, expect_closed, is_reset, is_timeout, read_until_close, test_seed, Closed, Rng,
+    IO_TIMEOUT,
+};
 #[allow(unused_imports)] // not every test binary watches the kernel or the final stats
 pub use observe::*;
 pub use server::*;
+pub use support::net;
 
 use std::fmt;
 use std::time::Duration;
 
 /// How long a server may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// Default socket read/write timeout for test clients.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client keeps retrying to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

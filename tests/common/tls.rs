@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use ringport::rustls::{self, pki_types};
 
-use super::{Server, IO_TIMEOUT};
+use super::support::certs::Ca;
+use super::{Backend, Server, IO_TIMEOUT};
 
 /// Whether `tool` can be run (`tool` answers `args`): [`tool_available`] with the tool as
 /// its own program.
@@ -46,8 +47,7 @@ pub fn have_openssl() -> bool {
 /// drop.
 pub struct Pki {
     pub dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    ca: Ca,
 }
 
 impl Pki {
@@ -59,15 +59,9 @@ impl Pki {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "ringport example test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        let pki = Pki { dir, ca, ca_key };
+        let ca = Ca::new("ringport example test CA");
+        std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
+        let pki = Pki { dir, ca };
         pki.issue("server", &["localhost", "ringport.test", "127.0.0.1"], true);
         pki.issue("client", &["client.test"], true);
         pki.issue("stranger", &["client.test"], false);
@@ -76,15 +70,7 @@ impl Pki {
 
     /// Writes `<name>.pem` and `<name>-key.pem`, signed by the CA or self-signed.
     fn issue(&self, name: &str, sans: &[&str], by_ca: bool) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = if by_ca {
-            params.signed_by(&key, &self.ca, &self.ca_key).unwrap()
-        } else {
-            params.self_signed(&key).unwrap()
-        };
+        let (cert, key) = self.ca.issue(sans, by_ca);
         std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(
             self.dir.join(format!("{name}-key.pem")),
@@ -117,11 +103,9 @@ impl Pki {
 
     /// A rustls client configuration trusting the CA (no client certificate).
     pub fn rustls_client(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
         Arc::new(
             rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
+                .with_root_certificates(self.ca.roots())
                 .with_no_client_auth(),
         )
     }
@@ -131,6 +115,22 @@ impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `tcp_proxy` in front of the TLS server at `upstream`: it verifies the upstream with the
+/// CA of `pki` and the name `name`.
+pub fn upstream_tls_proxy(backend: Backend, pki: &Pki, upstream: SocketAddr, name: &str) -> Server {
+    let (up, ca) = (upstream.to_string(), pki.path("ca.pem"));
+    let args = [
+        "--upstream",
+        &up,
+        "--upstream-tls",
+        "--upstream-ca",
+        &ca,
+        "--upstream-name",
+        name,
+    ];
+    Server::start("tcp_proxy", backend, &args)
 }
 
 /// A blocking rustls client stream to `addr` as `localhost`.

@@ -82,17 +82,13 @@ fn newcomer_served(addr: SocketAddr) -> bool {
 }
 
 fn chat_200_silent_members_and_talkers_in_64_mib(backend: Backend) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let limit = 64 * MIB;
-    let Some(cg) = cgroup_or_skip(&format!("chat-{}", backend.name()), limit) else {
+    let cgroup = format!("chat-{}", backend.name());
+    let Some((_serial, cg, mut server)) =
+        start_in_cgroup(&cgroup, "chat_server", backend, limit, &[], 2048)
+    else {
         return;
     };
-    let mut server = ServerBuilder::new("chat_server")
-        .backend(backend)
-        .args(&["--metrics", "127.0.0.1:0", "--max-connections", "20000"])
-        .nofile_limit(2048)
-        .join_cgroup(cg.procs())
-        .start();
     let addr = server.addr;
     let budget = metric(&scrape(&server), "ringport_memory_budget_bytes", "");
     let members: Vec<TcpStream> = (0..200)
@@ -106,48 +102,11 @@ fn chat_200_silent_members_and_talkers_in_64_mib(backend: Backend) {
         let stop = stop.clone();
         thread::spawn(move || talk(talkers, stop))
     };
-    let start = Instant::now();
-    let mut max_rss = 0;
-    while start.elapsed() < Duration::from_secs(8) {
-        match rss_kib(server.pid()) {
-            Some(kib) if server.is_alive() => max_rss = max_rss.max(kib),
-            _ => break,
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    let alive = server.is_alive();
-    println!(
-        "{backend}: alive={alive} after {:?}, max RSS {} MiB, cgroup peak {:?} MiB, OOM kills {}",
-        start.elapsed(),
-        max_rss / 1024,
-        cg.peak().map(|p| p / MIB),
-        cg.oom_kills()
-    );
-    server.assert_alive("under 200 silent members and 8 talkers");
-    assert_eq!(
-        cg.oom_kills(),
-        0,
-        "the OOM killer ran in the server's cgroup"
-    );
-    assert!(
-        max_rss * 1024 < limit,
-        "RSS {max_rss} KiB not under the {limit}-byte limit"
-    );
-    // A newcomer is served while the talkers go on (refused at first, maybe).
-    let t = Instant::now();
-    let mut attempts = 0;
-    while !newcomer_served(addr) {
-        attempts += 1;
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "{backend}: no newcomer's NICK answered in 20 s ({attempts} attempts)"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    println!(
-        "{backend}: a newcomer served after {attempts} refusal(s), {:?}",
-        t.elapsed()
-    );
+    let hold = Duration::from_secs(8);
+    let under = "under 200 silent members and 8 talkers";
+    hold_within_limit(&mut server, &cg, backend, limit, hold, under, |_| {});
+    // A newcomer's NICK is answered while the talkers go on (refused at first, maybe).
+    served_within_20_s(backend, "a newcomer", || newcomer_served(addr));
     stop.store(true, Ordering::Relaxed);
     talk_thread.join().expect("talk thread");
 
@@ -157,30 +116,14 @@ fn chat_200_silent_members_and_talkers_in_64_mib(backend: Backend) {
         .filter(|m| (&mut &**m).write(b"x").is_err())
         .count() as u64;
     let m = scrape(&server);
-    let actions: Vec<u64> = ["shrink", "pause", "refuse", "reset"]
-        .iter()
-        .map(|a| {
-            metric(
-                &m,
-                "ringport_overload_actions_total",
-                &format!("action=\"{a}\""),
-            )
-        })
-        .collect();
+    let actions = overload_actions(&m);
     let peak = metric(&m, "ringport_memory_used_peak_bytes", "");
-    let closed = |reason: &str| {
-        sum_samples(
-            &m,
-            "ringport_connections_closed_total",
-            &format!("reason=\"{reason}\""),
-        ) as u64
-    };
-    let slow = closed("slow-consumer");
+    let slow = closed(&m, "slow-consumer");
     println!(
-        "{backend}: budget {} MiB, peak {} MiB, actions (shrink, pause, refuse, reset) {actions:?}, members dropped {dropped}, closed slow-consumer {slow} overload {}",
+        "{backend}: budget {} MiB, peak {} MiB, actions {actions:?}, members dropped {dropped}, closed slow-consumer {slow} overload {}",
         budget / MIB,
         peak / MIB,
-        closed("overload"),
+        closed(&m, "overload"),
     );
     assert!(
         peak <= budget,
@@ -189,9 +132,9 @@ fn chat_200_silent_members_and_talkers_in_64_mib(backend: Backend) {
     // Every member the server dropped is counted: reset for the budget (`overload`), or
     // disconnected by the room's stall rule (`slow-consumer`).
     assert!(
-        dropped <= actions[3] + slow,
+        dropped <= actions[3].1 + slow,
         "members dropped {dropped} but resets + slow disconnects counted {} + {slow}",
-        actions[3]
+        actions[3].1
     );
     drop(members);
     drop(server);

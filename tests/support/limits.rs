@@ -1,5 +1,6 @@
-//! Shared by `tests/limits.rs` and `tests/limits_shutdown.rs`: one-thread engines with small
-//! receive buffers, clients with small windows, and the probes the limit tests read.
+//! Shared by `tests/limits.rs`, `tests/limits_shutdown.rs` and `tests/typed_frames.rs`:
+//! one-thread engines with small receive buffers, clients with small windows, and the probes
+//! the limit tests read.
 
 #![allow(dead_code)]
 

@@ -1,10 +1,12 @@
 //! Shared by the library-level tests (`Engine` in-process, no example binaries): one test body
 //! run once per backend, and engine construction that skips (visibly) only where the kernel
 //! refuses io_uring (`Error::UringUnavailable`) — or fails, when `RINGPORT_TEST_REQUIRE_URING=1`
-//! says it must be there. Every other build error, on either backend, is a failure.
+//! says it must be there. Every other build error, on either backend, is a failure. The
+//! process-level harness (`tests/common`) includes this one as `common::support`.
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod limits;
 pub mod net;
 

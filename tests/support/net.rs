@@ -1,11 +1,14 @@
-//! Client-side helpers of the library-level tests that run on every OS (the process harness in
-//! `tests/common` is unix-only and has its own, richer set): a client with a small receive
-//! buffer, a slow reader, reading until the server closes, seeded random bytes.
+//! The client side both test harnesses share: the library-level tests (`tests/support`, on
+//! every OS) use it as `support::net`, and the process-level harness (`tests/common`,
+//! unix-only), which includes `tests/support` as `common::support`, re-exports it. Telling a reset from an
+//! EOF, reading until the server closes, a client with a small receive buffer, a slow reader,
+//! comparing bytes, and the seeded randomness the randomised tests replay.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Default socket read/write timeout of these clients.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,28 +36,40 @@ pub fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// Reads until the server closes the connection (EOF or reset) within `timeout`, or panics;
-/// returns what was read before and how it ended.
-pub fn expect_closed(s: &mut TcpStream, timeout: Duration, context: &str) -> (Vec<u8>, Closed) {
+/// Reads until EOF or reset within `timeout`; returns the bytes read and how it ended, or an
+/// error (with the bytes read so far in the message) on timeout.
+pub fn read_until_close(s: &mut TcpStream, timeout: Duration) -> io::Result<(Vec<u8>, Closed)> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let now = Instant::now();
-        assert!(
-            now < deadline,
-            "{context}: still open after {timeout:?} ({} bytes read)",
-            out.len()
-        );
-        s.set_read_timeout(Some(deadline - now)).unwrap();
+        if now >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "connection still open after {timeout:?} ({} bytes read: {:?})",
+                    out.len(),
+                    String::from_utf8_lossy(&out[..out.len().min(200)])
+                ),
+            ));
+        }
+        s.set_read_timeout(Some(deadline - now))?;
         match s.read(&mut buf) {
-            Ok(0) => return (out, Closed::Eof),
+            Ok(0) => return Ok((out, Closed::Eof)),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
-            Err(e) if is_reset(&e) => return (out, Closed::Reset),
-            Err(e) => panic!("{context}: reading after {} bytes: {e}", out.len()),
+            Err(e) if is_reset(&e) => return Ok((out, Closed::Reset)),
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// Asserts the server closes the connection (EOF or reset) within `timeout`; returns what was
+/// read before.
+pub fn expect_closed(s: &mut TcpStream, timeout: Duration, context: &str) -> (Vec<u8>, Closed) {
+    read_until_close(s, timeout)
+        .unwrap_or_else(|e| panic!("{context}: expected the server to close the connection: {e}"))
 }
 
 /// A client whose receive buffer is set to `rcvbuf` bytes BEFORE connecting (so the window it
@@ -73,29 +88,71 @@ pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
     s
 }
 
-/// `n` pseudo-random bytes from a fresh seed (printed; `RINGPORT_TEST_SEED=<n>` replays it).
-pub fn seeded_bytes(n: usize) -> Vec<u8> {
-    let seed = match std::env::var("RINGPORT_TEST_SEED") {
+/// The seed for randomised tests: `RINGPORT_TEST_SEED` to replay a run, else a fresh one per
+/// test run (the same for every test of this binary), printed by each test that uses it.
+pub fn test_seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| match std::env::var("RINGPORT_TEST_SEED") {
         Ok(s) => s
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("RINGPORT_TEST_SEED={s:?} is not a u64")),
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    };
-    println!("seed: {seed} (RINGPORT_TEST_SEED={seed} replays it)");
-    // xorshift64*, never seeded with zero.
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ (u64::from(std::process::id()) << 32)
+        }
+    });
+    println!("seed: {seed} (replay with RINGPORT_TEST_SEED={seed})");
+    seed
+}
+
+/// xorshift64* — small, seeded, reproducible.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // splitmix64 to spread small seeds; never zero.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        Rng(if z == 0 { 1 } else { z })
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    out.truncate(n);
-    out
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// In `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// `n` pseudo-random bytes from [`test_seed`] (printed; `RINGPORT_TEST_SEED=<n>` replays it).
+pub fn seeded_bytes(n: usize) -> Vec<u8> {
+    Rng::new(test_seed()).bytes(n)
 }
 
 /// How a slow client reads: at most `rate_bytes_per_sec` for `slow_for`, then at full speed.
@@ -150,14 +207,25 @@ pub fn send_half_close_read_slowly(
     (got, how, half_closed.elapsed())
 }
 
-/// `assert_eq!` for byte buffers with a compact message (lengths and first differing offset).
+/// `assert_eq!` for byte buffers with a compact message (first differing offset).
 pub fn assert_bytes_eq(got: &[u8], want: &[u8], context: &str) {
-    if got != want {
-        let first = got.iter().zip(want).position(|(a, b)| a != b);
-        panic!(
-            "{context}: got {} bytes, want {}; first difference at {first:?}",
-            got.len(),
-            want.len()
-        );
+    if got == want {
+        return;
     }
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let show = |b: &[u8]| {
+        let end = (first + 16).min(b.len());
+        format!("{:02x?}", &b[first.min(b.len())..end])
+    };
+    panic!(
+        "{context}: bytes differ: got {} bytes, want {}; first difference at offset {first}: got {} want {}",
+        got.len(),
+        want.len(),
+        show(got),
+        show(want)
+    );
 }

@@ -25,6 +25,20 @@
 //! count comes back to its count before the attack). Every figure is printed; every failed
 //! check is collected and reported together, after the SIGTERM check has run.
 
+/// `hostile_cases! { name => case; ... }`: each row becomes `fn name(Backend)` running
+/// [`run`] on its case, and the tests `name::epoll` and `name::uring`.
+#[allow(unused_macros)] // used by the two hostile test files only
+macro_rules! hostile_cases {
+    ($($name:ident => $case:expr;)+) => {
+        $(
+            fn $name(b: $crate::common::Backend) {
+                $crate::common::hostile::run(stringify!($name), &$case, b)
+            }
+        )+
+        backend_tests!("echo_server"; $($name),+);
+    };
+}
+
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::thread;
