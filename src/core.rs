@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::budget::Budget;
 use crate::handle::{ConnShared, ConnectionHandle, Inbox};
 use crate::info::{CloseReason, ConnInfo};
-use crate::layer::{Layer, Stack};
+use crate::layer::Stack;
 use crate::machine::{Actions, Event, Machine};
 use crate::sockopt::SocketOptions;
 use crate::stats::{ServerStats, ThreadStats};
@@ -363,9 +363,8 @@ impl Slots {
 /// An outgoing connection a callback asked for (`Conn::connect`): opened by the engine right
 /// after the callback returns, on this IO thread.
 pub(crate) struct ConnectRequest {
-    /// Layers of the new connection (TLS client), bottom first, or why they cannot be made.
-    pub layers: Result<Vec<Box<dyn Layer>>, String>,
-    pub handshake_timeout: Duration,
+    /// The new connection's layers (a TLS client; `None`: plain), or why they cannot be made.
+    pub layers: Result<Option<Stack>, CloseReason>,
     /// Bytes sent first once connected (`ConnectOptions::preamble`).
     pub preamble: Vec<u8>,
     pub token: Token,

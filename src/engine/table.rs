@@ -200,7 +200,7 @@ impl State {
         let c = &mut e.core;
         let server = &self.servers[c.server];
         let stats = &self.ctx.stats[c.server].threads[self.index];
-        stats.count_origin(c.info.proxy.as_deref());
+        crate::layer::count_origin(stats, &c.info);
         let (Some(peers), Some(ip)) = (&server.peers, c.info.limited_ip()) else {
             return true;
         };
