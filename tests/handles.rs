@@ -210,6 +210,8 @@ fn a_watcher_fires_at_once_under_the_default_low_watermark(kind: BackendKind) {
 enum SelfWatch {
     /// `notify_when_writable` on its own handle, from the callback that filled the queue.
     OwnHandle,
+    /// `Conn::notify_when_drained`.
+    Drained,
 }
 
 /// Fills its own queue on the first frame (`SELF_BYTES`, far above the high watermark) and
@@ -229,6 +231,7 @@ impl Handler for Filler {
                 let me = conn.handle();
                 me.notify_when_writable(&me, 9);
             }
+            SelfWatch::Drained => conn.notify_when_drained(9),
         }
     }
     fn on_writable(&mut self, conn: &mut Conn<'_>, value: u64) {
@@ -288,6 +291,10 @@ fn a_watch_on_its_own_queue_waits_for_the_low_watermark(kind: BackendKind, how: 
 
 fn a_watch_on_its_own_handle_waits_for_the_low_watermark(kind: BackendKind) {
     a_watch_on_its_own_queue_waits_for_the_low_watermark(kind, SelfWatch::OwnHandle);
+}
+
+fn notify_when_drained_waits_for_the_low_watermark(kind: BackendKind) {
+    a_watch_on_its_own_queue_waits_for_the_low_watermark(kind, SelfWatch::Drained);
 }
 
 /// Once the engine has stopped, what is kept of it says so: the connector refuses with
@@ -364,5 +371,6 @@ on_every_backend!(
     many_writes_from_another_thread_arrive_in_order,
     a_watcher_fires_at_once_under_the_default_low_watermark,
     a_watch_on_its_own_handle_waits_for_the_low_watermark,
+    notify_when_drained_waits_for_the_low_watermark,
     a_stopped_engine_refuses_connects_and_shutdown_waits_for_nothing,
 );

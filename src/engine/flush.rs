@@ -38,10 +38,19 @@ impl State {
     }
 
     fn flush_one(&mut self, backend: &mut dyn Backend, token: Token) {
-        let Some(e) = self.entry(token) else {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
             return;
         };
         e.core.m.clear_dirty();
+        // The handler's watch on its own queue first (`Conn::notify_when_drained`): its
+        // `on_writable` may write or close, and the rest of the flush carries that out.
+        if e.core.m.drain_watched() {
+            let low = e.core.queued() <= e.core.write_low;
+            if e.core.m.flush_watch(low).has(Actions::RUN_WRITABLE) {
+                let value = e.core.drain_value();
+                e.app.writable(&mut e.core, &mut self.ctx, token, value);
+            }
+        }
         // Input held back (paused, held frame) is delivered first once frames are wanted again.
         if e.core.wants_frames() && !e.core.rbuf.is_empty() {
             self.pump(token);

@@ -510,6 +510,13 @@ impl State {
                 e.app.writable(&mut e.core, &mut self.ctx, token, value);
                 self.ctx.mark_dirty(token, &mut e.core);
             }
+            HandleMsg::WatchDrain { token, gen, value } => {
+                let Some(e) = self.entry_gen(token, gen) else {
+                    return;
+                };
+                e.core.watch_drain(value);
+                self.mark(token);
+            }
             HandleMsg::WorkDone { token, gen } => {
                 let now = self.ctx.now;
                 let Some(e) = self.entry_gen(token, gen) else {
