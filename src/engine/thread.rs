@@ -23,7 +23,7 @@ use crate::core::{BufPool, ConnCore, ConnectRequest, DynConn, Slots, ThreadCtx};
 use crate::handle::Inbox;
 use crate::handler::ConnectOptions;
 use crate::info::{CloseReason, ConnInfo};
-use crate::machine::{Actions, Event as M, Machine};
+use crate::machine::{layered, Actions, Event as M, Machine};
 use crate::stats::LoopStats;
 use crate::sys::{self, Backend, BackendConfig, Event};
 use crate::timers::Timers;
@@ -410,9 +410,8 @@ impl IoThread {
         match layers {
             Ok(None) => {}
             Ok(Some(mut stack)) => {
-                if let Err(reason) = stack.start(st.ctx.now) {
-                    core.on(M::LayerFailed(reason));
-                }
+                let a = layered::start(&mut core.m, &mut stack, &[], st.ctx.now);
+                core.apply(a);
                 core.layers = Some(Box::new(stack));
             }
             Err(reason) => {
@@ -445,24 +444,16 @@ impl IoThread {
             .as_deref_mut()
             .map(|r| std::mem::take(&mut r.preamble))
             .unwrap_or_default();
-        if !preamble.is_empty() {
-            if let Some(stack) = c.layers.as_mut() {
-                debug_assert!(
-                    stack.wire.is_empty(),
-                    "nothing is wrapped before the connect"
-                );
-                stack.wire.extend_from_slice(&preamble);
-            } else {
-                c.out.splice(0..0, preamble);
-            }
-        }
-        if let Some(stack) = c.layers.as_mut() {
-            // The TLS client speaks first; `on_open` waits for the handshake.
-            if let Err(reason) = stack.start(st.ctx.now) {
-                c.on(M::LayerFailed(reason));
-            }
+        if let Some(stack) = c.layers.as_deref_mut() {
+            // The preamble first, then the TLS client speaks; `on_open` waits for the
+            // handshake.
+            let a = layered::start(&mut c.m, stack, &preamble, st.ctx.now);
+            c.apply(a);
             st.ctx.mark_dirty(token, c);
             return;
+        }
+        if !preamble.is_empty() {
+            c.out.splice(0..0, preamble);
         }
         st.open_conn(token);
     }

@@ -25,6 +25,7 @@
 
 mod events;
 mod flush;
+pub(crate) mod layered;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod script;
 #[cfg(test)]
