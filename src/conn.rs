@@ -272,6 +272,54 @@ impl<'a> Conn<'a> {
         self.core.queued()
     }
 
+    /// Asks for [`Handler::on_writable`](crate::Handler::on_writable) with `value` once this
+    /// connection's own write queue ([`Conn::queued_bytes`]: queued, in flight, and what
+    /// handles posted) is at or under its low write watermark, counting what this callback
+    /// wrote. A handler that stops producing for a slow reader (pauses reading, holds a
+    /// frame, leaves a long reply half built) goes on here.
+    ///
+    /// - One-shot; asked again before it fires, it keeps the last `value`.
+    /// - Checked at the end of each loop turn in which the connection has anything to flush
+    ///   or a send completes: if the queue is already low, `on_writable` runs at the end of
+    ///   this turn. So ask after writing, not in a loop that writes nothing (that would run
+    ///   `on_writable` every turn).
+    /// - A close asked meanwhile (by the handler, a handle, a timeout, the shutdown) fires it
+    ///   too, as it tells a handle's watchers: the connection then takes no more writes
+    ///   ([`Conn::is_writable`] is `false`). A reset drops it; only `on_close` follows.
+    ///
+    /// [`ConnectionHandle::notify_when_writable`] on this connection's own handle does the
+    /// same (from any thread). A handle sees a callback's writes only once the loop turn
+    /// ends, so watching another connection is where handles are for.
+    ///
+    /// ```
+    /// # use ringport::{Conn, Frame, Handler};
+    /// // Streams a large reply without holding more than the high watermark of it.
+    /// struct Stream { left: usize }
+    /// impl Handler for Stream {
+    ///     fn on_frame(&mut self, conn: &mut Conn<'_>, _frame: Frame<'_>) {
+    ///         self.left = 64 << 20;
+    ///         conn.pause_reading();
+    ///         self.on_writable(conn, 0);
+    ///     }
+    ///     fn on_writable(&mut self, conn: &mut Conn<'_>, _: u64) {
+    ///         while self.left > 0 && conn.is_writable() {
+    ///             let n = self.left.min(64 << 10);
+    ///             conn.write(&vec![b'x'; n]);
+    ///             self.left -= n;
+    ///         }
+    ///         if self.left > 0 {
+    ///             conn.notify_when_drained(0); // the reader has to catch up first
+    ///         } else {
+    ///             conn.resume_reading();
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn notify_when_drained(&mut self, value: u64) {
+        self.core.watch_drain(value);
+        self.dirty();
+    }
+
     /// Whether the connection is open and its queue below the server's high write watermark
     /// (what a [`ConnectionHandle::write`] would need to be accepted). `false` once a close
     /// has begun or the write side is shut.

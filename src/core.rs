@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::budget::Budget;
 use crate::handle::{ConnShared, ConnectionHandle, Inbox};
 use crate::info::{CloseReason, ConnInfo};
-use crate::layer::{Layer, Stack};
+use crate::layer::Stack;
 use crate::machine::{Actions, Event, Machine};
 use crate::sockopt::SocketOptions;
 use crate::stats::{ServerStats, ThreadStats};
@@ -44,6 +44,9 @@ pub(crate) struct Rare {
     /// Since when the connection has held a large share of the memory budget (the overload
     /// reset picks the biggest, longest holders).
     pub holding_since: Option<Instant>,
+    /// The `on_writable` value of the handler's watch on its own queue (`watch_drain`; 0 is
+    /// not stored).
+    pub drain_value: u64,
 }
 
 /// The engine's per-connection state (the handler's own state is the `Handler` value).
@@ -134,6 +137,21 @@ impl ConnCore {
         if a.has(Actions::KILL_HANDLES) {
             self.kill_handles();
         }
+    }
+
+    /// Watches the connection's own queue: `on_writable` with `value` once it is at or under
+    /// the low watermark as the end-of-turn flush counts it (`Conn::notify_when_drained`, or
+    /// a handle's `notify_when_writable` on its own connection).
+    pub(crate) fn watch_drain(&mut self, value: u64) -> Actions {
+        if value != 0 || self.rare.is_some() {
+            self.rare_mut().drain_value = value;
+        }
+        self.on(Event::WatchDrain)
+    }
+
+    /// The value of the drain watch due now.
+    pub(crate) fn drain_value(&self) -> u64 {
+        self.rare.as_ref().map_or(0, |r| r.drain_value)
     }
 
     /// The connection's rarely used state, allocated on first use.
@@ -363,9 +381,8 @@ impl Slots {
 /// An outgoing connection a callback asked for (`Conn::connect`): opened by the engine right
 /// after the callback returns, on this IO thread.
 pub(crate) struct ConnectRequest {
-    /// Layers of the new connection (TLS client), bottom first, or why they cannot be made.
-    pub layers: Result<Vec<Box<dyn Layer>>, String>,
-    pub handshake_timeout: Duration,
+    /// The new connection's layers (a TLS client; `None`: plain), or why they cannot be made.
+    pub layers: Result<Option<Stack>, CloseReason>,
     /// Bytes sent first once connected (`ConnectOptions::preamble`).
     pub preamble: Vec<u8>,
     pub token: Token,

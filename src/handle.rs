@@ -48,6 +48,13 @@ pub(crate) enum HandleMsg {
         gen: u64,
         value: u64,
     },
+    /// `notify_when_writable` on the connection's own handle: the owning IO thread watches
+    /// its exact queue (`ConnCore::watch_drain`).
+    WatchDrain {
+        token: usize,
+        gen: u64,
+        value: u64,
+    },
     /// A [`Work`] ended (after every write it made, same FIFO).
     WorkDone {
         token: usize,
@@ -285,6 +292,11 @@ impl ConnectionHandle {
     /// fires at once (through the watcher's IO thread) if the queue is already low. This is
     /// how a proxy resumes reading the side that feeds a full connection.
     ///
+    /// A connection watching itself (`watcher` is a handle of this same connection) is
+    /// [`Conn::notify_when_drained`](crate::Conn::notify_when_drained): the owning IO thread
+    /// checks its own queue at the end of the loop turn, so the writes of the callback that
+    /// asks are counted (a reset drops the watch).
+    ///
     /// ```
     /// # use std::io::{Read, Write};
     /// # use ringport::{codec::Raw, ConnectOptions, Engine, Server};
@@ -346,6 +358,21 @@ impl ConnectionHandle {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn notify_when_writable(&self, watcher: &ConnectionHandle, value: u64) {
+        // Its own connection: the owning IO thread looks at its exact queue when the loop
+        // turn ends (asked from one of its callbacks, the backlog seen here lacks what the
+        // callback wrote, and the watch would fire at once).
+        if Arc::ptr_eq(&self.shared, &watcher.shared)
+            && self.is_open()
+            && self
+                .post(HandleMsg::WatchDrain {
+                    token: self.token,
+                    gen: self.gen,
+                    value,
+                })
+                .is_ok()
+        {
+            return;
+        }
         {
             let mut w = self
                 .shared

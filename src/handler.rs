@@ -209,18 +209,17 @@ impl ConnectOptions {
         self
     }
 
-    /// The layers these options ask for, bottom first; `Err` if one cannot be made.
-    pub(crate) fn layers(&self) -> Result<Vec<Box<dyn crate::layer::Layer>>, String> {
+    /// The layers these options ask for (a TLS client), built where every stack is
+    /// ([`LayerSpec`](crate::layer::LayerSpec)); `Err`: one cannot be made.
+    pub(crate) fn layers(&self) -> Result<Option<crate::layer::Stack>, CloseReason> {
         #[allow(unused_mut)]
-        let mut layers: Vec<Box<dyn crate::layer::Layer>> = Vec::new();
+        let mut spec = crate::layer::LayerSpec::default();
+        spec.set_handshake_timeout(self.handshake_timeout);
         #[cfg(feature = "tls")]
         if let Some((config, name)) = &self.tls {
-            layers.push(Box::new(crate::layer::tls::TlsLayer::client(
-                config,
-                name.clone(),
-            )?));
+            spec.tls_client(config.clone(), name.clone());
         }
-        Ok(layers)
+        spec.stack()
     }
     /// The request an IO thread opens: these options for a connection to `addr` in slot
     /// (`token`, `gen`), with the state its handle shares if one was handed out already.
@@ -234,7 +233,6 @@ impl ConnectOptions {
         ConnectRequest {
             layers: self.layers(),
             preamble: self.preamble,
-            handshake_timeout: self.handshake_timeout,
             token,
             gen,
             addr,

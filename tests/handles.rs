@@ -205,6 +205,98 @@ fn a_watcher_fires_at_once_under_the_default_low_watermark(kind: BackendKind) {
     running.join();
 }
 
+/// How a handler asks to hear when its own queue is back under the low watermark.
+#[derive(Clone, Copy)]
+enum SelfWatch {
+    /// `notify_when_writable` on its own handle, from the callback that filled the queue.
+    OwnHandle,
+    /// `Conn::notify_when_drained`.
+    Drained,
+}
+
+/// Fills its own queue on the first frame (`SELF_BYTES`, far above the high watermark) and
+/// asks, in the same callback, to hear when the queue is back under the low watermark;
+/// reports `(value, queued bytes)` from `on_writable`.
+struct Filler {
+    how: SelfWatch,
+    writable: mpsc::Sender<(u64, usize)>,
+}
+const SELF_BYTES: usize = 1 << 20;
+const SELF_LOW: usize = 64 << 10;
+impl Handler for Filler {
+    fn on_frame(&mut self, conn: &mut Conn<'_>, _frame: Frame<'_>) {
+        conn.write(&vec![0x5a; SELF_BYTES]);
+        match self.how {
+            SelfWatch::OwnHandle => {
+                let me = conn.handle();
+                me.notify_when_writable(&me, 9);
+            }
+            SelfWatch::Drained => conn.notify_when_drained(9),
+        }
+    }
+    fn on_writable(&mut self, conn: &mut Conn<'_>, value: u64) {
+        let _ = self.writable.send((value, conn.queued_bytes()));
+    }
+}
+
+/// A connection that watches its own queue hears of it only once the queue is at or under
+/// the low watermark, counting the bytes the watching callback itself wrote: 1 MiB queued
+/// (watermarks 64 KiB / 256 KiB, 4 KiB socket buffers) to a client that reads only after
+/// asking. Before the fix the watch fired at once with the whole 1 MiB still queued (the
+/// handles' backlog counts a callback's writes only when the loop turn ends), so a handler
+/// could not wait for its own reader (`resp_server` asked from a 1 ms timer instead).
+fn a_watch_on_its_own_queue_waits_for_the_low_watermark(kind: BackendKind, how: SelfWatch) {
+    let Some(mut engine) = support::engine(kind, 1) else {
+        return;
+    };
+    let (wtx, writable) = mpsc::channel();
+    let wtx = Mutex::new(wtx);
+    let server = engine
+        .add_server(
+            Server::new("127.0.0.1:0".parse().unwrap(), Raw, move |_| Filler {
+                how,
+                writable: wtx.lock().unwrap().clone(),
+            })
+            .write_watermarks(SELF_LOW, 256 << 10)
+            .socket_options(SocketOptions::default().send_buffer(Some(4096))),
+        )
+        .unwrap();
+    let running = engine.start().unwrap();
+    let mut c = {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&server.local_addr().into()).unwrap();
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    use std::io::Write;
+    c.write_all(b"go").unwrap();
+    let mut got = vec![0u8; SELF_BYTES];
+    c.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0x5a));
+    let (value, queued) = writable
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no on_writable after the client read everything");
+    println!("on_writable with {queued} bytes queued (low watermark {SELF_LOW})");
+    assert_eq!(value, 9);
+    assert!(
+        queued <= SELF_LOW,
+        "on_writable with {queued} bytes queued, above the low watermark ({SELF_LOW})"
+    );
+    running.shutdown_handle().shutdown();
+    running.join();
+}
+
+fn a_watch_on_its_own_handle_waits_for_the_low_watermark(kind: BackendKind) {
+    a_watch_on_its_own_queue_waits_for_the_low_watermark(kind, SelfWatch::OwnHandle);
+}
+
+fn notify_when_drained_waits_for_the_low_watermark(kind: BackendKind) {
+    a_watch_on_its_own_queue_waits_for_the_low_watermark(kind, SelfWatch::Drained);
+}
+
 /// Once the engine has stopped, what is kept of it says so: the connector refuses with
 /// `EngineStopped` (not an `Ok` for a connect that no thread will make), and
 /// `shutdown_and_wait` returns `true` at once (every IO thread closed its listeners; none is
@@ -278,5 +370,7 @@ on_every_backend!(
     notify_reaches_on_notify_after_earlier_writes,
     many_writes_from_another_thread_arrive_in_order,
     a_watcher_fires_at_once_under_the_default_low_watermark,
+    a_watch_on_its_own_handle_waits_for_the_low_watermark,
+    notify_when_drained_waits_for_the_low_watermark,
     a_stopped_engine_refuses_connects_and_shutdown_waits_for_nothing,
 );

@@ -37,7 +37,7 @@
 //!   for: past 4 MiB nothing more is built for it. Its next command is held back
 //!   ([`Conn::hold_frame`]), and an `MGET` stops between two values and keeps the keys it has
 //!   not answered; the connection stops reading and asks to hear when its queue is back
-//!   under the low write watermark ([`ConnectionHandle::notify_when_writable`] on itself),
+//!   under the low write watermark ([`Conn::notify_when_drained`]),
 //!   then the reply goes on where it stopped (`INFO`: `reply_waits`). The same stop obeys
 //!   the process's memory budget ([`Conn::budget`], `--memory-budget`): under its `pause`
 //!   level the rest of an `MGET` waits and so does the next command of a connection with
@@ -62,7 +62,7 @@ use clap::Parser;
 use ringport::cli;
 use ringport::codec::resp::{protocol_error_reply, Command};
 use ringport::codec::{DecodeError, Decoded, Decoder, Encoder, Resp};
-use ringport::{CloseReason, Conn, ConnInfo, ConnectionHandle, Frame, Handler, Pressure, Server};
+use ringport::{CloseReason, Conn, ConnInfo, Frame, Handler, Pressure, Server};
 
 use resp_commands::{
     count_wait, execute, may_build, resume, Client, Flow, Stats, REPLY_QUEUE_HIGH,
@@ -91,8 +91,11 @@ const COMMAND_ROOM: usize = 1 << 20;
 /// How often a connection with replies queued re-reads its queue for `--maxmemory`.
 const QUEUE_REFRESH: Duration = Duration::from_millis(100);
 const REFRESH_TIMER: u64 = 1;
-/// Asks for `on_writable` a loop turn after the wait began (see `wait_for_reader`).
+/// A wait for the memory budget looks again (see `Session::watch`).
 const WAIT_TIMER: u64 = 2;
+/// How soon a connection whose reply waits for the memory budget looks again (then, with
+/// replies queued, it waits for them to drain under the low watermark).
+const BUDGET_POLL: Duration = Duration::from_millis(1);
 /// How often a connection waiting for the memory budget's pressure to fall looks again.
 const BUDGET_RETRY: Duration = Duration::from_millis(10);
 
@@ -135,14 +138,24 @@ struct Session {
 
 impl Session {
     /// Stops reading until the queue is back under the low write watermark; then
-    /// `on_writable` goes on with the reply (or the held command). The watch is asked for
-    /// from a timer a loop turn later: the handle sees this callback's writes only once the
-    /// engine has flushed them, and asked now it would fire at once.
+    /// `on_writable` goes on with the reply (or the held command).
     fn wait_for_reader(&mut self, conn: &mut Conn<'_>) {
         if !self.waiting {
             self.waiting = true;
             conn.pause_reading();
-            conn.set_timer(WAIT_TIMER, Duration::from_millis(1));
+            self.watch(conn);
+        }
+    }
+
+    /// What ends the wait: the client reading its queue down (`notify_when_drained`, which
+    /// counts the replies this callback wrote), or, when the memory budget stopped the reply
+    /// (the queue is under `REPLY_QUEUE_HIGH`: a drain watch could fire at once, every
+    /// turn), a look again a moment later.
+    fn watch(&mut self, conn: &mut Conn<'_>) {
+        if conn.queued_bytes() > REPLY_QUEUE_HIGH {
+            conn.notify_when_drained(0);
+        } else {
+            conn.set_timer(WAIT_TIMER, BUDGET_POLL);
         }
     }
 
@@ -200,16 +213,13 @@ impl Handler for Session {
     fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) {
         self.client.release_reserved(); // a turn later: the engine counts the queue now
         if id == WAIT_TIMER {
-            let me: ConnectionHandle = conn.handle();
-            if self.waiting
-                && conn.queued_bytes() == 0
-                && self.client.budget.pressure() >= Pressure::Refuse
-            {
-                // Waiting for the budget, not for the client: look again in a while (the
-                // queue is empty, a writable watch would fire at once).
-                conn.set_timer(WAIT_TIMER, BUDGET_RETRY);
-            } else if self.waiting && me.is_open() {
-                me.notify_when_writable(&me, 0);
+            if self.waiting {
+                if conn.queued_bytes() == 0 && self.client.budget.pressure() >= Pressure::Refuse {
+                    // Nothing of ours to drain: look again in a while.
+                    conn.set_timer(WAIT_TIMER, BUDGET_RETRY);
+                } else {
+                    conn.notify_when_drained(0); // at the end of this turn if already low
+                }
             }
         } else {
             self.refresh_armed = false;

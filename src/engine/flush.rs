@@ -11,7 +11,7 @@
 use tracing::debug;
 
 use crate::core::Token;
-use crate::machine::{Actions, Event};
+use crate::machine::{layered, Actions, Event};
 use crate::sys::Backend;
 
 use super::table::State;
@@ -38,10 +38,19 @@ impl State {
     }
 
     fn flush_one(&mut self, backend: &mut dyn Backend, token: Token) {
-        let Some(e) = self.entry(token) else {
+        let Some(e) = self.entries.get_mut(token).and_then(Option::as_mut) else {
             return;
         };
         e.core.m.clear_dirty();
+        // The handler's watch on its own queue first (`Conn::notify_when_drained`): its
+        // `on_writable` may write or close, and the rest of the flush carries that out.
+        if e.core.m.drain_watched() {
+            let low = e.core.queued() <= e.core.write_low;
+            if e.core.m.flush_watch(low).has(Actions::RUN_WRITABLE) {
+                let value = e.core.drain_value();
+                e.app.writable(&mut e.core, &mut self.ctx, token, value);
+            }
+        }
         // Input held back (paused, held frame) is delivered first once frames are wanted again.
         if e.core.wants_frames() && !e.core.rbuf.is_empty() {
             self.pump(token);
@@ -72,24 +81,15 @@ impl State {
         }
         // Layers (TLS) turn the handler's plaintext into wire bytes, and end a graceful close
         // or half-close with their own last bytes (close_notify) once everything is answered.
-        if let Some(stack) = c.layers.as_mut() {
-            if c.m.opened() && !c.out.is_empty() {
-                if stack.is_closed() {
-                    // Written after close_notify was queued: on plaintext the same write would
-                    // come after the FIN. Dropped alike (the handles already answer `Closed`).
-                    debug!(peer = %c.info.peer, bytes = c.out.len(), "write after the layers closed (close_notify, or a failure) dropped");
-                    c.out.clear();
-                } else {
-                    if stack.wire.capacity() == 0 {
-                        stack.wire = self.ctx.bufs.get();
-                    }
-                    let r = stack.send(&c.out);
-                    c.out.clear();
-                    if let Err(reason) = r {
-                        c.on(Event::LayerFailed(reason));
-                    }
-                }
+        if let Some(stack) = c.layers.as_deref_mut() {
+            let bufs = &mut self.ctx.bufs;
+            let e = layered::encode(&mut c.m, stack, &mut c.out, || bufs.get());
+            if e.dropped > 0 {
+                // Written after close_notify was queued: on plaintext the same write would
+                // come after the FIN. Dropped alike (the handles already answer `Closed`).
+                debug!(peer = %c.info.peer, bytes = e.dropped, "write after the layers closed (close_notify, or a failure) dropped");
             }
+            c.apply(e.actions);
         }
         // close_notify goes where plaintext's FIN would: once the stack is established (a FIN
         // mid-handshake ends an outgoing connection's handshake) and nothing queued or in
@@ -99,11 +99,9 @@ impl State {
         let a =
             c.m.flush_send(unsent, c.has_last_words(), c.layers.is_some());
         if a.has(Actions::FINISH_LAYERS) {
-            if let Some(stack) = c.layers.as_mut() {
-                if !stack.is_closed() {
-                    stack.finish(); // once; nothing after a failure
-                    c.kill_handles();
-                }
+            if let Some(stack) = c.layers.as_deref_mut() {
+                let finished = layered::finish(stack); // once; nothing after a failure
+                c.apply(finished);
             }
         }
         // One send in flight per connection; everything queued meanwhile goes in the next.

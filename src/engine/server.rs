@@ -11,10 +11,7 @@ use crate::codec::{Decoder, ItemDecoder};
 use crate::core::DynConn;
 use crate::handler::{Handler, ItemHandler, Items, Typed};
 use crate::info::ConnInfo;
-use crate::layer::proxy::ProxyLayer;
-use crate::layer::{
-    Layer, LayerFactory, ProxyProtocol, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROXY_HEADER_TIMEOUT,
-};
+use crate::layer::{LayerSpec, ProxyProtocol};
 use crate::listen::{ListenAddr, UNIX_PLACEHOLDER_ADDR};
 use crate::sockopt::SocketOptions;
 use crate::stats::ServerStats;
@@ -51,41 +48,12 @@ pub(crate) struct Limits {
     pub max_connections_per_ip: Option<usize>,
     /// Connections per second per address, and the burst allowed above it.
     pub accept_rate_per_ip: Option<(u32, u32)>,
-    /// Each accepted connection's layers above the PROXY header, bottom first.
-    pub layers: Vec<LayerFactory>,
-    pub handshake_timeout: Duration,
-    /// The PROXY protocol layer, always the bottom one.
-    pub proxy: Option<ProxyProtocol>,
-    pub proxy_header_timeout: Duration,
+    /// Each accepted connection's layers (PROXY header, TLS): built per connection by the
+    /// layer module, which the engine knows only as "a layer stack".
+    pub layers: LayerSpec,
     /// New connections are taken whatever the memory budget's pressure (the metrics server:
     /// the operator's view of an overload must stay open).
     pub overload_exempt: bool,
-}
-
-impl Limits {
-    /// Whether accepted connections have layers.
-    pub(crate) fn layered(&self) -> bool {
-        self.proxy.is_some() || !self.layers.is_empty()
-    }
-
-    /// Whether a layer names the client (a PROXY header): the per-IP limits wait for it
-    /// instead of counting the peer at accept.
-    pub(crate) fn layers_name_client(&self) -> bool {
-        self.proxy.is_some()
-    }
-
-    /// A new connection's layers, bottom (socket side) first: the PROXY header below
-    /// everything else.
-    pub(crate) fn make_layers(&self) -> Result<Vec<Box<dyn Layer>>, String> {
-        let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(self.layers.len() + 1);
-        if let Some(mode) = self.proxy {
-            layers.push(Box::new(ProxyLayer::new(mode, self.proxy_header_timeout)));
-        }
-        for f in &self.layers {
-            layers.push(f()?);
-        }
-        Ok(layers)
-    }
 }
 
 impl Default for Limits {
@@ -102,10 +70,7 @@ impl Default for Limits {
             exclusive_address: false,
             max_connections_per_ip: None,
             accept_rate_per_ip: None,
-            layers: Vec::new(),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            proxy: None,
-            proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
+            layers: LayerSpec::default(),
             overload_exempt: false,
         }
     }
@@ -334,11 +299,7 @@ impl Server {
     /// ```
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
-        let config = crate::layer::tls::server_config(config);
-        self.limits.layers.push(Arc::new(move || {
-            crate::layer::tls::TlsLayer::server(&config)
-                .map(|l| Box::new(l) as Box<dyn crate::layer::Layer>)
-        }));
+        self.limits.layers.tls_server(config);
         self
     }
 
@@ -352,22 +313,22 @@ impl Server {
     /// Per-IP limits then apply to the header's client address (see
     /// [`max_connections_per_ip`](Server::max_connections_per_ip)).
     pub fn proxy_protocol(mut self, mode: ProxyProtocol) -> Self {
-        self.limits.proxy = Some(mode);
+        self.limits.layers.set_proxy(mode);
         self
     }
 
     /// How long a connection may take to deliver its PROXY header from accept (default
-    /// [`DEFAULT_PROXY_HEADER_TIMEOUT`]); the handshake timeout still bounds the layers
+    /// [`DEFAULT_PROXY_HEADER_TIMEOUT`](crate::DEFAULT_PROXY_HEADER_TIMEOUT)); the handshake timeout still bounds the layers
     /// together.
     pub fn proxy_header_timeout(mut self, timeout: Duration) -> Self {
-        self.limits.proxy_header_timeout = timeout;
+        self.limits.layers.set_proxy_header_timeout(timeout);
         self
     }
 
     /// How long a connection's layers (the TLS handshake) may take before it is reset
-    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.limits.handshake_timeout = timeout;
+        self.limits.layers.set_handshake_timeout(timeout);
         self
     }
 

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use crate::core::{ConnCore, DynConn, Slots, ThreadCtx, Token};
 use crate::handle::HandleMsg;
 use crate::info::CloseReason;
-use crate::machine::{Actions, Event, Life, Tick, TickFacts};
+use crate::machine::{layered, Actions, Event, Life, Tick, TickFacts};
 use crate::timers::Due;
 
 use super::server::SharedServer;
@@ -154,36 +154,28 @@ impl State {
             return;
         };
         let c = &mut e.core;
-        if !c.m.layers_take_input() {
+        let stack = c.layers.as_deref_mut().expect("layered");
+        let Some(r) = layered::receive(&mut c.m, stack, &mut c.info, data, &mut plain) else {
             self.plain = plain;
             return;
-        }
-        let stack = c.layers.as_mut().expect("layered");
-        let result = stack.receive(data, &mut plain);
-        let ready = stack.ready();
-        let named = matches!(result, Ok(r) if r.client_named);
-        if named {
-            stack.describe(&mut c.info);
-        }
+        };
+        c.apply(r.actions);
         self.ctx.mark_dirty(token, c);
-        let (opened, server) = (c.m.opened(), c.server);
-        match result {
-            Err(reason) => {
-                warn!(peer = %c.info.peer, %reason, "closing connection: layer failed");
-                c.on(Event::LayerFailed(reason));
+        let server = c.server;
+        if let Some(reason) = &r.failed {
+            warn!(peer = %c.info.peer, %reason, "closing connection: layer failed");
+        } else if r.named && !self.client_named(token) {
+            // refused by a per-IP limit
+        } else {
+            if r.ready {
+                self.ctx.stats[server].threads[self.index].handshakes.add(1);
+                self.open_conn(token);
             }
-            Ok(_) if named && !self.client_named(token) => {} // refused by a per-IP limit
-            Ok(input) => {
-                if ready && !opened {
-                    self.ctx.stats[server].threads[self.index].handshakes.add(1);
-                    self.open_conn(token);
-                }
-                if !plain.is_empty() {
-                    self.deliver(token, &plain);
-                }
-                if input.eof {
-                    self.on_read_closed(token);
-                }
+            if !plain.is_empty() {
+                self.deliver(token, &plain);
+            }
+            if r.eof {
+                self.on_read_closed(token);
             }
         }
         plain.clear();
@@ -200,7 +192,7 @@ impl State {
         let c = &mut e.core;
         let server = &self.servers[c.server];
         let stats = &self.ctx.stats[c.server].threads[self.index];
-        stats.count_origin(c.info.proxy.as_deref());
+        crate::layer::count_origin(stats, &c.info);
         let (Some(peers), Some(ip)) = (&server.peers, c.info.limited_ip()) else {
             return true;
         };
@@ -228,8 +220,7 @@ impl State {
             return; // opened already
         }
         if let Some(stack) = c.layers.as_deref_mut() {
-            stack.opened();
-            stack.describe(&mut c.info);
+            layered::opened(stack, &mut c.info);
         }
         if a.has(Actions::RUN_OPEN) {
             e.app.open(&mut e.core, &mut self.ctx, token);
@@ -313,10 +304,10 @@ impl State {
         let c = &mut e.core;
         let before = (c.m.read_closed(), c.m.opened(), c.m.life());
         // With layers not ready yet, the EOF ends the connection for a reason of their own.
-        let layer_eof = match &c.layers {
-            Some(l) if !c.m.opened() => Some(l.eof_reason()),
-            _ => None,
-        };
+        let layer_eof = c
+            .layers
+            .as_deref()
+            .and_then(|l| layered::eof_reason(&c.m, l));
         let a = c.on(Event::PeerEof { layer_eof });
         match before {
             (true, ..) => return, // TCP's EOF after the layer's own end of stream
@@ -330,7 +321,7 @@ impl State {
                 self.mark(token);
                 return;
             }
-            (_, _, Life::Open) if c.layers.as_ref().is_some_and(|s| !s.eof()) => {
+            (_, _, Life::Open) if c.layers.as_deref().is_some_and(layered::truncated) => {
                 debug!(peer = %c.info.peer, "TLS connection truncated: EOF without close_notify");
             }
             _ => {}
@@ -510,6 +501,13 @@ impl State {
                 e.app.writable(&mut e.core, &mut self.ctx, token, value);
                 self.ctx.mark_dirty(token, &mut e.core);
             }
+            HandleMsg::WatchDrain { token, gen, value } => {
+                let Some(e) = self.entry_gen(token, gen) else {
+                    return;
+                };
+                e.core.watch_drain(value);
+                self.mark(token);
+            }
             HandleMsg::WorkDone { token, gen } => {
                 let now = self.ctx.now;
                 let Some(e) = self.entry_gen(token, gen) else {
@@ -579,14 +577,10 @@ impl State {
             let c = &mut e.core;
             // A layer's own setup deadline (the PROXY header's), or the handshake's, for
             // connections not open yet.
-            let layer_expired = match &c.layers {
-                Some(l) if !c.m.opened() => l.expired(now).or_else(|| {
-                    l.deadline()
-                        .is_some_and(|d| d <= now)
-                        .then(|| l.timeout_reason())
-                }),
-                _ => None,
-            };
+            let layer_expired = c
+                .layers
+                .as_deref()
+                .and_then(|l| layered::expired(&c.m, l, now));
             let facts = TickFacts {
                 now,
                 layer_expired,

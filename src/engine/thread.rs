@@ -23,8 +23,7 @@ use crate::core::{BufPool, ConnCore, ConnectRequest, DynConn, Slots, ThreadCtx};
 use crate::handle::Inbox;
 use crate::handler::ConnectOptions;
 use crate::info::{CloseReason, ConnInfo};
-use crate::layer::Stack;
-use crate::machine::{Actions, Event as M, Machine};
+use crate::machine::{layered, Actions, Event as M, Machine};
 use crate::stats::LoopStats;
 use crate::sys::{self, Backend, BackendConfig, Event};
 use crate::timers::Timers;
@@ -345,7 +344,7 @@ impl IoThread {
         // When a layer names the client (a PROXY header), per-IP limits wait for its address
         // (table.rs, `client_named`). A Unix peer has no IP address: no per-IP limit applies.
         let admitted = match &server.peers {
-            Some(peers) if !server.limits.layers_name_client() && unix.is_none() => {
+            Some(peers) if !server.limits.layers.names_client() && unix.is_none() => {
                 if let Err(why) = peers.admit(peer.ip()) {
                     count_refusal(stats, why, peer);
                     return;
@@ -404,21 +403,19 @@ impl IoThread {
         core.write_high = server.limits.write_high;
         debug_assert!(admitted.is_none_or(|ip| ip == core.info.client.ip()));
         core.m.set_peer_counted(admitted.is_some());
-        let layered = server.limits.layered();
-        if layered {
-            // `on_open` waits until the layers are ready (the PROXY header is read, the TLS
-            // handshake is done).
-            match server.limits.make_layers() {
-                Ok(layers) => {
-                    let mut stack = Stack::new(layers, server.limits.handshake_timeout);
-                    if let Err(reason) = stack.start(st.ctx.now) {
-                        core.on(M::LayerFailed(reason));
-                    }
-                    core.layers = Some(Box::new(stack));
-                }
-                Err(e) => {
-                    core.on(M::LayerFailed(CloseReason::TlsError(e)));
-                }
+        // With layers, `on_open` waits until they are ready (the PROXY header is read, the
+        // TLS handshake is done).
+        let layers = server.limits.layers.stack();
+        let layered = !matches!(layers, Ok(None));
+        match layers {
+            Ok(None) => {}
+            Ok(Some(mut stack)) => {
+                let a = layered::start(&mut core.m, &mut stack, &[], st.ctx.now);
+                core.apply(a);
+                core.layers = Some(Box::new(stack));
+            }
+            Err(reason) => {
+                core.on(M::LayerFailed(reason));
             }
         }
         st.insert(token, Entry { core, app });
@@ -447,24 +444,16 @@ impl IoThread {
             .as_deref_mut()
             .map(|r| std::mem::take(&mut r.preamble))
             .unwrap_or_default();
-        if !preamble.is_empty() {
-            if let Some(stack) = c.layers.as_mut() {
-                debug_assert!(
-                    stack.wire.is_empty(),
-                    "nothing is wrapped before the connect"
-                );
-                stack.wire.extend_from_slice(&preamble);
-            } else {
-                c.out.splice(0..0, preamble);
-            }
-        }
-        if let Some(stack) = c.layers.as_mut() {
-            // The TLS client speaks first; `on_open` waits for the handshake.
-            if let Err(reason) = stack.start(st.ctx.now) {
-                c.on(M::LayerFailed(reason));
-            }
+        if let Some(stack) = c.layers.as_deref_mut() {
+            // The preamble first, then the TLS client speaks; `on_open` waits for the
+            // handshake.
+            let a = layered::start(&mut c.m, stack, &preamble, st.ctx.now);
+            c.apply(a);
             st.ctx.mark_dirty(token, c);
             return;
+        }
+        if !preamble.is_empty() {
+            c.out.splice(0..0, preamble);
         }
         st.open_conn(token);
     }
@@ -515,8 +504,8 @@ impl IoThread {
         }
         let layers = match req.layers {
             Ok(l) => l,
-            Err(e) => {
-                fail(st, &mut app, CloseReason::TlsError(e));
+            Err(reason) => {
+                fail(st, &mut app, reason);
                 return;
             }
         };
@@ -552,9 +541,7 @@ impl IoThread {
         core.write_low = req.watermarks.0.min(req.watermarks.1);
         core.write_high = req.watermarks.1;
         core.shared = req.shared;
-        if !layers.is_empty() {
-            core.layers = Some(Box::new(Stack::new(layers, req.handshake_timeout)));
-        }
+        core.layers = layers.map(Box::new);
         st.insert(req.token, Entry { core, app });
         self.backend.connect(req.token, socket, req.addr);
     }

@@ -10,11 +10,13 @@
 //! below; it says when it is established (the handshake is done: `on_open` waits for it) and
 //! adds its facts to [`ConnInfo`]. It owns its limits; a failure costs only its connection, with
 //! a [`CloseReason`] of its own. The engine knows a [`Stack`] of layers, not TLS by name: a layer
-//! for the PROXY protocol header sits below TLS without the engine changing.
+//! for the PROXY protocol header sits below TLS without the engine changing. A server's (or an
+//! outgoing connection's) configuration is a [`LayerSpec`], the one place a stack is built.
 
 #[cfg(all(feature = "tls", any(test, feature = "fuzzing")))]
 pub mod fuzzing;
 pub(crate) mod proxy;
+mod spec;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 
@@ -342,11 +344,13 @@ impl Stack {
     }
 }
 
-/// Makes one layer per connection of a server (or for one outgoing connection).
+/// Makes one layer per connection of a server (or for one outgoing connection); `Err`: the
+/// connection fails with that reason.
 pub(crate) type LayerFactory =
-    std::sync::Arc<dyn Fn() -> Result<Box<dyn Layer>, String> + Send + Sync>;
+    std::sync::Arc<dyn Fn() -> Result<Box<dyn Layer>, CloseReason> + Send + Sync>;
 
 pub use proxy::{ProxyProtocol, DEFAULT_PROXY_HEADER_TIMEOUT};
+pub(crate) use spec::{count_origin, LayerSpec};
 
 /// Default time a connection's layers have to become ready (the TLS handshake).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

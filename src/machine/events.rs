@@ -1,5 +1,5 @@
 //! What goes into the machine ([`Event`]) and what comes out ([`Actions`]), and its yes/no
-//! flags ([`Flags`], one byte).
+//! flags ([`Flags`], two bytes).
 
 use crate::info::CloseReason;
 
@@ -52,6 +52,8 @@ actions! {
     LINGER = 15;
     /// Count a backpressure pause.
     COUNT_PAUSE = 16;
+    /// Run `on_writable` for the connection's own drain watch.
+    RUN_WRITABLE = 17;
     /// Run the handler's timer callback.
     RUN_TIMER = 18;
     /// Run `on_shutdown`.
@@ -155,12 +157,16 @@ pub enum Event {
     Pause,
     Resume,
     Hold,
+    /// Watch the connection's own queue (`Conn::notify_when_drained`, or a handle's
+    /// `notify_when_writable` on its own connection): `on_writable` once it is at or under
+    /// the low watermark, as the flush sees it (`Machine::flush_watch`).
+    WatchDrain,
 }
 
-/// The machine's yes/no state, one bit each (one byte instead of eight bools: the machine is
+/// The machine's yes/no state, one bit each (two bytes instead of nine bools: the machine is
 /// part of every connection's entry).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct Flags(pub(super) u8);
+pub(super) struct Flags(pub(super) u16);
 
 impl Flags {
     /// `Conn::pause_reading`.
@@ -179,7 +185,11 @@ impl Flags {
     pub(super) const PEER_COUNTED: Flags = Flags(64);
     /// The close was reported (`take_reason`): debug builds assert it happens once.
     pub(super) const REPORTED: Flags = Flags(128);
-    const NAMES: [(&'static str, Flags); 8] = [
+    /// The handler watches its own queue ([`Event::WatchDrain`]): `on_writable` is due once
+    /// the queue is at or under the low watermark, or the connection stops being open. Only
+    /// while callbacks can run (`Open`, `Closing`).
+    pub(super) const DRAIN_WATCH: Flags = Flags(256);
+    const NAMES: [(&'static str, Flags); 9] = [
         ("user_paused", Flags::USER_PAUSED),
         ("bp_paused", Flags::BP_PAUSED),
         ("reading", Flags::READING),
@@ -188,6 +198,7 @@ impl Flags {
         ("received", Flags::RECEIVED),
         ("peer_counted", Flags::PEER_COUNTED),
         ("reported", Flags::REPORTED),
+        ("drain_watch", Flags::DRAIN_WATCH),
     ];
 
     pub(super) fn has(self, f: Flags) -> bool {

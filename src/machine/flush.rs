@@ -2,6 +2,7 @@
 //! connection given what the engine's queues hold. The engine asks in three steps because it
 //! moves bytes between them (last words, the layers' encoding, the send):
 //!
+//! 0. [`Machine::flush_watch`]: the handler's watch on its own queue;
 //! 1. [`Machine::flush_start`]: reset or close what must go; queue the last words;
 //! 2. [`Machine::flush_send`]: end the layers (close_notify) and send;
 //! 3. [`Machine::flush_write`] then [`Machine::flush_close`]: half-close, backpressure,
@@ -43,6 +44,28 @@ pub enum Tick {
 }
 
 impl Machine {
+    /// Step 0 of a flush, before anything else (its callback may write or close, and the
+    /// rest of the flush carries that out): the handler's watch on its own queue
+    /// ([`Event::WatchDrain`]) is due once the queue is at or under the low watermark
+    /// (`low`, the engine's count: queued, in flight and what handles posted), or once the
+    /// connection stops being open (a close was asked: the handler hears it as a handle's
+    /// watcher would). `RUN_WRITABLE`: run `on_writable` (one-shot). A connection not opened
+    /// yet keeps the watch until it is; one closed before it opened drops it.
+    pub fn flush_watch(&mut self, low: bool) -> Actions {
+        if !self.flags.has(Flags::DRAIN_WATCH) {
+            return Actions::NONE;
+        }
+        if self.life == Life::Open && !(low && self.opened()) {
+            return Actions::NONE; // not yet
+        }
+        self.flags.set(Flags::DRAIN_WATCH, false);
+        if self.opened() {
+            Actions::RUN_WRITABLE
+        } else {
+            Actions::NONE
+        }
+    }
+
     /// Step 1 of a flush. `last_words`: `close_after` bytes wait.
     pub fn flush_start(&mut self, last_words: bool) -> Actions {
         match self.life {

@@ -25,6 +25,7 @@
 
 mod events;
 mod flush;
+pub(crate) mod layered;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod script;
 #[cfg(test)]
@@ -182,6 +183,10 @@ impl Machine {
     }
     pub fn received(&self) -> bool {
         self.flags.has(Flags::RECEIVED)
+    }
+    /// The handler watches its own queue ([`Event::WatchDrain`]).
+    pub fn drain_watched(&self) -> bool {
+        self.flags.has(Flags::DRAIN_WATCH)
     }
     pub fn reason(&self) -> Option<&CloseReason> {
         self.reason.as_deref()
@@ -430,6 +435,13 @@ impl Machine {
                 }
                 Actions::NONE
             }
+            E::WatchDrain => {
+                // Past `Closing` no callback but `on_close` runs: nothing to watch for.
+                if matches!(self.life, Life::Open | Life::Closing) {
+                    self.flags.set(Flags::DRAIN_WATCH, true);
+                }
+                Actions::FLUSH
+            }
         }
     }
 
@@ -519,6 +531,9 @@ impl Machine {
             a |= Actions::LEFT_OPEN;
         }
         if !matches!(life, Life::Open | Life::Closing) {
+            self.flags.set(Flags::DRAIN_WATCH, false); // reset or flushed: `on_close` follows
+        }
+        if !matches!(life, Life::Open | Life::Closing) {
             a |= Actions::KILL_HANDLES;
         }
         a
@@ -555,6 +570,10 @@ impl Machine {
             self.setup != Setup::Connecting
                 || (!self.flags.has(Flags::READING) && !self.flags.has(Flags::SENDING)),
             "a connecting socket reads or sends: {self:?}"
+        );
+        assert!(
+            !self.flags.has(Flags::DRAIN_WATCH) || matches!(self.life, Life::Open | Life::Closing),
+            "a drain watch on a connection past its callbacks: {self:?}"
         );
     }
 

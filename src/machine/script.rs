@@ -7,7 +7,8 @@
 //! send, or a flush. A small model of the engine stands around the machine: what is queued
 //! (`unsent`), the last words, the send in flight, the layers' close_notify, and it carries out
 //! the actions the way `engine/flush.rs` does. Events the engine never sends in a state are
-//! not sent (a timer after the close disarmed it, a second `Connected`).
+//! not sent (a timer after the close disarmed it, a second `Connected`). Step bytes (low 5
+//! bits): 0-26 an event or a model change, 27 a drain watch, 28-31 a flush.
 //!
 //! Checked after every step: the machine's own invariants ([`Machine::check`], and every
 //! `debug_assert!` inside it); a close is reported once, with its recorded reason (the
@@ -183,6 +184,9 @@ fn apply(m: &mut Machine, e: &mut Model, b: u8, now: Instant) {
         }
         24 | 25 => tick(m, e, now, b),
         26 => e.pause = !e.pause,
+        27 => {
+            step(m, e, Event::WatchDrain); // `Conn::notify_when_drained`
+        }
         _ => flush_twice(m, e),
     }
 }
@@ -242,7 +246,15 @@ fn flush_twice(m: &mut Machine, e: &mut Model) {
 /// `State::flush_one` with the model's queues.
 fn flush(m: &mut Machine, e: &mut Model) -> Actions {
     m.clear_dirty();
-    let mut all = step(m, e, Event::DeliverEof);
+    // The drain watch (low: nothing queued or in flight, the model's low watermark 0).
+    let mut all = m.flush_watch(!e.unsent && !m.sending());
+    if all.has(Actions::RUN_WRITABLE) {
+        assert!(
+            !e.closed && m.opened(),
+            "on_writable after the close or before on_open"
+        );
+    }
+    all |= step(m, e, Event::DeliverEof);
     let a = m.flush_start(e.last_words);
     all |= a;
     if a.has(Actions::ABORT) || a.has(Actions::CLOSE) {

@@ -77,6 +77,7 @@ fn events() -> Vec<Event> {
         Event::Pause,
         Event::Resume,
         Event::Hold,
+        Event::WatchDrain,
     ]
 }
 
@@ -93,7 +94,8 @@ fn allowed(m: &Machine, e: &Event) -> bool {
 
 /// The flush's steps as pseudo-events (with nothing queued: drained).
 fn flush(m: &mut Machine) -> Actions {
-    let mut a = m.flush_start(false);
+    let mut a = m.flush_watch(true);
+    a |= m.flush_start(false);
     if a.has(Actions::STOP) {
         return a;
     }
@@ -591,6 +593,47 @@ fn machine_is_small() {
     assert!(size <= 24, "Machine grew to {size} bytes (24 before)");
 }
 
+/// The handler's watch on its own queue: due only once the queue is low (and the connection
+/// opened), once; a close asked fires it, a reset or a close before `on_open` drops it.
+#[test]
+fn a_drain_watch_fires_once_when_the_queue_is_low_or_a_close_is_asked() {
+    let mut m = open();
+    assert!(m.handle(Event::WatchDrain).has(Actions::FLUSH));
+    assert!(m.drain_watched());
+    assert!(m.flush_watch(false).is_empty(), "above the low watermark");
+    assert!(m.drain_watched(), "still armed");
+    assert_eq!(m.flush_watch(true), Actions::RUN_WRITABLE);
+    assert!(
+        !m.drain_watched() && m.flush_watch(true).is_empty(),
+        "one-shot"
+    );
+
+    // A close asked: the handler hears it (its writes are no longer taken).
+    let mut m = open();
+    m.handle(Event::WatchDrain);
+    m.handle(Event::Close(R::Local));
+    assert_eq!(m.flush_watch(false), Actions::RUN_WRITABLE);
+
+    // A reset drops it: only `on_close` follows.
+    let mut m = open();
+    m.handle(Event::WatchDrain);
+    m.handle(Event::Abort(R::Local));
+    assert!(!m.drain_watched() && m.flush_watch(true).is_empty());
+    assert!(closed().handle(Event::WatchDrain) == Actions::FLUSH);
+
+    // Not opened yet (a handle of a connection still in its handshake): it waits for
+    // `on_open`; closed before it, it is dropped.
+    let mut m = Machine::accepted();
+    m.handle(Event::WatchDrain);
+    assert!(m.flush_watch(true).is_empty());
+    m.handle(Event::Ready);
+    assert_eq!(m.flush_watch(true), Actions::RUN_WRITABLE);
+    let mut m = Machine::accepted();
+    m.handle(Event::WatchDrain);
+    m.handle(Event::LayerFailed(R::Local));
+    assert!(m.flush_watch(false).is_empty() && !m.drain_watched());
+}
+
 /// The fuzz driver on fixed scripts (each close path) and on random ones.
 #[test]
 fn scripts() {
@@ -605,6 +648,7 @@ fn scripts() {
         &[0, 24 | 64, 31, 25, 31],      // ticks
         &[0, 4, 8, 5, 31, 9, 31],       // EOF while paused
         &[0, 26, 13, 31, 26, 31, 18, 31, 31], // backpressure, shutdown
+        &[0, 13, 27, 31, 14, 31, 27, 0, 31], // drain watches: low after the send, close
     ];
     for s in fixed {
         super::script::run(s);
