@@ -350,3 +350,6 @@ pub use proxy::{ProxyProtocol, DEFAULT_PROXY_HEADER_TIMEOUT};
 
 /// Default time a connection's layers have to become ready (the TLS handshake).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod stack_tests;

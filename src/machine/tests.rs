@@ -621,3 +621,6 @@ fn scripts() {
         super::script::run(&s);
     }
 }
+
+#[path = "contract_tests.rs"]
+mod contract;
