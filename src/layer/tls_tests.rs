@@ -205,3 +205,103 @@ fn a_handshake_message_in_tiny_records_is_refused_at_the_bound() {
     );
     assert!(up.is_empty());
 }
+
+/// Many records in one receive (a pipelining client): each pass of the state machine takes
+/// one, and a long run of passes that all consume bytes is progress, not a loop: every record
+/// comes up, in order, and nothing is held.
+#[test]
+fn a_hundred_records_in_one_receive_all_come_up() {
+    let (mut server, mut client) = established();
+    let mut wire = Vec::new();
+    let mut msg = Vec::new();
+    for i in 0..100u8 {
+        client.output(&[i; 3], &mut wire).unwrap();
+        msg.extend_from_slice(&[i; 3]);
+    }
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let input = server.input(&wire, &mut up, &mut down).unwrap();
+    assert!(!input.eof);
+    assert_eq!(up, msg);
+    assert_eq!(server.held(), 0, "every byte consumed");
+    assert!(down.is_empty());
+}
+
+/// A big record completed by a receive that also starts the next one: what is held is the
+/// next record's start, and the buffer it is held in is cut to it (it had grown to the big
+/// record): a slow peer does not keep 16 KiB per connection for 100 bytes.
+#[test]
+fn a_held_start_keeps_no_buffer_of_the_record_before() {
+    let (mut server, mut client) = established();
+    let mut wire = Vec::new();
+    client.output(&[b'a'; 16 << 10], &mut wire).unwrap();
+    let big = wire.len();
+    client.output(&[b'b'; 1000], &mut wire).unwrap();
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    server.input(&wire[..10 << 10], &mut up, &mut down).unwrap();
+    assert!(up.is_empty());
+    assert_eq!(server.rx.len(), 10 << 10);
+    server
+        .input(&wire[10 << 10..big + 100], &mut up, &mut down)
+        .unwrap();
+    assert_eq!(up, [b'a'; 16 << 10]);
+    assert_eq!(server.rx.len(), 100, "the next record's start, exactly");
+    assert!(
+        server.held() <= 2 * 100 + (1 << 10),
+        "{} bytes held for 100",
+        server.held()
+    );
+    server
+        .input(&wire[big + 100..], &mut up, &mut down)
+        .unwrap();
+    assert_eq!(&up[16 << 10..], [b'b'; 1000]);
+    assert_eq!(server.held(), 0);
+}
+
+/// Encrypting sizes the output to the data plus the records' overhead: the wire queue
+/// (pooled, and charged to the connection's footprint by capacity) is not over-allocated.
+#[test]
+fn encrypting_does_not_over_allocate_the_wire() {
+    let (_server, mut client) = established();
+    for n in [1usize, 1000, 40 << 10] {
+        let mut wire = Vec::new();
+        client.output(&vec![b'x'; n], &mut wire).unwrap();
+        let records = n.div_ceil(16 << 10);
+        assert!(wire.len() > n && wire.len() <= n + records * super::OVERHEAD);
+        assert!(
+            wire.capacity() <= 2 * (n + records * super::OVERHEAD),
+            "{} bytes of capacity for {n}",
+            wire.capacity()
+        );
+    }
+}
+
+/// The room loop: a writer that needs more room than it was given gets it, once more; one
+/// that says it needs no more than it was given (a contract broken below us) is an error, not
+/// a loop, and leaves `down` as it was.
+#[test]
+fn append_sized_grows_once_and_refuses_a_writer_that_does_not_advance() {
+    let mut down = b"kept".to_vec();
+    let mut calls = 0;
+    super::append_sized(&mut down, 8, |out| {
+        calls += 1;
+        if out.len() < 100 {
+            return Err(Ok(100));
+        }
+        out[..5].copy_from_slice(b"hello");
+        Ok(5)
+    })
+    .unwrap();
+    assert_eq!(down, b"kepthello");
+    assert_eq!(calls, 2);
+    for asks in [8, 4] {
+        let mut calls = 0;
+        let r = super::append_sized(&mut down, 8, |_| {
+            calls += 1;
+            assert!(calls < 4, "asked again and again");
+            Err(Ok(asks))
+        });
+        assert!(r.is_err(), "asks for {asks} with 8 given");
+        assert_eq!(calls, 1);
+        assert_eq!(down, b"kepthello");
+    }
+}

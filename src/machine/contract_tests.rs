@@ -189,3 +189,60 @@ fn shutdown_write_after_the_fin_keeps_it_shut() {
     let a = m.flush_close(true);
     assert!(a.has(Actions::SHUT_WRITE | Actions::LINGER), "{a:?}");
 }
+
+/// The layers' close bytes (close_notify) go where a plain connection's FIN would: once the
+/// connection is ending and established, with nothing sending, queued or owed. Sent before
+/// queued bytes or a job's answer, they would end the stream in front of them (the peer reads
+/// nothing after a close_notify).
+#[test]
+fn close_notify_waits_for_everything_queued() {
+    let finish = |m: &Machine, unsent, last_words| {
+        m.flush_send(unsent, last_words, true)
+            .has(Actions::FINISH_LAYERS)
+    };
+    let m = closing();
+    assert!(finish(&m, false, false));
+    assert!(
+        !m.flush_send(false, false, false)
+            .has(Actions::FINISH_LAYERS),
+        "no layers"
+    );
+    assert!(!finish(&m, true, false), "bytes queued");
+    assert!(!finish(&m, false, true), "last words owed");
+    let mut m = closing();
+    m.handle(Event::SendStarted);
+    assert!(!finish(&m, false, false), "a send in flight");
+    m.handle(Event::SendProgress { done: true });
+    assert!(finish(&m, false, false));
+    let mut m = open();
+    m.handle(Event::WorkStarted);
+    m.handle(Event::Close(R::Local));
+    assert!(!finish(&m, false, false), "a job still to answer");
+    m.handle(Event::WorkDone);
+    assert!(finish(&m, false, false));
+    let mut m = open();
+    assert!(!finish(&m, false, false), "open: not ending");
+    m.handle(Event::ShutdownWrite);
+    assert!(finish(&m, false, false), "half-close");
+    let mut m = Machine::accepted();
+    m.handle(Event::Close(R::Local));
+    assert!(!finish(&m, false, false), "layers never ready");
+}
+
+/// Actions combine as a set: an action two steps ask for is still asked for (the flush's
+/// steps and the events' own actions are or-ed together).
+#[test]
+fn actions_combine_as_a_set() {
+    let a = Actions::FLUSH | Actions::LEFT_OPEN;
+    let b = a | Actions::FLUSH | Actions::KILL_HANDLES;
+    assert!(b.has(Actions::FLUSH) && b.has(Actions::LEFT_OPEN | Actions::KILL_HANDLES));
+    assert_eq!(a | a, a);
+    assert_eq!(Actions::NONE | Actions::NONE, Actions::NONE);
+    let mut c = a;
+    c |= a;
+    assert_eq!(c, a);
+    assert!(
+        !Actions::FLUSH.has(Actions::NONE),
+        "nothing is not an action"
+    );
+}
