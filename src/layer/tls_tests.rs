@@ -305,3 +305,47 @@ fn append_sized_grows_once_and_refuses_a_writer_that_does_not_advance() {
         assert_eq!(down, b"kepthello");
     }
 }
+
+/// A good record and a forged one (its tag altered) in one receive: the good one's plaintext
+/// comes up, the forged one is a TLS error with the alert that says why, and the bytes the
+/// call consumed before the error are accounted exactly (no panic on the rest).
+#[test]
+fn a_forged_record_after_a_good_one_is_an_error_with_its_alert() {
+    let (mut server, mut client) = established();
+    let mut wire = Vec::new();
+    client.output(b"good", &mut wire).unwrap();
+    client.output(b"forged record", &mut wire).unwrap();
+    let last = wire.len() - 1;
+    wire[last] ^= 0x55;
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let r = server.input(&wire, &mut up, &mut down);
+    assert!(matches!(&r, Err(CloseReason::TlsError(_))), "{r:?}");
+    assert_eq!(up, b"good");
+    assert!(!down.is_empty(), "the alert");
+    let mut got = Vec::new();
+    let r = client.input(&down, &mut got, &mut Vec::new());
+    assert!(
+        matches!(&r, Err(CloseReason::TlsError(m)) if m.contains("BadRecordMac")),
+        "{r:?}"
+    );
+    assert!(got.is_empty());
+}
+
+/// A ClientHello and a second, empty one in the same receive: the first is answered, the
+/// second is a TLS error (an alert goes after the server's flight), and the bytes consumed
+/// before the error are accounted exactly (no panic on the rest).
+#[test]
+fn a_bad_handshake_message_after_a_good_one_is_an_error() {
+    let (server_config, client_config) = tls_configs();
+    let mut server = TlsLayer::server(&server_config).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = TlsLayer::client(&client_config, name).unwrap();
+    let mut c2s = Vec::new();
+    client.start(&mut c2s).unwrap();
+    c2s.extend_from_slice(&[0x16, 0x03, 0x03, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00]);
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let r = server.input(&c2s, &mut up, &mut down);
+    assert!(matches!(&r, Err(CloseReason::TlsError(_))), "{r:?}");
+    assert!(up.is_empty());
+    assert!(!down.is_empty(), "the server's flight and the alert");
+}
