@@ -34,7 +34,7 @@ impl Mock {
         })
     }
 
-    fn ready(tag: u8) -> Box<Mock> {
+    fn established(tag: u8) -> Box<Mock> {
         Box::new(Mock {
             ready: true,
             ..*Mock::new(tag)
@@ -193,7 +193,7 @@ fn receive_passes_plaintext_up_and_names_the_client_once() {
 /// stream is the codec's EOF, and the stack remembers it.
 #[test]
 fn receive_queues_the_layers_own_bytes_and_reports_their_eof() {
-    let mut s = stack(vec![Mock::ready(b'a'), Mock::new(b'b')]);
+    let mut s = stack(vec![Mock::established(b'a'), Mock::new(b'b')]);
     let mut up = Vec::new();
     let r = s.receive(b"early", &mut up).unwrap();
     assert_eq!(r, Received::default());
@@ -218,7 +218,7 @@ fn receive_queues_the_layers_own_bytes_and_reports_their_eof() {
 /// closes, and asks `is_closed` before it sends plaintext or the close bytes).
 #[test]
 fn a_failed_layer_keeps_its_alert_and_ends_the_stack() {
-    let mut s = stack(vec![Mock::ready(b'a')]);
+    let mut s = stack(vec![Mock::established(b'a')]);
     assert!(!s.is_closed(), "a new stack takes output");
     let mut up = Vec::new();
     let r = s.receive(b"bad", &mut up);
@@ -235,14 +235,14 @@ fn a_failed_layer_keeps_its_alert_and_ends_the_stack() {
 /// way only: it passes output through untouched).
 #[test]
 fn send_wraps_onto_the_wire_top_first() {
-    let mut s = stack(vec![Mock::ready(b'a'), Mock::ready(b'b')]);
+    let mut s = stack(vec![Mock::established(b'a'), Mock::established(b'b')]);
     s.send(b"x").unwrap();
     assert_eq!(s.wire, b"abxba");
-    let mut s = stack(vec![Mock::ready(b'a')]);
+    let mut s = stack(vec![Mock::established(b'a')]);
     s.send(b"x").unwrap();
     s.send(b"y").unwrap();
     assert_eq!(s.wire, b"axaaya", "appended, one layer without a copy");
-    let mut s = stack(vec![proxy(TIMEOUT), Mock::ready(b'b')]);
+    let mut s = stack(vec![proxy(TIMEOUT), Mock::established(b'b')]);
     s.send(b"x").unwrap();
     assert_eq!(s.wire, b"bxb");
 }
@@ -251,7 +251,7 @@ fn send_wraps_onto_the_wire_top_first() {
 /// layers below; once, however often the flush asks; after them nothing more is sent.
 #[test]
 fn finish_sends_the_close_bytes_once_and_nothing_after() {
-    let mut s = stack(vec![Mock::ready(b'a'), Mock::ready(b'b')]);
+    let mut s = stack(vec![Mock::established(b'a'), Mock::established(b'b')]);
     assert!(!s.is_closed());
     s.finish();
     assert_eq!(s.wire, b"abyeabye", "b's bye through a, then a's");
