@@ -354,3 +354,6 @@ pub(crate) use spec::{count_origin, LayerSpec};
 
 /// Default time a connection's layers have to become ready (the TLS handshake).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod stack_tests;

@@ -275,6 +275,12 @@ impl Layer for ProxyLayer {
         true
     }
 
+    /// A header not complete yet (at most [`MAX_V2_HEADER`] bytes of it): memory the
+    /// connection holds for its peer, charged to its footprint like any input it holds.
+    fn held(&self) -> usize {
+        self.held.capacity()
+    }
+
     fn describe(&self, info: &mut ConnInfo) {
         if let Some(p) = &self.info {
             if let Some(src) = p.source {

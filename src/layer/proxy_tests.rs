@@ -269,6 +269,25 @@ fn eof_before_any_byte_is_a_plain_close_and_after_some_a_refusal() {
     assert_refused(Some(l.eof_reason()), "incomplete");
 }
 
+/// The bytes of a header not complete yet are the connection's: charged to its footprint
+/// (which the memory budget's overload reset ranks connections by) up to a header's worth,
+/// and none once the header is decided (a slow header must not hide 4 KiB per connection).
+#[test]
+fn held_header_bytes_are_charged_to_the_connection() {
+    let mut l = layer(ProxyProtocol::Required);
+    assert_eq!(l.held(), 0);
+    feed(&mut l, &[&V1[..13]]);
+    assert!(l.held() >= 13, "{} bytes charged", l.held());
+    let v2 = v2_tcp4(Command::Proxy);
+    let mut l = layer(ProxyProtocol::Required);
+    feed(&mut l, &[&v2[..v2.len() - 1]]);
+    assert!(l.held() >= v2.len() - 1, "{} bytes charged", l.held());
+    assert!(l.held() <= MAX_V2_HEADER);
+    feed(&mut l, &[&v2[v2.len() - 1..]]);
+    assert!(l.ready());
+    assert_eq!(l.held(), 0, "decided: nothing held");
+}
+
 #[test]
 fn the_deadline_is_the_header_timeout_from_creation() {
     let before = Instant::now();

@@ -205,3 +205,147 @@ fn a_handshake_message_in_tiny_records_is_refused_at_the_bound() {
     );
     assert!(up.is_empty());
 }
+
+/// Many records in one receive (a pipelining client): each pass of the state machine takes
+/// one, and a long run of passes that all consume bytes is progress, not a loop: every record
+/// comes up, in order, and nothing is held.
+#[test]
+fn a_hundred_records_in_one_receive_all_come_up() {
+    let (mut server, mut client) = established();
+    let mut wire = Vec::new();
+    let mut msg = Vec::new();
+    for i in 0..100u8 {
+        client.output(&[i; 3], &mut wire).unwrap();
+        msg.extend_from_slice(&[i; 3]);
+    }
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let input = server.input(&wire, &mut up, &mut down).unwrap();
+    assert!(!input.eof);
+    assert_eq!(up, msg);
+    assert_eq!(server.held(), 0, "every byte consumed");
+    assert!(down.is_empty());
+}
+
+/// A big record completed by a receive that also starts the next one: what is held is the
+/// next record's start, and the buffer it is held in is cut to it (it had grown to the big
+/// record): a slow peer does not keep 16 KiB per connection for 100 bytes.
+#[test]
+fn a_held_start_keeps_no_buffer_of_the_record_before() {
+    let (mut server, mut client) = established();
+    let mut wire = Vec::new();
+    client.output(&[b'a'; 16 << 10], &mut wire).unwrap();
+    let big = wire.len();
+    client.output(&[b'b'; 1000], &mut wire).unwrap();
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    server.input(&wire[..10 << 10], &mut up, &mut down).unwrap();
+    assert!(up.is_empty());
+    assert_eq!(server.rx.len(), 10 << 10);
+    server
+        .input(&wire[10 << 10..big + 100], &mut up, &mut down)
+        .unwrap();
+    assert_eq!(up, [b'a'; 16 << 10]);
+    assert_eq!(server.rx.len(), 100, "the next record's start, exactly");
+    assert!(
+        server.held() <= 2 * 100 + (1 << 10),
+        "{} bytes held for 100",
+        server.held()
+    );
+    server
+        .input(&wire[big + 100..], &mut up, &mut down)
+        .unwrap();
+    assert_eq!(&up[16 << 10..], [b'b'; 1000]);
+    assert_eq!(server.held(), 0);
+}
+
+/// Encrypting sizes the output to the data plus the records' overhead: the wire queue
+/// (pooled, and charged to the connection's footprint by capacity) is not over-allocated.
+#[test]
+fn encrypting_does_not_over_allocate_the_wire() {
+    let (_server, mut client) = established();
+    for n in [1usize, 1000, 40 << 10] {
+        let mut wire = Vec::new();
+        client.output(&vec![b'x'; n], &mut wire).unwrap();
+        let records = n.div_ceil(16 << 10);
+        assert!(wire.len() > n && wire.len() <= n + records * super::OVERHEAD);
+        assert!(
+            wire.capacity() <= 2 * (n + records * super::OVERHEAD),
+            "{} bytes of capacity for {n}",
+            wire.capacity()
+        );
+    }
+}
+
+/// The room loop: a writer that needs more room than it was given gets it, once more; one
+/// that says it needs no more than it was given (a contract broken below us) is an error, not
+/// a loop, and leaves `down` as it was.
+#[test]
+fn append_sized_grows_once_and_refuses_a_writer_that_does_not_advance() {
+    let mut down = b"kept".to_vec();
+    let mut calls = 0;
+    super::append_sized(&mut down, 8, |out| {
+        calls += 1;
+        if out.len() < 100 {
+            return Err(Ok(100));
+        }
+        out[..5].copy_from_slice(b"hello");
+        Ok(5)
+    })
+    .unwrap();
+    assert_eq!(down, b"kepthello");
+    assert_eq!(calls, 2);
+    for asks in [8, 4] {
+        let mut calls = 0;
+        let r = super::append_sized(&mut down, 8, |_| {
+            calls += 1;
+            assert!(calls < 4, "asked again and again");
+            Err(Ok(asks))
+        });
+        assert!(r.is_err(), "asks for {asks} with 8 given");
+        assert_eq!(calls, 1);
+        assert_eq!(down, b"kepthello");
+    }
+}
+
+/// A good record and a forged one (its tag altered) in one receive: the good one's plaintext
+/// comes up, the forged one is a TLS error with the alert that says why, and the bytes the
+/// call consumed before the error are accounted exactly (no panic on the rest).
+#[test]
+fn a_forged_record_after_a_good_one_is_an_error_with_its_alert() {
+    let (mut server, mut client) = established();
+    let mut wire = Vec::new();
+    client.output(b"good", &mut wire).unwrap();
+    client.output(b"forged record", &mut wire).unwrap();
+    let last = wire.len() - 1;
+    wire[last] ^= 0x55;
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let r = server.input(&wire, &mut up, &mut down);
+    assert!(matches!(&r, Err(CloseReason::TlsError(_))), "{r:?}");
+    assert_eq!(up, b"good");
+    assert!(!down.is_empty(), "the alert");
+    let mut got = Vec::new();
+    let r = client.input(&down, &mut got, &mut Vec::new());
+    assert!(
+        matches!(&r, Err(CloseReason::TlsError(m)) if m.contains("BadRecordMac")),
+        "{r:?}"
+    );
+    assert!(got.is_empty());
+}
+
+/// A ClientHello and a second, empty one in the same receive: the first is answered, the
+/// second is a TLS error (an alert goes after the server's flight), and the bytes consumed
+/// before the error are accounted exactly (no panic on the rest).
+#[test]
+fn a_bad_handshake_message_after_a_good_one_is_an_error() {
+    let (server_config, client_config) = tls_configs();
+    let mut server = TlsLayer::server(&server_config).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = TlsLayer::client(&client_config, name).unwrap();
+    let mut c2s = Vec::new();
+    client.start(&mut c2s).unwrap();
+    c2s.extend_from_slice(&[0x16, 0x03, 0x03, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00]);
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let r = server.input(&c2s, &mut up, &mut down);
+    assert!(matches!(&r, Err(CloseReason::TlsError(_))), "{r:?}");
+    assert!(up.is_empty());
+    assert!(!down.is_empty(), "the server's flight and the alert");
+}

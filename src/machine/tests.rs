@@ -665,3 +665,6 @@ fn scripts() {
         super::script::run(&s);
     }
 }
+
+#[path = "contract_tests.rs"]
+mod contract;
