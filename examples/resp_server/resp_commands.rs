@@ -105,7 +105,12 @@ pub fn may_build(c: &mut Client, conn: &Conn<'_>, more: bool) -> bool {
     if queued > REPLY_QUEUE_HIGH {
         return false;
     }
-    let pressure = c.budget.pressure();
+    // Under half the budget the level is `Normal`: known without `Pressure::of`'s division.
+    let pressure = if c.budget.used() < c.budget.limit() / 2 {
+        Pressure::Normal
+    } else {
+        c.budget.pressure()
+    };
     let ok = match pressure {
         Pressure::Normal | Pressure::Shrink => true,
         Pressure::Pause => queued == 0 && !more,
