@@ -258,22 +258,30 @@ fn lookup(name: &[u8]) -> Option<&'static Spec> {
 // Replies
 // ---------------------------------------------------------------------------------------------
 
-/// Values up to this many bytes are answered with one `conn.write` of the whole reply,
-/// assembled on the stack; longer ones with three (header, the value borrowed, CRLF).
-const SMALL_BULK: usize = 64;
+/// Values up to this many bytes (a header of at most two digits) are answered with one
+/// `conn.write` of the whole reply, assembled on the stack; longer ones with three (header,
+/// the value borrowed, CRLF).
+const SMALL_BULK: usize = 99;
 
 fn bulk(conn: &mut Conn<'_>, value: &[u8]) {
-    let header = ReplyHeader::bulk(value.len());
-    let header = header.as_bytes();
-    if value.len() <= SMALL_BULK {
-        let mut reply = [0u8; 24 + SMALL_BULK + 2]; // a header is at most 24 bytes
-        let end = header.len() + value.len() + 2;
-        reply[..header.len()].copy_from_slice(header);
-        reply[header.len()..end - 2].copy_from_slice(value);
-        reply[end - 2..end].copy_from_slice(b"\r\n");
-        conn.write(&reply[..end]);
+    let n = value.len();
+    if n <= SMALL_BULK {
+        // `$<one or two digits>\r\n<value>\r\n`, the header written in place.
+        let mut reply = [0u8; 5 + SMALL_BULK + 2];
+        let mut at = 1;
+        reply[0] = b'$';
+        if n >= 10 {
+            reply[1] = b'0' + (n / 10) as u8;
+            at = 2;
+        }
+        reply[at] = b'0' + (n % 10) as u8;
+        reply[at + 1..at + 3].copy_from_slice(b"\r\n");
+        at += 3;
+        reply[at..at + n].copy_from_slice(value);
+        reply[at + n..at + n + 2].copy_from_slice(b"\r\n");
+        conn.write(&reply[..at + n + 2]);
     } else {
-        conn.write(header);
+        conn.write(ReplyHeader::bulk(n).as_bytes());
         conn.write(value);
         conn.write(b"\r\n");
     }
