@@ -93,6 +93,21 @@ impl Entry {
     fn cost(&self) -> usize {
         self.data.len() + ENTRY_OVERHEAD
     }
+
+    /// Puts `value` and `expire_at` in place of this entry's when they take the same room (a
+    /// `SET` of a value as long as the old one: no allocation, no free, the cost unchanged);
+    /// `false`, nothing changed, otherwise.
+    fn overwrite(&mut self, value: &[u8], expire_at: Option<u64>) -> bool {
+        if expire_at.is_some() != self.has_expire || value.len() != self.value().len() {
+            return false;
+        }
+        let start = self.head() + self.key_len as usize;
+        self.data[start..].copy_from_slice(value);
+        if let Some(t) = expire_at {
+            self.data[..8].copy_from_slice(&t.to_le_bytes());
+        }
+        true
+    }
 }
 
 /// Whether `e` has expired; reads the clock (once, into `now`) only for a key with an expiry.
@@ -343,7 +358,8 @@ impl Store {
     }
 
     /// `SET`: stores `value` unless a condition fails; `true` if it was stored. One probe of
-    /// the table: the conditions are checked on the slot the value then goes to.
+    /// the table: the conditions are checked on the slot the value then goes to, and a value
+    /// as long as the one it replaces (with an expiry, or none, as before) is copied over it.
     pub fn set(&self, key: &[u8], value: &[u8], opts: SetOptions) -> bool {
         self.with(key, |t, k| {
             let rehash = |e: &Entry| k.hasher.hash(e.key());
@@ -358,6 +374,9 @@ impl Store {
                         true => None,
                         false => opts.expire_at,
                     };
+                    if slot.get_mut().overwrite(value, expire_at) {
+                        return true;
+                    }
                     let entry = Entry::new(key, value, expire_at);
                     t.used += entry.cost();
                     t.volatile += usize::from(entry.has_expire);
