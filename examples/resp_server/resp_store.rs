@@ -4,21 +4,24 @@
 //! - **Shards.** 64 `Mutex<Table>`s chosen by a hash of the key: two commands contend only when
 //!   their keys land in the same shard, and a lock is held for one map operation (plus, for a
 //!   `GET`, the copy of the value into the connection's write queue). There is no global lock.
-//! - **One hash per command.** The key is hashed once, with SipHash under a random key (std's
-//!   `RandomState`, as Redis uses SipHash: a peer choosing keys cannot degrade a table); bits
+//! - **One hash per command.** The key is hashed once, with SipHash-1-3 under a random key
+//!   ([`KeyHasher`]: std's algorithm in one pass, keyed from a `RandomState`; Redis uses SipHash
+//!   too: a peer choosing keys cannot degrade a table); bits
 //!   32..38 of that hash choose the shard, and the whole hash finds the slot in the shard's
 //!   `hashbrown::HashTable` (which looks at the low bits and the top 7). A `SET` is one probe:
 //!   its conditions are checked on the slot it then fills.
 //! - **Compact entries.** One allocation per key holds `[expiry (8 bytes, only if set)] key
 //!   value`; the table slot is that pointer, the key length and a flag (24 bytes). Lookups
-//!   compare the key part, so no key is copied to look it up.
+//!   compare the key part, so no key is copied to look it up. A `SET` of a value as long as
+//!   the old one (and an expiry as before, or none) is copied over it: no allocation.
 //! - **Expiry** is an absolute time in Unix milliseconds. It is checked lazily on every access
 //!   (an expired key reads as missing; a write or delete of it removes it), and [`Store::sweep`]
 //!   removes expired keys from a few shards at a time, called every 100 ms by a small thread of
 //!   the server's own.
 //! - **Memory** is estimated per entry (bytes of key and value plus a fixed overhead for the slot
 //!   and the allocation), plus the replies queued for clients ([`Store::queue_replies`]: each
-//!   connection publishes its queue's size as it changes); [`Store::over_limit`] compares the
+//!   connection publishes its queue's size when it moved by 16 KiB, or within 100 ms);
+//!   [`Store::over_limit`] compares the
 //!   sum with `--maxmemory`, as Redis counts its client output buffers.
 
 use std::hash::{BuildHasher, RandomState};
