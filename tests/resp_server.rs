@@ -250,6 +250,16 @@ fn replies_match_redis_server_byte_for_byte(b: Backend) {
         .concat(),
         // Empty commands are ignored.
         b"\r\n\n*0\r\n*-1\r\nPING\r\n".to_vec(),
+        // Names in any case; near misses (a byte that is no letter, one byte more or less, a
+        // name over 8 bytes) are unknown.
+        b"gEt k\r\nSeT k v\r\nget k\r\nFlushAll\r\nG@T k\r\nGE k\r\nGETT k\r\nGETGETGET k\r\n\
+          G[T k\r\nflushalll\r\n"
+            .to_vec(),
+        [resp(&[b"", b"k"]), resp(&[b"g\xc5t", b"k"])].concat(),
+        // A SET of a value as long as the one before, with and without an expiry, in place.
+        b"SET p abc\r\nSET p xyz\r\nGET p\r\nSET p 123 EX 100\r\nTTL p\r\nSET p 456 EX 200\r\n\
+          TTL p\r\nGET p\r\nSET p 789\r\nTTL p\r\nGET p\r\nSET p 000 KEEPTTL\r\nGET p\r\n"
+            .to_vec(),
         // Exact error texts.
         b"FOO\r\nFOO a b\r\nfoo a b c d e f g h\r\n".to_vec(),
         format!("FOO {long} {long}\r\nFOO a {long} b\r\n").into_bytes(),

@@ -90,6 +90,11 @@ const COMMAND_ROOM: usize = 1 << 20;
 
 /// How often a connection with replies queued re-reads its queue for `--maxmemory`.
 const QUEUE_REFRESH: Duration = Duration::from_millis(100);
+/// A change of a connection's queued replies smaller than this is published to the store by
+/// the refresh timer (within [`QUEUE_REFRESH`]), not after the command: a pipelined command's
+/// few-byte reply then costs no atomic add on the counter every IO thread shares. Redis counts
+/// a client's output as its 16 KiB reply buffer too, whatever it holds.
+const QUEUE_SLACK: usize = 16 << 10;
 const REFRESH_TIMER: u64 = 1;
 /// A wait for the memory budget looks again (see `Session::watch`).
 const WAIT_TIMER: u64 = 2;
@@ -159,13 +164,18 @@ impl Session {
         }
     }
 
-    /// Publishes the queue's size to the store (`--maxmemory` counts queued replies), and
-    /// looks again soon while something is queued: the queue drains without a callback.
-    fn count_queue(&mut self, conn: &mut Conn<'_>) {
+    /// Publishes the queue's size to the store (`--maxmemory` counts queued replies): at once
+    /// if `exact` or if it moved by [`QUEUE_SLACK`] or more since it was last published, else
+    /// from the refresh timer, which looks again soon while anything is queued or unpublished
+    /// (the queue drains without a callback).
+    fn count_queue(&mut self, conn: &mut Conn<'_>, exact: bool) {
         let now = conn.queued_bytes();
-        self.client.store.queue_replies(self.counted, now);
-        self.counted = now;
-        if (now > 0 || self.client.reserved > 0) && !self.refresh_armed {
+        if exact || now.abs_diff(self.counted) >= QUEUE_SLACK {
+            self.client.store.queue_replies(self.counted, now);
+            self.counted = now;
+        }
+        let stale = now != self.counted;
+        if (now > 0 || stale || self.client.reserved > 0) && !self.refresh_armed {
             self.refresh_armed = true;
             conn.set_timer(REFRESH_TIMER, QUEUE_REFRESH);
         }
@@ -191,7 +201,7 @@ impl Handler for Session {
             Flow::Close => conn.close(), // after the reply is flushed
             Flow::Wait => self.wait_for_reader(conn),
         }
-        self.count_queue(conn);
+        self.count_queue(conn, false);
     }
 
     fn on_writable(&mut self, conn: &mut Conn<'_>, _: u64) {
@@ -207,7 +217,7 @@ impl Handler for Session {
         } else {
             conn.resume_reading(); // the held command, if any, comes again
         }
-        self.count_queue(conn);
+        self.count_queue(conn, false);
     }
 
     fn on_timer(&mut self, conn: &mut Conn<'_>, id: u64) {
@@ -223,7 +233,7 @@ impl Handler for Session {
             }
         } else {
             self.refresh_armed = false;
-            self.count_queue(conn);
+            self.count_queue(conn, true);
         }
     }
 

@@ -4,21 +4,24 @@
 //! - **Shards.** 64 `Mutex<Table>`s chosen by a hash of the key: two commands contend only when
 //!   their keys land in the same shard, and a lock is held for one map operation (plus, for a
 //!   `GET`, the copy of the value into the connection's write queue). There is no global lock.
-//! - **One hash per command.** The key is hashed once, with SipHash under a random key (std's
-//!   `RandomState`, as Redis uses SipHash: a peer choosing keys cannot degrade a table); bits
+//! - **One hash per command.** The key is hashed once, with SipHash-1-3 under a random key
+//!   ([`KeyHasher`]: std's algorithm in one pass, keyed from a `RandomState`; Redis uses SipHash
+//!   too: a peer choosing keys cannot degrade a table); bits
 //!   32..38 of that hash choose the shard, and the whole hash finds the slot in the shard's
 //!   `hashbrown::HashTable` (which looks at the low bits and the top 7). A `SET` is one probe:
 //!   its conditions are checked on the slot it then fills.
 //! - **Compact entries.** One allocation per key holds `[expiry (8 bytes, only if set)] key
 //!   value`; the table slot is that pointer, the key length and a flag (24 bytes). Lookups
-//!   compare the key part, so no key is copied to look it up.
+//!   compare the key part, so no key is copied to look it up. A `SET` of a value as long as
+//!   the old one (and an expiry as before, or none) is copied over it: no allocation.
 //! - **Expiry** is an absolute time in Unix milliseconds. It is checked lazily on every access
 //!   (an expired key reads as missing; a write or delete of it removes it), and [`Store::sweep`]
 //!   removes expired keys from a few shards at a time, called every 100 ms by a small thread of
 //!   the server's own.
 //! - **Memory** is estimated per entry (bytes of key and value plus a fixed overhead for the slot
 //!   and the allocation), plus the replies queued for clients ([`Store::queue_replies`]: each
-//!   connection publishes its queue's size as it changes); [`Store::over_limit`] compares the
+//!   connection publishes its queue's size when it moved by 16 KiB, or within 100 ms);
+//!   [`Store::over_limit`] compares the
 //!   sum with `--maxmemory`, as Redis counts its client output buffers.
 
 use std::hash::{BuildHasher, RandomState};
@@ -93,6 +96,21 @@ impl Entry {
     fn cost(&self) -> usize {
         self.data.len() + ENTRY_OVERHEAD
     }
+
+    /// Puts `value` and `expire_at` in place of this entry's when they take the same room (a
+    /// `SET` of a value as long as the old one: no allocation, no free, the cost unchanged);
+    /// `false`, nothing changed, otherwise.
+    fn overwrite(&mut self, value: &[u8], expire_at: Option<u64>) -> bool {
+        if expire_at.is_some() != self.has_expire || value.len() != self.value().len() {
+            return false;
+        }
+        let start = self.head() + self.key_len as usize;
+        self.data[start..].copy_from_slice(value);
+        if let Some(t) = expire_at {
+            self.data[..8].copy_from_slice(&t.to_le_bytes());
+        }
+        true
+    }
 }
 
 /// Whether `e` has expired; reads the clock (once, into `now`) only for a key with an expiry.
@@ -124,7 +142,7 @@ impl Table {
         debug_assert_eq!(entry.key(), k.bytes);
         self.used += entry.cost();
         self.volatile += usize::from(entry.has_expire);
-        let rehash = |e: &Entry| k.state.hash_one(e.key());
+        let rehash = |e: &Entry| k.hasher.hash(e.key());
         match self.set.entry(k.hash, |e| e.key() == k.bytes, rehash) {
             Slot::Occupied(mut slot) => {
                 let old = std::mem::replace(slot.get_mut(), entry);
@@ -155,7 +173,7 @@ impl Table {
 struct Key<'a> {
     bytes: &'a [u8],
     hash: u64,
-    state: &'a RandomState,
+    hasher: &'a KeyHasher,
 }
 
 struct Shard {
@@ -186,6 +204,69 @@ pub struct SetOptions {
     pub only_existing: bool,
 }
 
+/// SipHash-1-3 (the algorithm of std's `RandomState`) of a key under a random 128-bit key, in
+/// one pass over the bytes: `RandomState::hash_one` hashes a length prefix first and feeds the
+/// bytes through the streaming `Hasher`, which costs about twice as much for a short key.
+struct KeyHasher {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyHasher {
+    /// A random key: two outputs of a `RandomState` (itself seeded from the OS), which no
+    /// peer can learn.
+    fn new() -> KeyHasher {
+        let state = RandomState::new();
+        KeyHasher {
+            k0: state.hash_one(0u64),
+            k1: state.hash_one(1u64),
+        }
+    }
+
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        let mut v = [
+            self.k0 ^ 0x736f_6d65_7073_6575,
+            self.k1 ^ 0x646f_7261_6e64_6f6d,
+            self.k0 ^ 0x6c79_6765_6e65_7261,
+            self.k1 ^ 0x7465_6462_7974_6573,
+        ];
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let m = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            v[3] ^= m;
+            sip_round(&mut v);
+            v[0] ^= m;
+        }
+        // The last 0-7 bytes, and the length's low byte on top.
+        let mut last = (bytes.len() as u64) << 56;
+        for (i, &b) in words.remainder().iter().enumerate() {
+            last |= u64::from(b) << (8 * i);
+        }
+        v[3] ^= last;
+        sip_round(&mut v);
+        v[0] ^= last;
+        v[2] ^= 0xff;
+        for _ in 0..3 {
+            sip_round(&mut v);
+        }
+        v[0] ^ v[1] ^ v[2] ^ v[3]
+    }
+}
+
+#[inline(always)]
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
 /// The sharded keyspace; see the module docs.
 pub struct Store {
     shards: Box<[Shard]>,
@@ -193,7 +274,7 @@ pub struct Store {
     /// Bytes of replies queued for clients and not yet sent, as the connections last saw them.
     replies: AtomicUsize,
     /// The keyed SipHash of every key (shard and slot).
-    state: RandomState,
+    hasher: KeyHasher,
 }
 
 /// The shard of a key hash: bits 32..38, which a table's slot index (the low bits of a table
@@ -215,17 +296,17 @@ impl Store {
                 .collect(),
             max_memory,
             replies: AtomicUsize::new(0),
-            state: RandomState::new(),
+            hasher: KeyHasher::new(),
         }
     }
 
     /// Runs `f` on the shard of `key` under its lock, then publishes the shard's memory use.
     fn with<R>(&self, key: &[u8], f: impl FnOnce(&mut Table, Key<'_>) -> R) -> R {
-        let hash = self.state.hash_one(key);
+        let hash = self.hasher.hash(key);
         let k = Key {
             bytes: key,
             hash,
-            state: &self.state,
+            hasher: &self.hasher,
         };
         let shard = &self.shards[shard_of(hash)];
         let mut table = lock(&shard.table);
@@ -280,10 +361,11 @@ impl Store {
     }
 
     /// `SET`: stores `value` unless a condition fails; `true` if it was stored. One probe of
-    /// the table: the conditions are checked on the slot the value then goes to.
+    /// the table: the conditions are checked on the slot the value then goes to, and a value
+    /// as long as the one it replaces (with an expiry, or none, as before) is copied over it.
     pub fn set(&self, key: &[u8], value: &[u8], opts: SetOptions) -> bool {
         self.with(key, |t, k| {
-            let rehash = |e: &Entry| k.state.hash_one(e.key());
+            let rehash = |e: &Entry| k.hasher.hash(e.key());
             match t.set.entry(k.hash, |e| e.key() == key, rehash) {
                 Slot::Occupied(mut slot) => {
                     let live = !expired(slot.get(), &mut None);
@@ -295,6 +377,9 @@ impl Store {
                         true => None,
                         false => opts.expire_at,
                     };
+                    if slot.get_mut().overwrite(value, expire_at) {
+                        return true;
+                    }
                     let entry = Entry::new(key, value, expire_at);
                     t.used += entry.cost();
                     t.volatile += usize::from(entry.has_expire);

@@ -303,21 +303,32 @@ impl Decoder for Resp {
 /// [`parse_i64`]'s form) and the offset after its terminator; `None` while the line is
 /// incomplete. What [`header_line`] and [`parse_i64`] give together, with a fast path for what
 /// every client sends (a few digits, then `\r\n`): one pass over the digits, no line search.
-#[inline]
+/// The fast path is inlined into every caller (the decoder, [`Command::parse`], [`Args`]); the
+/// general one is a call.
+#[inline(always)]
 fn number_line(buf: &[u8], from: usize) -> Option<(Option<i64>, usize)> {
-    let slow = || header_line(buf, from).map(|(content, after)| (parse_i64(content), after));
     match quick_number(buf, from) {
         Some((n, after)) => {
-            debug_assert_eq!(slow(), Some((Some(n), after)), "the fast path agrees");
+            debug_assert_eq!(
+                number_line_slow(buf, from),
+                Some((Some(n), after)),
+                "the fast path agrees"
+            );
             Some((Some(n), after))
         }
-        None => slow(),
+        None => number_line_slow(buf, from),
     }
+}
+
+/// [`number_line`]'s general path: the line found, then [`parse_i64`].
+#[inline(never)]
+fn number_line_slow(buf: &[u8], from: usize) -> Option<(Option<i64>, usize)> {
+    header_line(buf, from).map(|(content, after)| (parse_i64(content), after))
 }
 
 /// [`number_line`]'s fast path: a line of 1 to 18 digits without a leading zero (or `0`
 /// alone), then `\r\n`; `None` for anything else, which the general path then reads.
-#[inline]
+#[inline(always)]
 fn quick_number(buf: &[u8], from: usize) -> Option<(i64, usize)> {
     let rest = buf.get(from..)?;
     // One or two digits (a command's count, its name, most keys): matched whole.
