@@ -177,15 +177,7 @@ fn a_watcher_fires_at_once_under_the_default_low_watermark(kind: BackendKind) {
         )
         .unwrap();
     let running = engine.start().unwrap();
-    let mut c = {
-        use socket2::{Domain, Socket, Type};
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_recv_buffer_size(4096).unwrap();
-        s.connect(&server.local_addr().into()).unwrap();
-        let s: TcpStream = s.into();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    };
+    let mut c = support::net::connect_small_rcvbuf(server.local_addr(), 4096);
     let h = handles.recv_timeout(Duration::from_secs(10)).unwrap();
     h.write(vec![0x33; BYTES]).unwrap();
     h.notify_when_writable(&h, 5);
@@ -262,15 +254,7 @@ fn a_watch_on_its_own_queue_waits_for_the_low_watermark(kind: BackendKind, how: 
         )
         .unwrap();
     let running = engine.start().unwrap();
-    let mut c = {
-        use socket2::{Domain, Socket, Type};
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_recv_buffer_size(4096).unwrap();
-        s.connect(&server.local_addr().into()).unwrap();
-        let s: TcpStream = s.into();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    };
+    let mut c = support::net::connect_small_rcvbuf(server.local_addr(), 4096);
     use std::io::Write;
     c.write_all(b"go").unwrap();
     let mut got = vec![0u8; SELF_BYTES];
