@@ -164,5 +164,11 @@ impl State {
         } else if a.has(Actions::READ_OFF) {
             backend.set_reading(token, false);
         }
+        // The drain watch came due in this flush (sent, dropped, or a close begun after step
+        // 0 looked): the next round of `flush` runs it, in this loop turn.
+        let low = c.queued() <= c.write_low;
+        if c.m.flush_rewatch(low) {
+            self.ctx.dirty.push(token);
+        }
     }
 }

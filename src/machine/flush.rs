@@ -66,6 +66,19 @@ impl Machine {
         }
     }
 
+    /// Last step of a flush: the drain watch became due during it (what was queued was sent
+    /// or dropped, or a close began, after step 0 looked). Marks the connection dirty, so that
+    /// the flush's next round runs the watch first; returns whether it did. Without it the
+    /// watch would wait for a later event, which may never come (found by the `conn_machine`
+    /// fuzz target: a write dropped after close_notify left the queue empty, the watch unfired).
+    pub fn flush_rewatch(&mut self, low: bool) -> bool {
+        if !self.flags.has(Flags::DRAIN_WATCH) {
+            return false;
+        }
+        let due = self.life != Life::Open || (low && self.opened());
+        due && self.mark_dirty()
+    }
+
     /// Step 1 of a flush. `last_words`: `close_after` bytes wait.
     pub fn flush_start(&mut self, last_words: bool) -> Actions {
         match self.life {

@@ -238,6 +238,13 @@ impl Machine {
         !self.flags.replace(Flags::DIRTY, true)
     }
 
+    /// Waiting for the flush (marked and not yet picked up): what the script's model and the
+    /// tests read; the engine keeps its own dirty list.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn is_dirty(&self) -> bool {
+        self.flags.has(Flags::DIRTY)
+    }
+
     /// The flush picked the connection up.
     pub fn clear_dirty(&mut self) {
         self.flags.set(Flags::DIRTY, false);

@@ -634,6 +634,38 @@ fn a_drain_watch_fires_once_when_the_queue_is_low_or_a_close_is_asked() {
     assert!(m.flush_watch(false).is_empty() && !m.drain_watched());
 }
 
+/// A watch that comes due during a flush (the queue sent or dropped after step 0 looked)
+/// dirties the connection again, once, so the flush's next round runs it; not while the queue
+/// is still high, and not without a watch.
+#[test]
+fn a_drain_watch_due_within_a_flush_runs_in_its_next_round() {
+    let mut m = open();
+    m.handle(Event::WatchDrain);
+    m.clear_dirty();
+    assert!(
+        m.flush_watch(false).is_empty(),
+        "step 0: still above the low mark"
+    );
+    assert!(
+        !m.flush_rewatch(false),
+        "still high at the end: wait for a send"
+    );
+    assert!(!m.is_dirty());
+    assert!(m.flush_rewatch(true), "low at the end: another round");
+    assert!(m.is_dirty() && !m.flush_rewatch(true), "dirtied once");
+    m.clear_dirty();
+    assert_eq!(m.flush_watch(true), Actions::RUN_WRITABLE);
+    assert!(!m.flush_rewatch(true), "fired: nothing more");
+
+    // A close asked after step 0 makes it due as well, whatever the queue.
+    let mut m = open();
+    m.handle(Event::WatchDrain);
+    m.clear_dirty();
+    m.handle(Event::Close(R::Local));
+    m.clear_dirty();
+    assert!(m.flush_rewatch(false));
+}
+
 /// The fuzz driver on fixed scripts (each close path) and on random ones.
 #[test]
 fn scripts() {
@@ -649,6 +681,12 @@ fn scripts() {
         &[0, 4, 8, 5, 31, 9, 31],       // EOF while paused
         &[0, 26, 13, 31, 26, 31, 18, 31, 31], // backpressure, shutdown
         &[0, 13, 27, 31, 14, 31, 27, 0, 31], // drain watches: low after the send, close
+        // The fuzz target's find (2026-12-07): a drain watch that came due in the flush (a write
+        // dropped after close_notify), fired only by a later flush. Now the flush's next round.
+        &[
+            0x7e, 0x1f, 0x83, 0xd0, 0x05, 0xff, 0xc9, 0x9a, 0x3b, 0x28, 0x28, 0xf5, 0xf5, 0xf5,
+            0xf5, 0x0d, 0x28, 0x28, 0x2e, 0x6e, 0x6f, 0x92,
+        ],
     ];
     for s in fixed {
         super::script::run(s);
