@@ -166,8 +166,7 @@ impl State {
         }
         // The drain watch came due in this flush (sent, dropped, or a close begun after step
         // 0 looked): the next round of `flush` runs it, in this loop turn.
-        let low = c.queued() <= c.write_low;
-        if c.m.flush_rewatch(low) {
+        if c.m.drain_watched() && c.m.flush_rewatch(c.queued() <= c.write_low) {
             self.ctx.dirty.push(token);
         }
     }

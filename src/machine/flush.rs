@@ -52,11 +52,8 @@ impl Machine {
     /// watcher would). `RUN_WRITABLE`: run `on_writable` (one-shot). A connection not opened
     /// yet keeps the watch until it is; one closed before it opened drops it.
     pub fn flush_watch(&mut self, low: bool) -> Actions {
-        if !self.flags.has(Flags::DRAIN_WATCH) {
-            return Actions::NONE;
-        }
-        if self.life == Life::Open && !(low && self.opened()) {
-            return Actions::NONE; // not yet
+        if !self.drain_due(low) {
+            return Actions::NONE; // no watch, or not yet
         }
         self.flags.set(Flags::DRAIN_WATCH, false);
         if self.opened() {
@@ -72,11 +69,13 @@ impl Machine {
     /// watch would wait for a later event, which may never come (found by the `conn_machine`
     /// fuzz target: a write dropped after close_notify left the queue empty, the watch unfired).
     pub fn flush_rewatch(&mut self, low: bool) -> bool {
-        if !self.flags.has(Flags::DRAIN_WATCH) {
-            return false;
-        }
-        let due = self.life != Life::Open || (low && self.opened());
-        due && self.mark_dirty()
+        self.drain_due(low) && self.mark_dirty()
+    }
+
+    /// A drain watch is set and due: the queue is low on an opened connection, or the
+    /// connection stopped being open.
+    fn drain_due(&self, low: bool) -> bool {
+        self.flags.has(Flags::DRAIN_WATCH) && (self.life != Life::Open || (low && self.opened()))
     }
 
     /// Step 1 of a flush. `last_words`: `close_after` bytes wait.
